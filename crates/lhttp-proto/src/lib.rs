@@ -1,0 +1,42 @@
+//! The lhttp wire format, without I/O.
+//!
+//! An lhttp message is HTTP-like text carried in one WebSocket message:
+//!
+//! ```text
+//! LHTTP/1.0 <command>\r\n
+//! <name>:<value>\r\n        (any number of headers)
+//! \r\n
+//! <body>
+//! ```
+//!
+//! Layout:
+//! - [`message`]: [`Message`] and its [`MessageBuilder`]; encoding into a caller's buffer.
+//! - [`parse`]: turning received bytes into a [`Message`] without copying, under [`Limits`].
+//! - [`headers`]: the ordered, case-insensitive [`Headers`].
+//! - [`multipart`]: bodies cut into parts by byte offsets, and a [`MultipartBuilder`].
+//! - [`error`]: [`ParseError`] (peer's fault), [`BuildError`] (caller's fault),
+//!   [`MultipartError`].
+//!
+//! The crate knows nothing of sockets or async runtimes; the server and the clients share it.
+
+pub mod error;
+pub mod headers;
+pub mod message;
+pub mod multipart;
+pub mod parse;
+mod text;
+mod validate;
+
+pub use error::{BuildError, MultipartError, ParseError};
+pub use headers::{Header, Headers};
+pub use message::{Message, MessageBuilder, PREFIX};
+pub use multipart::{MultipartBuilder, Part};
+pub use parse::Limits;
+pub use text::Text;
+pub use validate::MAX_TOKEN_LEN;
+
+/// True when `name` may be used as a command (1 to 256 bytes, no whitespace or control
+/// characters).
+pub fn is_valid_command(name: &str) -> bool {
+    validate::is_command(name.as_bytes())
+}
