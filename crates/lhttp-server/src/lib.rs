@@ -1,14 +1,68 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The lhttp server engine, as a library.
+//!
+//! `lhttpd` is a thin binary over this crate; programs that embed the server use the same API
+//! to add their own commands ([`Processor`]) and hooks ([`Filter`]).
+//!
+//! Layout, following a message from the socket to its subscribers:
+//! - [`http`](crate::Server::run): one port for WebSocket upgrades (any path), `POST /publish`,
+//!   `/healthz`, `/metrics` and the chat page.
+//! - `session`: one task per connection reads messages, parses them (`lhttp-proto`), and runs
+//!   the filter chain and the processor ([`Context`]); a writer task per connection drains
+//!   its bounded `outbox`, several frames per write.
+//! - `builtin`: the `subscribe`, `unsubscribe`, `publish`, `upstream` and `multipart` headers,
+//!   as the first filters of the chain.
+//! - [`Hub`]: channel -> subscribers; a published message is encoded once per channel and the
+//!   same bytes are queued for every subscriber.
+//! - [`Config`], [`Metrics`], [`Rejection`] (the `error` answer), [`Channel`] (name rules).
+//!
+//! ```no_run
+//! use lhttp_server::{async_trait, Config, Context, Processor, Rejection, Server};
+//!
+//! struct Hello;
+//!
+//! #[async_trait]
+//! impl Processor for Hello {
+//!     async fn on_message(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+//!         let reply = ctx.reply_builder().body("hello").build().expect("valid reply");
+//!         let _ = ctx.reply(&reply);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Server::builder(Config::default()).processor("hello", Hello).build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
+//! server.run(listener, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod builtin;
+mod channel;
+pub mod config;
+mod connection;
+mod context;
+mod filter;
+mod http;
+mod hub;
+mod metrics;
+mod outbox;
+mod processor;
+mod publish;
+mod rejection;
+mod server;
+mod session;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use async_trait::async_trait;
+pub use channel::{Channel, MAX_CHANNEL_LEN};
+pub use config::{Config, Limits};
+pub use connection::{Connection, ConnectionHandle, ConnectionId};
+pub use context::Context;
+pub use filter::Filter;
+pub use hub::Hub;
+pub use lhttp_proto as proto;
+pub use metrics::Metrics;
+pub use outbox::SendError;
+pub use processor::Processor;
+pub use publish::PublishReport;
+pub use rejection::Rejection;
+pub use server::{Server, ServerBuilder, ServerError, ServerHandle};

@@ -1,0 +1,124 @@
+//! [`Config`]: everything an operator can set, with safe defaults.
+//!
+//! The same structure is read from the TOML file by `lhttpd` (see `config/lhttpd.toml` for the
+//! commented default) and built in code by programs that embed the server.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::Deserialize;
+
+/// Server configuration. Every field has a default; unknown keys are errors, so that a typo in
+/// a config file is reported instead of silently ignored.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where to listen and how to stop.
+    pub server: ServerConfig,
+    /// What one client can make the server hold.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `[server]`: the listening socket and shutdown.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the one port that serves WebSocket, `/publish`, `/healthz`, `/metrics` and
+    /// the chat page. Loopback by default: exposing the server is a decision.
+    pub listen: SocketAddr,
+    /// How long a graceful shutdown waits for clients to receive what is queued for them
+    /// before the process exits anyway, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::shutdown_timeout_ms`] as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+/// `[limits]`: bounds on everything a client controls. What happens at each limit is in
+/// docs/protocol.md.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest lhttp message, in bytes, over WebSocket (close 1009 beyond it) and in
+    /// `POST /publish` (413 beyond it).
+    pub max_message_size: usize,
+    /// Most headers in one message (400 beyond it).
+    pub max_headers: usize,
+    /// Most channels one connection may be subscribed to at once (429 beyond it).
+    pub max_subscriptions: usize,
+    /// Most simultaneous WebSocket connections (503 to the upgrade request beyond it).
+    pub max_connections: usize,
+    /// Most messages queued for one client that is not reading fast enough. When a message
+    /// would exceed it, the client is disconnected with close code 1008 ("slow consumer").
+    pub outbound_queue: usize,
+    /// Most bytes queued for one client; same consequence as `outbound_queue`.
+    pub outbound_queue_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 64 * 1024,
+            max_headers: 64,
+            max_subscriptions: 1024,
+            max_connections: 10_000,
+            outbound_queue: 4096,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The parser limits these imply.
+    pub(crate) fn parser(&self) -> lhttp_proto::Limits {
+        lhttp_proto::Limits {
+            max_size: self.max_message_size,
+            max_headers: self.max_headers,
+            ..lhttp_proto::Limits::default()
+        }
+    }
+
+    /// Checks values that would make the server unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_message_size", self.max_message_size),
+            ("max_headers", self.max_headers),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_connections", self.max_connections),
+            ("outbound_queue", self.outbound_queue),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("limits.{name} must be greater than 0"));
+            }
+        }
+        if self.outbound_queue_bytes < self.max_message_size {
+            return Err(
+                "limits.outbound_queue_bytes must be at least limits.max_message_size".into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! [`Connection`]: one client as processors and filters see it, and [`ConnectionHandle`] to
+//! reach it from other tasks.
+
+use std::{collections::HashSet, fmt, net::SocketAddr};
+
+use http::Extensions;
+use lhttp_proto::Message;
+
+use crate::{
+    Channel, Rejection, ServerHandle,
+    outbox::{Outbox, SendError, frame},
+};
+
+/// A connection's number, unique for the life of the server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl ConnectionId {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One WebSocket client.
+///
+/// Owned by the task that reads the client's messages; processors and filters get `&mut`
+/// access while they run, so per-connection state needs no lock.
+pub struct Connection {
+    id: ConnectionId,
+    peer: SocketAddr,
+    /// Application data attached by processors and filters, one value per type.
+    extensions: Extensions,
+    /// The channels this connection is subscribed to. It is the source of truth that makes
+    /// subscribing idempotent and lets a disconnect remove every subscription from the hub.
+    subscriptions: HashSet<Channel>,
+    outbox: Outbox,
+    server: ServerHandle,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("subscriptions", &self.subscriptions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub(crate) fn new(
+        id: ConnectionId,
+        peer: SocketAddr,
+        outbox: Outbox,
+        server: ServerHandle,
+    ) -> Self {
+        Connection {
+            id,
+            peer,
+            extensions: Extensions::new(),
+            subscriptions: HashSet::new(),
+            outbox,
+            server,
+        }
+    }
+
+    /// This connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Data attached to this connection (one value per type).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Data attached to this connection, to change it.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+
+    /// The server, to publish or read its state.
+    pub fn server(&self) -> &ServerHandle {
+        &self.server
+    }
+
+    /// Queues `message` for this client without waiting.
+    pub fn send(&self, message: &Message) -> Result<(), SendError> {
+        self.outbox.push(frame(message.to_bytes()))
+    }
+
+    /// A handle that can send to this client from any task, after this call returns.
+    pub fn handle(&self) -> ConnectionHandle {
+        ConnectionHandle {
+            id: self.id,
+            outbox: self.outbox.clone(),
+        }
+    }
+
+    /// The channels this connection is subscribed to.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions.iter().map(Channel::as_str)
+    }
+
+    /// True when subscribed to `channel`.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.subscriptions.contains(channel)
+    }
+
+    /// Subscribes to every channel in `channels`, or to none of them: names are checked and the
+    /// subscription limit applied before anything changes. Already subscribed channels are
+    /// left as they are, so subscribing twice delivers once.
+    pub fn subscribe<'a>(
+        &mut self,
+        channels: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Rejection> {
+        let mut new = Vec::new();
+        for name in channels {
+            if !self.subscriptions.contains(name) && !new.iter().any(|c: &Channel| c.as_str() == name) {
+                new.push(Channel::new(name)?);
+            }
+        }
+        let max = self.server.shared().config.limits.max_subscriptions;
+        if self.subscriptions.len() + new.len() > max {
+            return Err(Rejection::limited(format!(
+                "subscription limit of {max} channels per connection reached"
+            )));
+        }
+        let hub = &self.server.shared().hub;
+        for channel in new {
+            hub.subscribe(&channel, self.id, &self.outbox);
+            self.subscriptions.insert(channel);
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes from `channel`; a channel never subscribed is ignored.
+    pub fn unsubscribe(&mut self, channel: &str) {
+        if self.subscriptions.remove(channel) {
+            self.server.shared().hub.unsubscribe(channel, self.id);
+        }
+    }
+
+    /// Removes every subscription.
+    pub fn unsubscribe_all(&mut self) {
+        let hub = &self.server.shared().hub;
+        for channel in self.subscriptions.drain() {
+            hub.unsubscribe(channel.as_str(), self.id);
+        }
+    }
+
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Sends an `error` message; failures to queue are the connection's end anyway.
+    pub(crate) fn send_rejection(&self, rejection: &Rejection, request_id: Option<&lhttp_proto::Text>) {
+        crate::metrics::add(&self.server.shared().metrics.error_replies, 1);
+        let _ = self.send(&rejection.to_message(request_id));
+    }
+}
+
+/// Sends to one connection from any task. Sending to a connection that has ended fails with
+/// [`SendError::Closed`]; holding a handle does not keep the connection open.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    id: ConnectionId,
+    outbox: Outbox,
+}
+
+impl ConnectionHandle {
+    /// The connection's id.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// Queues `message` for the client without waiting.
+    pub fn send(&self, message: &Message) -> Result<(), SendError> {
+        self.outbox.push(frame(message.to_bytes()))
+    }
+}

@@ -1,0 +1,202 @@
+//! The HTTP side of the one port: WebSocket upgrades on any path, `POST /publish`,
+//! `GET /healthz`, `GET /metrics` and the chat page at `GET /`.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use hyper_util::rt::TokioIo;
+use lhttp_proto::Message;
+use serde_json::json;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
+};
+
+use crate::{ServerHandle, metrics::add, server::Shared, session};
+
+/// The chat page served at `GET /`.
+const CHAT_PAGE: &str = include_str!("../../../web/index.html");
+
+/// Bytes read from a socket per read call while a connection is idle-sized; tungstenite
+/// allocates this eagerly per connection, so it is kept small.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Writes are gathered up to this size before going to the socket.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(chat_page))
+        .route("/publish", post(publish))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(shared.clone(), upgrade_any_path))
+        .with_state(shared)
+}
+
+/// The original clients connect to `/`, `/echo` and `/chat`: an upgrade request is accepted on
+/// any path, before routing.
+async fn upgrade_any_path(
+    State(shared): State<Arc<Shared>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if wants_websocket(request.headers()) {
+        accept(shared, request)
+    } else {
+        next.run(request).await
+    }
+}
+
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (status, text).into_response()
+}
+
+/// Validates the RFC 6455 handshake and hands the upgraded socket to a session task.
+fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
+    if request.method() != Method::GET {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET\n");
+    }
+    let headers = request.headers();
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return plain(StatusCode::BAD_REQUEST, "missing Connection: upgrade\n");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut response = plain(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return response;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+    };
+    let accept_key = derive_accept_key(key.as_bytes());
+    if shared.shutdown.is_cancelled() {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
+    }
+    let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
+        add(&shared.metrics.connections_refused, 1);
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return plain(StatusCode::BAD_REQUEST, "this connection cannot be upgraded\n");
+    };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
+    let config = websocket_config(&shared.config.limits);
+    let tasks = shared.tasks.clone();
+    tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                        .await;
+                session::run(shared, socket, peer, permit).await;
+            }
+            Err(error) => tracing::debug!(%error, "upgrade failed"),
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(value) = HeaderValue::from_str(&accept_key) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}
+
+fn websocket_config(limits: &crate::config::Limits) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        // Room for a full batch of maximum-size messages; the outbox bounds what waits beyond.
+        .max_write_buffer_size(WRITE_BUFFER + 2 * limits.max_message_size + 1024)
+        .max_message_size(Some(limits.max_message_size))
+        .max_frame_size(Some(limits.max_message_size))
+}
+
+async fn chat_page() -> Html<&'static str> {
+    Html(CHAT_PAGE)
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response();
+    }
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = ServerHandle::from_shared(shared).render_metrics();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn json_error(status: u16, reason: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (code, Json(json!({"status": status, "reason": reason}))).into_response()
+}
+
+/// `POST /publish`: the body is an lhttp message; it is published to its `publish` channels.
+/// 200 `{"channels":N,"deliveries":M}`; 400 not a message or no `publish` header; 413 too large.
+async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    add(&shared.metrics.http_publish_requests, 1);
+    let max = shared.config.limits.max_message_size;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return json_error(413, "message larger than limits.max_message_size");
+    }
+    let body = match axum::body::to_bytes(request.into_body(), max).await {
+        Ok(body) => body,
+        Err(error) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                json_error(413, "message larger than limits.max_message_size")
+            } else {
+                json_error(400, "could not read the request body")
+            };
+        }
+    };
+    let message = match Message::parse_with(body, &shared.parser_limits) {
+        Ok(message) => message,
+        Err(error) => return json_error(error.status(), &error.to_string()),
+    };
+    match ServerHandle::from_shared(shared).publish(&message) {
+        Ok(report) => Json(report).into_response(),
+        Err(rejection) => json_error(rejection.status(), rejection.reason()),
+    }
+}

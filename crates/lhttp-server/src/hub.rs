@@ -1,0 +1,93 @@
+//! [`Hub`]: which connections are subscribed to which channel, and fan-out.
+//!
+//! Channels live in a concurrent map sharded by name, so publishes to different channels do not
+//! contend, and a publish holds only its channel's shard lock, for the time it takes to push a
+//! shared frame into each subscriber's queue (never across an `.await`).
+
+use dashmap::DashMap;
+
+use crate::{
+    Channel,
+    connection::ConnectionId,
+    metrics::{Metrics, add},
+    outbox::{Outbox, WsMessage},
+};
+
+/// One subscription of one connection.
+#[derive(Debug)]
+struct Subscriber {
+    connection: ConnectionId,
+    outbox: Outbox,
+}
+
+/// The local subscription table.
+#[derive(Debug, Default)]
+pub struct Hub {
+    /// Channel name -> its subscribers. A channel exists only while it has subscribers.
+    channels: DashMap<Channel, Vec<Subscriber>>,
+}
+
+impl Hub {
+    /// Adds a subscription. The connection's own subscription set makes this idempotent; the hub
+    /// trusts it and does not scan for duplicates.
+    pub(crate) fn subscribe(&self, channel: &Channel, connection: ConnectionId, outbox: &Outbox) {
+        self.channels
+            .entry(channel.clone())
+            .or_default()
+            .push(Subscriber {
+                connection,
+                outbox: outbox.clone(),
+            });
+    }
+
+    /// Removes a subscription; removes the channel when it was the last one.
+    pub(crate) fn unsubscribe(&self, channel: &str, connection: ConnectionId) {
+        if let Some(mut subscribers) = self.channels.get_mut(channel) {
+            if let Some(i) = subscribers.iter().position(|s| s.connection == connection) {
+                subscribers.swap_remove(i);
+            }
+        }
+        self.channels.remove_if(channel, |_, subscribers| subscribers.is_empty());
+    }
+
+    /// Queues `frame` for every subscriber of `channel`; returns how many it was queued for.
+    /// Subscribers whose queue is full are skipped (and disconnected by their writer).
+    pub(crate) fn publish(&self, channel: &str, frame: &WsMessage, metrics: &Metrics) -> usize {
+        let Some(subscribers) = self.channels.get(channel) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for subscriber in subscribers.iter() {
+            if subscriber.outbox.push(frame.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        let dropped = subscribers.len() - delivered;
+        drop(subscribers);
+        add(&metrics.deliveries, delivered as u64);
+        if dropped > 0 {
+            add(&metrics.dropped_deliveries, dropped as u64);
+        }
+        delivered
+    }
+
+    /// True when `channel` has at least one local subscriber.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.channels.contains_key(channel)
+    }
+
+    /// Number of channels with subscribers.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Number of subscriptions over all channels.
+    pub fn subscription_count(&self) -> usize {
+        self.channels.iter().map(|entry| entry.value().len()).sum()
+    }
+
+    /// Number of subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.channels.get(channel).map_or(0, |s| s.len())
+    }
+}

@@ -1,0 +1,79 @@
+//! [`Metrics`]: counters served at `GET /metrics` in the Prometheus text format.
+//!
+//! Plain atomics, updated with relaxed ordering: each counter is independent and read only for
+//! reporting. Fan-out adds its delivery count once per channel, never once per subscriber.
+
+use std::{
+    fmt::Write,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+/// Counters of the whole server.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) connections_opened: AtomicU64,
+    pub(crate) connections_closed: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) messages_received: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) messages_published: AtomicU64,
+    pub(crate) deliveries: AtomicU64,
+    pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) dropped_deliveries: AtomicU64,
+    pub(crate) error_replies: AtomicU64,
+    pub(crate) protocol_closes: AtomicU64,
+    pub(crate) http_publish_requests: AtomicU64,
+}
+
+/// Gauges read from the hub at scrape time.
+pub(crate) struct Gauges {
+    pub connections: u64,
+    pub channels: u64,
+    pub subscriptions: u64,
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
+}
+
+impl Metrics {
+    /// Renders every metric in the Prometheus text exposition format.
+    pub(crate) fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP lhttp_{name} {help}\n# TYPE lhttp_{name} gauge\nlhttp_{name} {value}\n"
+            );
+        };
+        gauge("connections", "Open WebSocket connections.", gauges.connections);
+        gauge("channels", "Channels with at least one local subscriber.", gauges.channels);
+        gauge("subscriptions", "Subscriptions of local connections.", gauges.subscriptions);
+        let counters: [(&str, &str, &AtomicU64); 14] = [
+            ("connections_opened_total", "WebSocket connections accepted.", &self.connections_opened),
+            ("connections_closed_total", "WebSocket connections ended.", &self.connections_closed),
+            ("connections_refused_total", "Upgrade requests refused at the connection limit.", &self.connections_refused),
+            ("messages_received_total", "lhttp messages received over WebSocket.", &self.messages_received),
+            ("bytes_received_total", "Bytes of lhttp messages received over WebSocket.", &self.bytes_received),
+            ("messages_published_total", "Messages published to a channel (once per channel).", &self.messages_published),
+            ("deliveries_total", "Published messages queued for a subscriber.", &self.deliveries),
+            ("messages_sent_total", "WebSocket messages written to clients.", &self.messages_sent),
+            ("bytes_sent_total", "Bytes of WebSocket messages written to clients.", &self.bytes_sent),
+            ("slow_consumers_total", "Clients disconnected because their outbound queue was full.", &self.slow_consumers),
+            ("dropped_deliveries_total", "Deliveries not queued because the subscriber was too slow.", &self.dropped_deliveries),
+            ("error_replies_total", "error messages sent to clients.", &self.error_replies),
+            ("protocol_closes_total", "Connections closed for a WebSocket violation (1007, 1009, ...).", &self.protocol_closes),
+            ("http_publish_requests_total", "POST /publish requests.", &self.http_publish_requests),
+        ];
+        for (name, help, counter) in counters {
+            let _ = write!(
+                out,
+                "# HELP lhttp_{name} {help}\n# TYPE lhttp_{name} counter\nlhttp_{name} {}\n",
+                counter.load(Relaxed)
+            );
+        }
+        out
+    }
+}

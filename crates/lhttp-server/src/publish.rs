@@ -1,0 +1,65 @@
+//! Publishing: turning a message into the bytes each channel's subscribers receive.
+//!
+//! A subscriber receives the publisher's command, headers (in the publisher's order) and body,
+//! with `publish` set to the one channel it came through and `subscribe`, `unsubscribe` and
+//! `upstream` removed. The copy for a channel is encoded once and the same bytes are queued for
+//! every subscriber of that channel.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use lhttp_proto::{Message, PREFIX};
+use serde::Serialize;
+
+use crate::builtin::names;
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PublishReport {
+    /// Channels the message was published to.
+    pub channels: usize,
+    /// Local subscribers it was queued for, over all channels.
+    pub deliveries: usize,
+}
+
+/// Headers a subscriber never sees.
+fn is_stripped(name: &str) -> bool {
+    name.eq_ignore_ascii_case(names::SUBSCRIBE)
+        || name.eq_ignore_ascii_case(names::UNSUBSCRIBE)
+        || name.eq_ignore_ascii_case(names::UPSTREAM)
+}
+
+/// Encodes the copy of `message` that subscribers of `channel` receive.
+pub(crate) fn encode_for_channel(message: &Message, channel: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(message.encoded_len() + channel.len());
+    buf.put_slice(PREFIX);
+    buf.put_slice(message.command().as_bytes());
+    buf.put_slice(b"\r\n");
+    let mut wrote_publish = false;
+    for header in message.headers() {
+        let name = header.name();
+        if is_stripped(name) {
+            continue;
+        }
+        let value = if name.eq_ignore_ascii_case(names::PUBLISH) {
+            if wrote_publish {
+                continue;
+            }
+            wrote_publish = true;
+            channel
+        } else {
+            header.value()
+        };
+        buf.put_slice(name.as_bytes());
+        buf.put_u8(b':');
+        buf.put_slice(value.as_bytes());
+        buf.put_slice(b"\r\n");
+    }
+    if !wrote_publish {
+        buf.put_slice(names::PUBLISH.as_bytes());
+        buf.put_u8(b':');
+        buf.put_slice(channel.as_bytes());
+        buf.put_slice(b"\r\n");
+    }
+    buf.put_slice(b"\r\n");
+    buf.put_slice(message.body());
+    buf.freeze()
+}

@@ -1,0 +1,288 @@
+//! One WebSocket connection from handshake to close: the reading task that runs the filter
+//! chain and processors, and the writer task that drains the connection's outbox.
+//!
+//! How a connection ends, and what the client sees:
+//! - the client closes or disconnects: close hooks run, subscriptions are removed;
+//! - a message breaks WebSocket itself (over the size limit: 1009; invalid UTF-8 in a text
+//!   frame: 1007; other protocol violations: 1002): the close frame is sent after what is
+//!   already queued;
+//! - the client reads too slowly (outbox overflow): 1008 "slow consumer", immediately;
+//! - the server shuts down: 1001 "server shutting down", after what is already queued;
+//! - an open filter refuses the connection: the `error` message, then 1008.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream::SplitStream};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use lhttp_proto::Message;
+use tokio::{io::AsyncReadExt, sync::OwnedSemaphorePermit};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{self, error::CapacityError},
+};
+
+use crate::{
+    Connection, Context, Rejection, ServerHandle,
+    connection::ConnectionId,
+    metrics::add,
+    outbox::{Outbox, WriterEnd, close_frame},
+    server::Shared,
+};
+
+pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Sink = futures_util::stream::SplitSink<Socket, tungstenite::Message>;
+/// The writer task; it gives the sink back so the halves can be reunited for lingering.
+type Writer = tokio::task::JoinHandle<(WriterEnd, Sink)>;
+
+/// How long the server keeps reading after it sent a close frame, so that the client's close
+/// reply (and any data it was still sending) is consumed rather than answered with a TCP reset.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: u64 = 1 << 20;
+
+/// Why the reading loop stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed or vanished.
+    Peer,
+    /// The server is shutting down.
+    Shutdown,
+    /// The outbox overflowed; the writer is closing with 1008.
+    SlowConsumer,
+    /// The writer could not write: the socket is dead.
+    WriterGone,
+    /// The server closes with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Runs one connection to its end. `_permit` holds the connection's slot until then.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    socket: Socket,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let metrics = &shared.metrics;
+    add(&metrics.connections_opened, 1);
+    let id = ConnectionId(
+        shared
+            .next_connection_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    );
+    tracing::debug!(connection = %id, %peer, "connected");
+    let (sink, mut stream) = socket.split();
+    let limits = &shared.config.limits;
+    let (outbox, receiver) = Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes);
+    let mut writer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut sink = sink;
+            let end = receiver.write_to(&mut sink, &shared.metrics).await;
+            (end, sink)
+        })
+    };
+    let mut connection = Connection::new(
+        id,
+        peer,
+        outbox.clone(),
+        ServerHandle::from_shared(shared.clone()),
+    );
+
+    let end = match open(&shared, &mut connection).await {
+        Err(rejection) => {
+            connection.send_rejection(&rejection, None);
+            End::Close(1008, "connection refused")
+        }
+        Ok(()) => read_loop(&shared, &mut connection, &mut stream, &mut writer).await,
+    };
+    tracing::debug!(connection = %id, ?end, "disconnecting");
+
+    close(&shared, &mut connection).await;
+    drop(connection);
+
+    let timeout = shared.config.server.shutdown_timeout();
+    let close_code = match end {
+        End::Shutdown => Some(close_frame(1001, "server shutting down")),
+        End::Close(code, reason) => Some(close_frame(code, reason)),
+        End::Peer | End::SlowConsumer | End::WriterGone => None,
+    };
+    match close_code {
+        Some(close) => {
+            outbox.push_close(close, timeout).await;
+            drop(outbox);
+            if let Ok(Ok((WriterEnd::Closed, sink))) = tokio::time::timeout(timeout, &mut writer).await {
+                linger(stream, sink).await;
+            } else {
+                writer.abort();
+            }
+        }
+        None if end == End::SlowConsumer => {
+            drop(outbox);
+            let _ = tokio::time::timeout(timeout, &mut writer).await;
+            writer.abort();
+        }
+        None => writer.abort(),
+    }
+    add(&metrics.connections_closed, 1);
+    tracing::debug!(connection = %id, "closed");
+}
+
+/// Runs the open hooks: filters (which may refuse), then processors.
+async fn open(shared: &Shared, connection: &mut Connection) -> Result<(), Rejection> {
+    for filter in &shared.filters {
+        filter.on_open(connection)?;
+    }
+    for processor in &shared.processor_order {
+        processor.on_open(connection).await;
+    }
+    Ok(())
+}
+
+/// Runs the close hooks, then removes every subscription.
+async fn close(shared: &Shared, connection: &mut Connection) {
+    for processor in &shared.processor_order {
+        processor.on_close(connection).await;
+    }
+    for filter in shared.filters.iter().rev() {
+        filter.on_close(connection);
+    }
+    connection.unsubscribe_all();
+}
+
+async fn read_loop(
+    shared: &Shared,
+    connection: &mut Connection,
+    stream: &mut SplitStream<Socket>,
+    writer: &mut Writer,
+) -> End {
+    let outbox = connection.outbox().clone();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return End::Shutdown,
+            _ = outbox.overflowed() => return End::SlowConsumer,
+            _ = &mut *writer => return End::WriterGone,
+            next = stream.next() => next,
+        };
+        let data = match next {
+            None => return End::Peer,
+            Some(Ok(tungstenite::Message::Text(text))) => Bytes::from(text),
+            Some(Ok(tungstenite::Message::Binary(data))) => data,
+            // The close reply is sent by the protocol layer on the next read.
+            Some(Ok(tungstenite::Message::Close(_))) => continue,
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return protocol_error(shared, &error),
+        };
+        add(&shared.metrics.messages_received, 1);
+        add(&shared.metrics.bytes_received, data.len() as u64);
+        dispatch(shared, connection, data).await;
+        if outbox.is_overflowed() {
+            return End::SlowConsumer;
+        }
+    }
+}
+
+/// Maps a WebSocket-level error to the close the client gets.
+fn protocol_error(shared: &Shared, error: &tungstenite::Error) -> End {
+    let end = match error {
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. }) => {
+            End::Close(1009, "message too big")
+        }
+        tungstenite::Error::Capacity(_) => End::Close(1009, "message too big"),
+        tungstenite::Error::Utf8(_) => End::Close(1007, "invalid UTF-8 in a text frame"),
+        tungstenite::Error::Protocol(_) => End::Close(1002, "WebSocket protocol violation"),
+        _ => return End::Peer,
+    };
+    add(&shared.metrics.protocol_closes, 1);
+    tracing::debug!(%error, "WebSocket violation");
+    end
+}
+
+/// Parses one received message and runs it through the chain, answering every outcome that is
+/// not a success the client can see: malformed (400/413), refused by a filter or processor,
+/// unknown command (404), and, for a message with a `request-id`, success (`ok`).
+pub(crate) async fn dispatch(shared: &Shared, connection: &mut Connection, data: Bytes) {
+    let message = match Message::parse_with(data, &shared.parser_limits) {
+        Ok(message) => message,
+        Err(error) => {
+            connection.send_rejection(&Rejection::from(error), None);
+            return;
+        }
+    };
+    let mut ctx = Context::new(connection, message);
+    let outcome = run_chain(shared, &mut ctx).await;
+    let request_id = ctx.request_id_text().cloned();
+    let outcome = match outcome {
+        Ok(()) if !ctx.is_handled() => Err(Rejection::not_found(
+            "unknown command: no processor is registered for it and it has no built-in header",
+        )),
+        other => other,
+    };
+    match outcome {
+        Err(rejection) => ctx
+            .connection()
+            .send_rejection(&rejection, request_id.as_ref()),
+        Ok(()) => {
+            if let (Some(id), false) = (request_id, ctx.has_replied()) {
+                let _ = ctx.connection().send(&ok_message(id));
+            }
+        }
+    }
+}
+
+/// Before-filters in order, the processor, after-filters in reverse order.
+async fn run_chain(shared: &Shared, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+    for filter in &shared.filters {
+        filter.before(ctx)?;
+    }
+    if let Some(processor) = shared.processors.get(ctx.message().command()) {
+        ctx.set_handled();
+        processor.on_message(ctx).await?;
+    }
+    for filter in shared.filters.iter().rev() {
+        filter.after(ctx)?;
+    }
+    Ok(())
+}
+
+/// The answer to a successful message that carried a `request-id` and got no other reply.
+fn ok_message(request_id: lhttp_proto::Text) -> Message {
+    Message::builder("ok")
+        .header("status", "200")
+        .header("request-id", request_id)
+        .build()
+        .expect("a received request-id is a valid header value")
+}
+
+/// After the close frame is written: read until the client's close reply arrives or the
+/// stream ends; if the WebSocket layer already gave up on the stream (after a violation), drain
+/// the raw socket briefly so the client can read the close frame before the TCP connection
+/// closes.
+async fn linger(mut stream: SplitStream<Socket>, sink: Sink) {
+    let handshake_done = tokio::time::timeout(LINGER, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(tungstenite::Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+                _ => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if handshake_done {
+        return;
+    }
+    if let Ok(mut socket) = stream.reunite(sink) {
+        let raw = socket.get_mut();
+        let mut discard = tokio::io::sink();
+        let _ = tokio::time::timeout(
+            LINGER,
+            tokio::io::copy(&mut raw.take(LINGER_BYTES), &mut discard),
+        )
+        .await;
+    }
+}
