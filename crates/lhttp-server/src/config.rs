@@ -9,22 +9,13 @@ use serde::Deserialize;
 
 /// Server configuration. Every field has a default; unknown keys are errors, so that a typo in
 /// a config file is reported instead of silently ignored.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where to listen and how to stop.
     pub server: ServerConfig,
     /// What one client can make the server hold.
     pub limits: Limits,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            limits: Limits::default(),
-        }
-    }
 }
 
 /// `[server]`: the listening socket and shutdown.

@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, fmt, net::SocketAddr};
 
-use http::Extensions;
+use crate::Extensions;
 use lhttp_proto::Message;
 
 use crate::{
@@ -128,7 +128,9 @@ impl Connection {
     ) -> Result<(), Rejection> {
         let mut new = Vec::new();
         for name in channels {
-            if !self.subscriptions.contains(name) && !new.iter().any(|c: &Channel| c.as_str() == name) {
+            if !self.subscriptions.contains(name)
+                && !new.iter().any(|c: &Channel| c.as_str() == name)
+            {
                 new.push(Channel::new(name)?);
             }
         }
@@ -166,7 +168,11 @@ impl Connection {
     }
 
     /// Sends an `error` message; failures to queue are the connection's end anyway.
-    pub(crate) fn send_rejection(&self, rejection: &Rejection, request_id: Option<&lhttp_proto::Text>) {
+    pub(crate) fn send_rejection(
+        &self,
+        rejection: &Rejection,
+        request_id: Option<&lhttp_proto::Text>,
+    ) {
         crate::metrics::add(&self.server.shared().metrics.error_replies, 1);
         let _ = self.send(&rejection.to_message(request_id));
     }

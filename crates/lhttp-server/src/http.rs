@@ -38,7 +38,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/publish", post(publish))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .layer(middleware::from_fn_with_state(shared.clone(), upgrade_any_path))
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            upgrade_any_path,
+        ))
         .with_state(shared)
 }
 
@@ -70,7 +73,10 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 /// Validates the RFC 6455 handshake and hands the upgraded socket to a session task.
 fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     if request.method() != Method::GET {
-        return plain(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET\n");
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket upgrades use GET\n",
+        );
     }
     let headers = request.headers();
     let connection_upgrade = headers
@@ -82,11 +88,16 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     if !connection_upgrade {
         return plain(StatusCode::BAD_REQUEST, "missing Connection: upgrade\n");
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
         let mut response = plain(StatusCode::UPGRADE_REQUIRED, "WebSocket version 13 only\n");
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return response;
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
@@ -100,8 +111,14 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
         add(&shared.metrics.connections_refused, 1);
         return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
-    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return plain(StatusCode::BAD_REQUEST, "this connection cannot be upgraded\n");
+    let Some(on_upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "this connection cannot be upgraded\n",
+        );
     };
     let peer = request
         .extensions()
@@ -112,9 +129,12 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                        .await;
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 session::run(shared, socket, peer, permit).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
@@ -147,7 +167,11 @@ async fn chat_page() -> Html<&'static str> {
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     if shared.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response();
     }
     Json(json!({"status": "ok"})).into_response()
 }
@@ -155,7 +179,10 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let body = ServerHandle::from_shared(shared).render_metrics();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()

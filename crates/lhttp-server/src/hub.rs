@@ -47,7 +47,8 @@ impl Hub {
                 subscribers.swap_remove(i);
             }
         }
-        self.channels.remove_if(channel, |_, subscribers| subscribers.is_empty());
+        self.channels
+            .remove_if(channel, |_, subscribers| subscribers.is_empty());
     }
 
     /// Queues `frame` for every subscriber of `channel`; returns how many it was queued for.

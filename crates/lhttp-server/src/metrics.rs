@@ -48,24 +48,92 @@ impl Metrics {
                 "# HELP lhttp_{name} {help}\n# TYPE lhttp_{name} gauge\nlhttp_{name} {value}\n"
             );
         };
-        gauge("connections", "Open WebSocket connections.", gauges.connections);
-        gauge("channels", "Channels with at least one local subscriber.", gauges.channels);
-        gauge("subscriptions", "Subscriptions of local connections.", gauges.subscriptions);
+        gauge(
+            "connections",
+            "Open WebSocket connections.",
+            gauges.connections,
+        );
+        gauge(
+            "channels",
+            "Channels with at least one local subscriber.",
+            gauges.channels,
+        );
+        gauge(
+            "subscriptions",
+            "Subscriptions of local connections.",
+            gauges.subscriptions,
+        );
         let counters: [(&str, &str, &AtomicU64); 14] = [
-            ("connections_opened_total", "WebSocket connections accepted.", &self.connections_opened),
-            ("connections_closed_total", "WebSocket connections ended.", &self.connections_closed),
-            ("connections_refused_total", "Upgrade requests refused at the connection limit.", &self.connections_refused),
-            ("messages_received_total", "lhttp messages received over WebSocket.", &self.messages_received),
-            ("bytes_received_total", "Bytes of lhttp messages received over WebSocket.", &self.bytes_received),
-            ("messages_published_total", "Messages published to a channel (once per channel).", &self.messages_published),
-            ("deliveries_total", "Published messages queued for a subscriber.", &self.deliveries),
-            ("messages_sent_total", "WebSocket messages written to clients.", &self.messages_sent),
-            ("bytes_sent_total", "Bytes of WebSocket messages written to clients.", &self.bytes_sent),
-            ("slow_consumers_total", "Clients disconnected because their outbound queue was full.", &self.slow_consumers),
-            ("dropped_deliveries_total", "Deliveries not queued because the subscriber was too slow.", &self.dropped_deliveries),
-            ("error_replies_total", "error messages sent to clients.", &self.error_replies),
-            ("protocol_closes_total", "Connections closed for a WebSocket violation (1007, 1009, ...).", &self.protocol_closes),
-            ("http_publish_requests_total", "POST /publish requests.", &self.http_publish_requests),
+            (
+                "connections_opened_total",
+                "WebSocket connections accepted.",
+                &self.connections_opened,
+            ),
+            (
+                "connections_closed_total",
+                "WebSocket connections ended.",
+                &self.connections_closed,
+            ),
+            (
+                "connections_refused_total",
+                "Upgrade requests refused at the connection limit.",
+                &self.connections_refused,
+            ),
+            (
+                "messages_received_total",
+                "lhttp messages received over WebSocket.",
+                &self.messages_received,
+            ),
+            (
+                "bytes_received_total",
+                "Bytes of lhttp messages received over WebSocket.",
+                &self.bytes_received,
+            ),
+            (
+                "messages_published_total",
+                "Messages published to a channel (once per channel).",
+                &self.messages_published,
+            ),
+            (
+                "deliveries_total",
+                "Published messages queued for a subscriber.",
+                &self.deliveries,
+            ),
+            (
+                "messages_sent_total",
+                "WebSocket messages written to clients.",
+                &self.messages_sent,
+            ),
+            (
+                "bytes_sent_total",
+                "Bytes of WebSocket messages written to clients.",
+                &self.bytes_sent,
+            ),
+            (
+                "slow_consumers_total",
+                "Clients disconnected because their outbound queue was full.",
+                &self.slow_consumers,
+            ),
+            (
+                "dropped_deliveries_total",
+                "Deliveries not queued because the subscriber was too slow.",
+                &self.dropped_deliveries,
+            ),
+            (
+                "error_replies_total",
+                "error messages sent to clients.",
+                &self.error_replies,
+            ),
+            (
+                "protocol_closes_total",
+                "Connections closed for a WebSocket violation (1007, 1009, ...).",
+                &self.protocol_closes,
+            ),
+            (
+                "http_publish_requests_total",
+                "POST /publish requests.",
+                &self.http_publish_requests,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = write!(

@@ -165,8 +165,8 @@ impl Server {
     ) -> Result<(), ServerError> {
         let shared = self.shared;
         let token = shared.shutdown.clone();
-        let app = crate::http::router(shared.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app =
+            crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let signal = {
             let token = token.clone();
             async move {
@@ -189,7 +189,10 @@ impl Server {
             _ = deadline => tracing::warn!("HTTP requests still in flight at shutdown"),
         }
         shared.tasks.close();
-        if tokio::time::timeout(timeout, shared.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, shared.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 remaining = shared.tasks.len(),
                 "connections still open after the shutdown timeout"

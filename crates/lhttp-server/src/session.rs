@@ -113,7 +113,9 @@ pub(crate) async fn run(
         Some(close) => {
             outbox.push_close(close, timeout).await;
             drop(outbox);
-            if let Ok(Ok((WriterEnd::Closed, sink))) = tokio::time::timeout(timeout, &mut writer).await {
+            if let Ok(Ok((WriterEnd::Closed, sink))) =
+                tokio::time::timeout(timeout, &mut writer).await
+            {
                 linger(stream, sink).await;
             } else {
                 writer.abort();
@@ -205,10 +207,13 @@ fn protocol_error(shared: &Shared, error: &tungstenite::Error) -> End {
 /// not a success the client can see: malformed (400/413), refused by a filter or processor,
 /// unknown command (404), and, for a message with a `request-id`, success (`ok`).
 pub(crate) async fn dispatch(shared: &Shared, connection: &mut Connection, data: Bytes) {
+    // A cheap reference-counted copy, to look for a request-id if parsing fails.
+    let data_copy = data.clone();
     let message = match Message::parse_with(data, &shared.parser_limits) {
         Ok(message) => message,
         Err(error) => {
-            connection.send_rejection(&Rejection::from(error), None);
+            let request_id = salvage_request_id(&data_copy);
+            connection.send_rejection(&Rejection::from(error), request_id.as_ref());
             return;
         }
     };
@@ -231,6 +236,30 @@ pub(crate) async fn dispatch(shared: &Shared, connection: &mut Connection, data:
             }
         }
     }
+}
+
+/// Finds a well-formed `request-id` header in a message that failed to parse, so that even a
+/// malformed request's error can be matched to it. Looks only at the head, line by line.
+fn salvage_request_id(data: &Bytes) -> Option<lhttp_proto::Text> {
+    let head_end = data
+        .windows(2)
+        .position(|w| w == b"\n\n" || w == b"\n\r")
+        .unwrap_or(data.len());
+    data[..head_end]
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .find_map(|line| {
+            let line = std::str::from_utf8(line).ok()?;
+            let (name, value) = line.split_once(':')?;
+            if !name.trim().eq_ignore_ascii_case("request-id") {
+                return None;
+            }
+            let message = Message::builder("x")
+                .header("request-id", value.trim_end_matches('\r').to_owned())
+                .build()
+                .ok()?;
+            message.headers().get_text("request-id").cloned()
+        })
 }
 
 /// Before-filters in order, the processor, after-filters in reverse order.

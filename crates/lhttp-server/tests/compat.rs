@@ -15,18 +15,25 @@ async fn original_javascript_sdk_chat() {
     let mut alice = server.client().await;
     let mut bob = server.client().await;
     for client in [&mut alice, &mut bob] {
-        client.send("LHTTP/1.0 chat\r\nsubscribe:chatroom\r\n\r\n").await;
+        client
+            .send("LHTTP/1.0 chat\r\nsubscribe:chatroom\r\n\r\n")
+            .await;
     }
     // The original SDK sends no request-id; wait for the server to have both subscriptions.
     wait_subscribers(&server, "chatroom", 2).await;
 
-    alice.send("LHTTP/1.0 chat\r\npublish:chatroom\r\n\r\nhi bob").await;
+    alice
+        .send("LHTTP/1.0 chat\r\npublish:chatroom\r\n\r\nhi bob")
+        .await;
     for client in [&mut alice, &mut bob] {
         let frame = client.recv_frame().await;
         let tungstenite::Message::Text(text) = frame else {
             panic!("the original SDK needs text frames, got {frame:?}");
         };
-        assert_eq!(text.as_str(), "LHTTP/1.0 chat\r\npublish:chatroom\r\n\r\nhi bob");
+        assert_eq!(
+            text.as_str(),
+            "LHTTP/1.0 chat\r\npublish:chatroom\r\n\r\nhi bob"
+        );
     }
     // Nothing else (no acknowledgement) reaches a client that did not ask for one.
     bob.expect_silence(200).await;
@@ -37,7 +44,9 @@ async fn original_javascript_sdk_chat() {
 async fn original_go_client_subpub_on_echo_path() {
     let server = start().await;
     let mut client = Client::connect(&server.url("/echo")).await;
-    client.send("LHTTP/1.0 subpub\r\nsubscribe:camera_123\r\n\r\n").await;
+    client
+        .send("LHTTP/1.0 subpub\r\nsubscribe:camera_123\r\n\r\n")
+        .await;
     wait_subscribers(&server, "camera_123", 1).await;
     client
         .send("LHTTP/1.0 subpub\r\npublish:camera_123\r\n\r\nhello world")
@@ -47,7 +56,9 @@ async fn original_go_client_subpub_on_echo_path() {
     assert_eq!(m.header("publish"), Some("camera_123"));
     assert_eq!(body(&m), "hello world");
 
-    client.send("LHTTP/1.0 subpub\r\nunsubscribe:camera_123\r\n\r\n").await;
+    client
+        .send("LHTTP/1.0 subpub\r\nunsubscribe:camera_123\r\n\r\n")
+        .await;
     server.wait_hub_empty().await;
     client
         .send("LHTTP/1.0 subpub\r\npublish:camera_123\r\n\r\nagain")
@@ -80,7 +91,10 @@ async fn original_http_publish() {
     let mut mike = server.client().await;
     mike.subscribe("mike").await;
     let (status, reply) = server
-        .post("/publish", "LHTTP/1.0 chat\r\npublish:mike\r\n\r\nhello mike")
+        .post(
+            "/publish",
+            "LHTTP/1.0 chat\r\npublish:mike\r\n\r\nhello mike",
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(reply, r#"{"channels":1,"deliveries":1}"#);
@@ -95,7 +109,9 @@ async fn websocket_on_any_path() {
     let server = start().await;
     for path in ["/", "/echo", "/chat", "/some/other/path?x=1"] {
         let mut client = Client::connect(&server.url(path)).await;
-        let (answer, _) = client.request("LHTTP/1.0 chat\r\nsubscribe:a\r\n\r\n").await;
+        let (answer, _) = client
+            .request("LHTTP/1.0 chat\r\nsubscribe:a\r\n\r\n")
+            .await;
         assert_eq!(answer.command(), "ok", "on {path}");
     }
 }
@@ -133,7 +149,9 @@ async fn binary_frames_and_binary_bodies() {
     };
     assert_eq!(&data[..], &message[..]);
 
-    client.send_binary(b"LHTTP/1.0 c\r\npublish:bin\r\n\r\ntext body").await;
+    client
+        .send_binary(b"LHTTP/1.0 c\r\npublish:bin\r\n\r\ntext body")
+        .await;
     let frame = client.recv_frame().await;
     assert!(matches!(frame, tungstenite::Message::Text(_)), "{frame:?}");
 }

@@ -17,13 +17,13 @@ async fn several_channels_in_one_header() {
     // One message to three channels: a gets it via x and y, b via y and z, each copy naming
     // the one channel it came through.
     publisher.publish("news", "x y z", "hello").await;
-    let mut got_a: Vec<String> = vec![a.recv().await, a.recv().await]
+    let mut got_a: Vec<String> = [a.recv().await, a.recv().await]
         .iter()
         .map(|m| m.header("publish").unwrap().to_owned())
         .collect();
     got_a.sort();
     assert_eq!(got_a, ["x", "y"]);
-    let mut got_b: Vec<String> = vec![b.recv().await, b.recv().await]
+    let mut got_b: Vec<String> = [b.recv().await, b.recv().await]
         .iter()
         .map(|m| m.header("publish").unwrap().to_owned())
         .collect();
@@ -92,7 +92,8 @@ async fn disconnect_removes_every_subscription() {
     let mut clients = Vec::new();
     for i in 0..20 {
         let mut c = server.client().await;
-        c.subscribe(&format!("shared own-{i} other-{}", i % 3)).await;
+        c.subscribe(&format!("shared own-{i} other-{}", i % 3))
+            .await;
         clients.push(c);
     }
     assert_eq!(server.handle.hub().subscriber_count("shared"), 20);
@@ -114,7 +115,8 @@ async fn disconnect_removes_every_subscription() {
 async fn subscribe_and_publish_in_one_message_reaches_the_sender() {
     let server = start().await;
     let mut c = server.client().await;
-    c.send("LHTTP/1.0 chat\r\nsubscribe:me\r\npublish:me\r\n\r\nself").await;
+    c.send("LHTTP/1.0 chat\r\nsubscribe:me\r\npublish:me\r\n\r\nself")
+        .await;
     let m = c.recv().await;
     assert_eq!(body(&m), "self");
     assert_eq!(m.header("subscribe"), None);
@@ -134,7 +136,9 @@ async fn order_per_publisher_and_identical_bytes() {
     let mut publisher = server.client().await;
     for i in 0..500 {
         publisher
-            .send(&format!("LHTTP/1.0 seq\r\npublish:ordered\r\nn:{i}\r\n\r\n{i}"))
+            .send(&format!(
+                "LHTTP/1.0 seq\r\npublish:ordered\r\nn:{i}\r\n\r\n{i}"
+            ))
             .await;
     }
     let mut first: Vec<Vec<u8>> = Vec::new();
@@ -208,7 +212,11 @@ async fn subscription_limit_per_connection() {
     c.subscribe("a b").await;
     let (answer, _) = c.request("LHTTP/1.0 s\r\nsubscribe:c d\r\n\r\n").await;
     assert_eq!(answer.header("status"), Some("429"));
-    assert_eq!(server.handle.hub().subscription_count(), 2, "all or nothing");
+    assert_eq!(
+        server.handle.hub().subscription_count(),
+        2,
+        "all or nothing"
+    );
     c.subscribe("a c").await;
     assert_eq!(server.handle.hub().subscription_count(), 3);
     // Unsubscribing frees room.
@@ -224,7 +232,10 @@ async fn publish_with_no_subscribers_is_accepted() {
     let (status, reply) = server
         .post("/publish", "LHTTP/1.0 c\r\npublish:nobody a b\r\n\r\nx")
         .await;
-    assert_eq!((status, reply.as_str()), (200, r#"{"channels":3,"deliveries":0}"#));
+    assert_eq!(
+        (status, reply.as_str()),
+        (200, r#"{"channels":3,"deliveries":0}"#)
+    );
 }
 
 async fn collect_for(c: &mut Client, ms: u64) -> Vec<lhttp_server::proto::Message> {

@@ -5,10 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
-use lhttp_server::{
-    Config, Server, ServerBuilder, ServerHandle,
-    proto::Message,
-};
+use lhttp_server::{Config, Server, ServerBuilder, ServerHandle, proto::Message};
 use tokio::{net::TcpStream, task::JoinHandle};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
@@ -71,6 +68,14 @@ impl TestServer {
         Client::connect(&self.url("/")).await
     }
 
+    /// Waits for `Server::run` to return (after a shutdown).
+    pub async fn stopped(&mut self) {
+        tokio::time::timeout(WAIT * 2, &mut self.task)
+            .await
+            .expect("server did not stop in time")
+            .expect("server task");
+    }
+
     /// Waits until the hub has no channel and no subscription left.
     pub async fn wait_hub_empty(&self) {
         let hub = self.handle.hub();
@@ -120,7 +125,7 @@ impl TestServer {
 
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
+    pub next_id: u64,
 }
 
 /// What a client observed instead of an lhttp message.
@@ -194,7 +199,10 @@ impl Client {
                 .expect("timed out waiting for the server")
                 .expect("stream open")
                 .expect("frame");
-            if matches!(next, tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)) {
+            if matches!(
+                next,
+                tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)
+            ) {
                 return next;
             }
         }
@@ -213,7 +221,9 @@ impl Client {
     pub async fn recv_close(&mut self) -> (u16, String) {
         loop {
             match self.event().await {
-                Event::Close(Some(frame)) => return (u16::from(frame.code), frame.reason.to_string()),
+                Event::Close(Some(frame)) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
                 Event::Close(None) => panic!("close without a code"),
                 Event::Gone => panic!("connection ended without a close frame"),
                 Event::Message(_) | Event::Garbage(_) => continue,
@@ -237,7 +247,8 @@ impl Client {
         self.next_id += 1;
         let id = format!("t{}", self.next_id);
         let (start, rest) = text.split_once("\r\n").unwrap_or((text, ""));
-        self.send(&format!("{start}\r\nrequest-id:{id}\r\n{rest}")).await;
+        self.send(&format!("{start}\r\nrequest-id:{id}\r\n{rest}"))
+            .await;
         let mut others = Vec::new();
         loop {
             let m = self.recv().await;
@@ -261,7 +272,9 @@ impl Client {
     /// Publishes `body` to `channels` with `command` and waits for the server's confirmation.
     pub async fn publish(&mut self, command: &str, channels: &str, body: &str) -> Vec<Message> {
         let (answer, others) = self
-            .request(&format!("LHTTP/1.0 {command}\r\npublish:{channels}\r\n\r\n{body}"))
+            .request(&format!(
+                "LHTTP/1.0 {command}\r\npublish:{channels}\r\n\r\n{body}"
+            ))
             .await;
         assert_eq!(answer.command(), "ok", "publish failed: {answer:?}");
         others

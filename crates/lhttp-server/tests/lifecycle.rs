@@ -1,0 +1,188 @@
+//! Slow consumers, graceful shutdown, and the HTTP endpoints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use lhttp_server::{Config, Server};
+use tokio::net::TcpSocket;
+
+/// A subscriber that stops reading is disconnected once its queue is full; it neither grows the
+/// server's memory without bound nor slows a fast subscriber of the same channel, who receives
+/// everything in order.
+#[tokio::test]
+async fn slow_consumer_is_cut_off_and_fast_subscriber_gets_everything() {
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.limits.max_message_size = 8 * 1024;
+        c.limits.outbound_queue = 64;
+        c.limits.outbound_queue_bytes = 64 * 1024;
+    })))
+    .await;
+
+    // The slow client: a tiny receive buffer and it never reads.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(server.url("/"), stream)
+        .await
+        .unwrap();
+    let mut slow = Client { ws, next_id: 0 };
+    slow.subscribe("feed").await;
+
+    let mut fast = server.client().await;
+    fast.subscribe("feed").await;
+
+    // The publisher sends in batches and the fast subscriber reads each batch, so it always
+    // keeps up; the slow one reads nothing.
+    const N: usize = 3000;
+    const BATCH: usize = 10;
+    let mut publisher = server.client().await;
+    let payload = "p".repeat(4000);
+    for batch in 0..N / BATCH {
+        for i in batch * BATCH..(batch + 1) * BATCH {
+            publisher
+                .send(&format!(
+                    "LHTTP/1.0 tick\r\npublish:feed\r\nn:{i}\r\n\r\n{payload}"
+                ))
+                .await;
+        }
+        for i in batch * BATCH..(batch + 1) * BATCH {
+            let m = fast.recv().await;
+            assert_eq!(
+                m.header("n"),
+                Some(i.to_string().as_str()),
+                "fast subscriber out of order"
+            );
+        }
+    }
+
+    // The slow one has been removed from the channel; the fast one is still there.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.handle.hub().subscriber_count("feed") != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slow consumer was never cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics.contains("lhttp_slow_consumers_total 1\n"),
+        "{metrics}"
+    );
+    fast.subscribe("still-served").await;
+
+    // When the slow client finally reads, the stream ends long before all N messages: what was
+    // queued for it was bounded.
+    let mut received = 0;
+    loop {
+        match slow.event().await {
+            Event::Message(m) if m.command() == "tick" => received += 1,
+            Event::Message(_) => {}
+            Event::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1008);
+                break;
+            }
+            Event::Close(None) | Event::Gone => break,
+            Event::Garbage(g) => panic!("garbage {g:?}"),
+        }
+    }
+    assert!(received < N, "the slow consumer was never cut off");
+}
+
+/// Graceful shutdown: what is queued is delivered, then close 1001; new connections are refused;
+/// `run` returns.
+#[tokio::test]
+async fn graceful_shutdown_flushes_then_closes_with_1001() {
+    let mut server = start().await;
+    let mut sub = server.client().await;
+    sub.subscribe("last").await;
+    for i in 0..100 {
+        let message = lhttp_server::proto::Message::builder("bye")
+            .header("publish", "last")
+            .body(format!("{i}"))
+            .build()
+            .unwrap();
+        server.handle.publish(&message).unwrap();
+    }
+    server.handle.shutdown();
+    for i in 0..100 {
+        assert_eq!(body(&sub.recv().await), i.to_string());
+    }
+    let (code, reason) = sub.recv_close().await;
+    assert_eq!(code, 1001, "{reason}");
+    server.stopped().await;
+    assert!(
+        tokio_tungstenite::connect_async(server.url("/"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn healthz_metrics_and_page() {
+    let server = start().await;
+    assert_eq!(
+        server.get("/healthz").await,
+        (200, r#"{"status":"ok"}"#.to_owned())
+    );
+    let mut c = server.client().await;
+    c.subscribe("m1 m2").await;
+    c.publish("x", "m1", "hello").await;
+    let (status, metrics) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "lhttp_connections 1\n",
+        "lhttp_channels 2\n",
+        "lhttp_subscriptions 2\n",
+        "lhttp_deliveries_total 1\n",
+        "lhttp_messages_received_total 2\n",
+        "# TYPE lhttp_messages_published_total counter\n",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    let (status, page) = server.get("/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.to_ascii_lowercase().contains("<html") || page.contains("<!doctype"),
+        "{page}"
+    );
+    assert_eq!(server.get("/nope").await.0, 404);
+}
+
+#[tokio::test]
+async fn http_publish_errors() {
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.limits.max_message_size = 1024
+    })))
+    .await;
+    let (status, body) = server.post("/publish", "not lhttp").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("LHTTP/1.0"), "{body}");
+    let (status, body) = server
+        .post("/publish", "LHTTP/1.0 chat\r\n\r\nno channel")
+        .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("publish"), "{body}");
+    let (status, _) = server
+        .post("/publish", "LHTTP/1.0 chat\r\npublish:a >\r\n\r\nwildcard")
+        .await;
+    assert_eq!(status, 400);
+    let big = format!("LHTTP/1.0 chat\r\npublish:a\r\n\r\n{}", "x".repeat(2000));
+    assert_eq!(server.post("/publish", big.clone()).await.0, 413);
+    // Without a Content-Length (chunked), the limit still holds.
+    let stream = futures_util::stream::iter(
+        big.into_bytes()
+            .chunks(100)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let (status, _) = server
+        .post("/publish", reqwest::Body::wrap_stream(stream))
+        .await;
+    assert_eq!(status, 413);
+    let response = reqwest::get(server.http("/publish")).await.unwrap();
+    assert_eq!(response.status(), 405);
+}
