@@ -36,6 +36,8 @@
 //! # Ok(()) }
 //! ```
 
+#[doc(hidden)]
+pub mod bench_support;
 pub mod builtin;
 mod channel;
 pub mod config;

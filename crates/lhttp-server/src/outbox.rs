@@ -168,6 +168,17 @@ pub(crate) enum WriterEnd {
 }
 
 impl OutboxReceiver {
+    /// Takes everything queued without writing it anywhere; returns how many messages.
+    #[doc(hidden)]
+    pub(crate) fn drain(&mut self) -> usize {
+        let mut count = 0;
+        while let Ok(message) = self.rx.try_recv() {
+            self.shared.queued_bytes.fetch_sub(message.len(), Relaxed);
+            count += 1;
+        }
+        count
+    }
+
     /// Writes queued messages to `sink`, several per flush, until a close frame is written,
     /// the producers are gone, the socket fails, or the queue overflows.
     pub(crate) async fn write_to<S>(mut self, mut sink: S, metrics: &Metrics) -> WriterEnd

@@ -81,7 +81,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
         std::fs::write(&path, "[limits]\nmax_connections = 7\nmax_headers = 9\n").unwrap();
-        let env = [("LHTTPD_LIMITS__MAX_CONNECTIONS".to_owned(), "500".to_owned())];
+        let env = [(
+            "LHTTPD_LIMITS__MAX_CONNECTIONS".to_owned(),
+            "500".to_owned(),
+        )];
         let config = load(Some(&path), env).unwrap();
         assert_eq!(config.limits.max_connections, 500);
         assert_eq!(config.limits.max_headers, 9);

@@ -1,0 +1,801 @@
+//! End-to-end tests of the `lhttpd` binary, run as a child process on a free loopback port:
+//! configuration (embedded default, files, environment, flags), graceful shutdown on SIGTERM,
+//! chatting over WebSocket exactly as the original JavaScript SDK does, and logging.
+//!
+//! Every child is killed when its guard is dropped (also when a test panics), and every wait is
+//! bounded by a deadline.
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{self, protocol::frame::coding::CloseCode},
+};
+
+const LHTTPD: &str = env!("CARGO_BIN_EXE_lhttpd");
+
+/// Time for a debug build to start and answer `/healthz` on a busy two-core machine.
+const STARTUP: Duration = Duration::from_secs(20);
+/// Time for one step a user would wait on: an answer, a delivered message, a command to end.
+const STEP: Duration = Duration::from_secs(10);
+/// Interval of bounded polling (process exit, `/healthz`, log lines).
+const POLL: Duration = Duration::from_millis(20);
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// Bytes a child wrote to one of its pipes, collected by a thread until the pipe closes.
+#[derive(Clone, Default)]
+struct Captured {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Captured {
+    fn collect(mut pipe: impl Read + Send + 'static) -> Captured {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => sink.bytes.lock().unwrap().extend_from_slice(&chunk[..n]),
+                }
+            }
+            sink.closed.store(true, Ordering::SeqCst);
+        });
+        captured
+    }
+
+    /// What was written so far, without terminal colour codes.
+    fn text(&self) -> String {
+        strip_ansi(&String::from_utf8_lossy(&self.bytes.lock().unwrap()))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`), which the log formatter may emit.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A command for `lhttpd` that does not inherit the test's own `LHTTPD_*` or `RUST_LOG`
+/// settings, and shows a backtrace if it ever panics (so that a panic is easy to recognise).
+fn lhttpd() -> Command {
+    let mut command = Command::new(LHTTPD);
+    for (name, _) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        if name_text.starts_with("LHTTPD_") || name_text == "RUST_LOG" {
+            command.env_remove(&name);
+        }
+    }
+    command.env("RUST_BACKTRACE", "1");
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Waits for `child` to exit, polling until `deadline`.
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// The result of a command that ran to completion.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command that is expected to exit by itself within [`STEP`]; kills it otherwise.
+fn run(mut command: Command) -> Finished {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lhttpd");
+    let stdout = Captured::collect(child.stdout.take().unwrap());
+    let stderr = Captured::collect(child.stderr.take().unwrap());
+    let Some(status) = wait_until(&mut child, Instant::now() + STEP) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "lhttpd did not exit within {STEP:?}; stderr:\n{}",
+            stderr.text()
+        );
+    };
+    let deadline = Instant::now() + STEP;
+    while !(stdout.is_closed() && stderr.is_closed()) && Instant::now() < deadline {
+        thread::sleep(POLL);
+    }
+    Finished {
+        status,
+        stdout: stdout.text(),
+        stderr: stderr.text(),
+    }
+}
+
+/// A running `lhttpd` server; killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Captured,
+}
+
+/// How the server is told its address.
+#[derive(Clone, Copy)]
+enum Listen {
+    Flag,
+    Env,
+}
+
+impl Server {
+    /// Starts `lhttpd` with `args` and `env` on a free loopback port, given by `--listen`.
+    async fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with(args, env, Listen::Flag).await
+    }
+
+    /// Starts `lhttpd` and waits until `GET /healthz` answers 200. A port taken by someone else
+    /// between the probe and the server's bind is retried with another one.
+    async fn start_with(args: &[&str], env: &[(&str, &str)], listen: Listen) -> Server {
+        let http = http_client();
+        for _attempt in 0..3 {
+            let addr = free_addr();
+            let mut command = lhttpd();
+            command.args(args).envs(env.iter().copied());
+            match listen {
+                Listen::Flag => command.arg("--listen").arg(addr.to_string()),
+                Listen::Env => command.env("LHTTPD_LISTEN", addr.to_string()),
+            };
+            let mut child = command
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn lhttpd");
+            let stderr = Captured::collect(child.stderr.take().unwrap());
+            let mut server = Server {
+                child,
+                addr,
+                stderr,
+            };
+            let deadline = Instant::now() + STARTUP;
+            loop {
+                if let Some(status) = server.child.try_wait().expect("try_wait") {
+                    let log = server.stderr_when_closed();
+                    if log.contains("cannot listen") {
+                        break; // The port was taken meanwhile: try another.
+                    }
+                    panic!("lhttpd exited at startup with {status}; stderr:\n{log}");
+                }
+                let health = http.get(server.url("/healthz")).send().await;
+                if health.is_ok_and(|r| r.status() == 200) {
+                    return server;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "lhttpd did not answer /healthz within {STARTUP:?}; stderr:\n{}",
+                    server.stderr.text()
+                );
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        panic!("no free port found for lhttpd in 3 attempts");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM, as `kill` and service managers do.
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Waits for the process to exit by itself within `limit`.
+    async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lhttpd did not exit within {limit:?}; stderr:\n{}",
+                self.stderr.text()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The whole stderr of a process that has exited (waits, bounded, for the pipe to close).
+    fn stderr_when_closed(&self) -> String {
+        let deadline = Instant::now() + STEP;
+        while !self.stderr.is_closed() && Instant::now() < deadline {
+            thread::sleep(POLL);
+        }
+        self.stderr.text()
+    }
+
+    /// Waits until the log contains a line for which `pred` holds.
+    async fn wait_for_log_line(&self, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if self.stderr.text().lines().any(&pred) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line {what} within {STEP:?}; stderr:\n{}",
+                self.stderr.text()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback address whose port was free a moment ago.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a probe socket")
+}
+
+/// A unique path under Cargo's scratch directory for integration tests.
+fn scratch_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{}-{name}", std::process::id()))
+}
+
+/// True when a log line is at debug level.
+fn is_debug_line(line: &str) -> bool {
+    line.split_whitespace().any(|word| word == "DEBUG")
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP and WebSocket clients
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(STEP)
+        .build()
+        .expect("HTTP client")
+}
+
+/// `POST /publish`; returns the status and the body.
+async fn publish(http: &reqwest::Client, server: &Server, message: String) -> (u16, String) {
+    let response = http
+        .post(server.url("/publish"))
+        .body(message)
+        .send()
+        .await
+        .expect("POST /publish");
+    let status = response.status().as_u16();
+    (
+        status,
+        response.text().await.expect("publish response body"),
+    )
+}
+
+async fn connect(server: &Server, path: &str) -> Ws {
+    let (ws, _) = tokio::time::timeout(STEP, connect_async(server.ws_url(path)))
+        .await
+        .expect("WebSocket connect timed out")
+        .expect("WebSocket connect");
+    ws
+}
+
+async fn send(ws: &mut Ws, text: &str) {
+    tokio::time::timeout(STEP, ws.send(tungstenite::Message::text(text)))
+        .await
+        .expect("WebSocket send timed out")
+        .expect("WebSocket send");
+}
+
+/// What a client sees next: a data frame as text, or a close frame.
+#[derive(Debug)]
+enum Received {
+    Text(String),
+    Close(Option<u16>),
+    /// The stream ended without a close frame.
+    End,
+}
+
+async fn receive(ws: &mut Ws) -> Received {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("nothing received from the WebSocket in time");
+        return match next {
+            None | Some(Err(_)) => Received::End,
+            Some(Ok(tungstenite::Message::Text(text))) => Received::Text(text.as_str().to_owned()),
+            Some(Ok(tungstenite::Message::Binary(data))) => {
+                panic!("binary frame for a UTF-8 message: {data:?}")
+            }
+            Some(Ok(tungstenite::Message::Close(frame))) => {
+                Received::Close(frame.map(|f| u16::from(f.code)))
+            }
+            Some(Ok(_)) => continue, // ping, pong
+        };
+    }
+}
+
+async fn receive_text(ws: &mut Ws) -> String {
+    match receive(ws).await {
+        Received::Text(text) => text,
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+/// A received lhttp message, parsed the way a client must: header values run from the first
+/// colon, trimmed; the body is everything after the first blank line.
+#[derive(Debug)]
+struct Lhttp {
+    command: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Lhttp {
+    fn parse(text: &str) -> Lhttp {
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .or_else(|| text.strip_suffix("\r\n").map(|head| (head, "")))
+            .unwrap_or((text, ""));
+        let mut lines = head.split("\r\n");
+        let start = lines.next().unwrap_or_default();
+        let command = start
+            .strip_prefix("LHTTP/1.0 ")
+            .unwrap_or_else(|| panic!("not an lhttp message: {text:?}"))
+            .to_owned();
+        let headers = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            .collect();
+        Lhttp {
+            command,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Subscribes to `channel` with a `request-id` and waits for the server's `ok` for it, so that
+/// the subscription is known to be in place.
+async fn subscribe(ws: &mut Ws, channel: &str, request_id: &str) {
+    send(
+        ws,
+        &format!("LHTTP/1.0 chat\r\nsubscribe:{channel}\r\nrequest-id:{request_id}\r\n\r\n"),
+    )
+    .await;
+    let answer = Lhttp::parse(&receive_text(ws).await);
+    assert_eq!(answer.command, "ok", "answer to subscribe: {answer:?}");
+    assert_eq!(answer.header("request-id"), Some(request_id), "{answer:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The embedded default configuration
+
+#[test]
+fn print_config_prints_the_commented_default_which_reads_back() {
+    let printed = run({
+        let mut c = lhttpd();
+        c.arg("--print-config");
+        c
+    });
+    assert!(printed.status.success(), "{}", printed.stderr);
+    assert!(printed.stderr.is_empty(), "stderr: {}", printed.stderr);
+    let default = printed.stdout;
+    assert!(default.contains("[limits]"), "{default}");
+    assert!(default.contains("max_message_size = 65536"), "{default}");
+    assert!(default.lines().any(|l| l.starts_with('#')), "not commented");
+
+    // The printed text is a valid configuration file as it is...
+    let path = scratch_file("default.toml");
+    std::fs::write(&path, &default).unwrap();
+    let checked = run({
+        let mut c = lhttpd();
+        c.arg("--config").arg(&path).arg("--check-config");
+        c
+    });
+    assert!(checked.status.success(), "{}", checked.stderr);
+    assert!(checked.stdout.contains("65536"), "{}", checked.stdout);
+
+    // ...and once edited, given by LHTTPD_CONFIG instead of the flag, the edit takes effect.
+    let edited = default.replace("max_message_size = 65536", "max_message_size = 2048");
+    assert_ne!(edited, default);
+    std::fs::write(&path, &edited).unwrap();
+    let checked = run({
+        let mut c = lhttpd();
+        c.env("LHTTPD_CONFIG", &path).arg("--check-config");
+        c
+    });
+    let _ = std::fs::remove_file(&path);
+    assert!(checked.status.success(), "{}", checked.stderr);
+    assert!(checked.stdout.contains("2048"), "{}", checked.stdout);
+    assert!(!checked.stdout.contains("65536"), "{}", checked.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Bad configuration and flags
+
+/// Asserts that lhttpd refused to run, with a message naming each of `names`, and no panic.
+fn assert_refused(finished: &Finished, what: &str, names: &[&str]) {
+    assert!(
+        !finished.status.success() && finished.status.code().is_some(),
+        "{what}: expected a non-zero exit code, got {}; stderr:\n{}",
+        finished.status,
+        finished.stderr
+    );
+    for name in names {
+        assert!(
+            finished.stderr.contains(name),
+            "{what}: stderr does not name {name:?}:\n{}",
+            finished.stderr
+        );
+    }
+    for panic_sign in ["panicked", "stack backtrace", "RUST_BACKTRACE"] {
+        assert!(
+            !finished.stderr.contains(panic_sign),
+            "{what}: lhttpd panicked:\n{}",
+            finished.stderr
+        );
+    }
+}
+
+#[test]
+fn bad_config_files_and_flags_are_refused_with_a_clear_message() {
+    let cases = [
+        (
+            "unknown key",
+            "[limits]\nmax_mesage_size = 1024\n",
+            "max_mesage_size",
+        ),
+        (
+            "unknown section",
+            "[limit]\nmax_message_size = 1024\n",
+            "`limit`",
+        ),
+        (
+            "wrong type",
+            "[limits]\nmax_message_size = \"big\"\n",
+            "max_message_size",
+        ),
+        ("invalid TOML", "[limits\nmax_message_size = 1024\n", "TOML"),
+        (
+            "invalid value",
+            "[limits]\nmax_message_size = 0\n",
+            "max_message_size",
+        ),
+    ];
+    for (i, (what, text, key)) in cases.into_iter().enumerate() {
+        let path = scratch_file(&format!("bad-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let finished = run({
+            let mut c = lhttpd();
+            // Port 0: should the file ever be accepted, the server starts on no fixed port and
+            // the bounded wait fails the test.
+            c.arg("--config")
+                .arg(&path)
+                .args(["--listen", "127.0.0.1:0"]);
+            c
+        });
+        let _ = std::fs::remove_file(&path);
+        let names: &[&str] = if what == "invalid value" {
+            &[key] // Checked after loading: the key, not the file, is at fault.
+        } else {
+            &[key, path.to_str().unwrap()]
+        };
+        assert_refused(&finished, what, names);
+    }
+
+    let missing = scratch_file("does-not-exist.toml");
+    let finished = run({
+        let mut c = lhttpd();
+        c.arg("--config").arg(&missing);
+        c
+    });
+    assert_refused(&finished, "missing file", &[missing.to_str().unwrap()]);
+
+    let finished = run({
+        let mut c = lhttpd();
+        c.env("LHTTPD_LIMITS__MAX_CONECTIONS", "5")
+            .args(["--listen", "127.0.0.1:0"]);
+        c
+    });
+    assert_refused(
+        &finished,
+        "unknown key in the environment",
+        &["max_conections"],
+    );
+
+    let flags: [(&str, &[&str], &str); 3] = [
+        ("unknown flag", &["--bogus-flag"], "--bogus-flag"),
+        ("bad address", &["--listen", "nowhere"], "nowhere"),
+        ("missing value", &["--config"], "--config"),
+    ];
+    for (what, args, name) in flags {
+        let finished = run({
+            let mut c = lhttpd();
+            c.args(args);
+            c
+        });
+        assert_refused(&finished, what, &[name]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Environment overrides
+
+#[tokio::test]
+async fn environment_variable_overrides_a_limit() {
+    let server = Server::start(&[], &[("LHTTPD_LIMITS__MAX_MESSAGE_SIZE", "1024")]).await;
+    let http = http_client();
+    let message = |len: usize| format!("LHTTP/1.0 chat\r\npublish:room\r\n\r\n{}", "x".repeat(len));
+
+    let (status, body) = publish(&http, &server, message(2000)).await;
+    assert_eq!(
+        status, 413,
+        "2000-byte message over a 1024-byte limit: {body}"
+    );
+
+    let (status, body) = publish(&http, &server, message(500)).await;
+    assert_eq!(status, 200, "500-byte message: {body}");
+}
+
+#[tokio::test]
+async fn lhttpd_listen_variable_replaces_the_flag() {
+    let server = Server::start_with(&[], &[], Listen::Env).await;
+    // start_with has already seen /healthz answer on the address given only by LHTTPD_LISTEN;
+    // the WebSocket side is there too.
+    let mut ws = connect(&server, "/").await;
+    subscribe(&mut ws, "room", "env").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Graceful shutdown
+
+#[tokio::test]
+async fn sigterm_delivers_everything_queued_then_closes_1001_and_exits_0() {
+    const N: usize = 200;
+    let mut server = Server::start(&[], &[]).await;
+    let mut subscriber = connect(&server, "/").await;
+    subscribe(&mut subscriber, "room", "1").await;
+
+    let http = http_client();
+    for i in 0..N {
+        let message = format!("LHTTP/1.0 chat\r\npublish:room\r\n\r\nmsg-{i}");
+        let (status, body) = publish(&http, &server, message).await;
+        assert_eq!(status, 200, "publish {i}: {body}");
+        assert!(body.contains("\"deliveries\":1"), "publish {i}: {body}");
+    }
+
+    server.terminate();
+
+    for i in 0..N {
+        let text = match receive(&mut subscriber).await {
+            Received::Text(text) => text,
+            other => panic!("message {i} of {N} was not delivered before {other:?}"),
+        };
+        let message = Lhttp::parse(&text);
+        assert_eq!(message.command, "chat", "{text:?}");
+        assert_eq!(message.header("publish"), Some("room"), "{text:?}");
+        assert_eq!(message.body, format!("msg-{i}"), "out of order: {text:?}");
+    }
+    match receive(&mut subscriber).await {
+        Received::Close(code) => {
+            assert_eq!(code, Some(u16::from(CloseCode::Away)), "close code")
+        }
+        other => panic!("expected a close frame with code 1001, got {other:?}"),
+    }
+    // Reading on completes the closing handshake (tungstenite answers the close frame).
+    let deadline = tokio::time::Instant::now() + STEP;
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, subscriber.next()).await {}
+
+    let status = server.exit_within(Duration::from_secs(10)).await;
+    assert!(
+        status.success(),
+        "exit status {status}; stderr:\n{}",
+        server.stderr_when_closed()
+    );
+    let refused = TcpStream::connect_timeout(&server.addr, STEP)
+        .expect_err("the port still accepts connections after lhttpd exited");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Chat, as with the original JavaScript SDK
+
+#[tokio::test]
+async fn two_websocket_clients_chat_through_a_channel() {
+    let server = Server::start(&[], &[]).await;
+    let mut alice = connect(&server, "/").await;
+    let mut bob = connect(&server, "/").await;
+    subscribe(&mut alice, "chatroom", "a1").await;
+    subscribe(&mut bob, "chatroom", "b1").await;
+
+    let hello = "LHTTP/1.0 chat\r\npublish:chatroom\r\n\r\nhello";
+    send(&mut alice, hello).await;
+    assert_eq!(receive_text(&mut bob).await, hello, "what bob received");
+    assert_eq!(receive_text(&mut alice).await, hello, "what alice received");
+
+    // The original SDK subscribes without a request-id: no answer, and the subscription works.
+    let mut carol = connect(&server, "/").await;
+    send(&mut carol, "LHTTP/1.0 chat\r\nsubscribe:chatroom\r\n\r\n").await;
+    // Messages on one connection are handled in order: once this one is answered (whatever the
+    // answer), the subscription above is in place.
+    send(&mut carol, "LHTTP/1.0 chat\r\nrequest-id:c1\r\n\r\n").await;
+    let answer = Lhttp::parse(&receive_text(&mut carol).await);
+    assert_eq!(answer.header("request-id"), Some("c1"), "{answer:?}");
+    let hi = "LHTTP/1.0 chat\r\npublish:chatroom\r\n\r\nhi carol";
+    send(&mut bob, hi).await;
+    assert_eq!(receive_text(&mut carol).await, hi, "what carol received");
+    assert_eq!(receive_text(&mut alice).await, hi, "what alice received");
+    assert_eq!(receive_text(&mut bob).await, hi, "what bob received");
+}
+
+#[tokio::test]
+async fn chat_page_is_served_at_root() {
+    let server = Server::start(&[], &[]).await;
+    let response = http_client()
+        .get(server.url("/"))
+        .send()
+        .await
+        .expect("GET /");
+    assert_eq!(response.status(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let page = response.text().await.expect("page body");
+    assert!(page.to_ascii_lowercase().starts_with("<!doctype html>"));
+    for id in ["messages", "input", "send", "status", "nick"] {
+        assert!(
+            page.contains(&format!("id=\"{id}\"")),
+            "no #{id} on the page"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Logging
+
+/// Makes the server do something worth logging at debug level: a connection that subscribes.
+async fn exercise(server: &Server) {
+    let mut ws = connect(server, "/chat").await;
+    subscribe(&mut ws, "logs", "1").await;
+}
+
+#[tokio::test]
+async fn verbose_flag_enables_debug_logs() {
+    let server = Server::start(&["-v"], &[]).await;
+    exercise(&server).await;
+    server
+        .wait_for_log_line("at DEBUG level", is_debug_line)
+        .await;
+}
+
+#[tokio::test]
+async fn rust_log_enables_debug_logs() {
+    let server = Server::start(&[], &[("RUST_LOG", "debug")]).await;
+    exercise(&server).await;
+    server
+        .wait_for_log_line("at DEBUG level", is_debug_line)
+        .await;
+}
+
+#[tokio::test]
+async fn default_logs_never_contain_message_bodies() {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let marker = format!("secret-marker-{}-{nanos}", std::process::id());
+    let mut server = Server::start(&[], &[]).await;
+    let mut subscriber = connect(&server, "/").await;
+    subscribe(&mut subscriber, "private", "1").await;
+
+    // Published once over WebSocket and once over HTTP, each with the marker in the body and in
+    // a header; both delivered, so both went all the way through the server.
+    let mut publisher = connect(&server, "/").await;
+    let over_ws = format!("LHTTP/1.0 chat\r\npublish:private\r\nnote:{marker}\r\n\r\nws {marker}");
+    send(&mut publisher, &over_ws).await;
+    assert_eq!(receive_text(&mut subscriber).await, over_ws);
+    let over_http =
+        format!("LHTTP/1.0 chat\r\npublish:private\r\nnote:{marker}\r\n\r\nhttp {marker}");
+    let (status, body) = publish(&http_client(), &server, over_http.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(receive_text(&mut subscriber).await, over_http);
+    // And a malformed one, which the server answers with an error.
+    send(&mut publisher, &format!("NOT-LHTTP {marker}")).await;
+    let answer = Lhttp::parse(&receive_text(&mut publisher).await);
+    assert_eq!(answer.command, "error", "{answer:?}");
+
+    // Stop the server so that its log is complete.
+    server.terminate();
+    let status = server.exit_within(STEP).await;
+    assert!(status.success(), "exit status {status}");
+    let log = server.stderr_when_closed();
+    assert!(
+        log.contains("listening"),
+        "no startup line in the log:\n{log}"
+    );
+    assert!(
+        !log.contains(&marker),
+        "a message leaked into the log:\n{log}"
+    );
+    assert!(
+        !log.lines().any(is_debug_line),
+        "debug lines at the default level:\n{log}"
+    );
+}
