@@ -49,7 +49,11 @@ impl Message {
 }
 
 /// Parses the offsets of a `multipart` header value against a body of `len` bytes.
-pub fn parse_offsets(value: &str, len: usize, limits: &Limits) -> Result<Vec<usize>, MultipartError> {
+pub fn parse_offsets(
+    value: &str,
+    len: usize,
+    limits: &Limits,
+) -> Result<Vec<usize>, MultipartError> {
     let mut offsets: Vec<usize> = Vec::new();
     for token in value.split_ascii_whitespace() {
         if offsets.len() == limits.max_parts {
@@ -57,9 +61,11 @@ pub fn parse_offsets(value: &str, len: usize, limits: &Limits) -> Result<Vec<usi
                 max: limits.max_parts,
             });
         }
-        let offset: usize = token
-            .parse()
-            .map_err(|_| MultipartError::InvalidOffset(token.chars().take(32).collect()))?;
+        // Digits only: `str::parse` would also take a leading `+`.
+        let offset: usize = Some(token)
+            .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| MultipartError::InvalidOffset(token.chars().take(32).collect()))?;
         if offset > len {
             return Err(MultipartError::OutOfRange { offset, len });
         }
@@ -75,7 +81,11 @@ pub fn parse_offsets(value: &str, len: usize, limits: &Limits) -> Result<Vec<usi
 }
 
 /// Cuts `body` into parts at the offsets in `value`.
-pub fn parse_parts(value: &str, body: &Bytes, limits: &Limits) -> Result<Vec<Part>, MultipartError> {
+pub fn parse_parts(
+    value: &str,
+    body: &Bytes,
+    limits: &Limits,
+) -> Result<Vec<Part>, MultipartError> {
     let offsets = parse_offsets(value, body.len(), limits)?;
     let mut parts = Vec::with_capacity(offsets.len());
     for (index, &start) in offsets.iter().enumerate() {

@@ -3,7 +3,7 @@
 //! Grammar (docs/protocol.md has the long form):
 //!
 //! ```text
-//! message    = "LHTTP/1.0" SP command [EOL *(header EOL) [EOL body]]
+//! message    = "LHTTP/1.0" SP command [EOL *(header EOL) [header / EOL body]]
 //! header     = name ":" value          ; value trimmed of spaces and tabs
 //! EOL        = CRLF / LF
 //! ```

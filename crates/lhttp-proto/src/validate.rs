@@ -23,6 +23,9 @@ pub fn is_header_value(s: &[u8]) -> bool {
 pub fn trim(s: &[u8]) -> &[u8] {
     let is_blank = |b: &u8| *b == b' ' || *b == b'\t';
     let start = s.iter().position(|b| !is_blank(b)).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !is_blank(b)).map_or(start, |i| i + 1);
+    let end = s
+        .iter()
+        .rposition(|b| !is_blank(b))
+        .map_or(start, |i| i + 1);
     &s[start..end]
 }

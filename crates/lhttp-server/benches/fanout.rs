@@ -3,6 +3,8 @@
 //!
 //! `cargo bench -p lhttp-server --bench fanout`
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lhttp_server::{bench_support::FanOut, proto::Message};
 

@@ -28,8 +28,11 @@ impl FanOut {
         let mut receivers = Vec::with_capacity(subscribers);
         let mut outboxes = Vec::with_capacity(subscribers);
         for id in 0..subscribers {
-            let (outbox, receiver) = Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes);
-            handle.hub().subscribe(&channel, ConnectionId(id as u64), &outbox);
+            let (outbox, receiver) =
+                Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes);
+            handle
+                .hub()
+                .subscribe(&channel, ConnectionId(id as u64), &outbox);
             receivers.push(receiver);
             outboxes.push(outbox);
         }

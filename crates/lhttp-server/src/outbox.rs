@@ -11,7 +11,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -71,8 +71,18 @@ struct Shared {
     /// Bytes pushed and not yet written. Atomic because producers run on any thread.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
-    /// Cancelled once when the queue overflows; the writer then closes with 1008.
+    /// Set once when the queue overflows. Checked on every push; an atomic load is much
+    /// cheaper than `CancellationToken::is_cancelled`, which takes a mutex.
+    overflowed_flag: AtomicBool,
+    /// Cancelled together with the flag, to wake the writer, which then closes with 1008.
     overflowed: CancellationToken,
+}
+
+impl Shared {
+    fn overflow(&self) {
+        self.overflowed_flag.store(true, Relaxed);
+        self.overflowed.cancel();
+    }
 }
 
 /// The producing side of one connection's queue. Cheap to clone: the hub holds one per
@@ -96,6 +106,7 @@ impl Outbox {
         let shared = Arc::new(Shared {
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
+            overflowed_flag: AtomicBool::new(false),
             overflowed: CancellationToken::new(),
         });
         (
@@ -109,14 +120,14 @@ impl Outbox {
 
     /// Queues `message` without waiting; on overflow marks the connection as a slow consumer.
     pub(crate) fn push(&self, message: WsMessage) -> Result<(), SendError> {
-        if self.shared.overflowed.is_cancelled() {
+        if self.shared.overflowed_flag.load(Relaxed) {
             return Err(SendError::SlowConsumer);
         }
         let len = message.len();
         let queued = self.shared.queued_bytes.fetch_add(len, Relaxed) + len;
         if queued > self.shared.max_bytes {
             self.shared.queued_bytes.fetch_sub(len, Relaxed);
-            self.shared.overflowed.cancel();
+            self.shared.overflow();
             return Err(SendError::SlowConsumer);
         }
         match self.tx.try_send(message) {
@@ -125,7 +136,7 @@ impl Outbox {
                 self.shared.queued_bytes.fetch_sub(len, Relaxed);
                 match e {
                     mpsc::error::TrySendError::Full(_) => {
-                        self.shared.overflowed.cancel();
+                        self.shared.overflow();
                         Err(SendError::SlowConsumer)
                     }
                     mpsc::error::TrySendError::Closed(_) => Err(SendError::Closed),
@@ -145,7 +156,7 @@ impl Outbox {
 
     /// True once the queue overflowed.
     pub(crate) fn is_overflowed(&self) -> bool {
-        self.shared.overflowed.is_cancelled()
+        self.shared.overflowed_flag.load(Relaxed)
     }
 
     /// Completes when the queue overflows.
