@@ -178,6 +178,14 @@ impl Connection {
     }
 }
 
+/// A drop guard: however the session ends (even by a panic in a processor), the hub keeps no
+/// subscription of a connection that no longer exists.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.unsubscribe_all();
+    }
+}
+
 /// Sends to one connection from any task. Sending to a connection that has ended fails with
 /// [`SendError::Closed`]; holding a handle does not keep the connection open.
 #[derive(Debug, Clone)]

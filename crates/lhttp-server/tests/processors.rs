@@ -62,6 +62,24 @@ struct Tracer {
     log: Log,
 }
 
+impl Tracer {
+    fn new(name: &'static str, log: &Log) -> Self {
+        Tracer {
+            name,
+            log: log.clone(),
+        }
+    }
+}
+
+impl Recorder {
+    fn new(name: &'static str, log: &Log) -> Self {
+        Recorder {
+            name,
+            log: log.clone(),
+        }
+    }
+}
+
 impl Filter for Tracer {
     fn on_open(&self, _: &mut Connection) -> Result<(), Rejection> {
         self.log.push(format!("{}:open", self.name));
@@ -88,28 +106,10 @@ async fn open_and_close_run_at_connect_and_disconnect() {
     let log = Log::default();
     let server = start_with(
         Server::builder(Config::default())
-            .processor(
-                "a",
-                Recorder {
-                    name: "A",
-                    log: log.clone(),
-                },
-            )
-            .processor(
-                "b",
-                Recorder {
-                    name: "B",
-                    log: log.clone(),
-                },
-            )
-            .filter(Tracer {
-                name: "F1",
-                log: log.clone(),
-            })
-            .filter(Tracer {
-                name: "F2",
-                log: log.clone(),
-            }),
+            .processor("a", Recorder::new("A", &log))
+            .processor("b", Recorder::new("B", &log))
+            .filter(Tracer::new("F1", &log))
+            .filter(Tracer::new("F2", &log)),
     )
     .await;
     let client = server.client().await;
@@ -131,21 +131,9 @@ async fn filter_chain_order() {
     let log = Log::default();
     let server = start_with(
         Server::builder(Config::default())
-            .processor(
-                "a",
-                Recorder {
-                    name: "A",
-                    log: log.clone(),
-                },
-            )
-            .filter(Tracer {
-                name: "F1",
-                log: log.clone(),
-            })
-            .filter(Tracer {
-                name: "F2",
-                log: log.clone(),
-            }),
+            .processor("a", Recorder::new("A", &log))
+            .filter(Tracer::new("F1", &log))
+            .filter(Tracer::new("F2", &log)),
     )
     .await;
     let mut c = server.client().await;
@@ -448,4 +436,36 @@ fn builder_rejects_bad_registrations() {
     );
     let zero = config(|c: &mut Config| c.limits.max_connections = 0);
     assert!(Server::builder(zero).build().is_err());
+}
+
+/// Panics on every message: a bug in application code.
+struct Buggy;
+
+#[async_trait]
+impl Processor for Buggy {
+    async fn on_message(&self, _ctx: &mut Context<'_>) -> Result<(), Rejection> {
+        panic!("bug in a processor");
+    }
+}
+
+/// A panicking processor costs its own connection only: the server keeps serving others and
+/// the hub keeps nothing of the dead connection.
+#[tokio::test]
+async fn panicking_processor_loses_only_its_connection() {
+    let server = start_with(Server::builder(Config::default()).processor("bug", Buggy)).await;
+    let mut victim = server.client().await;
+    victim.subscribe("room").await;
+    let mut other = server.client().await;
+    other.subscribe("room").await;
+    victim.send("LHTTP/1.0 bug\r\n\r\n").await;
+    assert!(matches!(
+        victim.event().await,
+        Event::Gone | Event::Close(_)
+    ));
+    wait_subscribers(&server, "room", 1).await;
+    server.wait_connections(1).await;
+    let mut listener = server.client().await;
+    listener.subscribe("room").await;
+    other.publish("c", "room", "still here").await;
+    assert_eq!(body(&listener.recv().await), "still here");
 }
