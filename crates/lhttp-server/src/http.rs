@@ -9,7 +9,7 @@ use axum::{
     extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use hyper_util::rt::TokioIo;
@@ -22,8 +22,15 @@ use tokio_tungstenite::{
 
 use crate::{ServerHandle, metrics::add, server::Shared, session};
 
-/// The chat page served at `GET /`.
-const CHAT_PAGE: &str = include_str!("../../../web/index.html");
+/// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
+/// (path, content type, content)
+const STATIC_FILES: &[(&str, &str, &str)] = &[
+    ("/", "text/html; charset=utf-8", include_str!("../../../web/index.html")),
+    ("/chat.js", "text/javascript; charset=utf-8", include_str!("../../../web/chat.js")),
+    ("/chat.css", "text/css; charset=utf-8", include_str!("../../../web/chat.css")),
+    ("/sdk/lhttp.js", "text/javascript; charset=utf-8", include_str!("../../../sdk/js/lhttp.js")),
+    ("/sdk/lhttp.d.ts", "text/plain; charset=utf-8", include_str!("../../../sdk/js/lhttp.d.ts")),
+];
 
 /// Bytes read from a socket per read call while a connection is idle-sized; tungstenite
 /// allocates this eagerly per connection, so it is kept small.
@@ -33,8 +40,11 @@ const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 64 * 1024;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/", get(chat_page))
+    let mut router = Router::new();
+    for &(path, content_type, body) in STATIC_FILES {
+        router = router.route(path, get(move || static_file(content_type, body)));
+    }
+    router
         .route("/publish", post(publish))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -161,8 +171,16 @@ fn websocket_config(limits: &crate::config::Limits) -> WebSocketConfig {
         .max_frame_size(Some(limits.max_message_size))
 }
 
-async fn chat_page() -> Html<&'static str> {
-    Html(CHAT_PAGE)
+async fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {

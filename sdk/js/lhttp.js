@@ -1,0 +1,1 @@
+// The lhttp JavaScript SDK.

@@ -1,0 +1,1 @@
+// The chat demo (see index.html).
