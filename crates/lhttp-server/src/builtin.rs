@@ -1,6 +1,8 @@
 //! The built-in headers, implemented as the first filters of the chain.
 
-use crate::{Context, Filter, Rejection, channel};
+use lhttp_proto::Message;
+
+use crate::{Context, Filter, Rejection, channel, metrics::add, upstream};
 
 /// Header names the built-ins act on.
 pub mod names {
@@ -32,19 +34,103 @@ impl Filter for MultipartCheck {
     }
 }
 
-/// Refuses the `upstream` header (403): the server calls no HTTP back end that its operator has
-/// not allowed, and this version has no allowance configured.
-pub(crate) struct UpstreamGuard;
+/// The `upstream` header: checked before the processor (400 malformed, 403 not allowed, so a
+/// refused call refuses the whole message), called after it on a task of its own, once the
+/// message has been published. The back end's answer is relayed to the client (see
+/// [`crate::upstream`]); it is the one answer to a `request-id`.
+pub(crate) struct UpstreamCall;
 
-impl Filter for UpstreamGuard {
+impl Filter for UpstreamCall {
     fn before(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
-        if ctx.message().headers().contains(names::UPSTREAM) {
-            return Err(Rejection::forbidden(
-                "upstream calls are not allowed on this server",
-            ));
-        }
+        let Some(value) = ctx.message().header(names::UPSTREAM) else {
+            return Ok(());
+        };
+        ctx.server().shared().upstream.resolve(value)?;
+        ctx.set_handled();
         Ok(())
     }
+
+    fn after(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+        let Some(value) = ctx.message().header(names::UPSTREAM) else {
+            return Ok(());
+        };
+        let server = ctx.server().clone();
+        let upstream = &server.shared().upstream;
+        let call = upstream.resolve(value)?;
+        let per_connection = upstream.per_connection();
+        let connection_slot = ctx
+            .connection_mut()
+            .upstream_slot(per_connection)
+            .ok_or_else(|| {
+                Rejection::limited("too many upstream calls in flight on this connection")
+            })?;
+        let server_slot = upstream
+            .server_slot()
+            .ok_or_else(|| Rejection::unavailable("too many upstream calls in flight"))?;
+        let headers = request_headers(ctx);
+        let request = ctx.message().clone();
+        let client = ctx.connection().handle();
+        ctx.defer_reply();
+        add(&server.shared().metrics.upstream_calls, 1);
+        tokio::spawn(async move {
+            let _slots = (connection_slot, server_slot);
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let shared = server.shared();
+            let result = shared
+                .upstream
+                .call(&call, request.body().clone(), &headers)
+                .await;
+            let request_id = request.headers().get_text(names::REQUEST_ID);
+            let answer = match result {
+                Ok(response) if response.status == 204 => match request_id {
+                    // Nothing to relay; a client waiting on its request-id still gets its answer.
+                    Some(id) => Message::builder("ok")
+                        .header("status", "204")
+                        .header(names::REQUEST_ID, id.clone())
+                        .build()
+                        .ok(),
+                    None => None,
+                },
+                Ok(response) => Some(upstream::relay(&request, response)),
+                Err(error) => {
+                    tracing::debug!(url = call.url(), %error, "upstream call failed");
+                    add(&shared.metrics.upstream_failures, 1);
+                    add(&shared.metrics.error_replies, 1);
+                    Some(error.rejection().to_message(request_id))
+                }
+            };
+            if let Some(answer) = answer {
+                let _ = client.send(&answer);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The headers an upstream request carries: a documented set, never the lhttp headers blindly.
+fn request_headers(ctx: &Context<'_>) -> Vec<(&'static str, String)> {
+    let message = ctx.message();
+    let mut headers = vec![
+        ("x-lhttp-command", message.command().to_owned()),
+        ("x-lhttp-connection", ctx.connection().id().to_string()),
+        (
+            "x-forwarded-for",
+            ctx.connection().peer_addr().ip().to_string(),
+        ),
+    ];
+    if let Some(content_type) = message.header("content-type") {
+        headers.push(("content-type", content_type.to_owned()));
+    }
+    if let Some(id) = message.header(names::REQUEST_ID) {
+        headers.push(("x-request-id", id.to_owned()));
+    }
+    if let Ok(channels) = channel::parse_list(message.headers().get_all(names::PUBLISH)) {
+        if !channels.is_empty() {
+            headers.push(("x-lhttp-channels", channels.join(" ")));
+        }
+    }
+    headers
 }
 
 /// `subscribe` and `unsubscribe` before the processor; `publish` after it.

@@ -16,6 +16,69 @@ pub struct Config {
     pub server: ServerConfig,
     /// What one client can make the server hold.
     pub limits: Limits,
+    /// HTTP back ends that clients may call with the `upstream` header.
+    pub upstream: UpstreamConfig,
+}
+
+/// `[upstream]`: which HTTP back ends clients may call, and how much of that they may do.
+///
+/// Closed by default: with no `allow` prefix and no route, every `upstream` header is refused
+/// with 403, so no client can make the server call a URL of its choosing.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// URL prefixes a client may name (`upstream:POST http://127.0.0.1:9000/record`). A URL is
+    /// allowed when its scheme, host and port equal the prefix's and its path starts with the
+    /// prefix's path.
+    pub allow: Vec<String>,
+    /// Named back ends (`upstream:POST record` calls the URL of route `record`).
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// How long a call may take, connection included, in milliseconds (504 beyond it).
+    pub timeout_ms: u64,
+    /// Calls one connection may have in flight (429 beyond it).
+    pub max_in_flight_per_connection: usize,
+    /// Calls the whole server may have in flight (503 beyond it).
+    pub max_in_flight: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            allow: Vec::new(),
+            routes: std::collections::BTreeMap::new(),
+            timeout_ms: 10_000,
+            max_in_flight_per_connection: 16,
+            max_in_flight: 1024,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// [`UpstreamConfig::timeout_ms`] as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Checks values that would make upstream calls unusable or unsafe.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout_ms == 0 || self.max_in_flight == 0 || self.max_in_flight_per_connection == 0
+        {
+            return Err(
+                "upstream.timeout_ms and the upstream.max_in_flight limits must be greater than 0"
+                    .into(),
+            );
+        }
+        for prefix in self.allow.iter().chain(self.routes.values()) {
+            crate::upstream::Target::parse(prefix)
+                .map_err(|e| format!("upstream URL {prefix:?}: {e}"))?;
+        }
+        for name in self.routes.keys() {
+            if name.is_empty() || name.contains(['/', ':', ' ']) {
+                return Err(format!("upstream route name {name:?} must be a plain word"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[server]`: the listening socket and shutdown.

@@ -1,7 +1,9 @@
 //! [`Connection`]: one client as processors and filters see it, and [`ConnectionHandle`] to
 //! reach it from other tasks.
 
-use std::{collections::HashSet, fmt, net::SocketAddr};
+use std::{collections::HashSet, fmt, net::SocketAddr, sync::Arc};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Extensions;
 use lhttp_proto::Message;
@@ -42,6 +44,8 @@ pub struct Connection {
     subscriptions: HashSet<Channel>,
     outbox: Outbox,
     server: ServerHandle,
+    /// Upstream calls in flight, created at the first call so idle connections pay nothing.
+    upstream_slots: Option<Arc<Semaphore>>,
 }
 
 impl fmt::Debug for Connection {
@@ -68,7 +72,17 @@ impl Connection {
             subscriptions: HashSet::new(),
             outbox,
             server,
+            upstream_slots: None,
         }
+    }
+
+    /// A slot for one more upstream call, or `None` when `max` are in flight.
+    pub(crate) fn upstream_slot(&mut self, max: usize) -> Option<OwnedSemaphorePermit> {
+        self.upstream_slots
+            .get_or_insert_with(|| Arc::new(Semaphore::new(max)))
+            .clone()
+            .try_acquire_owned()
+            .ok()
     }
 
     /// This connection's id.

@@ -92,6 +92,12 @@ impl<'c> Context<'c> {
         self.replied
     }
 
+    /// Marks the message as answered later (by a task that holds a
+    /// [`crate::ConnectionHandle`]), so that it gets no immediate `ok`.
+    pub fn defer_reply(&mut self) {
+        self.replied = true;
+    }
+
     pub(crate) fn request_id_text(&self) -> Option<&Text> {
         self.request_id.as_ref()
     }

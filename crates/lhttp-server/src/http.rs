@@ -25,11 +25,31 @@ use crate::{ServerHandle, metrics::add, server::Shared, session};
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
 /// (path, content type, content)
 const STATIC_FILES: &[(&str, &str, &str)] = &[
-    ("/", "text/html; charset=utf-8", include_str!("../../../web/index.html")),
-    ("/chat.js", "text/javascript; charset=utf-8", include_str!("../../../web/chat.js")),
-    ("/chat.css", "text/css; charset=utf-8", include_str!("../../../web/chat.css")),
-    ("/sdk/lhttp.js", "text/javascript; charset=utf-8", include_str!("../../../sdk/js/lhttp.js")),
-    ("/sdk/lhttp.d.ts", "text/plain; charset=utf-8", include_str!("../../../sdk/js/lhttp.d.ts")),
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../../web/index.html"),
+    ),
+    (
+        "/chat.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/chat.js"),
+    ),
+    (
+        "/chat.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../web/chat.css"),
+    ),
+    (
+        "/sdk/lhttp.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../sdk/js/lhttp.js"),
+    ),
+    (
+        "/sdk/lhttp.d.ts",
+        "text/plain; charset=utf-8",
+        include_str!("../../../sdk/js/lhttp.d.ts"),
+    ),
 ];
 
 /// Bytes read from a socket per read call while a connection is idle-sized; tungstenite

@@ -54,10 +54,11 @@ mod publish;
 mod rejection;
 mod server;
 mod session;
+pub mod upstream;
 
 pub use async_trait::async_trait;
 pub use channel::{Channel, MAX_CHANNEL_LEN};
-pub use config::{Config, Limits};
+pub use config::{Config, Limits, UpstreamConfig};
 pub use connection::{Connection, ConnectionHandle, ConnectionId};
 pub use context::Context;
 pub use extensions::Extensions;

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub(crate) error_replies: AtomicU64,
     pub(crate) protocol_closes: AtomicU64,
     pub(crate) http_publish_requests: AtomicU64,
+    pub(crate) upstream_calls: AtomicU64,
+    pub(crate) upstream_failures: AtomicU64,
 }
 
 /// Gauges read from the hub at scrape time.
@@ -63,7 +65,7 @@ impl Metrics {
             "Subscriptions of local connections.",
             gauges.subscriptions,
         );
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "connections_opened_total",
                 "WebSocket connections accepted.",
@@ -133,6 +135,16 @@ impl Metrics {
                 "http_publish_requests_total",
                 "POST /publish requests.",
                 &self.http_publish_requests,
+            ),
+            (
+                "upstream_calls_total",
+                "Upstream HTTP calls started.",
+                &self.upstream_calls,
+            ),
+            (
+                "upstream_failures_total",
+                "Upstream calls that failed or timed out (answered 502 or 504).",
+                &self.upstream_failures,
             ),
         ];
         for (name, help, counter) in counters {

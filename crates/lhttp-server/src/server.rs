@@ -19,6 +19,7 @@ use crate::{
     metrics::{Gauges, add},
     outbox::frame,
     publish::encode_for_channel,
+    upstream::Upstream,
 };
 
 /// Why a server could not be built or run.
@@ -58,6 +59,7 @@ pub(crate) struct Shared {
     /// One permit per open WebSocket connection (`limits.max_connections`).
     pub(crate) connection_slots: Arc<Semaphore>,
     pub(crate) next_connection_id: AtomicU64,
+    pub(crate) upstream: Upstream,
 }
 
 /// Builds a [`Server`]: configuration, processors, filters.
@@ -65,9 +67,18 @@ pub struct ServerBuilder {
     config: Config,
     processors: Vec<(String, Arc<dyn Processor>)>,
     filters: Vec<Arc<dyn Filter>>,
+    upstream_routes: Vec<(String, String)>,
 }
 
 impl ServerBuilder {
+    /// Adds a named upstream route (as `[upstream.routes]` does): clients may then send
+    /// `upstream:POST name`, and processors may call it with
+    /// [`Upstream::call_route`](crate::upstream::Upstream::call_route).
+    pub fn upstream_route(mut self, name: &str, url: &str) -> Self {
+        self.upstream_routes.push((name.to_owned(), url.to_owned()));
+        self
+    }
+
     /// Registers `processor` for messages whose command is `command`.
     pub fn processor(mut self, command: &str, processor: impl Processor) -> Self {
         self.processors
@@ -98,12 +109,19 @@ impl ServerBuilder {
         }
         let mut filters: Vec<Arc<dyn Filter>> = vec![
             Arc::new(builtin::MultipartCheck),
-            Arc::new(builtin::UpstreamGuard),
+            Arc::new(builtin::UpstreamCall),
             Arc::new(builtin::PubSub),
         ];
         filters.extend(self.filters);
         let limits = &self.config.limits;
+        let upstream = Upstream::new(
+            &self.config.upstream,
+            &self.upstream_routes,
+            limits.max_message_size.saturating_sub(1024),
+        )
+        .map_err(ServerError::Config)?;
         let shared = Shared {
+            upstream,
             parser_limits: limits.parser(),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             config: self.config,
@@ -144,6 +162,7 @@ impl Server {
             config,
             processors: Vec::new(),
             filters: Vec::new(),
+            upstream_routes: Vec::new(),
         }
     }
 
@@ -250,6 +269,11 @@ impl ServerHandle {
         }
         let frame = frame(encode_for_channel(message, channel));
         self.shared.hub.publish(channel, &frame, metrics)
+    }
+
+    /// The upstream caller, to call configured routes from code.
+    pub fn upstream(&self) -> &Upstream {
+        &self.shared.upstream
     }
 
     /// The subscription table.

@@ -22,6 +22,11 @@ struct Args {
     #[arg(long, env = "LHTTPD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
+    /// Allow clients to call HTTP back ends under this URL prefix with the `upstream` header
+    /// (repeatable; adds to [upstream] allow).
+    #[arg(long = "upstream-allow", value_name = "URL_PREFIX")]
+    upstream_allow: Vec<String>,
+
     /// Print the commented default configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -72,7 +77,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    config.upstream.allow.extend(args.upstream_allow);
     config.limits.validate().map_err(anyhow::Error::msg)?;
+    config.upstream.validate().map_err(anyhow::Error::msg)?;
     if args.check_config {
         println!("{config:#?}");
         return Ok(());
