@@ -469,3 +469,55 @@ async fn panicking_processor_loses_only_its_connection() {
     other.publish("c", "room", "still here").await;
     assert_eq!(body(&listener.recv().await), "still here");
 }
+
+/// A multipart body built with `MultipartBuilder` crosses the server intact: a subscriber gets
+/// the same parts, binary part bodies included.
+#[tokio::test]
+async fn multipart_round_trip_through_publish() {
+    let server = start().await;
+    let mut sub = server.client().await;
+    sub.subscribe("files").await;
+    let mut parts = lhttp_server::proto::MultipartBuilder::new();
+    parts
+        .part(
+            [("name", "a.txt"), ("content-type", "text/plain")],
+            "line one\r\n\r\nline two",
+        )
+        .unwrap();
+    parts
+        .part([("name", "b.bin")], [0u8, 255, 13, 10, 13, 10])
+        .unwrap();
+    parts
+        .part(std::iter::empty::<(&str, &str)>(), "no headers")
+        .unwrap();
+    let message = parts
+        .into_message(Message::builder("upload").header("publish", "files"))
+        .unwrap();
+    let mut publisher = server.client().await;
+    publisher.send_binary(&message.to_bytes()).await;
+    let received = sub.recv().await;
+    let got = received.parts().unwrap().unwrap();
+    let sent = message.parts().unwrap().unwrap();
+    assert_eq!(got, sent);
+    assert_eq!(got.len(), 3);
+    assert_eq!(&got[1].body[..], &[0u8, 255, 13, 10, 13, 10]);
+    assert!(got[2].headers.is_empty());
+}
+
+/// More parts than the limit (64) is a 400, like every other malformed multipart header.
+#[tokio::test]
+async fn too_many_parts_is_400() {
+    let server = start().await;
+    let mut c = server.client().await;
+    let mut parts = lhttp_server::proto::MultipartBuilder::new();
+    for i in 0..65 {
+        parts.part([("i", i.to_string())], "x").unwrap();
+    }
+    let message = parts
+        .into_message(Message::builder("upload").header("request-id", "m"))
+        .unwrap();
+    c.send_binary(&message.to_bytes()).await;
+    let (status, reason, _) = c.recv_error().await;
+    assert_eq!(status, 400);
+    assert!(reason.contains("64"), "{reason}");
+}

@@ -799,3 +799,81 @@ async fn default_logs_never_contain_message_bodies() {
         "debug lines at the default level:\n{log}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upstream allowance from the command line
+
+/// A one-shot HTTP back end: answers the first request with `200 stored` and reports the
+/// request line it received.
+async fn one_shot_backend() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            request.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&request).to_string();
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\nstored")
+            .await
+            .unwrap();
+        let _ = tx.send(text.lines().next().unwrap_or_default().to_owned());
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn upstream_allow_flag_opens_one_back_end() {
+    let (backend, request_line) = one_shot_backend().await;
+    let prefix = format!("http://{backend}/chat/");
+    let server = Server::start(&["--upstream-allow", &prefix], &[]).await;
+    let mut ws = connect(&server, "/").await;
+    // Outside the prefix: refused, and the back end is not called.
+    send(
+        &mut ws,
+        &format!("LHTTP/1.0 chat\r\nupstream:POST http://{backend}/admin\r\n\r\nx"),
+    )
+    .await;
+    let refused = Lhttp::parse(&receive_text(&mut ws).await);
+    assert_eq!(
+        (refused.command.as_str(), refused.header("status")),
+        ("error", Some("403"))
+    );
+    // Under the prefix: called, and the answer relayed.
+    send(
+        &mut ws,
+        &format!("LHTTP/1.0 chat\r\nupstream:POST {prefix}record\r\n\r\nhello"),
+    )
+    .await;
+    let answer = Lhttp::parse(&receive_text(&mut ws).await);
+    assert_eq!(answer.command, "chat");
+    assert_eq!(answer.header("status"), Some("200"));
+    assert_eq!(answer.body, "stored");
+    let line = tokio::time::timeout(STEP, request_line)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, "POST /chat/record HTTP/1.1");
+}
+
+#[tokio::test]
+async fn upstream_is_closed_without_an_allowance() {
+    let server = Server::start(&[], &[]).await;
+    let mut ws = connect(&server, "/").await;
+    send(
+        &mut ws,
+        "LHTTP/1.0 chat\r\nupstream:GET http://127.0.0.1:9/\r\n\r\n",
+    )
+    .await;
+    let refused = Lhttp::parse(&receive_text(&mut ws).await);
+    assert_eq!(refused.header("status"), Some("403"));
+}
