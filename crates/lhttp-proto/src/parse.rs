@@ -106,7 +106,7 @@ fn check_prefix(bytes: &[u8]) -> Result<usize, ParseError> {
 /// Finds the end of the line starting at `start`: returns (end of content, start of next
 /// line). A line ends at LF, optionally preceded by CR, or at the end of the input.
 fn line_end(bytes: &[u8], start: usize) -> (usize, usize) {
-    match bytes[start..].iter().position(|&b| b == b'\n') {
+    match memchr::memchr(b'\n', &bytes[start..]) {
         Some(i) => {
             let lf = start + i;
             let end = if lf > start && bytes[lf - 1] == b'\r' {
@@ -120,6 +120,35 @@ fn line_end(bytes: &[u8], start: usize) -> (usize, usize) {
     }
 }
 
+/// What one pass over a header line finds.
+struct LineScan {
+    /// Position of the first colon.
+    colon: Option<usize>,
+    /// Every byte is ASCII, so the line is valid UTF-8 without further checking.
+    ascii: bool,
+    /// A control character (other than tab) comes after the first colon: the value is invalid.
+    control_after_colon: bool,
+}
+
+/// Looks at every byte of a header line once, instead of one pass per rule.
+fn scan_line(line: &[u8]) -> LineScan {
+    let mut scan = LineScan {
+        colon: None,
+        ascii: true,
+        control_after_colon: false,
+    };
+    for (i, &b) in line.iter().enumerate() {
+        if b >= 0x80 {
+            scan.ascii = false;
+        } else if b == b':' && scan.colon.is_none() {
+            scan.colon = Some(i);
+        } else if scan.colon.is_some() && ((b < b' ' && b != b'\t') || b == 0x7f) {
+            scan.control_after_colon = true;
+        }
+    }
+    scan
+}
+
 /// Parses header lines from `pos` until a blank line or the end of input. Returns the headers
 /// and where the body starts. `first_line` numbers lines in errors.
 pub(crate) fn parse_head(
@@ -128,7 +157,7 @@ pub(crate) fn parse_head(
     first_line: usize,
     max_headers: usize,
 ) -> Result<(Headers, usize), ParseError> {
-    let mut headers = Headers::with_capacity(4);
+    let mut headers = Headers::with_capacity(8);
     let mut line_no = first_line;
     while pos < bytes.len() {
         let (end, next) = line_end(bytes, pos);
@@ -140,21 +169,21 @@ pub(crate) fn parse_head(
             return Err(ParseError::TooManyHeaders { max: max_headers });
         }
         let line = &bytes[pos..end];
-        if std::str::from_utf8(line).is_err() {
+        let scan = scan_line(line);
+        if !scan.ascii && std::str::from_utf8(line).is_err() {
             return Err(ParseError::InvalidUtf8);
         }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
+        let colon = scan
+            .colon
             .ok_or(ParseError::HeaderWithoutColon { line: line_no })?;
         let name = validate::trim(&line[..colon]);
         if !validate::is_header_name(name) {
             return Err(ParseError::InvalidHeaderName { line: line_no });
         }
-        let value = validate::trim(&line[colon + 1..]);
-        if !validate::is_header_value(value) {
+        if scan.control_after_colon {
             return Err(ParseError::InvalidHeaderValue { line: line_no });
         }
+        let value = validate::trim(&line[colon + 1..]);
         let offset = |s: &[u8]| s.as_ptr() as usize - bytes.as_ptr() as usize;
         let (name_at, value_at) = (offset(name), offset(value));
         headers.push_unchecked(
