@@ -1,1 +1,215 @@
-// The chat demo (see index.html).
+// The chat demo's app code (see index.html for the page's ids and the protocol).
+// Everything that comes from the network is shown with textContent, never parsed as markup.
+
+import { LhttpClient } from '/sdk/lhttp.js';
+
+const DEFAULT_ROOM = 'chatroom'; // the original demo's room: its clients and `lhttp sub` see ours
+const RECENT_MS = 10 * 60 * 1000; // a name stays in "Talking recently" this long after it spoke
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  nick: $('nick'),
+  room: $('room'),
+  status: $('status'),
+  messages: $('messages'),
+  people: $('people'),
+  peopleEmpty: $('people-empty'),
+  input: $('input'),
+  send: $('send'),
+  composer: $('composer'),
+  settings: $('settings'),
+};
+
+/** Control characters would break a header line; the SDK refuses them, so they are removed. */
+const clean = (text) => text.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim();
+const currentNick = () => clean(ui.nick.value).slice(0, 32) || 'anonymous';
+const validRoom = (name) => /^[^\s*>]+$/.test(name);
+
+// ---- name and room -------------------------------------------------------------------------
+
+function remembered(key, fallback) {
+  try {
+    return localStorage.getItem(key) || fallback;
+  } catch {
+    return fallback; // storage may be disabled
+  }
+}
+
+function remember(key, value) {
+  try {
+    localStorage.setItem(key, value);
+  } catch {
+    // not remembered across visits; nothing else depends on it
+  }
+}
+
+ui.nick.value = remembered('lhttp-chat-nick', `guest-${Math.floor(1000 + Math.random() * 9000)}`);
+const roomFromUrl = decodeURIComponent(location.hash.slice(1));
+let room = validRoom(roomFromUrl) ? roomFromUrl : DEFAULT_ROOM;
+ui.room.value = room;
+
+// ---- showing things ------------------------------------------------------------------------
+
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/** Appends a line to #messages, keeping the view at the bottom if the reader was there. */
+function addLine(line) {
+  const list = ui.messages;
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  list.append(line);
+  while (list.children.length > 500) list.firstElementChild.remove(); // bounded memory
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function showNote(kind, text) {
+  addLine(element('li', kind, text));
+}
+
+function showChat(message) {
+  const nick = clean(message.header('nick') ?? '') || 'anonymous';
+  const line = element('li', 'chat');
+  line.dataset.nick = nick;
+  if (nick === currentNick()) line.classList.add('mine');
+  const time = new Date();
+  const stamp = element('time', 'time', timeFormat.format(time));
+  stamp.dateTime = time.toISOString();
+  line.append(element('span', 'nick', nick));
+  // Other programs may publish other commands to the room (the CLI, an original client).
+  if (message.command !== 'chat') line.append(element('span', 'tag', `[${message.command}]`));
+  line.append(stamp, element('span', 'text', message.text));
+  addLine(line);
+  sawTalking(nick);
+}
+
+// ---- who is talking ------------------------------------------------------------------------
+
+const lastSeen = new Map(); // nick -> time of their last message in this room
+
+function sawTalking(nick) {
+  lastSeen.delete(nick); // re-inserted last: the Map stays ordered by recency
+  lastSeen.set(nick, Date.now());
+  renderPeople();
+}
+
+function ago(ms) {
+  const minutes = Math.floor(ms / 60000);
+  return minutes < 1 ? 'now' : `${minutes} min ago`;
+}
+
+function renderPeople() {
+  const now = Date.now();
+  for (const [nick, at] of lastSeen) if (now - at > RECENT_MS) lastSeen.delete(nick);
+  const items = [...lastSeen].reverse().map(([nick, at]) => {
+    const item = element('li');
+    item.append(element('span', 'who', nick), element('span', 'ago', ago(now - at)));
+    return item;
+  });
+  ui.people.replaceChildren(...items);
+  ui.peopleEmpty.hidden = items.length > 0;
+}
+
+setInterval(renderPeople, 30000);
+
+// ---- connection ----------------------------------------------------------------------------
+
+function setStatus(state, text) {
+  ui.status.dataset.state = state;
+  ui.status.textContent = text;
+  ui.send.disabled = state !== 'open';
+}
+
+const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+const client = new LhttpClient(`${scheme}//${location.host}/`, { reconnectDelay: 500, maxReconnectDelay: 5000 });
+
+function onRoomMessage(message) {
+  if (message.text !== '') showChat(message); // like the original demo: empty bodies are not shown
+}
+
+/** Subscribes to `name`; the page is "open" once the server confirmed. */
+async function join(name) {
+  // While disconnected the SDK subscribes on reconnection; the closed state stays visible.
+  if (client.state === 'open') setStatus('connecting', `Joining #${name}…`);
+  try {
+    await client.subscribe(name, onRoomMessage);
+    if (name !== room) return; // the person switched rooms meanwhile
+    setStatus('open', `Connected · #${name}`);
+    showNote('system', `You are in #${name}.`);
+  } catch (error) {
+    showNote('error', `Cannot join #${name}: ${error.reason ?? error.message}`);
+    if (name === room && client.state === 'open') setStatus('open', 'Connected · no room');
+  }
+}
+
+let everOpen = false;
+let lost = false; // the loss of the connection was announced and it has not come back yet
+client.on('open', () => {
+  if (everOpen) setStatus('connecting', `Rejoining #${room}…`);
+  else join(room);
+  everOpen = true;
+});
+// After a reconnection the SDK has subscribed to the room again before this event.
+client.on('reconnect', () => {
+  lost = false;
+  setStatus('open', `Connected · #${room}`);
+  showNote('system', 'Reconnected.');
+});
+client.on('close', () => {
+  if (everOpen && !lost) {
+    lost = true;
+    showNote('system', 'Connection lost. Messages sent until it is back are missed.');
+  }
+  setStatus('closed', 'Disconnected');
+});
+client.on('reconnecting', (event) => {
+  setStatus('closed', `Disconnected · retrying in ${Math.max(1, Math.round(event.delay / 1000))} s`);
+});
+client.on('error', (event) => {
+  // Transport errors are shown as the closed state; these come from the server or the room.
+  if (event.source === 'server' || event.source === 'handler') {
+    showNote('error', `Error: ${event.error.reason ?? event.error.message}`);
+  }
+});
+
+// ---- sending and settings ------------------------------------------------------------------
+
+ui.composer.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const text = ui.input.value;
+  if (text.trim() === '' || client.state !== 'open') return;
+  client.publish(room, text, { command: 'chat', headers: { nick: currentNick() } });
+  ui.input.value = '';
+  ui.input.focus();
+});
+
+ui.settings.addEventListener('submit', (event) => event.preventDefault());
+
+ui.nick.addEventListener('change', () => {
+  ui.nick.value = currentNick();
+  remember('lhttp-chat-nick', ui.nick.value);
+});
+
+ui.room.addEventListener('change', async () => {
+  const name = clean(ui.room.value);
+  if (!validRoom(name)) {
+    showNote('error', 'A room name is one word, without * or >.');
+    ui.room.value = room;
+    return;
+  }
+  if (name === room) return;
+  const previous = room;
+  room = name;
+  history.replaceState(null, '', name === DEFAULT_ROOM ? location.pathname : `#${encodeURIComponent(name)}`);
+  lastSeen.clear();
+  renderPeople();
+  client.unsubscribe(previous).catch(() => {}); // gone when the connection is anyway
+  await join(name);
+});
+
+renderPeople();

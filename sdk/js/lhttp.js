@@ -1,1 +1,926 @@
-// The lhttp JavaScript SDK.
+// The lhttp JavaScript SDK: an ES module for browsers (no build step) and Node 20+.
+//
+// Sections, in order:
+//   1. Messages: the Message class, decode() and encode()
+//   2. Multipart bodies: buildMultipart() and parseMultipart()
+//   3. The client: LhttpClient and connect()
+//   4. Compatibility with the original SDK: Lhttp and its context
+//
+// The wire format is documented in docs/protocol.md of the lhttp repository:
+//
+//   LHTTP/1.0 <command>\r\n
+//   <name>:<value>\r\n        (any number of headers)
+//   \r\n
+//   <body>
+
+const VERSION = 'LHTTP/1.0';
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder();
+
+// ---------------------------------------------------------------------------------------------
+// 1. Messages
+// ---------------------------------------------------------------------------------------------
+
+/** Raised by decode() for bytes that are not an lhttp message. */
+export class LhttpDecodeError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'LhttpDecodeError';
+  }
+}
+
+/**
+ * An error answered by the server (`LHTTP/1.0 error` with `status` and `reason`), or a local
+ * failure of a request: `status` 0 with `reason` "timeout", "connection closed" or "client closed".
+ */
+export class LhttpError extends Error {
+  /**
+   * @param {number} status HTTP-style status code, 0 for local failures
+   * @param {string} reason short text
+   * @param {Message} [answer] the server's error message, when there is one
+   */
+  constructor(status, reason, answer) {
+    super(status ? `lhttp error ${status}: ${reason}` : `lhttp: ${reason}`);
+    this.name = 'LhttpError';
+    this.status = status;
+    this.reason = reason;
+    this.answer = answer;
+  }
+}
+
+/**
+ * Normalises every accepted shape of headers to an array of [name, value] pairs, in order:
+ * an array of pairs, a Map, any iterable of pairs, or a plain object.
+ */
+function headerList(headers) {
+  if (headers == null) return [];
+  if (typeof headers === 'string') throw new TypeError('headers must be pairs, a Map or an object');
+  const pairs = typeof headers[Symbol.iterator] === 'function' ? headers : Object.entries(headers);
+  return Array.from(pairs, ([name, value]) => [String(name), String(value)]);
+}
+
+/** One lhttp message: a command, ordered headers and a body (text or bytes). */
+export class Message {
+  /**
+   * @param {string} command
+   * @param {Iterable<[string, string]> | Record<string, string> | null} [headers]
+   * @param {string | Uint8Array | ArrayBuffer} [body]
+   */
+  constructor(command, headers = [], body = '') {
+    this.command = command;
+    /** @type {Array<[string, string]>} in wire order; names keep their spelling */
+    this.headers = headerList(headers);
+    this.body = body instanceof ArrayBuffer ? new Uint8Array(body) : body;
+  }
+
+  /** The value of the first header called `name` (case-insensitive), or undefined. */
+  header(name) {
+    const wanted = name.toLowerCase();
+    const found = this.headers.find(([n]) => n.toLowerCase() === wanted);
+    return found ? found[1] : undefined;
+  }
+
+  /** Every value of the headers called `name` (case-insensitive), in order. */
+  headerValues(name) {
+    const wanted = name.toLowerCase();
+    return this.headers.filter(([n]) => n.toLowerCase() === wanted).map(([, v]) => v);
+  }
+
+  /** Replaces every header called `name` by one with `value`, at the first one's place. */
+  setHeader(name, value) {
+    const wanted = name.toLowerCase();
+    const at = this.headers.findIndex(([n]) => n.toLowerCase() === wanted);
+    this.removeHeader(name);
+    this.headers.splice(at < 0 ? this.headers.length : at, 0, [name, String(value)]);
+    return this;
+  }
+
+  /** Appends a header (a name may repeat). */
+  addHeader(name, value) {
+    this.headers.push([name, String(value)]);
+    return this;
+  }
+
+  /** Removes every header called `name` (case-insensitive). */
+  removeHeader(name) {
+    const wanted = name.toLowerCase();
+    this.headers = this.headers.filter(([n]) => n.toLowerCase() !== wanted);
+    return this;
+  }
+
+  /** The channel a received copy came through (its `publish` header), or undefined. */
+  get channel() {
+    return this.header('publish');
+  }
+
+  /** The body as text (bytes are decoded as UTF-8). */
+  get text() {
+    return typeof this.body === 'string' ? this.body : utf8Decoder.decode(this.body);
+  }
+
+  /** The headers as a plain object; the first value wins for repeated names. */
+  headersObject() {
+    const object = {};
+    for (const [name, value] of this.headers) if (!(name in object)) object[name] = value;
+    return object;
+  }
+
+  /** The wire form: see encode(). */
+  encode() {
+    return encode(this);
+  }
+}
+
+// Spaces and tabs only: the protocol trims nothing else.
+const trimSpaces = (text) => text.replace(/^[ \t]+|[ \t]+$/g, '');
+
+function toBytes(data) {
+  if (data instanceof Uint8Array) return data;
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  throw new TypeError('expected a string, an ArrayBuffer or a typed array');
+}
+
+/**
+ * Where the head ends in a string: the head is everything before the first empty line, the body
+ * everything after it. Lines end in LF, optionally preceded by CR.
+ * Returns [headEnd, bodyStart]; without an empty line the whole input is the head.
+ */
+function splitText(text) {
+  let pos = 0;
+  for (;;) {
+    const lf = text.indexOf('\n', pos);
+    if (lf < 0) return [text.length, text.length];
+    const line = text.slice(pos, lf);
+    if (pos > 0 && (line === '' || line === '\r')) return [pos, lf + 1];
+    pos = lf + 1;
+  }
+}
+
+/** The same as splitText for UTF-8 bytes, so a binary body is never decoded to find it. */
+function splitBytes(bytes) {
+  let pos = 0;
+  for (;;) {
+    const lf = bytes.indexOf(0x0a, pos);
+    if (lf < 0) return [bytes.length, bytes.length];
+    const length = lf - pos;
+    if (pos > 0 && (length === 0 || (length === 1 && bytes[pos] === 0x0d))) return [pos, lf + 1];
+    pos = lf + 1;
+  }
+}
+
+/** Parses a head (start line and header lines) into [command, headers]. */
+function parseHead(head) {
+  const lines = head.split('\n').map((line) => (line.endsWith('\r') ? line.slice(0, -1) : line));
+  if (lines[lines.length - 1] === '') lines.pop(); // the line end of the last header
+  const start = lines.shift() ?? '';
+  if (!start.startsWith(VERSION + ' ')) throw new LhttpDecodeError('not an LHTTP/1.0 message');
+  const command = start.slice(VERSION.length + 1);
+  if (!/^[^\s\x00-\x1f\x7f]+$/.test(command)) throw new LhttpDecodeError('invalid command');
+  const headers = lines.map((line) => {
+    // The name ends at the FIRST colon; the value may contain more (URLs, times).
+    const colon = line.indexOf(':');
+    if (colon < 0) throw new LhttpDecodeError('header line without a colon');
+    const name = trimSpaces(line.slice(0, colon));
+    if (name === '') throw new LhttpDecodeError('empty header name');
+    return [name, trimSpaces(line.slice(colon + 1))];
+  });
+  return [command, headers];
+}
+
+/**
+ * Decodes one lhttp message from a WebSocket frame.
+ *
+ * The head is the start line and the header lines up to the first empty line; a header's value
+ * is everything after its first colon, trimmed of spaces and tabs; the body is everything after
+ * the first empty line, blank lines included. Lines may end in CRLF or LF.
+ *
+ * @param {string | ArrayBuffer | ArrayBufferView} data a text frame (string) or a binary frame
+ * @param {{binary?: 'text' | 'bytes'}} [options] for binary frames: decode the body as UTF-8
+ *   text (default) or keep it as a Uint8Array
+ * @returns {Message}
+ * @throws {LhttpDecodeError}
+ */
+export function decode(data, options = {}) {
+  if (typeof data === 'string') {
+    const [headEnd, bodyStart] = splitText(data);
+    const [command, headers] = parseHead(data.slice(0, headEnd));
+    return new Message(command, headers, data.slice(bodyStart));
+  }
+  const bytes = toBytes(data);
+  const [headEnd, bodyStart] = splitBytes(bytes);
+  const [command, headers] = parseHead(utf8Decoder.decode(bytes.subarray(0, headEnd)));
+  const body = bytes.slice(bodyStart);
+  return new Message(command, headers, options.binary === 'bytes' ? body : utf8Decoder.decode(body));
+}
+
+function checkCommand(command) {
+  if (typeof command !== 'string' || !/^[^\s\x00-\x1f\x7f]+$/.test(command)) {
+    throw new TypeError(`invalid lhttp command: ${JSON.stringify(command)}`);
+  }
+}
+
+function checkHeader(name, value) {
+  if (!/^[^:\s\x00-\x1f\x7f]+$/.test(name)) {
+    throw new TypeError(`invalid lhttp header name: ${JSON.stringify(name)}`);
+  }
+  // A line break in a value would let data inject headers or end the head early.
+  if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) {
+    throw new TypeError(`control character in the value of header ${name}`);
+  }
+}
+
+function concatBytes(chunks) {
+  const out = new Uint8Array(chunks.reduce((sum, chunk) => sum + chunk.length, 0));
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
+}
+
+/** The head of a message or a multipart part: `name:value` CRLF per header, then CRLF. */
+function encodeHeaders(headers) {
+  let text = '';
+  for (const [name, value] of headerList(headers)) {
+    checkHeader(name, value);
+    text += `${name}:${value}\r\n`;
+  }
+  return text + '\r\n';
+}
+
+/**
+ * Encodes a message: `LHTTP/1.0 <command>` CRLF, `name:value` CRLF per header (no space after
+ * the colon, in order), an empty line (always, so decoders that look for the first CRLF CRLF
+ * find the body), then the body.
+ *
+ * @param {Message | {command: string, headers?: any, body?: string | Uint8Array | ArrayBuffer}} message
+ * @returns {string | Uint8Array} a string for a text body, bytes (a binary frame) for a byte body
+ * @throws {TypeError} for an invalid command, header name, or a control character in a value
+ */
+export function encode(message) {
+  checkCommand(message.command);
+  const head = `${VERSION} ${message.command}\r\n${encodeHeaders(message.headers)}`;
+  const body = message.body ?? '';
+  if (typeof body === 'string') return head + body;
+  return concatBytes([utf8Encoder.encode(head), toBytes(body)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Multipart bodies
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Builds a multipart body: each part is its header lines, an empty line, and its body. The
+ * `multipart` header lists the byte offset where each part starts, counted in UTF-8 bytes (not
+ * JavaScript characters), so that the server can cut the body without scanning it.
+ *
+ * @param {Array<{headers?: any, body?: string | Uint8Array}>} parts
+ * @returns {{multipart: string, offsets: number[], body: string | Uint8Array}} `body` is a
+ *   string when every part's body is a string, otherwise bytes
+ * @example
+ *   const {multipart, body} = buildMultipart([{headers: {k1: 'v1'}, body: 'body1'},
+ *                                             {headers: {k2: 'v2'}, body: 'body2'}]);
+ *   client.publish('files', body, {command: 'upload', headers: {multipart}}); // "0 14"
+ */
+export function buildMultipart(parts) {
+  const chunks = parts.map((part) => {
+    const head = encodeHeaders(part.headers);
+    const body = part.body ?? '';
+    return typeof body === 'string' ? head + body : concatBytes([utf8Encoder.encode(head), toBytes(body)]);
+  });
+  const offsets = [];
+  let at = 0;
+  for (const chunk of chunks) {
+    offsets.push(at);
+    at += typeof chunk === 'string' ? utf8Encoder.encode(chunk).length : chunk.length;
+  }
+  const allText = chunks.every((chunk) => typeof chunk === 'string');
+  const body = allText
+    ? chunks.join('')
+    : concatBytes(chunks.map((chunk) => (typeof chunk === 'string' ? utf8Encoder.encode(chunk) : chunk)));
+  return { multipart: offsets.join(' '), offsets, body };
+}
+
+/** One part of a multipart body. */
+export class Part {
+  constructor(headers, body) {
+    /** @type {Array<[string, string]>} */
+    this.headers = headers;
+    this.body = body;
+  }
+
+  /** The value of the first header called `name` (case-insensitive), or undefined. */
+  header(name) {
+    const wanted = name.toLowerCase();
+    const found = this.headers.find(([n]) => n.toLowerCase() === wanted);
+    return found ? found[1] : undefined;
+  }
+}
+
+/**
+ * Cuts a multipart body into its parts.
+ *
+ * @param {Message | {multipart: string, body: string | Uint8Array}} source a message with a
+ *   `multipart` header, or the header's value and the body
+ * @returns {Part[]} part bodies are strings when the body is a string, bytes otherwise
+ * @throws {LhttpDecodeError} for offsets that do not describe the body, or a part without its
+ *   empty line
+ */
+export function parseMultipart(source) {
+  const value = source instanceof Message ? source.header('multipart') : source.multipart;
+  if (value == null) throw new LhttpDecodeError('no multipart header');
+  const text = typeof source.body === 'string';
+  const bytes = text ? utf8Encoder.encode(source.body) : toBytes(source.body ?? new Uint8Array());
+  const offsets = value.trim() === '' ? [] : value.trim().split(/[ \t]+/).map(Number);
+  offsets.forEach((offset, i) => {
+    const valid = Number.isInteger(offset) && offset >= 0 && offset <= bytes.length;
+    if (!valid || (i > 0 && offset <= offsets[i - 1])) {
+      throw new LhttpDecodeError(`multipart offsets do not describe the body: ${value}`);
+    }
+  });
+  return offsets.map((start, i) => {
+    const raw = bytes.subarray(start, i + 1 < offsets.length ? offsets[i + 1] : bytes.length);
+    // A part may have no headers: its first line is then the empty line.
+    const startsEmpty = raw[0] === 0x0a || (raw[0] === 0x0d && raw[1] === 0x0a);
+    const [headEnd, bodyStart] = startsEmpty ? [0, raw[0] === 0x0a ? 1 : 2] : splitBytes(raw);
+    if (headEnd === bodyStart) throw new LhttpDecodeError(`multipart part ${i} has no empty line`);
+    const head = utf8Decoder.decode(raw.subarray(0, headEnd));
+    const [, headers] = parseHead(`${VERSION} part\n${head}`);
+    const body = raw.slice(bodyStart);
+    return new Part(headers, text ? utf8Decoder.decode(body) : body);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The client
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * A channel name must be one word: whitespace would split it into several channels, a line break
+ * would break the message. The server checks the rest (length, the reserved `*` and `>`) and
+ * answers 400, so its rules live in one place.
+ */
+function checkChannel(channel) {
+  if (typeof channel !== 'string' || !/^[^\s\x00-\x1f\x7f]+$/.test(channel)) {
+    throw new TypeError(`invalid lhttp channel name: ${JSON.stringify(channel)}`);
+  }
+}
+
+/**
+ * The WebSocket class to use: the one given, the platform's (browsers, Node 22+), or the `ws`
+ * package in Node 20. `ws` is imported only when needed, so browsers never try to load it.
+ */
+async function webSocketClass(given) {
+  if (given) return given;
+  if (typeof globalThis.WebSocket === 'function') return globalThis.WebSocket;
+  try {
+    const ws = await import('ws');
+    return ws.WebSocket ?? ws.default;
+  } catch (cause) {
+    throw new Error('no WebSocket in this environment: install the "ws" package', { cause });
+  }
+}
+
+/** An event of LhttpClient; the properties given are copied onto it. */
+export class LhttpEvent extends Event {
+  constructor(type, properties = {}) {
+    super(type);
+    Object.assign(this, properties);
+  }
+}
+
+const DEFAULTS = {
+  reconnect: true,
+  reconnectDelay: 500,
+  maxReconnectDelay: 30000,
+  requestTimeout: 10000,
+  maxQueue: 1000,
+  binary: 'text',
+  WebSocket: undefined,
+};
+
+const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
+
+/**
+ * A connection to an lhttp server that survives restarts: it reconnects with jittered exponential
+ * backoff and subscribes again to every channel it held.
+ *
+ * Events (addEventListener, or on/off):
+ * - `open`: a connection is established ({reconnected: boolean}); the subscriptions to restore
+ *   and the frames queued while disconnected have been sent
+ * - `reconnect`: after a reconnection, every subscription has been restored ({attempt})
+ * - `close`: a connection (or an attempt) ended ({code, reason, willReconnect})
+ * - `reconnecting`: the next attempt is scheduled ({attempt, delay} in milliseconds)
+ * - `message`: any message that is not the answer to a request ({message})
+ * - `error`: a transport error, an `error` message not tied to a request, an undecodable frame,
+ *   a failed subscription, or an exception thrown by a handler ({error, source}: source is
+ *   "transport", "server", "decode", "subscribe" or "handler")
+ */
+export class LhttpClient extends EventTarget {
+  #options;
+  #ws = null;
+  #state = 'connecting';
+  #stopped = false; // close() was called: never reconnect
+  #everOpened = false;
+  #connection = 0; // counts connections, so late work for an old one can tell it is stale
+  #attempt = 0;
+  #retryTimer = null;
+  #outbox = []; // frames sent while not connected, flushed after resubscribing
+  #pending = new Map(); // request-id -> {resolve, reject, timer}
+  #subscriptions = new Map(); // channel -> {handlers: Set, resolve, reject, promise}
+  // Request ids are unique per client, so that a published copy of another client's request
+  // (which keeps its request-id) is never mistaken for an answer.
+  #idPrefix = Math.random().toString(36).slice(2, 10);
+  #nextId = 1;
+  #settleOpened;
+
+  /**
+   * Starts connecting at once.
+   *
+   * @param {string} url a ws:// or wss:// URL (any path)
+   * @param {object} [options]
+   * @param {boolean} [options.reconnect=true] reconnect after the connection is lost
+   * @param {number} [options.reconnectDelay=500] first backoff delay, in milliseconds
+   * @param {number} [options.maxReconnectDelay=30000] the largest backoff delay
+   * @param {number} [options.requestTimeout=10000] how long request() and subscribe() wait
+   * @param {number} [options.maxQueue=1000] frames kept while disconnected; send() throws beyond
+   * @param {'text'|'bytes'} [options.binary='text'] bodies of binary frames as text or bytes
+   * @param {typeof WebSocket} [options.WebSocket] the WebSocket class to use
+   */
+  constructor(url, options = {}) {
+    super();
+    this.url = url;
+    this.#options = { ...DEFAULTS, ...options };
+    /** Resolves at the first successful connection; rejects if the client stops before. */
+    this.opened = new Promise((resolve, reject) => {
+      this.#settleOpened = { resolve, reject };
+    });
+    this.opened.catch(() => {}); // observed via connect() or not at all
+    this.#connect();
+  }
+
+  /** "connecting", "open" or "closed" (closed: waiting to reconnect, or stopped). */
+  get state() {
+    return this.#state;
+  }
+
+  /** The channels this client is subscribed to (or subscribing to). */
+  get channels() {
+    return [...this.#subscriptions.keys()];
+  }
+
+  /**
+   * Adds `listener` for events of `type`; the listener receives the event.
+   * @returns {this}
+   */
+  on(type, listener) {
+    this.addEventListener(type, listener);
+    return this;
+  }
+
+  /** Removes a listener added with on(). @returns {this} */
+  off(type, listener) {
+    this.removeEventListener(type, listener);
+    return this;
+  }
+
+  #emit(type, properties) {
+    this.dispatchEvent(new LhttpEvent(type, properties));
+  }
+
+  async #connect() {
+    this.#state = 'connecting';
+    let ws;
+    try {
+      const WebSocketClass = await webSocketClass(this.#options.WebSocket);
+      if (this.#stopped) return;
+      ws = new WebSocketClass(this.url);
+    } catch (error) {
+      // A malformed URL or a missing `ws` package does not get better by retrying.
+      this.#stopped = true;
+      this.#emit('error', { error, source: 'transport' });
+      this.#closed(1006, String(error.message ?? error));
+      return;
+    }
+    ws.binaryType = 'arraybuffer';
+    this.#ws = ws;
+    // Events of a socket this client has already given up on are ignored.
+    ws.onopen = () => ws === this.#ws && this.#opened();
+    ws.onmessage = (event) => ws === this.#ws && this.#received(event.data);
+    ws.onerror = (event) => {
+      if (ws !== this.#ws) return;
+      const error = event.error ?? new Error(event.message || 'WebSocket error');
+      this.#emit('error', { error, source: 'transport' });
+    };
+    ws.onclose = (event) => {
+      if (ws !== this.#ws) return;
+      this.#ws = null;
+      this.#closed(event.code, event.reason ?? '');
+    };
+  }
+
+  #opened() {
+    const reconnected = this.#everOpened;
+    this.#everOpened = true;
+    this.#state = 'open';
+    const connection = ++this.#connection;
+    const attempt = this.#attempt;
+    this.#attempt = 0;
+    // Subscriptions go before queued frames, so that a queued publish to a channel this client
+    // subscribes to reaches it too.
+    const restored = [...this.#subscriptions.keys()].map((channel) => this.#subscribeOnServer(channel));
+    const outbox = this.#outbox;
+    this.#outbox = [];
+    for (const frame of outbox) this.#ws.send(frame);
+    this.#emit('open', { reconnected });
+    this.#settleOpened.resolve(this);
+    if (reconnected) {
+      Promise.allSettled(restored).then(() => {
+        if (this.#state === 'open' && this.#connection === connection) this.#emit('reconnect', { attempt });
+      });
+    }
+  }
+
+  #closed(code, reason) {
+    const wasStopped = this.#stopped;
+    this.#state = 'closed';
+    // Answers to requests sent on this connection will never come. Subscriptions stay: they
+    // are sent again on the next connection.
+    for (const [id, request] of this.#pending) {
+      clearTimeout(request.timer);
+      this.#pending.delete(id);
+      request.reject(new LhttpError(0, wasStopped ? 'client closed' : 'connection closed'));
+    }
+    const willReconnect = this.#options.reconnect && !wasStopped;
+    this.#emit('close', { code, reason, willReconnect });
+    if (!willReconnect) {
+      this.#settleOpened.reject(new LhttpError(0, 'connection closed'));
+      return;
+    }
+    // Jittered exponential backoff: many clients dropped by one restart do not come back at once.
+    const base = Math.min(this.#options.maxReconnectDelay, this.#options.reconnectDelay * 2 ** this.#attempt);
+    const delay = Math.round(base / 2 + Math.random() * (base / 2));
+    this.#attempt += 1;
+    this.#emit('reconnecting', { attempt: this.#attempt, delay });
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      this.#connect();
+    }, delay);
+  }
+
+  #received(data) {
+    let message;
+    try {
+      message = decode(data, { binary: this.#options.binary });
+    } catch (error) {
+      this.#emit('error', { error, source: 'decode' });
+      return;
+    }
+    // An answer carries our request-id and no `publish` header; a published copy of someone's
+    // request carries its request-id too, but also the channel it came through.
+    const id = message.header('request-id');
+    const request = id !== undefined && message.header('publish') === undefined && this.#pending.get(id);
+    if (request) {
+      this.#pending.delete(id);
+      clearTimeout(request.timer);
+      if (message.command === 'error') request.reject(errorFrom(message));
+      else request.resolve(message);
+      return;
+    }
+    const channel = message.header('publish');
+    if (message.command === 'error' && channel === undefined) {
+      this.#emit('error', { error: errorFrom(message), source: 'server' });
+    }
+    const subscription = channel !== undefined && this.#subscriptions.get(channel);
+    if (subscription) {
+      for (const handler of [...subscription.handlers]) {
+        try {
+          handler(message, this);
+        } catch (error) {
+          this.#emit('error', { error, source: 'handler' });
+        }
+      }
+    }
+    this.#emit('message', { message });
+  }
+
+  /**
+   * Sends a message as is. While the client is not connected the frame is queued and sent after
+   * the next connection is established (and its subscriptions restored).
+   *
+   * @param {Message | {command: string, headers?: any, body?: string | Uint8Array} | string | Uint8Array} message
+   *   a message, or an already encoded frame
+   * @throws {TypeError} for a message that cannot be encoded
+   * @throws {LhttpError} after close(), or when the queue is full
+   */
+  send(message) {
+    const frame = typeof message === 'string' || message instanceof Uint8Array ? message : encode(message);
+    if (this.#stopped) throw new LhttpError(0, 'client closed');
+    if (this.#ws && this.#ws.readyState === OPEN && this.#state === 'open') {
+      this.#ws.send(frame);
+    } else if (this.#outbox.length < this.#options.maxQueue) {
+      this.#outbox.push(frame);
+    } else {
+      throw new LhttpError(0, 'send queue full while disconnected');
+    }
+  }
+
+  /**
+   * Sends a message with a fresh `request-id` and waits for the server's answer.
+   *
+   * @param {Message | {command: string, headers?: any, body?: string | Uint8Array}} message
+   * @param {{timeout?: number}} [options] milliseconds; default: the client's requestTimeout
+   * @returns {Promise<Message>} the answer (`ok`, or a processor's reply)
+   * @throws {LhttpError} the server's `error` answer (status, reason), or status 0 on timeout or
+   *   when the connection closes first
+   */
+  request(message, options = {}) {
+    const timeout = options.timeout ?? this.#options.requestTimeout;
+    const id = `${this.#idPrefix}-${this.#nextId++}`;
+    const outgoing = new Message(message.command, message.headers, message.body).setHeader('request-id', id);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new LhttpError(0, 'timeout'));
+      }, timeout);
+      this.#pending.set(id, { resolve, reject, timer });
+      try {
+        this.send(outgoing);
+      } catch (error) {
+        clearTimeout(timer);
+        this.#pending.delete(id);
+        reject(error);
+      }
+    });
+  }
+
+  /**
+   * Subscribes to `channel`: `handler(message, client)` is called for every message published to
+   * it. Subscribing again to a channel adds a handler without asking the server again. The
+   * subscription is restored after every reconnection.
+   *
+   * @param {string} channel
+   * @param {(message: Message, client: LhttpClient) => void} handler
+   * @returns {Promise<void>} resolves once the server confirmed; rejects with LhttpError if it
+   *   refused (the subscription is then dropped), or on timeout
+   */
+  subscribe(channel, handler) {
+    checkChannel(channel);
+    if (typeof handler !== 'function') throw new TypeError('subscribe needs a handler function');
+    let subscription = this.#subscriptions.get(channel);
+    if (!subscription) {
+      subscription = { handlers: new Set() };
+      subscription.promise = new Promise((resolve, reject) => Object.assign(subscription, { resolve, reject }));
+      subscription.promise.catch(() => {}); // reported as an `error` event as well
+      this.#subscriptions.set(channel, subscription);
+      if (this.#state === 'open') this.#subscribeOnServer(channel);
+    }
+    subscription.handlers.add(handler);
+    return subscription.promise;
+  }
+
+  async #subscribeOnServer(channel) {
+    const subscription = this.#subscriptions.get(channel);
+    const message = new Message('subscribe', [['subscribe', channel]]);
+    try {
+      await this.request(message);
+      subscription.resolve();
+    } catch (error) {
+      // A dropped connection is retried on the next one (close() settles the promise itself);
+      // a refusal or a timeout is final.
+      if (error.reason === 'connection closed' || error.reason === 'client closed') return;
+      if (this.#subscriptions.get(channel) === subscription) this.#subscriptions.delete(channel);
+      subscription.reject(error);
+      this.#emit('error', { error, source: 'subscribe', channel });
+    }
+  }
+
+  /**
+   * Removes `handler` from `channel`, or every handler when none is given; the server is told
+   * once no handler is left.
+   *
+   * @param {string} channel
+   * @param {Function} [handler]
+   * @returns {Promise<void>} resolves once the server confirmed (at once when not connected)
+   */
+  async unsubscribe(channel, handler) {
+    const subscription = this.#subscriptions.get(channel);
+    if (!subscription) return;
+    if (handler) subscription.handlers.delete(handler);
+    if (handler && subscription.handlers.size > 0) return;
+    this.#subscriptions.delete(channel);
+    subscription.resolve(); // a subscribe still waiting for its answer need not wait any longer
+    if (this.#state !== 'open') return; // the next connection will not restore it
+    await this.request(new Message('unsubscribe', [['unsubscribe', channel]]));
+  }
+
+  /**
+   * Publishes `body` to `channel` (several channels: separated by spaces, or an array).
+   *
+   * @param {string | string[]} channel
+   * @param {string | Uint8Array} [body]
+   * @param {object} [options]
+   * @param {string} [options.command="chat"] the command subscribers receive
+   * @param {any} [options.headers] more headers, in order, after `publish`
+   * @param {boolean} [options.ack=false] ask the server to confirm (a request)
+   * @returns {undefined | Promise<Message>} with `ack`, the server's answer
+   */
+  publish(channel, body = '', options = {}) {
+    const channels = Array.isArray(channel) ? channel : String(channel).split(' ').filter(Boolean);
+    if (channels.length === 0) throw new TypeError('publish needs a channel');
+    channels.forEach(checkChannel);
+    const headers = [['publish', channels.join(' ')], ...headerList(options.headers)];
+    const message = new Message(options.command ?? 'chat', headers, body);
+    if (options.ack) return this.request(message);
+    this.send(message);
+    return undefined;
+  }
+
+  /**
+   * Closes the connection for good: no reconnection; pending requests are rejected.
+   *
+   * @param {number} [code=1000]
+   * @param {string} [reason]
+   * @returns {Promise<void>} resolves when the connection is closed
+   */
+  close(code = 1000, reason = '') {
+    this.#stopped = true;
+    this.#outbox = [];
+    // Subscriptions still waiting for the server will not get an answer any more.
+    for (const subscription of this.#subscriptions.values()) subscription.reject(new LhttpError(0, 'client closed'));
+    if (this.#retryTimer) {
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = null;
+    }
+    const ws = this.#ws;
+    if (!ws) {
+      // Between attempts, or still loading the WebSocket class: nothing to close.
+      if (this.#state !== 'closed') this.#closed(code, reason);
+      this.#settleOpened.reject(new LhttpError(0, 'client closed'));
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.addEventListener('close', () => resolve(), { once: true });
+      ws.close(code, reason);
+    });
+  }
+}
+
+function errorFrom(message) {
+  const status = Number(message.header('status')) || 0;
+  return new LhttpError(status, message.header('reason') ?? 'error', message);
+}
+
+/**
+ * Connects to an lhttp server.
+ *
+ * @param {string} url a ws:// or wss:// URL
+ * @param {object} [options] see LhttpClient
+ * @returns {Promise<LhttpClient>} once the first connection is open; rejects if it cannot be
+ *   made and reconnection is off
+ */
+export async function connect(url, options) {
+  const client = new LhttpClient(url, options);
+  return client.opened;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Compatibility with the original SDK
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * What the original SDK passed to on_open and on_message: the message received (if any), and
+ * methods to send. Headers given to one call are used for that call only (the original piled
+ * them up across sends).
+ */
+export class LhttpContext {
+  #client;
+  #message;
+  #command = null;
+  #headers = [];
+
+  constructor(client, message = null) {
+    this.#client = client;
+    this.#message = message;
+  }
+
+  /** The received message (a Message), or null in on_open. */
+  get message() {
+    return this.#message;
+  }
+
+  /** The received command, or "" in on_open. */
+  getCommand() {
+    return this.#message ? this.#message.command : '';
+  }
+
+  /** The value of the received header called `name` (case-insensitive), or null. */
+  getHeader(name) {
+    return this.#message?.header(name) ?? null;
+  }
+
+  /** Every received header as a plain object. */
+  getHeaders() {
+    return this.#message ? this.#message.headersObject() : {};
+  }
+
+  /** The received body as text, or "" in on_open. */
+  getBody() {
+    return this.#message ? this.#message.text : '';
+  }
+
+  /** Sets the command of the next send() (default: the received command, or "chat"). */
+  setCommand(command) {
+    this.#command = command;
+    return this;
+  }
+
+  /** Adds a header to the next send() only. */
+  addHeader(name, value) {
+    this.#headers.push([name, String(value)]);
+    return this;
+  }
+
+  /** Sends `body` with the command and headers set on this context; then forgets the headers. */
+  send(body = '') {
+    const command = this.#command ?? (this.#message ? this.#message.command : 'chat');
+    const headers = this.#headers;
+    this.#headers = [];
+    this.#client.send(new Message(command, headers, body ?? ''));
+  }
+
+  #sendWith(builtin, channel, command, headers, body) {
+    const all = [[builtin, Array.isArray(channel) ? channel.join(' ') : channel], ...headerList(headers)];
+    this.#client.send(new Message(command ?? 'chat', all, body ?? ''));
+  }
+
+  /** Publishes: `LHTTP/1.0 <command>`, `publish:<channel>`, the given headers, the body. */
+  publish(channel, command, headers, body) {
+    this.#sendWith('publish', channel, command, headers, body);
+  }
+
+  /** Subscribes; the message may carry other headers and a body like any other. */
+  subscribe(channel, command, headers, body) {
+    this.#sendWith('subscribe', channel, command, headers, body);
+  }
+
+  /** Unsubscribes. */
+  unsubscribe(channel, command, headers, body) {
+    this.#sendWith('unsubscribe', channel, command, headers, body);
+  }
+}
+
+/**
+ * The original SDK's entry point: assign on_open, on_message, on_close and on_error, each called
+ * with a context (on_close and on_error with the event too).
+ *
+ * Unlike LhttpClient it does not reconnect unless told to ({reconnect: true}), because code
+ * written for the original subscribes in on_open; on_open then runs again after every
+ * reconnection.
+ *
+ * @example
+ *   const lhttp = new Lhttp('ws://127.0.0.1:8081/');
+ *   lhttp.on_open = (context) => context.subscribe('chatroom', 'chat', null, '');
+ *   lhttp.on_message = (context) => console.log(context.getHeader('publish'), context.getBody());
+ */
+export class Lhttp {
+  /**
+   * @param {string} url
+   * @param {object} [options] LhttpClient options; reconnect is off by default here
+   */
+  constructor(url, options = {}) {
+    this.on_open = null;
+    this.on_message = null;
+    this.on_close = null;
+    this.on_error = null;
+    /** The LhttpClient underneath. */
+    this.client = new LhttpClient(url, { reconnect: false, ...options });
+    const call = (name, ...args) => typeof this[name] === 'function' && this[name](...args);
+    this.client.on('open', () => call('on_open', new LhttpContext(this.client)));
+    this.client.on('message', (event) => call('on_message', new LhttpContext(this.client, event.message)));
+    this.client.on('close', (event) => call('on_close', new LhttpContext(this.client), event));
+    this.client.on('error', (event) => call('on_error', new LhttpContext(this.client), event));
+  }
+
+  /** Same as the context's publish(). */
+  publish(channel, command, headers, body) {
+    new LhttpContext(this.client).publish(channel, command, headers, body);
+  }
+
+  /** Same as the context's subscribe(). */
+  subscribe(channel, command, headers, body) {
+    new LhttpContext(this.client).subscribe(channel, command, headers, body);
+  }
+
+  /** Same as the context's unsubscribe(). */
+  unsubscribe(channel, command, headers, body) {
+    new LhttpContext(this.client).unsubscribe(channel, command, headers, body);
+  }
+
+  /** Closes the connection. */
+  close() {
+    return this.client.close();
+  }
+}
