@@ -18,6 +18,85 @@ pub struct Config {
     pub limits: Limits,
     /// HTTP back ends that clients may call with the `upstream` header.
     pub upstream: UpstreamConfig,
+    /// Sharing channels with other nodes over NATS; off unless `nats` lists a server.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several nodes share channels through NATS.
+///
+/// With an empty `nats` list (the default) the node runs alone and no NATS code runs at all.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); several are tried in turn, and
+    /// the client also learns the other members of a NATS cluster from the one it reaches.
+    pub nats: Vec<String>,
+    /// First token(s) of every subject this node uses: channel `c` is `<prefix>.ch.<c escaped>`.
+    /// Nodes that should share channels use the same prefix; different prefixes on one NATS
+    /// keep deployments apart.
+    pub subject_prefix: String,
+    /// NATS authentication token.
+    pub token: Option<String>,
+    /// NATS user name (needs `password`).
+    pub user: Option<String>,
+    /// NATS password (needs `user`).
+    pub password: Option<String>,
+    /// NATS credentials file (JWT and NKey seed), as `nsc` writes it.
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// Refuse to talk to NATS without TLS.
+    pub tls_required: bool,
+    /// Most messages waiting to be sent to NATS, and most messages per channel received from
+    /// NATS and waiting to be delivered here. Beyond it messages are dropped and counted
+    /// (`lhttp_cluster_dropped_total`, `lhttp_cluster_slow_consumers_total`), never buffered.
+    pub max_pending: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: Vec::new(),
+            subject_prefix: "lhttp".to_owned(),
+            token: None,
+            user: None,
+            password: None,
+            credentials_file: None,
+            tls_required: false,
+            max_pending: 4096,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// True when a NATS server is configured.
+    pub fn enabled(&self) -> bool {
+        !self.nats.is_empty()
+    }
+
+    /// Checks values that would make the cluster unusable or let subjects collide.
+    pub fn validate(&self) -> Result<(), String> {
+        for url in &self.nats {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("cluster.nats URL {url:?}: {e}"))?;
+        }
+        let prefix = &self.subject_prefix;
+        let token_ok = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !prefix.split('.').all(token_ok) {
+            return Err(format!(
+                "cluster.subject_prefix {prefix:?}: dot-separated words of letters, digits, '_' and '-'"
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err("cluster.user and cluster.password go together".into());
+        }
+        if self.max_pending == 0 {
+            return Err("cluster.max_pending must be greater than 0".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[upstream]`: which HTTP back ends clients may call, and how much of that they may do.

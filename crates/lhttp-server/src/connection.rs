@@ -156,7 +156,9 @@ impl Connection {
         }
         let hub = &self.server.shared().hub;
         for channel in new {
-            hub.subscribe(&channel, self.id, &self.outbox);
+            if hub.subscribe(&channel, self.id, &self.outbox) {
+                self.server.interest_changed(&channel);
+            }
             self.subscriptions.insert(channel);
         }
         Ok(())
@@ -164,8 +166,15 @@ impl Connection {
 
     /// Unsubscribes from `channel`; a channel never subscribed is ignored.
     pub fn unsubscribe(&mut self, channel: &str) {
-        if self.subscriptions.remove(channel) {
-            self.server.shared().hub.unsubscribe(channel, self.id);
+        if let Some(channel) = self.subscriptions.take(channel) {
+            if self
+                .server
+                .shared()
+                .hub
+                .unsubscribe(channel.as_str(), self.id)
+            {
+                self.server.interest_changed(&channel);
+            }
         }
     }
 
@@ -173,7 +182,9 @@ impl Connection {
     pub fn unsubscribe_all(&mut self) {
         let hub = &self.server.shared().hub;
         for channel in self.subscriptions.drain() {
-            hub.unsubscribe(channel.as_str(), self.id);
+            if hub.unsubscribe(channel.as_str(), self.id) {
+                self.server.interest_changed(&channel);
+            }
         }
     }
 

@@ -211,7 +211,17 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
         )
             .into_response();
     }
-    Json(json!({"status": "ok"})).into_response()
+    // A clustered node without NATS still serves its own clients, but a load balancer should
+    // prefer nodes whose clients also reach the other nodes' channels.
+    match shared.cluster.as_ref().map(|c| c.is_connected()) {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(true) => Json(json!({"status": "ok", "nats": "connected"})).into_response(),
+        Some(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "nats": "disconnected"})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

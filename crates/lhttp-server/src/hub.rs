@@ -29,26 +29,34 @@ pub struct Hub {
 
 impl Hub {
     /// Adds a subscription. The connection's own subscription set makes this idempotent; the hub
-    /// trusts it and does not scan for duplicates.
-    pub(crate) fn subscribe(&self, channel: &Channel, connection: ConnectionId, outbox: &Outbox) {
-        self.channels
-            .entry(channel.clone())
-            .or_default()
-            .push(Subscriber {
-                connection,
-                outbox: outbox.clone(),
-            });
+    /// trusts it and does not scan for duplicates. Returns true when it created the channel
+    /// (its first subscriber), which is when a cluster node must gain interest in it.
+    pub(crate) fn subscribe(
+        &self,
+        channel: &Channel,
+        connection: ConnectionId,
+        outbox: &Outbox,
+    ) -> bool {
+        let mut subscribers = self.channels.entry(channel.clone()).or_default();
+        let created = subscribers.is_empty();
+        subscribers.push(Subscriber {
+            connection,
+            outbox: outbox.clone(),
+        });
+        created
     }
 
-    /// Removes a subscription; removes the channel when it was the last one.
-    pub(crate) fn unsubscribe(&self, channel: &str, connection: ConnectionId) {
+    /// Removes a subscription; removes the channel when it was the last one, and then returns
+    /// true (a cluster node must drop its interest).
+    pub(crate) fn unsubscribe(&self, channel: &str, connection: ConnectionId) -> bool {
         if let Some(mut subscribers) = self.channels.get_mut(channel) {
             if let Some(i) = subscribers.iter().position(|s| s.connection == connection) {
                 subscribers.swap_remove(i);
             }
         }
         self.channels
-            .remove_if(channel, |_, subscribers| subscribers.is_empty());
+            .remove_if(channel, |_, subscribers| subscribers.is_empty())
+            .is_some()
     }
 
     /// Queues `frame` for every subscriber of `channel`; returns how many it was queued for.

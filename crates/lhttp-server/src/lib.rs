@@ -13,6 +13,9 @@
 //!   as the first filters of the chain.
 //! - [`Hub`]: channel -> subscribers; a published message is encoded once per channel and the
 //!   same bytes are queued for every subscriber.
+//! - `cluster`: the NATS side of the broker seam, present only when `[cluster] nats` is set:
+//!   channels with local subscribers are subscribed in NATS, and publishes are also sent there
+//!   for the other nodes.
 //! - [`Config`], [`Metrics`], [`Rejection`] (the `error` answer), [`Channel`] (name rules).
 //!
 //! ```no_run
@@ -40,6 +43,7 @@
 pub mod bench_support;
 pub mod builtin;
 mod channel;
+mod cluster;
 pub mod config;
 mod connection;
 mod context;
@@ -58,7 +62,7 @@ pub mod upstream;
 
 pub use async_trait::async_trait;
 pub use channel::{Channel, MAX_CHANNEL_LEN};
-pub use config::{Config, Limits, UpstreamConfig};
+pub use config::{ClusterConfig, Config, Limits, UpstreamConfig};
 pub use connection::{Connection, ConnectionHandle, ConnectionId};
 pub use context::Context;
 pub use extensions::Extensions;

@@ -13,9 +13,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
+    Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
     builtin::{self, names},
     channel,
+    cluster::Cluster,
     metrics::{Gauges, add},
     outbox::frame,
     publish::encode_for_channel,
@@ -60,6 +61,9 @@ pub(crate) struct Shared {
     pub(crate) connection_slots: Arc<Semaphore>,
     pub(crate) next_connection_id: AtomicU64,
     pub(crate) upstream: Upstream,
+    /// The broker seam: `None` on a single node, where publishing is local fan-out only and
+    /// no NATS code runs; the NATS membership when `[cluster] nats` is set.
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// Builds a [`Server`]: configuration, processors, filters.
@@ -120,7 +124,13 @@ impl ServerBuilder {
             limits.max_message_size.saturating_sub(1024),
         )
         .map_err(ServerError::Config)?;
+        let cluster = if self.config.cluster.enabled() {
+            Some(Cluster::new(&self.config.cluster)?)
+        } else {
+            None
+        };
         let shared = Shared {
+            cluster,
             upstream,
             parser_limits: limits.parser(),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
@@ -183,6 +193,9 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let shared = self.shared;
+        if let Some(cluster) = &shared.cluster {
+            cluster.start(&shared).await?;
+        }
         let token = shared.shutdown.clone();
         let app =
             crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -216,6 +229,9 @@ impl Server {
                 remaining = shared.tasks.len(),
                 "connections still open after the shutdown timeout"
             );
+        }
+        if let Some(cluster) = &shared.cluster {
+            cluster.stop().await;
         }
         Ok(())
     }
@@ -264,11 +280,51 @@ impl ServerHandle {
     fn publish_checked(&self, channel: &str, message: &Message) -> usize {
         let metrics = &self.shared.metrics;
         add(&metrics.messages_published, 1);
-        if !self.shared.hub.has_subscribers(channel) {
+        let local = self.shared.hub.has_subscribers(channel);
+        let Some(cluster) = &self.shared.cluster else {
+            if !local {
+                return 0;
+            }
+            let frame = frame(encode_for_channel(message, channel));
+            return self.shared.hub.publish(channel, &frame, metrics);
+        };
+        // Other nodes get the very bytes local subscribers get: encoded once, shared.
+        let bytes = encode_for_channel(message, channel);
+        cluster.publish(channel, bytes.clone());
+        if !local {
             return 0;
         }
-        let frame = frame(encode_for_channel(message, channel));
-        self.shared.hub.publish(channel, &frame, metrics)
+        self.shared.hub.publish(channel, &frame(bytes), metrics)
+    }
+
+    /// Called when `channel` gained its first or lost its last local subscriber: a cluster
+    /// node then subscribes to it in NATS or unsubscribes.
+    pub(crate) fn interest_changed(&self, channel: &Channel) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.reconcile(&self.shared, channel);
+        }
+    }
+
+    /// `None` on a single node; on a cluster node, whether it is connected to NATS now.
+    pub fn cluster_connected(&self) -> Option<bool> {
+        self.shared.cluster.as_ref().map(Cluster::is_connected)
+    }
+
+    /// True when this node holds a NATS subscription for `channel` that NATS has confirmed
+    /// (it has local subscribers and a cluster is configured).
+    pub fn cluster_subscribed(&self, channel: &str) -> bool {
+        self.shared
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.is_subscribed(channel))
+    }
+
+    /// Channels this node holds a NATS subscription for; 0 on a single node.
+    pub fn cluster_subscription_count(&self) -> usize {
+        self.shared
+            .cluster
+            .as_ref()
+            .map_or(0, Cluster::subscription_count)
     }
 
     /// The upstream caller, to call configured routes from code.
@@ -309,10 +365,14 @@ impl ServerHandle {
     /// Every metric in the Prometheus text format, as served at `GET /metrics`.
     pub fn render_metrics(&self) -> String {
         let hub = &self.shared.hub;
-        self.shared.metrics.render(&Gauges {
+        let mut out = self.shared.metrics.render(&Gauges {
             connections: self.connection_count() as u64,
             channels: hub.channel_count() as u64,
             subscriptions: hub.subscription_count() as u64,
-        })
+        });
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.render(&mut out);
+        }
+        out
     }
 }

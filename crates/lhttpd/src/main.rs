@@ -27,6 +27,11 @@ struct Args {
     #[arg(long = "upstream-allow", value_name = "URL_PREFIX")]
     upstream_allow: Vec<String>,
 
+    /// Join a cluster through this NATS server, e.g. nats://127.0.0.1:4222 (repeatable;
+    /// replaces [cluster] nats).
+    #[arg(long = "nats", value_name = "URL")]
+    nats: Vec<String>,
+
     /// Print the commented default configuration and exit.
     #[arg(long)]
     print_config: bool,
@@ -78,8 +83,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         config.server.listen = listen;
     }
     config.upstream.allow.extend(args.upstream_allow);
+    if !args.nats.is_empty() {
+        config.cluster.nats = args.nats;
+    }
     config.limits.validate().map_err(anyhow::Error::msg)?;
     config.upstream.validate().map_err(anyhow::Error::msg)?;
+    config.cluster.validate().map_err(anyhow::Error::msg)?;
     if args.check_config {
         println!("{config:#?}");
         return Ok(());
@@ -96,7 +105,11 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
+    let nats = config.cluster.nats.clone();
     let server = Server::builder(config).build()?;
+    if !nats.is_empty() {
+        tracing::info!(servers = ?nats, "cluster mode: sharing channels through NATS");
+    }
     tracing::info!(
         "lhttpd {} listening on {local}: WebSocket ws://{local}/, chat page http://{local}/",
         env!("CARGO_PKG_VERSION")

@@ -45,7 +45,21 @@ pub fn load(
         let Value::Table(section_table) = entry else {
             bail!("environment variable {name}: [{section}] is not a section");
         };
-        section_table.insert(field, env_value(&value));
+        // A list cannot be spelt as one TOML scalar: LHTTPD_CLUSTER__NATS takes URLs
+        // separated by commas.
+        let value = if section == "cluster" && field == "nats" {
+            Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|url| !url.is_empty())
+                    .map(|url| Value::String(url.to_owned()))
+                    .collect(),
+            )
+        } else {
+            env_value(&value)
+        };
+        section_table.insert(field, value);
     }
     let source = file.map_or("the environment".to_owned(), |p| p.display().to_string());
     let config: Config = Value::Table(table)
@@ -89,6 +103,17 @@ mod tests {
         assert_eq!(config.limits.max_connections, 500);
         assert_eq!(config.limits.max_headers, 9);
         assert_eq!(config.limits.max_message_size, 65536);
+    }
+
+    #[test]
+    fn cluster_servers_come_from_a_comma_separated_variable() {
+        let env = [(
+            "LHTTPD_CLUSTER__NATS".to_owned(),
+            "nats://a:4222, nats://b:4222".to_owned(),
+        )];
+        let config = load(None, env).unwrap();
+        assert_eq!(config.cluster.nats, ["nats://a:4222", "nats://b:4222"]);
+        assert!(config.cluster.validate().is_ok());
     }
 
     #[test]

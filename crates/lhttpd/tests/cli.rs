@@ -877,3 +877,81 @@ async fn upstream_is_closed_without_an_allowance() {
     let refused = Lhttp::parse(&receive_text(&mut ws).await);
     assert_eq!(refused.header("status"), Some("403"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Cluster flags (the cluster itself is tested against a real nats-server in lhttp-server)
+
+#[test]
+fn nats_flags_replace_the_configured_servers_and_bad_urls_are_refused() {
+    let checked = run({
+        let mut c = lhttpd();
+        c.env("LHTTPD_CLUSTER__NATS", "nats://from-env:4222")
+            .args([
+                "--nats",
+                "nats://10.0.0.1:4222",
+                "--nats",
+                "nats://10.0.0.2:4222",
+            ])
+            .arg("--check-config");
+        c
+    });
+    assert!(checked.status.success(), "{}", checked.stderr);
+    assert!(
+        checked.stdout.contains("nats://10.0.0.1:4222"),
+        "{}",
+        checked.stdout
+    );
+    assert!(
+        checked.stdout.contains("nats://10.0.0.2:4222"),
+        "{}",
+        checked.stdout
+    );
+    assert!(!checked.stdout.contains("from-env"), "{}", checked.stdout);
+
+    let finished = run({
+        let mut c = lhttpd();
+        c.args(["--nats", "nats://[bad", "--listen", "127.0.0.1:0"]);
+        c
+    });
+    assert_refused(&finished, "bad NATS URL", &["cluster.nats", "nats://[bad"]);
+}
+
+/// Pointed at a NATS server that is not there, lhttpd still starts, serves, and says so on
+/// /healthz (503 degraded) instead of failing or hanging.
+#[tokio::test]
+async fn lhttpd_starts_degraded_when_nats_is_unreachable() {
+    let nats = format!("nats://127.0.0.1:{}", free_addr().port());
+    let addr = free_addr();
+    let mut child = lhttpd()
+        .args(["--nats", &nats, "--listen", &addr.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lhttpd");
+    let stderr = Captured::collect(child.stderr.take().unwrap());
+    let server = Server {
+        child,
+        addr,
+        stderr,
+    };
+    let http = http_client();
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        if let Ok(response) = http.get(server.url("/healthz")).send().await {
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap_or_default();
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body, r#"{"nats":"disconnected","status":"degraded"}"#);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lhttpd did not answer /healthz within {STARTUP:?}; stderr:\n{}",
+            server.stderr.text()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    // Local traffic is served meanwhile.
+    let mut ws = connect(&server, "/").await;
+    subscribe(&mut ws, "room", "degraded").await;
+}

@@ -1,0 +1,556 @@
+//! The NATS side of the broker seam: several nodes share channels through a NATS server.
+//!
+//! A single node has no [`Cluster`] at all (`Shared::cluster` is `None`): publishing is local
+//! fan-out through the [`Hub`](crate::Hub) and no NATS code runs. With `[cluster] nats` set:
+//!
+//! - **Subjects.** Channel `c` is subject `<prefix>.ch.<token>`, where the token is `c` with
+//!   every byte outside `[A-Za-z0-9_-]` written as `~` and two hex digits ([`subject_token`]).
+//!   No channel name can therefore add a subject level (`.`) or act as a wildcard (`*`, `>`).
+//! - **Interest.** A node holds a NATS subscription for a channel only while the channel has
+//!   local subscribers. The hub reports when a channel appears or disappears; [`reconcile`]
+//!   then compares, under one mutex, "has local subscribers" with "holds a NATS subscription"
+//!   and fixes the difference. Because every hub change is followed by a reconcile that reads
+//!   the hub's state *then*, the last reconcile always sees the final state, whatever the
+//!   interleaving of "last subscriber left" and "first subscriber joined" on other threads.
+//! - **Receiving.** One task per subscribed channel reads its NATS subscription and queues the
+//!   payload (already the encoded per-channel copy) for the local subscribers through
+//!   [`Hub::publish`](crate::Hub); it never publishes back to NATS.
+//! - **Publishing.** A publish is delivered locally as on a single node, and the same encoded
+//!   bytes are handed to one forwarding task through a bounded queue, which sends them to NATS
+//!   with a header naming this node. The connection task never waits on NATS: when NATS is not
+//!   connected or the queue is full the message is dropped and counted (at-most-once). The
+//!   client is connected with `no_echo`, so NATS does not send a node its own messages, and
+//!   the origin header is checked as well, so local subscribers get a message exactly once.
+//! - **Faults.** The client retries the initial connection and reconnects forever; it restores
+//!   its subscriptions after a reconnect by itself. Local pub/sub never depends on NATS.
+//!
+//! [`reconcile`]: Cluster::reconcile
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, Hasher},
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, ServerAddr, connection::State};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Channel,
+    config::ClusterConfig,
+    metrics::add,
+    outbox::frame,
+    server::{ServerError, Shared},
+};
+
+/// NATS header that names the node a message was published on.
+pub(crate) const ORIGIN_HEADER: &str = "Lhttp-Origin";
+
+/// Payloads up to this size are sent without looking up the NATS server's `max_payload`
+/// (1 MiB by default; operators do not set it below this). Larger ones are checked, because a
+/// NATS server closes the connection of a client that exceeds it.
+const ALWAYS_FITS: usize = 60 * 1024;
+
+/// Longest pause between two connection attempts to NATS.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// Cluster counters, shared with the NATS client's event callback (hence their own `Arc`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    published: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    slow_consumers: AtomicU64,
+}
+
+/// A message on its way to NATS.
+struct Outgoing {
+    subject: String,
+    payload: Bytes,
+}
+
+/// This node's NATS subscription for one channel.
+struct Interest {
+    /// Ends the channel's receiving task, which drops (unsubscribes) the NATS subscription.
+    stop: CancellationToken,
+    /// Set once NATS has confirmed the subscription (a flush after SUB returned).
+    live: Arc<AtomicBool>,
+}
+
+/// What exists only once the server runs: the client, and where to spawn tasks.
+struct Running {
+    client: Client,
+    runtime: tokio::runtime::Handle,
+}
+
+/// This node's membership in a cluster.
+pub(crate) struct Cluster {
+    /// Random id sent with every message, so that a node recognises its own.
+    node_id: String,
+    /// `<prefix>.ch.`, to which a channel's escaped token is appended.
+    subject_base: String,
+    /// Client options and servers, prepared (and checked) at build time, taken by `start`.
+    pending_connect: Mutex<Option<(ConnectOptions, Vec<ServerAddr>)>>,
+    /// Set once by `start`; until then there is no client and every publish counts as dropped.
+    running: OnceLock<Running>,
+    /// Sender side of the bounded queue to the forwarding task.
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Receiver side, taken by `start`.
+    outgoing_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
+    /// Channel -> NATS subscription. Locked only by `reconcile` and queries (never across an
+    /// `.await`), which is what makes interest changes from many threads converge.
+    interest: Mutex<HashMap<Channel, Interest>>,
+    counters: Arc<Counters>,
+}
+
+impl Cluster {
+    /// Prepares the client options from `config`; connects nothing yet.
+    pub(crate) fn new(config: &ClusterConfig) -> Result<Cluster, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        let addrs = config
+            .nats
+            .iter()
+            .map(|url| {
+                url.parse::<ServerAddr>()
+                    .map_err(|e| ServerError::Config(format!("cluster.nats URL {url:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let counters = Arc::new(Counters::default());
+        let node_id = random_node_id();
+        let mut options = ConnectOptions::new()
+            .name(format!("lhttpd {node_id}"))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempts| {
+                MAX_RECONNECT_DELAY.min(Duration::from_millis(100 * attempts as u64))
+            })
+            .no_echo()
+            .subscription_capacity(config.max_pending)
+            .require_tls(config.tls_required);
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(path) = &config.credentials_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ServerError::Config(format!("cluster.credentials_file {}: {e}", path.display()))
+            })?;
+            options = options.credentials(&text).map_err(|e| {
+                ServerError::Config(format!("cluster.credentials_file {}: {e}", path.display()))
+            })?;
+        }
+        let slow = counters.clone();
+        options = options.event_callback(move |event| {
+            let counters = slow.clone();
+            async move {
+                // The client logs every event itself; only what needs counting is handled.
+                if let Event::SlowConsumer(_)
+                | Event::ServerError(async_nats::ServerError::SlowConsumer(_)) = event
+                {
+                    add(&counters.slow_consumers, 1);
+                }
+            }
+        });
+        let (outgoing, outgoing_rx) = mpsc::channel(config.max_pending);
+        let mut subject_base = config.subject_prefix.clone();
+        subject_base.push_str(".ch.");
+        Ok(Cluster {
+            node_id,
+            subject_base,
+            pending_connect: Mutex::new(Some((options, addrs))),
+            running: OnceLock::new(),
+            outgoing,
+            outgoing_rx: Mutex::new(Some(outgoing_rx)),
+            interest: Mutex::new(HashMap::new()),
+            counters,
+        })
+    }
+
+    /// Starts the client (which keeps trying to reach NATS in the background) and the
+    /// forwarding task. Returns at once, whether NATS is reachable or not.
+    pub(crate) async fn start(&self, shared: &Arc<Shared>) -> Result<(), ServerError> {
+        let Some((options, addrs)) = self
+            .pending_connect
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(()); // Already started.
+        };
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| ServerError::Config(format!("cluster.nats: {e}")))?;
+        let rx = self
+            .outgoing_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(rx) = rx {
+            let mut headers = HeaderMap::new();
+            headers.insert(ORIGIN_HEADER, self.node_id.as_str());
+            tokio::spawn(forward(
+                client.clone(),
+                rx,
+                headers,
+                self.counters.clone(),
+                shared.shutdown.clone(),
+            ));
+        }
+        tracing::info!(node = %self.node_id, "cluster: connecting to NATS");
+        let _ = self.running.set(Running {
+            client,
+            runtime: tokio::runtime::Handle::current(),
+        });
+        Ok(())
+    }
+
+    /// Closes the NATS connection after what is already sent to it; bounded, because NATS may
+    /// be unreachable at shutdown.
+    pub(crate) async fn stop(&self) {
+        if let Some(running) = self.running.get() {
+            if tokio::time::timeout(Duration::from_secs(1), running.client.drain())
+                .await
+                .is_err()
+            {
+                tracing::debug!("cluster: NATS connection not drained at shutdown");
+            }
+        }
+    }
+
+    /// True while the client is connected to a NATS server.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.running
+            .get()
+            .is_some_and(|r| r.client.connection_state() == State::Connected)
+    }
+
+    /// True when this node holds a NATS subscription for `channel` that NATS has confirmed.
+    pub(crate) fn is_subscribed(&self, channel: &str) -> bool {
+        self.interest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(channel)
+            .is_some_and(|i| i.live.load(Relaxed))
+    }
+
+    /// Channels this node holds a NATS subscription for (confirmed or not).
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.interest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Hands `payload` (the encoded copy for `channel`) to the forwarding task without waiting.
+    /// Dropped and counted when NATS is not connected or the queue is full.
+    pub(crate) fn publish(&self, channel: &str, payload: Bytes) {
+        if !self.is_connected() {
+            add(&self.counters.dropped, 1);
+            return;
+        }
+        let subject = self.subject(channel);
+        if self
+            .outgoing
+            .try_send(Outgoing { subject, payload })
+            .is_err()
+        {
+            add(&self.counters.dropped, 1);
+        }
+    }
+
+    /// Makes this node's NATS subscription for `channel` match whether it has local
+    /// subscribers. Called after every change that created or removed the channel in the hub.
+    pub(crate) fn reconcile(&self, shared: &Arc<Shared>, channel: &Channel) {
+        let Some(running) = self.running.get() else {
+            return; // Not started: no connection can have subscribed yet.
+        };
+        let mut interest = self.interest.lock().unwrap_or_else(PoisonError::into_inner);
+        let wanted = shared.hub.has_subscribers(channel.as_str());
+        if wanted && !interest.contains_key(channel.as_str()) {
+            let stop = shared.shutdown.child_token();
+            let live = Arc::new(AtomicBool::new(false));
+            running.runtime.spawn(receive(
+                shared.clone(),
+                running.client.clone(),
+                channel.clone(),
+                self.subject(channel.as_str()),
+                stop.clone(),
+                live.clone(),
+            ));
+            interest.insert(channel.clone(), Interest { stop, live });
+        } else if !wanted {
+            if let Some(old) = interest.remove(channel.as_str()) {
+                old.stop.cancel();
+            }
+        }
+    }
+
+    fn subject(&self, channel: &str) -> String {
+        let mut subject = String::with_capacity(self.subject_base.len() + channel.len() * 3);
+        subject.push_str(&self.subject_base);
+        subject_token(channel, &mut subject);
+        subject
+    }
+
+    fn is_own(&self, message: &async_nats::Message) -> bool {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(ORIGIN_HEADER))
+            .is_some_and(|origin| origin.as_str() == self.node_id)
+    }
+
+    /// The `lhttp_cluster_*` metrics, appended to `/metrics` on clustered nodes.
+    pub(crate) fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let connected = u64::from(self.is_connected());
+        let _ = write!(
+            out,
+            "# HELP lhttp_cluster_connected 1 while connected to a NATS server.\n\
+             # TYPE lhttp_cluster_connected gauge\nlhttp_cluster_connected {connected}\n\
+             # HELP lhttp_cluster_subscriptions Channels this node holds a NATS subscription for.\n\
+             # TYPE lhttp_cluster_subscriptions gauge\nlhttp_cluster_subscriptions {}\n",
+            self.subscription_count()
+        );
+        let counters = [
+            (
+                "published_total",
+                "Messages sent to NATS for other nodes (once per channel).",
+                &self.counters.published,
+            ),
+            (
+                "received_total",
+                "Messages received from other nodes through NATS (once per channel).",
+                &self.counters.received,
+            ),
+            (
+                "dropped_total",
+                "Messages that could not cross nodes: NATS disconnected, queue full, too large.",
+                &self.counters.dropped,
+            ),
+            (
+                "slow_consumers_total",
+                "Slow-consumer events: messages from NATS dropped because a channel's receive \
+                 queue was full, or NATS finding this node too slow (a lower bound).",
+                &self.counters.slow_consumers,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            let _ = write!(
+                out,
+                "# HELP lhttp_cluster_{name} {help}\n# TYPE lhttp_cluster_{name} counter\n\
+                 lhttp_cluster_{name} {}\n",
+                counter.load(Relaxed)
+            );
+        }
+    }
+}
+
+/// Escapes a channel name into one NATS subject token: `[A-Za-z0-9_-]` stay, every other byte
+/// becomes `~XX` (upper-case hex). The mapping is one-to-one, and the result never contains
+/// `.`, `*`, `>` or whitespace.
+pub(crate) fn subject_token(channel: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in channel.as_bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            out.push('~');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xF)]));
+        }
+    }
+}
+
+/// A node id unlikely to repeat: std's per-process random hash keys, the clock and the pid.
+fn random_node_id() -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    let high = hasher.finish();
+    hasher.write_u8(1);
+    let low = hasher.finish();
+    format!("{high:016x}{low:016x}")
+}
+
+/// Sends queued messages to NATS, in queue order (so order per publisher per channel holds).
+async fn forward(
+    client: Client,
+    mut rx: mpsc::Receiver<Outgoing>,
+    headers: HeaderMap,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let out = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => return,
+            },
+        };
+        if out.payload.len() > ALWAYS_FITS {
+            let max = client.server_info().max_payload;
+            // Headers travel in the same NATS message; leave them room.
+            if out.payload.len() + 256 > max {
+                tracing::debug!(
+                    size = out.payload.len(),
+                    max,
+                    "cluster: message larger than the NATS max_payload, not sent"
+                );
+                add(&counters.dropped, 1);
+                continue;
+            }
+        }
+        match client
+            .publish_with_headers(out.subject, headers.clone(), out.payload)
+            .await
+        {
+            Ok(()) => add(&counters.published, 1),
+            Err(error) => {
+                tracing::debug!(%error, "cluster: publish to NATS failed");
+                add(&counters.dropped, 1);
+            }
+        }
+    }
+}
+
+/// Holds the NATS subscription for `channel` and delivers what other nodes publish to it to
+/// the local subscribers, until `stop` is cancelled.
+async fn receive(
+    shared: Arc<Shared>,
+    client: Client,
+    channel: Channel,
+    subject: String,
+    stop: CancellationToken,
+    live: Arc<AtomicBool>,
+) {
+    let Some(cluster) = shared.cluster.as_ref() else {
+        return;
+    };
+    let mut subscription = tokio::select! {
+        _ = stop.cancelled() => return,
+        result = client.subscribe(subject) => match result {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                tracing::warn!(%error, %channel, "cluster: NATS subscribe failed");
+                return;
+            }
+        },
+    };
+    // A flush returns once NATS has processed the SUB; until then messages from other nodes
+    // may not reach this one. While NATS is down it waits for the reconnection, so it runs
+    // beside the delivery loop rather than before it.
+    let flush = client.flush();
+    tokio::pin!(flush);
+    let mut flushed = false;
+    let max = shared.config.limits.max_message_size;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            result = &mut flush, if !flushed => {
+                flushed = true;
+                if let Err(error) = result {
+                    tracing::debug!(%error, %channel, "cluster: flush after subscribe failed");
+                }
+                live.store(true, Relaxed);
+            }
+            message = subscription.next() => {
+                let Some(message) = message else { break };
+                if cluster.is_own(&message) {
+                    continue;
+                }
+                if message.payload.len() > max {
+                    add(&cluster.counters.dropped, 1);
+                    continue;
+                }
+                add(&cluster.counters.received, 1);
+                shared
+                    .hub
+                    .publish(channel.as_str(), &frame(message.payload), &shared.metrics);
+            }
+        }
+    }
+    live.store(false, Relaxed);
+    // Dropping the subscription sends UNSUB.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(channel: &str) -> String {
+        let mut out = String::new();
+        subject_token(channel, &mut out);
+        out
+    }
+
+    #[test]
+    fn plain_names_are_kept() {
+        assert_eq!(token("room-1_A"), "room-1_A");
+    }
+
+    #[test]
+    fn separators_and_wildcards_are_escaped() {
+        assert_eq!(token("a.b"), "a~2Eb");
+        assert_eq!(token("*"), "~2A");
+        assert_eq!(token(">"), "~3E");
+        assert_eq!(token("a~2Eb"), "a~7E2Eb");
+        assert_eq!(token("é"), "~C3~A9");
+        assert_eq!(token("x/y:z"), "x~2Fy~3Az");
+    }
+
+    #[test]
+    fn escaping_is_one_to_one_and_stays_one_token() {
+        let names = [
+            "a.b", "a~2Eb", "a~2eb", "a b", "a", "A", ".", "~", "~~", "~7E",
+        ];
+        let tokens: std::collections::HashSet<String> = names.iter().map(|n| token(n)).collect();
+        assert_eq!(tokens.len(), names.len());
+        for t in &tokens {
+            assert!(
+                t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'~'),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn node_ids_differ() {
+        assert_ne!(random_node_id(), random_node_id());
+        assert_eq!(random_node_id().len(), 32);
+    }
+
+    #[test]
+    fn bad_cluster_config_is_refused() {
+        let bad = |change: fn(&mut ClusterConfig)| {
+            let mut config = ClusterConfig {
+                nats: vec!["nats://127.0.0.1:4222".into()],
+                ..ClusterConfig::default()
+            };
+            change(&mut config);
+            config.validate().is_err()
+        };
+        assert!(bad(|c| c.subject_prefix = "a.*".into()));
+        assert!(bad(|c| c.subject_prefix = "a..b".into()));
+        assert!(bad(|c| c.subject_prefix = String::new()));
+        assert!(bad(|c| c.user = Some("u".into())));
+        assert!(bad(|c| c.nats = vec!["::not a url".into()]));
+        assert!(!bad(|c| c.subject_prefix = "prod.lhttp".into()));
+    }
+}

@@ -1,0 +1,526 @@
+//! Cluster over NATS: several in-process lhttp nodes share channels through a real
+//! `nats-server` child process (Debian package `nats-server`), started on a free port and
+//! killed when its guard is dropped. Every wait is bounded.
+
+mod common;
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use lhttp_server::{Server, proto::Message};
+
+/// How long nats-server may take to accept connections, and a node to (re)connect to it.
+const NATS_UP: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// nats-server
+
+/// A `nats-server` child process on a loopback port, killed on drop.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    monitor_port: u16,
+}
+
+fn nats_binary() -> PathBuf {
+    let candidates = ["/usr/bin/nats-server", "/usr/sbin/nats-server"];
+    if let Some(found) = candidates.iter().map(Path::new).find(|p| p.exists()) {
+        return found.to_path_buf();
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|p| p.exists())
+    });
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "nats-server is not installed: the cluster tests need a real NATS server. \
+             Install the Debian package (apt-get install nats-server) or run scripts/test, \
+             which installs it."
+        )
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl NatsServer {
+    /// Starts nats-server on a free port (another one if a parallel test took it meanwhile).
+    fn start() -> NatsServer {
+        for _attempt in 0..3 {
+            if let Some(server) = NatsServer::try_start_on(free_port(), free_port()) {
+                return server;
+            }
+        }
+        panic!("nats-server could not start on a free port in 3 attempts");
+    }
+
+    /// Starts nats-server on `port` (client connections) and `monitor_port` (HTTP monitoring).
+    fn start_on(port: u16, monitor_port: u16) -> NatsServer {
+        NatsServer::try_start_on(port, monitor_port)
+            .unwrap_or_else(|| panic!("nats-server exited at start; is port {port} taken?"))
+    }
+
+    /// Starts nats-server and waits until it accepts TCP connections; `None` when it exits
+    /// first (a port is taken).
+    fn try_start_on(port: u16, monitor_port: u16) -> Option<NatsServer> {
+        let child = Command::new(nats_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor_port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let mut server = NatsServer {
+            child: Some(child),
+            port,
+            monitor_port,
+        };
+        let deadline = Instant::now() + NATS_UP;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        loop {
+            // Exit first: a port taken by another process would also accept connections.
+            if let Some(child) = server.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return None;
+                }
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Some(server);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server does not accept connections on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the process and waits for it to end.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Subjects of every subscription NATS holds, from its monitoring endpoint.
+    async fn subjects(&self) -> Vec<String> {
+        let url = format!(
+            "http://127.0.0.1:{}/connz?subs=1&limit=1024",
+            self.monitor_port
+        );
+        let text = reqwest::get(&url)
+            .await
+            .expect("NATS monitoring answers")
+            .text()
+            .await
+            .expect("NATS monitoring body");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("connz is JSON");
+        let mut subjects = Vec::new();
+        for connection in value["connections"].as_array().into_iter().flatten() {
+            for subject in connection["subscriptions_list"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(s) = subject.as_str() {
+                    subjects.push(s.to_owned());
+                }
+            }
+        }
+        subjects
+    }
+
+    /// Waits until NATS holds exactly `n` subscriptions to `subject`.
+    async fn wait_subject_count(&self, subject: &str, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let subjects = self.subjects().await;
+            let count = subjects.iter().filter(|s| *s == subject).count();
+            if count == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "NATS holds {count} subscriptions to {subject}, expected {n}: {subjects:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// lhttp nodes
+
+/// Starts an lhttp node that joins the cluster through `nats_url`.
+async fn node(nats_url: &str) -> TestServer {
+    let url = nats_url.to_owned();
+    start_with(Server::builder(config(move |c| c.cluster.nats = vec![url]))).await
+}
+
+/// Waits until `server` is connected to NATS (`true`) or knows it is not (`false`).
+async fn wait_connected(server: &TestServer, connected: bool) {
+    let deadline = Instant::now() + NATS_UP;
+    while server.handle.cluster_connected() != Some(connected) {
+        assert!(
+            Instant::now() < deadline,
+            "node {}: NATS connected is {:?}, expected {connected}",
+            server.addr,
+            server.handle.cluster_connected()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `server` holds a NATS subscription for `channel` that NATS has confirmed.
+async fn wait_interest(server: &TestServer, channel: &str) {
+    let deadline = Instant::now() + NATS_UP;
+    while !server.handle.cluster_subscribed(channel) {
+        assert!(
+            Instant::now() < deadline,
+            "node {}: no NATS subscription for {channel}",
+            server.addr
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn chat(channel: &str, body: &str) -> String {
+    format!("LHTTP/1.0 chat\r\npublish:{channel}\r\n\r\n{body}")
+}
+
+/// Receives `n` messages; returns their bodies.
+async fn bodies(client: &mut Client, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(body(&client.recv().await));
+    }
+    out
+}
+
+/// Keeps publishing numbered messages to `channel` through `publisher` (one every 100 ms)
+/// until `subscriber` receives one of them; fails after `NATS_UP`.
+async fn publish_until_received(
+    publisher: &mut Client,
+    subscriber: &mut Client,
+    channel: &str,
+    what: &str,
+) -> Message {
+    let deadline = Instant::now() + NATS_UP;
+    for i in 0.. {
+        assert!(Instant::now() < deadline, "{what}: nothing arrived");
+        publisher.send(&chat(channel, &format!("probe-{i}"))).await;
+        if let Ok(message) =
+            tokio::time::timeout(Duration::from_millis(100), subscriber.recv()).await
+        {
+            return message;
+        }
+    }
+    unreachable!()
+}
+
+async fn healthz(server: &TestServer) -> (u16, serde_json::Value) {
+    let (status, text) = server.get("/healthz").await;
+    let value = serde_json::from_str(&text).expect("healthz answers JSON");
+    (status, value)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+/// Three nodes, subscribers on all of them, publishes from the third over WebSocket and over
+/// `POST /publish`: every subscriber gets every message exactly once, in publish order, and
+/// the subscriber on the publishing node gets no echo duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscriber_on_every_node_gets_every_message_once_and_in_order() {
+    const N: usize = 200;
+    let nats = NatsServer::start();
+    let a = node(&nats.url()).await;
+    let b = node(&nats.url()).await;
+    let c = node(&nats.url()).await;
+    for server in [&a, &b, &c] {
+        wait_connected(server, true).await;
+    }
+    let mut sub_a = a.client().await;
+    let mut sub_b = b.client().await;
+    let mut sub_c = c.client().await;
+    sub_a.subscribe("room").await;
+    sub_b.subscribe("room").await;
+    sub_c.subscribe("room").await;
+    for server in [&a, &b, &c] {
+        wait_interest(server, "room").await;
+    }
+
+    let mut publisher = c.client().await;
+    for i in 0..N {
+        publisher.send(&chat("room", &format!("ws-{i}"))).await;
+    }
+    for i in 0..N {
+        let (status, answer) = c.post("/publish", chat("room", &format!("http-{i}"))).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    for (name, sub) in [("a", &mut sub_a), ("b", &mut sub_b), ("c", &mut sub_c)] {
+        let got = bodies(sub, 2 * N).await;
+        let ws: Vec<&String> = got.iter().filter(|b| b.starts_with("ws-")).collect();
+        let http: Vec<&String> = got.iter().filter(|b| b.starts_with("http-")).collect();
+        let want_ws: Vec<String> = (0..N).map(|i| format!("ws-{i}")).collect();
+        let want_http: Vec<String> = (0..N).map(|i| format!("http-{i}")).collect();
+        assert_eq!(
+            ws,
+            want_ws.iter().collect::<Vec<_>>(),
+            "node {name}: WebSocket publishes"
+        );
+        assert_eq!(
+            http,
+            want_http.iter().collect::<Vec<_>>(),
+            "node {name}: HTTP publishes"
+        );
+        sub.expect_silence(300).await;
+    }
+    let metrics = c.handle.render_metrics();
+    assert!(
+        metrics.contains(&format!("lhttp_cluster_published_total {}", 2 * N)),
+        "{metrics}"
+    );
+    assert!(metrics.contains("lhttp_cluster_connected 1"), "{metrics}");
+    let metrics = a.handle.render_metrics();
+    assert!(
+        metrics.contains(&format!("lhttp_cluster_received_total {}", 2 * N)),
+        "{metrics}"
+    );
+}
+
+/// A node subscribes in NATS only to channels with local subscribers, under escaped subjects,
+/// and drops the subscription when the last local subscriber leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_subscribe_in_nats_only_while_they_have_local_subscribers() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url()).await;
+    let b = node(&nats.url()).await;
+    wait_connected(&a, true).await;
+    wait_connected(&b, true).await;
+
+    let mut first = a.client().await;
+    let mut second = a.client().await;
+    first.subscribe("only-a a.b").await;
+    second.subscribe("only-a").await;
+    wait_interest(&a, "only-a").await;
+    wait_interest(&a, "a.b").await;
+    // One NATS subscription per channel however many local subscribers; the dot of "a.b"
+    // is escaped, so it is one subject token, not two levels.
+    nats.wait_subject_count("lhttp.ch.only-a", 1).await;
+    nats.wait_subject_count("lhttp.ch.a~2Eb", 1).await;
+    assert_eq!(
+        nats.subjects().await.len(),
+        2,
+        "{:?}",
+        nats.subjects().await
+    );
+    assert!(!b.handle.cluster_subscribed("only-a"));
+    assert_eq!(b.handle.cluster_subscription_count(), 0);
+
+    // A publish on b reaches a, although b has no interest of its own.
+    let mut publisher = b.client().await;
+    publisher.publish("chat", "only-a", "hello").await;
+    assert_eq!(body(&first.recv().await), "hello");
+    assert_eq!(body(&second.recv().await), "hello");
+
+    // The interest stays while one local subscriber remains, and goes with the last one.
+    second.close().await;
+    wait_subscribers(&a, "only-a", 1).await;
+    nats.wait_subject_count("lhttp.ch.only-a", 1).await;
+    first.close().await;
+    a.wait_hub_empty().await;
+    nats.wait_subject_count("lhttp.ch.only-a", 0).await;
+    nats.wait_subject_count("lhttp.ch.a~2Eb", 0).await;
+    assert_eq!(a.handle.cluster_subscription_count(), 0);
+}
+
+/// nats-server dies: local pub/sub goes on and /healthz says degraded; it comes back on the
+/// same port: cross-node delivery resumes, also for a channel subscribed while it was down,
+/// with no lhttp restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_lost_and_back_local_delivery_continues_and_cluster_resumes() {
+    let mut nats = NatsServer::start();
+    let (port, monitor_port) = (nats.port, nats.monitor_port);
+    let a = node(&nats.url()).await;
+    let b = node(&nats.url()).await;
+    wait_connected(&a, true).await;
+    wait_connected(&b, true).await;
+    let mut pub_a = a.client().await;
+    let mut sub_b = b.client().await;
+    sub_b.subscribe("room").await;
+    wait_interest(&b, "room").await;
+    pub_a.publish("chat", "room", "before").await;
+    assert_eq!(body(&sub_b.recv().await), "before");
+    let (status, health) = healthz(&a).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "ok", "nats": "connected"})
+    );
+
+    nats.stop();
+    wait_connected(&a, false).await;
+    wait_connected(&b, false).await;
+    let (status, health) = healthz(&a).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "degraded", "nats": "disconnected"})
+    );
+
+    // Local pub/sub on a node does not need NATS, also for a channel subscribed now.
+    let mut sub_a = a.client().await;
+    sub_a.subscribe("late").await;
+    pub_a.publish("chat", "late", "local").await;
+    assert_eq!(body(&sub_a.recv().await), "local");
+    let metrics = a.handle.render_metrics();
+    assert!(metrics.contains("lhttp_cluster_connected 0"), "{metrics}");
+    assert!(
+        !metrics.contains("lhttp_cluster_dropped_total 0\n"),
+        "a publish while NATS is down is counted as dropped: {metrics}"
+    );
+
+    let _nats = NatsServer::start_on(port, monitor_port);
+    wait_connected(&a, true).await;
+    wait_connected(&b, true).await;
+    let (status, health) = healthz(&a).await;
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+
+    // b's subscription from before the outage is restored by the NATS client...
+    let got = publish_until_received(&mut pub_a, &mut sub_b, "room", "a -> b after restart").await;
+    assert!(body(&got).starts_with("probe-"), "{got:?}");
+    // ...and a's, made while NATS was down, is made on reconnection.
+    let mut pub_b = b.client().await;
+    let got = publish_until_received(&mut pub_b, &mut sub_a, "late", "b -> a after restart").await;
+    assert!(body(&got).starts_with("probe-"), "{got:?}");
+}
+
+/// A node started while NATS is down starts, serves local traffic, reports degraded, and
+/// joins the cluster once NATS is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_started_without_nats_runs_degraded_then_joins() {
+    let (port, monitor_port) = (free_port(), free_port());
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = node(&url).await;
+    wait_connected(&a, false).await;
+    let (status, health) = healthz(&a).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "degraded", "nats": "disconnected"})
+    );
+    let mut sub_a = a.client().await;
+    sub_a.subscribe("room").await;
+    let mut pub_a = a.client().await;
+    pub_a.publish("chat", "room", "local").await;
+    assert_eq!(body(&sub_a.recv().await), "local");
+
+    let _nats = NatsServer::start_on(port, monitor_port);
+    wait_connected(&a, true).await;
+    let (status, health) = healthz(&a).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "ok", "nats": "connected"})
+    );
+    let b = node(&url).await;
+    wait_connected(&b, true).await;
+    let mut pub_b = b.client().await;
+    let got = publish_until_received(&mut pub_b, &mut sub_a, "room", "b -> a after start").await;
+    assert!(body(&got).starts_with("probe-"), "{got:?}");
+}
+
+/// The value of an unlabelled metric.
+fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = server.handle.render_metrics();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// A node whose NATS receive queue is tiny cannot keep up with a burst: it drops and counts
+/// what does not fit, delivers the rest once and in order, and keeps working afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_nats_consumer_is_counted_and_the_node_keeps_working() {
+    const N: usize = 2000;
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let a = node(&url).await;
+    let b = start_with(Server::builder(config(move |c| {
+        c.cluster.nats = vec![url];
+        c.cluster.max_pending = 1;
+    })))
+    .await;
+    wait_connected(&a, true).await;
+    wait_connected(&b, true).await;
+    let mut sub_b = b.client().await;
+    sub_b.subscribe("burst").await;
+    wait_interest(&b, "burst").await;
+
+    let mut pub_a = a.client().await;
+    for i in 0..N {
+        pub_a.send(&chat("burst", &i.to_string())).await;
+    }
+    let mut got = Vec::new();
+    while let Ok(message) = tokio::time::timeout(Duration::from_millis(500), sub_b.recv()).await {
+        got.push(body(&message).parse::<usize>().expect("a number"));
+    }
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "out of order or repeated: {got:?}"
+    );
+    let published = metric(&a, "lhttp_cluster_published_total") as usize;
+    assert_eq!(
+        published + metric(&a, "lhttp_cluster_dropped_total") as usize,
+        N
+    );
+    assert_eq!(
+        metric(&b, "lhttp_cluster_received_total") as usize,
+        got.len()
+    );
+    if got.len() < published {
+        assert!(
+            metric(&b, "lhttp_cluster_slow_consumers_total") > 0,
+            "{} of {published} arrived and no slow consumer was counted",
+            got.len()
+        );
+    }
+
+    let got = publish_until_received(&mut pub_a, &mut sub_b, "burst", "after the burst").await;
+    assert!(body(&got).starts_with("probe-"), "{got:?}");
+}
+
+/// Without `[cluster]` nothing changes: /healthz has no NATS field and no cluster metric.
+#[tokio::test]
+async fn single_node_has_no_cluster() {
+    let server = start().await;
+    assert_eq!(server.handle.cluster_connected(), None);
+    let (status, health) = healthz(&server).await;
+    assert_eq!(status, 200);
+    assert_eq!(health, serde_json::json!({"status": "ok"}));
+    assert!(!server.handle.render_metrics().contains("lhttp_cluster"));
+}
