@@ -80,7 +80,7 @@ struct Outgoing {
 struct Interest {
     /// Ends the channel's receiving task, which drops (unsubscribes) the NATS subscription.
     stop: CancellationToken,
-    /// Set once NATS has confirmed the subscription (a flush after SUB returned).
+    /// Set once NATS has confirmed the subscription (a request after the SUB came back).
     live: Arc<AtomicBool>,
 }
 
@@ -96,6 +96,9 @@ pub(crate) struct Cluster {
     node_id: String,
     /// `<prefix>.ch.`, to which a channel's escaped token is appended.
     subject_base: String,
+    /// `<prefix>.sync`: a subject no node ever subscribes to, requested to learn that NATS has
+    /// processed everything this node sent before (see [`server_barrier`]).
+    barrier_subject: String,
     /// Client options and servers, prepared (and checked) at build time, taken by `start`.
     pending_connect: Mutex<Option<(ConnectOptions, Vec<ServerAddr>)>>,
     /// Set once by `start`; until then there is no client and every publish counts as dropped.
@@ -163,9 +166,11 @@ impl Cluster {
         let (outgoing, outgoing_rx) = mpsc::channel(config.max_pending);
         let mut subject_base = config.subject_prefix.clone();
         subject_base.push_str(".ch.");
+        let barrier_subject = format!("{}.sync", config.subject_prefix);
         Ok(Cluster {
             node_id,
             subject_base,
+            barrier_subject,
             pending_connect: Mutex::new(Some((options, addrs))),
             running: OnceLock::new(),
             outgoing,
@@ -428,6 +433,24 @@ async fn forward(
     }
 }
 
+/// Completes once NATS has processed everything this client sent before the call.
+///
+/// `Client::flush` only empties the client's write buffer; it does not wait for the server. A
+/// request to a subject nobody subscribes to does: NATS answers "no responders" after handling
+/// every earlier command of this connection, the SUB included. Retries while NATS is away.
+async fn server_barrier(client: &Client, subject: String) {
+    loop {
+        match client.request(subject.clone(), Bytes::new()).await {
+            Ok(_) => return,
+            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => return,
+            Err(error) => {
+                tracing::debug!(%error, "cluster: waiting for NATS to confirm a subscription");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Holds the NATS subscription for `channel` and delivers what other nodes publish to it to
 /// the local subscribers, until `stop` is cancelled.
 async fn receive(
@@ -451,10 +474,10 @@ async fn receive(
             }
         },
     };
-    // A flush returns once NATS has processed the SUB; until then messages from other nodes
-    // may not reach this one. While NATS is down it waits for the reconnection, so it runs
-    // beside the delivery loop rather than before it.
-    let flush = client.flush();
+    // Until NATS has processed the SUB, messages from other nodes may not reach this one; the
+    // barrier completes once it has. While NATS is down it waits for the reconnection, so it
+    // runs beside the delivery loop rather than before it.
+    let flush = server_barrier(&client, cluster.barrier_subject.clone());
     tokio::pin!(flush);
     let mut flushed = false;
     let max = shared.config.limits.max_message_size;
@@ -462,11 +485,8 @@ async fn receive(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            result = &mut flush, if !flushed => {
+            () = &mut flush, if !flushed => {
                 flushed = true;
-                if let Err(error) = result {
-                    tracing::debug!(%error, %channel, "cluster: flush after subscribe failed");
-                }
                 live.store(true, Relaxed);
             }
             message = subscription.next() => {

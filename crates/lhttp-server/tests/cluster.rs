@@ -46,11 +46,19 @@ fn nats_binary() -> PathBuf {
     })
 }
 
+/// A free loopback port below the kernel's ephemeral range (which starts at 32768), so that no
+/// other test's `bind(0)` can take it while nats-server is stopped and restarted on it.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..200 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let port = 20_000 + (hasher.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 impl NatsServer {
@@ -118,7 +126,8 @@ impl NatsServer {
         }
     }
 
-    /// Subjects of every subscription NATS holds, from its monitoring endpoint.
+    /// Subjects of every channel subscription NATS holds, from its monitoring endpoint (the
+    /// clients' own `_INBOX` subscriptions, used for requests, are left out).
     async fn subjects(&self) -> Vec<String> {
         let url = format!(
             "http://127.0.0.1:{}/connz?subs=1&limit=1024",
@@ -138,7 +147,7 @@ impl NatsServer {
                 .into_iter()
                 .flatten()
             {
-                if let Some(s) = subject.as_str() {
+                if let Some(s) = subject.as_str().filter(|s| !s.starts_with("_INBOX.")) {
                     subjects.push(s.to_owned());
                 }
             }
