@@ -1,0 +1,289 @@
+//! `lhttp`: the command-line client for lhttp servers.
+//!
+//! Layout: `main.rs` parses flags and maps failures to exit codes; `format.rs` prints messages
+//! (raw or JSON); `session.rs` runs the interactive (or scripted, from stdin) session.
+
+mod format;
+mod session;
+
+use std::{
+    io::{IsTerminal, Read},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use lhttp_client::{Client, ConnectionState, Message};
+
+use crate::format::Format;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the server answered with an error (its status and reason are printed on stderr)
+  2  invalid command line
+  3  the server cannot be reached, the connection was lost, or no answer came in time
+
+Examples:
+  lhttp sub chatroom
+  lhttp pub chatroom 'hello everyone'
+  echo hi | lhttp pub -c note -H from:ann chatroom -
+  lhttp send -c sub -H subscribe:news      (prints the server's ok)
+  lhttp                      (interactive session; type `help`)";
+
+/// Command-line client for lhttp servers: subscribe, publish, send, or talk interactively.
+///
+/// With no subcommand, starts a session that reads commands (`subscribe CH...`,
+/// `unsubscribe CH...`, `publish CH TEXT`, `send CMD [-H k:v]... BODY`, `help`, `quit`) from the
+/// terminal with line editing and history, or line by line from stdin when it is not a
+/// terminal, and prints what arrives.
+#[derive(Debug, Parser)]
+#[command(name = "lhttp", version, after_help = EXIT_CODES)]
+struct Cli {
+    /// Server URL (ws:// only for now).
+    #[arg(
+        long,
+        env = "LHTTP_URL",
+        default_value = "ws://127.0.0.1:8081/",
+        global = true
+    )]
+    url: String,
+
+    /// How received messages are printed: `raw` (the message as text, readable to a person)
+    /// or `json` (one object per line: command, headers, body or body_base64).
+    #[arg(long, value_enum, default_value_t = Format::Raw, global = true)]
+    format: Format,
+
+    /// Seconds to wait for the connection and for each answer.
+    #[arg(long, default_value_t = 10.0, global = true, value_name = "SECONDS")]
+    timeout: f64,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Subscribe to channels and print each message as it arrives (until Ctrl-C).
+    Sub {
+        /// Channels to subscribe to.
+        #[arg(required = true, value_name = "CHANNEL")]
+        channels: Vec<String>,
+        /// Exit (code 3) when the connection is lost instead of reconnecting.
+        #[arg(long)]
+        no_reconnect: bool,
+    },
+    /// Publish a message to a channel and wait for the server to accept it.
+    Pub {
+        /// The channel.
+        channel: String,
+        /// The body; `-` reads it from stdin.
+        body: String,
+        /// The message's command.
+        #[arg(short, long, default_value = "chat")]
+        command: String,
+        /// An extra header, `key:value` (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "KEY:VALUE", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+    },
+    /// Send any message (with a request-id) and print the server's answer.
+    Send {
+        /// The body; `-` reads it from stdin; empty if omitted.
+        body: Option<String>,
+        /// The message's command.
+        #[arg(short, long, default_value = "chat")]
+        command: String,
+        /// A header, `key:value` (repeatable), e.g. `-H publish:room`.
+        #[arg(short = 'H', long = "header", value_name = "KEY:VALUE", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// Splits `key:value` at the first colon.
+pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected key:value, got {text:?}")),
+    }
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub(crate) struct Exit(pub(crate) u8);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+                return ExitCode::from(*code);
+            }
+            eprintln!("lhttp: {}", one_line(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The error and its causes on one line, without repeating what the top already says.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+/// 1 for a server refusal, 3 for connection trouble, 1 otherwise.
+pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<lhttp_client::Error>() {
+        Some(lhttp_client::Error::Server { .. }) => 1,
+        Some(
+            lhttp_client::Error::Connect { .. }
+            | lhttp_client::Error::Timeout(_)
+            | lhttp_client::Error::NotConnected
+            | lhttp_client::Error::Disconnected
+            | lhttp_client::Error::Closed,
+        ) => 3,
+        _ => 1,
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let timeout = Duration::try_from_secs_f64(cli.timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--timeout must be a positive number of seconds")?;
+    let builder = Client::builder(cli.url.clone())
+        .request_timeout(timeout)
+        .connect_timeout(timeout);
+    match cli.command {
+        Some(Command::Sub {
+            channels,
+            no_reconnect,
+        }) => {
+            let client = builder.reconnect(!no_reconnect).connect().await?;
+            subscribe(&client, channels, cli.format).await
+        }
+        Some(Command::Pub {
+            channel,
+            body,
+            command,
+            headers,
+        }) => {
+            let client = builder.reconnect(false).connect().await?;
+            let body = read_body(&body)?;
+            client
+                .publish_with(&channel, &command, headers, body)
+                .await?;
+            client.close().await;
+            Ok(())
+        }
+        Some(Command::Send {
+            body,
+            command,
+            headers,
+        }) => {
+            let body = match body {
+                Some(body) => read_body(&body)?,
+                None => Vec::new(),
+            };
+            let mut message = Message::builder(command);
+            for (key, value) in headers {
+                message = message.header(key, value);
+            }
+            let message = message.body(body).build()?;
+            let client = builder.reconnect(false).connect().await?;
+            let result = client.request(message).await;
+            let out = &mut format::Stdout;
+            match result {
+                Ok(answer) => out.print(cli.format, &answer)?,
+                Err(lhttp_client::Error::Server {
+                    status,
+                    reason,
+                    message,
+                }) => {
+                    out.print(cli.format, &message)?;
+                    client.close().await;
+                    return Err(lhttp_client::Error::Server {
+                        status,
+                        reason,
+                        message,
+                    }
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+            client.close().await;
+            Ok(())
+        }
+        None => {
+            let client = builder.reconnect(true).connect().await?;
+            let terminal = std::io::stdin().is_terminal();
+            session::run(&client, cli.format, terminal, &cli.url).await
+        }
+    }
+}
+
+/// `-` reads stdin to the end; anything else is the body itself.
+fn read_body(arg: &str) -> Result<Vec<u8>> {
+    if arg != "-" {
+        return Ok(arg.as_bytes().to_vec());
+    }
+    let mut body = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut body)
+        .context("cannot read the body from stdin")?;
+    Ok(body)
+}
+
+/// `lhttp sub`: prints until Ctrl-C or the end of the client.
+async fn subscribe(client: &Client, channels: Vec<String>, format: Format) -> Result<()> {
+    let mut messages = client.subscribe(channels).await?;
+    let mut states = client.state_changes();
+    let out = &mut format::Stdout;
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                Some(message) => {
+                    if out.print(format, &message).is_err() {
+                        // stdout is gone (`lhttp sub x | head -1`): nothing left to do.
+                        return Ok(());
+                    }
+                }
+                None => {
+                    eprintln!("lhttp: connection to the server lost");
+                    return Err(Exit(3).into());
+                }
+            },
+            Ok(()) = states.changed() => match *states.borrow_and_update() {
+                ConnectionState::Disconnected => eprintln!("lhttp: connection lost; reconnecting"),
+                ConnectionState::Connected => eprintln!("lhttp: reconnected; subscriptions restored"),
+                ConnectionState::Closed => {}
+            },
+            _ = &mut interrupted => {
+                client.close().await;
+                return Ok(());
+            }
+        }
+    }
+}

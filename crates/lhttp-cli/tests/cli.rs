@@ -1,0 +1,287 @@
+//! The real `lhttp` binary against a real in-process server.
+
+mod common;
+
+use common::{WAIT, free_port_url, lhttp, run, spawn, start};
+use futures_util::StreamExt;
+use lhttp_client::{Client, Message};
+
+/// A message as a publisher without request-id sends it, so that the bytes are predictable.
+fn chat(channel: &str, body: &str) -> Message {
+    Message::builder("chat")
+        .header("from", "ann")
+        .header("publish", channel.to_owned())
+        .body(body.to_owned())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sub_prints_each_message_readably() {
+    let server = start().await;
+    let url = server.url();
+    let mut sub = spawn(lhttp(&["--url", &url, "sub", "room", "other"]));
+    server.wait_subscribers("room", 1).await;
+    server.wait_subscribers("other", 1).await;
+
+    let publisher = Client::connect(&url).await.expect("connect");
+    publisher.send(chat("room", "hello")).await.expect("send");
+    publisher
+        .send(chat("other", "two\nlines"))
+        .await
+        .expect("send");
+
+    let mut lines = Vec::new();
+    for _ in 0..13 {
+        lines.push(sub.line().await);
+    }
+    assert_eq!(
+        lines,
+        [
+            "LHTTP/1.0 chat",
+            "from:ann",
+            "publish:room",
+            "",
+            "hello",
+            "",
+            "LHTTP/1.0 chat",
+            "from:ann",
+            "publish:other",
+            "",
+            "two",
+            "lines",
+            "",
+        ]
+    );
+    sub.child.kill().await.expect("kill");
+}
+
+#[tokio::test]
+async fn sub_without_reconnect_exits_when_the_server_stops() {
+    let server = start().await;
+    let url = server.url();
+    let mut sub = spawn(lhttp(&["--url", &url, "sub", "--no-reconnect", "room"]));
+    server.wait_subscribers("room", 1).await;
+    server.handle.shutdown();
+    let status = tokio::time::timeout(WAIT, sub.child.wait())
+        .await
+        .expect("lhttp exits")
+        .expect("exit status");
+    assert_eq!(status.code(), Some(3));
+    let mut stderr = String::new();
+    let mut pipe = sub.child.stderr.take().expect("stderr");
+    tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stderr)
+        .await
+        .expect("read stderr");
+    assert_eq!(stderr, "lhttp: connection to the server lost\n");
+}
+
+#[tokio::test]
+async fn sub_prints_json_lines() {
+    let server = start().await;
+    let url = server.url();
+    let mut sub = spawn(lhttp(&["--url", &url, "--format", "json", "sub", "room"]));
+    server.wait_subscribers("room", 1).await;
+
+    server
+        .handle
+        .publish(&chat("room", "hé \"quoted\""))
+        .expect("publish");
+    let binary = Message::builder("blob")
+        .header("publish", "room")
+        .body(vec![0xff, 0xfe, 0x00])
+        .build()
+        .unwrap();
+    server.handle.publish(&binary).expect("publish");
+
+    assert_eq!(
+        sub.line().await,
+        r#"{"command":"chat","headers":[["from","ann"],["publish","room"]],"body":"hé \"quoted\""}"#
+    );
+    assert_eq!(
+        sub.line().await,
+        r#"{"command":"blob","headers":[["publish","room"]],"body_base64":"//4A"}"#
+    );
+    sub.child.kill().await.expect("kill");
+}
+
+#[tokio::test]
+async fn pub_delivers_to_an_sdk_subscriber() {
+    let server = start().await;
+    let url = server.url();
+    let client = Client::connect(&url).await.expect("connect");
+    let mut room = client.subscribe(["room"]).await.expect("subscribe");
+
+    let done = run(
+        lhttp(&[
+            "--url",
+            &url,
+            "pub",
+            "-c",
+            "note",
+            "-H",
+            "from:cli",
+            "-H",
+            "mood: happy",
+            "room",
+            "hi there",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    assert_eq!(done.stdout, "", "pub prints nothing on success");
+    let message = tokio::time::timeout(WAIT, room.next())
+        .await
+        .expect("a delivery")
+        .expect("subscription open");
+    assert_eq!(message.command(), "note");
+    assert_eq!(message.header("from"), Some("cli"));
+    assert_eq!(message.header("mood"), Some("happy"));
+    assert_eq!(&message.body()[..], b"hi there");
+
+    // `-` reads the body from stdin, byte for byte.
+    let done = run(
+        lhttp(&["--url", &url, "pub", "room", "-"]),
+        b"line one\nline two\n",
+    )
+    .await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    let message = tokio::time::timeout(WAIT, room.next())
+        .await
+        .expect("a delivery")
+        .expect("subscription open");
+    assert_eq!(message.command(), "chat");
+    assert_eq!(&message.body()[..], b"line one\nline two\n");
+}
+
+#[tokio::test]
+async fn pub_to_an_invalid_channel_fails_with_the_reason() {
+    let server = start().await;
+    let done = run(
+        lhttp(&["--url", &server.url(), "pub", "bad>name", "x"]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(1), "{done:?}");
+    assert_eq!(done.stdout, "");
+    assert_eq!(
+        done.stderr.trim_end(),
+        "lhttp: server answered 400: channel names may not contain whitespace, control \
+         characters, '*' or '>'"
+    );
+}
+
+#[tokio::test]
+async fn send_prints_the_answer() {
+    let server = start().await;
+    let url = server.url();
+    let done = run(
+        lhttp(&["--url", &url, "send", "-c", "sub", "-H", "subscribe:room"]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    assert!(
+        done.stdout
+            .starts_with("LHTTP/1.0 ok\nstatus:200\nrequest-id:"),
+        "{done:?}"
+    );
+
+    let done = run(
+        lhttp(&["--url", &url, "send", "-c", "no-such-command"]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(1), "{done:?}");
+    assert!(
+        done.stdout.starts_with("LHTTP/1.0 error\nstatus:404\n"),
+        "{done:?}"
+    );
+    assert!(
+        done.stderr.starts_with("lhttp: server answered 404"),
+        "{done:?}"
+    );
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_clear_error() {
+    let url = free_port_url();
+    let done = run(lhttp(&["--url", &url, "pub", "room", "x"]), b"").await;
+    assert_eq!(done.code, Some(3), "{done:?}");
+    assert!(
+        done.stderr
+            .starts_with(&format!("lhttp: cannot connect to {url}")),
+        "{done:?}"
+    );
+    assert_eq!(done.stderr.lines().count(), 1, "{done:?}");
+
+    let done = run(lhttp(&["--url", "wss://127.0.0.1:1/", "sub", "room"]), b"").await;
+    assert_ne!(done.code, Some(0));
+    assert!(
+        done.stderr.contains("wss:// is not supported yet"),
+        "{done:?}"
+    );
+}
+
+#[tokio::test]
+async fn help_documents_the_exit_codes() {
+    let done = run(lhttp(&["--help"]), b"").await;
+    assert_eq!(done.code, Some(0));
+    assert!(done.stdout.contains("Exit codes:"), "{}", done.stdout);
+    assert!(done.stdout.contains("3  the server cannot be reached"));
+}
+
+#[tokio::test]
+async fn scripted_session_from_stdin() {
+    let server = start().await;
+    let mut command = lhttp(&[]);
+    // The URL comes from the environment this time.
+    command.env("LHTTP_URL", server.url());
+    let script = "\
+# comments and blank lines are skipped
+
+subscribe room
+publish room hello from the script
+send note -H publish:room -H k:v body text
+unsubscribe room
+publish room nobody hears this
+bogus
+";
+    let done = run(command, script.as_bytes()).await;
+    // The unknown command fails the run, after everything else ran.
+    assert_eq!(done.code, Some(1), "{done:?}");
+    assert!(
+        done.stderr.contains("line 8: unknown command \"bogus\""),
+        "{done:?}"
+    );
+    assert!(
+        done.stdout
+            .contains("LHTTP/1.0 chat\npublish:room\nrequest-id:"),
+        "{done:?}"
+    );
+    assert!(
+        done.stdout.contains("\n\nhello from the script\n"),
+        "{done:?}"
+    );
+    // The message sent with `send` arrives (it publishes to room) and its answer is printed.
+    assert!(
+        done.stdout
+            .contains("LHTTP/1.0 note\npublish:room\nk:v\nrequest-id:"),
+        "{done:?}"
+    );
+    assert!(done.stdout.contains("\n\nbody text\n"), "{done:?}");
+    assert!(
+        done.stdout.contains("LHTTP/1.0 ok\nstatus:200\n"),
+        "{done:?}"
+    );
+    assert!(!done.stdout.contains("nobody hears this"), "{done:?}");
+    // Printed in the order the server sent them: delivery of the publish, delivery of the
+    // sent message, then the answer to it.
+    let order: Vec<usize> = ["hello from the script", "body text", "LHTTP/1.0 ok"]
+        .iter()
+        .map(|text| done.stdout.find(text).expect("printed"))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{done:?}");
+    server.wait_subscribers("room", 0).await;
+}

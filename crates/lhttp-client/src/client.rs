@@ -1,0 +1,554 @@
+//! [`Client`], its [`ClientBuilder`] and the [`ConnectionState`] it reports.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use lhttp_proto::{Message, Text};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    Error,
+    connection::{self, Command, ListenerId, Sink},
+    subscription::{Feed, Incoming, Subscription},
+};
+
+/// The command [`Client::publish`] uses.
+pub const DEFAULT_COMMAND: &str = "chat";
+
+/// Requests waiting to be written to the socket. Callers wait (back pressure) when it is full.
+const COMMAND_QUEUE: usize = 256;
+
+/// Whether the client has a working connection.
+///
+/// Observe changes with [`Client::state_changes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectionState {
+    /// Connected, and (after a reconnect) every subscription restored.
+    Connected,
+    /// The connection was lost; the client is trying again with backoff.
+    Disconnected,
+    /// For good: closed by [`Client::close`], by dropping every handle, or lost with
+    /// reconnecting turned off. Subscriptions have ended.
+    Closed,
+}
+
+/// Options of a [`Client`]; start with [`Client::builder`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lhttp_client::Error> {
+/// use std::time::Duration;
+/// let client = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
+///     .reconnect(true)
+///     .backoff(Duration::from_millis(100), Duration::from_secs(5))
+///     .request_timeout(Duration::from_secs(3))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    pub(crate) url: String,
+    pub(crate) options: Options,
+}
+
+/// Settings the connection task reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) reconnect: bool,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) subscription_capacity: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) ping_interval: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            reconnect: true,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            subscription_capacity: 1024,
+            max_message_size: 16 * 1024 * 1024,
+            ping_interval: Some(Duration::from_secs(20)),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Reconnect after the connection is lost, and restore subscriptions (default: on).
+    ///
+    /// Off, a lost connection closes the client: subscriptions end and operations fail with
+    /// [`Error::Closed`].
+    ///
+    /// ```
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/").reconnect(false);
+    /// ```
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.options.reconnect = on;
+        self
+    }
+
+    /// Bounds of the exponential reconnect backoff (default 100 ms to 10 s). Attempt *n*
+    /// waits a random time between half and all of `min * 2^n`, capped at `max`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
+    ///     .backoff(Duration::from_millis(50), Duration::from_secs(2));
+    /// ```
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.options.backoff_min = min.max(Duration::from_millis(1));
+        self.options.backoff_max = max.max(self.options.backoff_min);
+        self
+    }
+
+    /// How long [`Client::request`] (and subscribe, publish, unsubscribe) waits for the
+    /// server's answer (default 10 s).
+    ///
+    /// ```
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
+    ///     .request_timeout(std::time::Duration::from_secs(2));
+    /// ```
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.options.request_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take, TCP and WebSocket handshake (default 10 s).
+    ///
+    /// ```
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
+    ///     .connect_timeout(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.options.connect_timeout = timeout;
+        self
+    }
+
+    /// Messages buffered per [`Subscription`] (and per [`Incoming`]) that the application has
+    /// not read yet (default 1024, at least 1). When the buffer is full, new messages for it
+    /// are dropped and counted ([`Subscription::dropped`]); the connection and other
+    /// subscriptions are not slowed down.
+    ///
+    /// ```
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
+    ///     .subscription_capacity(64);
+    /// ```
+    pub fn subscription_capacity(mut self, capacity: usize) -> Self {
+        self.options.subscription_capacity = capacity.max(1);
+        self
+    }
+
+    /// Largest message accepted from the server (default 16 MiB); a larger one ends the
+    /// connection (and the client reconnects, if allowed).
+    ///
+    /// ```
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
+    ///     .max_message_size(1 << 20);
+    /// ```
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.options.max_message_size = bytes;
+        self
+    }
+
+    /// How often to ping the server (default every 20 s; `None` turns it off). A connection
+    /// on which nothing arrives for two intervals is treated as lost, so that a dead network
+    /// path is noticed (and the client reconnects) even when the socket never reports an error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
+    ///     .ping_interval(Some(Duration::from_secs(5)));
+    /// ```
+    pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
+        self.options.ping_interval = interval.filter(|i| !i.is_zero());
+        self
+    }
+
+    /// Connects (one attempt, no retry) and starts the background task that owns the socket.
+    ///
+    /// Fails with [`Error::InvalidUrl`], [`Error::WssNotSupported`] or [`Error::Connect`].
+    /// Must be called inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lhttp_client::Error> {
+    /// let client = lhttp_client::Client::builder("ws://127.0.0.1:8081/").connect().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(self) -> Result<Client, Error> {
+        connection::check_url(&self.url)?;
+        let ws = connection::open(&self.url, &self.options).await?;
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (drops, drop_rx) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(ConnectionState::Connected);
+        tokio::spawn(connection::run(
+            ws,
+            self.url,
+            self.options.clone(),
+            command_rx,
+            drop_rx,
+            state_tx,
+        ));
+        Ok(Client {
+            shared: Arc::new(Shared {
+                commands,
+                drops,
+                state,
+                next_id: AtomicU64::new(1),
+                options: self.options,
+            }),
+        })
+    }
+}
+
+/// A connection to an lhttp server. Cheap to clone; every clone uses the same connection.
+///
+/// A background task owns the WebSocket. It stops, closing the connection, after
+/// [`Client::close`] or once every `Client` clone, [`Subscription`] and [`Incoming`] is dropped.
+///
+/// ```no_run
+/// use futures_util::StreamExt;
+/// use lhttp_client::Client;
+///
+/// # async fn demo() -> Result<(), lhttp_client::Error> {
+/// let client = Client::connect("ws://127.0.0.1:8081/").await?;
+/// let mut room = client.subscribe(["chatroom"]).await?;
+/// client.publish("chatroom", "hello").await?;
+/// if let Some(message) = room.next().await {
+///     println!("{}", String::from_utf8_lossy(message.body()));
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+/// What every clone of a client shares.
+struct Shared {
+    /// Operations for the connection task; bounded, so callers wait when the socket is slow.
+    commands: mpsc::Sender<Command>,
+    /// Subscriptions dropped without `unsubscribe` (a `Drop` cannot wait for queue space);
+    /// holds at most one entry per live subscription.
+    drops: mpsc::UnboundedSender<ListenerId>,
+    state: watch::Receiver<ConnectionState>,
+    /// Source of `request-id` values and listener ids; atomic because clones call concurrently.
+    next_id: AtomicU64,
+    options: Options,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to `url` (`ws://host:port/path`) with the default options: reconnect on,
+    /// backoff 100 ms to 10 s, request timeout 10 s.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), lhttp_client::Error> {
+    /// let client = lhttp_client::Client::connect("ws://127.0.0.1:8081/").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Client, Error> {
+        Client::builder(url).connect().await
+    }
+
+    /// Starts configuring a client for `url`.
+    ///
+    /// ```
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/").reconnect(false);
+    /// ```
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            url: url.into(),
+            options: Options::default(),
+        }
+    }
+
+    /// Sends `message` as is and returns once it is written; no answer is awaited. An `error`
+    /// the server sends back (the message had no `request-id`) arrives on [`Client::incoming`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// use lhttp_client::Message;
+    /// let message = Message::builder("chat").header("publish", "room").body("hi").build()?;
+    /// client.send(message).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn send(&self, message: Message) -> Result<(), Error> {
+        let (done, result) = oneshot::channel();
+        self.command(Command::Send { message, done }).await?;
+        result.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Sends `message` with a `request-id` header (a fresh one unless it already has one) and
+    /// waits for the server's answer: `ok` (status 200), a processor's reply, or an `error`,
+    /// which becomes [`Error::Server`]. Fails with [`Error::Timeout`] after the request timeout
+    /// and [`Error::Disconnected`] if the connection drops first.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// use lhttp_client::{Error, Message};
+    /// let message = Message::builder("sub").header("subscribe", ">").build()?;
+    /// match client.request(message).await {
+    ///     Err(Error::Server { status, reason, .. }) => println!("refused: {status} {reason}"),
+    ///     Ok(answer) => println!("answered {}", answer.command()),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn request(&self, mut message: Message) -> Result<Message, Error> {
+        let id = match message.header(connection::REQUEST_ID) {
+            Some(id) => id.to_owned(),
+            None => {
+                let id = self.fresh_request_id();
+                message
+                    .headers_mut()
+                    .set(connection::REQUEST_ID, id.clone())?;
+                id
+            }
+        };
+        let (answer, result) = oneshot::channel();
+        self.command(Command::Request {
+            message,
+            id,
+            answer,
+        })
+        .await?;
+        let answer = self.wait(result).await?;
+        Error::check_answer(answer)
+    }
+
+    /// Subscribes to `channels` and returns once the server confirmed, so that anything
+    /// published afterwards reaches the returned [`Subscription`].
+    ///
+    /// Several subscriptions of one client may share channels: each gets its own copy, and
+    /// the server is told to unsubscribe only when the last one goes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// use futures_util::StreamExt;
+    /// let mut news = client.subscribe(["news", "weather"]).await?;
+    /// while let Some(message) = news.next().await {
+    ///     println!("{}: {:?}", message.header("publish").unwrap_or("?"), message.body());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe<I, S>(&self, channels: I) -> Result<Subscription, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
+        if channels.is_empty() {
+            return Err(Error::InvalidChannel(String::new()));
+        }
+        if let Some(bad) = channels.iter().find(|c| !connection::plausible_channel(c)) {
+            return Err(Error::InvalidChannel(bad.clone()));
+        }
+        let id = self.fresh_listener_id();
+        let (sink, feed) = self.feed(id);
+        let (answer, result) = oneshot::channel();
+        self.command(Command::Subscribe {
+            id,
+            channels: channels.clone(),
+            sink,
+            request_id: self.fresh_request_id(),
+            answer,
+        })
+        .await?;
+        // Whatever happens next, the feed's drop guard removes the registration if we fail.
+        let answer = self.wait(result).await?;
+        Error::check_answer(answer)?;
+        Ok(Subscription::new(feed, channels))
+    }
+
+    /// Every message that is neither an answer to a request of this client nor a delivery to
+    /// one of its subscriptions: processor replies without `request-id`, `error` answers to
+    /// [`Client::send`], messages a server pushes. Each call returns an independent stream.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// use futures_util::StreamExt;
+    /// let mut incoming = client.incoming().await?;
+    /// while let Some(message) = incoming.next().await {
+    ///     println!("{}", message.command());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn incoming(&self) -> Result<Incoming, Error> {
+        let id = self.fresh_listener_id();
+        let (sink, feed) = self.feed(id);
+        self.command(Command::Listen { id, sink }).await?;
+        Ok(Incoming::new(feed))
+    }
+
+    /// Publishes `body` to `channel` with command [`DEFAULT_COMMAND`] (`chat`) and waits for
+    /// the server to accept it.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// client.publish("chatroom", "hello").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish(&self, channel: &str, body: impl Into<Bytes>) -> Result<(), Error> {
+        self.publish_with(
+            channel,
+            DEFAULT_COMMAND,
+            std::iter::empty::<(&str, &str)>(),
+            body,
+        )
+        .await
+    }
+
+    /// Publishes `body` to `channel` with `command` and extra `headers` (in order), and waits
+    /// for the server to accept it. For a multipart body, build the message with
+    /// [`crate::MultipartBuilder`] and a `publish` header, and use [`Client::request`].
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// client
+    ///     .publish_with("alerts", "alert", [("level", "high"), ("from", "disk")], "90% full")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_with<N, V>(
+        &self,
+        channel: &str,
+        command: &str,
+        headers: impl IntoIterator<Item = (N, V)>,
+        body: impl Into<Bytes>,
+    ) -> Result<(), Error>
+    where
+        N: Into<Text>,
+        V: Into<Text>,
+    {
+        if !connection::plausible_channel(channel) {
+            return Err(Error::InvalidChannel(channel.to_owned()));
+        }
+        let mut builder = Message::builder(command.to_owned());
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let message = builder
+            .header("publish", channel.to_owned())
+            .body(body)
+            .build()?;
+        self.request(message).await.map(drop)
+    }
+
+    /// The current connection state.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) {
+    /// use lhttp_client::ConnectionState;
+    /// assert_eq!(client.state(), ConnectionState::Connected);
+    /// # }
+    /// ```
+    pub fn state(&self) -> ConnectionState {
+        *self.shared.state.borrow()
+    }
+
+    /// A receiver of connection state changes: `Disconnected` when the connection is lost,
+    /// `Connected` once it is back with its subscriptions restored, `Closed` at the end.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) {
+    /// let mut states = client.state_changes();
+    /// while states.changed().await.is_ok() {
+    ///     eprintln!("connection: {:?}", *states.borrow_and_update());
+    /// }
+    /// # }
+    /// ```
+    pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.state.clone()
+    }
+
+    /// Closes the connection (a WebSocket close handshake) and stops reconnecting. Pending
+    /// requests fail with [`Error::Closed`]; subscriptions end.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) {
+    /// client.close().await;
+    /// # }
+    /// ```
+    pub async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self
+            .shared
+            .commands
+            .send(Command::Close { done })
+            .await
+            .is_ok()
+        {
+            let _ = finished.await;
+        }
+    }
+
+    async fn command(&self, command: Command) -> Result<(), Error> {
+        self.shared
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    async fn wait(
+        &self,
+        result: oneshot::Receiver<Result<Message, Error>>,
+    ) -> Result<Message, Error> {
+        let timeout = self.shared.options.request_timeout;
+        match tokio::time::timeout(timeout, result).await {
+            Err(_) => Err(Error::Timeout(timeout)),
+            Ok(Err(_)) => Err(Error::Closed),
+            Ok(Ok(answer)) => answer,
+        }
+    }
+
+    fn fresh_request_id(&self) -> String {
+        format!(
+            "lhttp-rs-{}",
+            self.shared.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn fresh_listener_id(&self) -> ListenerId {
+        ListenerId(self.shared.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn feed(&self, id: ListenerId) -> (Sink, Feed) {
+        let (tx, rx) = mpsc::channel(self.shared.options.subscription_capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let sink = Sink {
+            tx,
+            dropped: dropped.clone(),
+        };
+        let feed = Feed {
+            id,
+            rx,
+            dropped,
+            commands: self.shared.commands.clone(),
+            drops: self.shared.drops.clone(),
+            request_timeout: self.shared.options.request_timeout,
+            active: true,
+        };
+        (sink, feed)
+    }
+}

@@ -1,0 +1,57 @@
+//! An async (tokio) client for lhttp servers such as `lhttpd`.
+//!
+//! ```
+//! use futures_util::StreamExt;
+//! use lhttp_client::Client;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # // An in-process server on a free port stands in for `lhttpd`.
+//! # let server = lhttp_server::Server::builder(lhttp_server::Config::default()).build()?;
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! # let url = format!("ws://{}/", listener.local_addr()?);
+//! # tokio::spawn(server.run(listener, std::future::pending()));
+//! let client = Client::connect(&url).await?;              // e.g. "ws://127.0.0.1:8081/"
+//! let mut room = client.subscribe(["chatroom"]).await?; // in place once this returns
+//! client.publish("chatroom", "hello").await?;           // waits for the server's ok
+//! let message = room.next().await.expect("a message");
+//! assert_eq!(&message.body()[..], b"hello");
+//! assert_eq!(message.header("publish"), Some("chatroom"));
+//! # Ok(()) }
+//! ```
+//!
+//! Layout:
+//! - [`Client`] and [`ClientBuilder`] (module `client`): connect, send, request, subscribe,
+//!   publish, observe the [`ConnectionState`].
+//! - [`Subscription`] and [`Incoming`] (module `subscription`): `Stream`s of received messages
+//!   with bounded buffers.
+//! - module `connection`: the background task that owns the WebSocket, matches answers to
+//!   requests by `request-id`, fans deliveries out to subscriptions, and reconnects with
+//!   jittered exponential backoff, restoring subscriptions.
+//! - [`Error`]: one enum for everything; server refusals carry status and reason.
+//!
+//! Behaviour worth knowing:
+//! - Requests (`request`, `subscribe`, `publish`, `unsubscribe`) carry a `request-id` and wait
+//!   for the server's answer, at most the request timeout (10 s by default).
+//! - Memory is bounded: at most 256 operations wait for the socket (callers wait beyond), and
+//!   each subscription buffers at most `subscription_capacity` unread messages (1024 by
+//!   default); newer messages are dropped and counted when it is full.
+//! - A ping every 20 s (configurable) notices a dead network path: a connection silent for two
+//!   intervals, or a write stalled past the request timeout, counts as lost.
+//! - Delivery is at most once, as the server's: what is published while the client is
+//!   disconnected is missed.
+//! - Only `ws://` for now; `wss://` fails with [`Error::WssNotSupported`].
+//!
+//! Messages, headers and multipart bodies are the types of `lhttp-proto`, re-exported here.
+
+mod client;
+mod connection;
+mod error;
+mod subscription;
+
+pub use client::{Client, ClientBuilder, ConnectionState, DEFAULT_COMMAND};
+pub use error::Error;
+pub use lhttp_proto::{
+    self as proto, BuildError, Header, Headers, Message, MessageBuilder, MultipartBuilder, Part,
+};
+pub use subscription::{Incoming, Subscription};
