@@ -1,8 +1,10 @@
 //! `lhttp`: the command-line client for lhttp servers.
 //!
 //! Layout: `main.rs` parses flags and maps failures to exit codes; `format.rs` prints messages
-//! (raw or JSON); `session.rs` runs the interactive (or scripted, from stdin) session.
+//! (raw or JSON); `session.rs` runs the interactive (or scripted, from stdin) session;
+//! `bench.rs` is the load generator (`lhttp bench`).
 
+mod bench;
 mod format;
 mod session;
 
@@ -98,6 +100,42 @@ enum Command {
         /// A header, `key:value` (repeatable), e.g. `-H publish:room`.
         #[arg(short = 'H', long = "header", value_name = "KEY:VALUE", value_parser = parse_header)]
         headers: Vec<(String, String)>,
+    },
+    /// Measure a server under load, checking every delivery (exit 1 if any was lost,
+    /// duplicated, out of order or corrupted).
+    Bench {
+        #[command(subcommand)]
+        scenario: Scenario,
+    },
+}
+
+/// Load scenarios of `lhttp bench`.
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// One publisher on --url floods a channel; subscribers on --sub-url (default: --url)
+    /// check that every message arrives once, in order and intact. Prints msg/s and losses.
+    Throughput {
+        /// Where the subscribers connect (another node of a cluster, say).
+        #[arg(long, value_name = "URL")]
+        sub_url: Option<String>,
+        /// Number of subscribers.
+        #[arg(short, long, default_value_t = 1)]
+        subscribers: usize,
+        /// Messages to publish.
+        #[arg(short = 'n', long, default_value_t = 100_000)]
+        count: u64,
+        /// Body size in bytes (at least 12).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// The channel.
+        #[arg(long, default_value = "bench")]
+        channel: String,
+        /// Most messages in flight ahead of the slowest subscriber.
+        #[arg(long, default_value_t = 2000)]
+        window: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -233,6 +271,40 @@ async fn run(cli: Cli) -> Result<()> {
             }
             client.close().await;
             Ok(())
+        }
+        Some(Command::Bench {
+            scenario:
+                Scenario::Throughput {
+                    sub_url,
+                    subscribers,
+                    count,
+                    size,
+                    channel,
+                    window,
+                    json,
+                },
+        }) => {
+            let report = bench::throughput(bench::Throughput {
+                sub_url: sub_url.unwrap_or_else(|| cli.url.clone()),
+                url: cli.url,
+                subscribers,
+                count,
+                size,
+                channel,
+                window,
+                timeout,
+            })
+            .await?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                println!("{}", report.table());
+            }
+            if report.is_clean() {
+                Ok(())
+            } else {
+                Err(Exit(1).into())
+            }
         }
         None => {
             let client = builder.reconnect(true).connect().await?;

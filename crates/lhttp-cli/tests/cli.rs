@@ -285,3 +285,37 @@ bogus
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{done:?}");
     server.wait_subscribers("room", 0).await;
 }
+
+#[tokio::test]
+async fn bench_throughput_checks_every_delivery() {
+    let server = start().await;
+    let done = run(
+        lhttp(&[
+            "--url",
+            &server.url(),
+            "bench",
+            "throughput",
+            "-n",
+            "3000",
+            "--subscribers",
+            "3",
+            "--size",
+            "100",
+            "--json",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    assert_eq!(report["deliveries"], 9000, "{report}");
+    for field in ["lost", "duplicated", "out_of_order", "corrupted"] {
+        assert_eq!(report[field], 0, "{field}: {report}");
+    }
+    assert!(
+        report["delivered_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    // The subscribers left: nothing stays behind in the server.
+    server.wait_subscribers("bench", 0).await;
+}
