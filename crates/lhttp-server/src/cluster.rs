@@ -137,6 +137,25 @@ impl Cluster {
             .no_echo()
             .subscription_capacity(config.max_pending)
             .require_tls(config.tls_required);
+        // Unreadable TLS files are configuration errors now, not endless reconnection failures.
+        for path in [
+            &config.tls_ca_file,
+            &config.tls_client_cert,
+            &config.tls_client_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            std::fs::metadata(path).map_err(|e| {
+                ServerError::Config(format!("cluster TLS file {}: {e}", path.display()))
+            })?;
+        }
+        if let Some(ca) = &config.tls_ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_client_cert, &config.tls_client_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
         if let Some(token) = &config.token {
             options = options.token(token.clone());
         }
@@ -570,6 +589,7 @@ mod tests {
         assert!(bad(|c| c.subject_prefix = "a..b".into()));
         assert!(bad(|c| c.subject_prefix = String::new()));
         assert!(bad(|c| c.user = Some("u".into())));
+        assert!(bad(|c| c.tls_client_cert = Some("client.pem".into())));
         assert!(bad(|c| c.nats = vec!["::not a url".into()]));
         assert!(!bad(|c| c.subject_prefix = "prod.lhttp".into()));
     }

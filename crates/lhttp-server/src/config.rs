@@ -45,6 +45,13 @@ pub struct ClusterConfig {
     pub credentials_file: Option<std::path::PathBuf>,
     /// Refuse to talk to NATS without TLS.
     pub tls_required: bool,
+    /// PEM file of the certificate authority that signed the NATS servers' certificates (for a
+    /// private CA; the system's roots are used otherwise).
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for NATS servers that verify clients (needs `tls_client_key`).
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_client_cert`.
+    pub tls_client_key: Option<std::path::PathBuf>,
     /// Most messages waiting to be sent to NATS, and most messages per channel received from
     /// NATS and waiting to be delivered here. Beyond it messages are dropped and counted
     /// (`lhttp_cluster_dropped_total`, `lhttp_cluster_slow_consumers_total`), never buffered.
@@ -61,6 +68,9 @@ impl Default for ClusterConfig {
             password: None,
             credentials_file: None,
             tls_required: false,
+            tls_ca_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
             max_pending: 4096,
         }
     }
@@ -88,6 +98,9 @@ impl ClusterConfig {
             return Err(format!(
                 "cluster.subject_prefix {prefix:?}: dot-separated words of letters, digits, '_' and '-'"
             ));
+        }
+        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
+            return Err("cluster.tls_client_cert and cluster.tls_client_key go together".into());
         }
         if self.user.is_some() != self.password.is_some() {
             return Err("cluster.user and cluster.password go together".into());
