@@ -299,6 +299,111 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
     })
 }
 
+/// What `lhttp bench connections` was asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct Connections {
+    pub url: String,
+    pub count: usize,
+    pub channels: usize,
+    pub pid: Option<u32>,
+    pub timeout: Duration,
+}
+
+/// The result of `lhttp bench connections`.
+#[derive(Debug)]
+pub(crate) struct ConnectionsReport {
+    pub connections: usize,
+    pub elapsed: Duration,
+    /// Server RSS before and after, in KiB, when a pid was given.
+    pub rss_kib: Option<(u64, u64)>,
+}
+
+impl ConnectionsReport {
+    fn per_connection_kib(&self) -> Option<f64> {
+        self.rss_kib.map(|(before, after)| {
+            after.saturating_sub(before) as f64 / self.connections.max(1) as f64
+        })
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connections": self.connections,
+            "elapsed_ms": self.elapsed.as_millis() as u64,
+            "rss_before_kib": self.rss_kib.map(|r| r.0),
+            "rss_after_kib": self.rss_kib.map(|r| r.1),
+            "kib_per_connection": self.per_connection_kib().map(|k| (k * 100.0).round() / 100.0),
+        })
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let mut out = format!(
+            "connections {:>8} (each subscribed, then idle)\nopened in   {:>8.3} s",
+            self.connections,
+            self.elapsed.as_secs_f64()
+        );
+        if let (Some((before, after)), Some(per)) = (self.rss_kib, self.per_connection_kib()) {
+            out.push_str(&format!(
+                "\nserver RSS  {before} KiB -> {after} KiB: {per:.2} KiB per connection"
+            ));
+        }
+        out
+    }
+}
+
+/// The resident set size of process `pid`, in KiB (Linux).
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Opens `count` connections, each subscribed to one of `channels` channels, and measures the
+/// server's memory growth. The connections stay open until the report is made.
+pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> {
+    let before = opts.pid.map(rss_kib).transpose()?;
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(opts.count);
+    // Connect in waves, so that the server's accept queue is not the limit being measured.
+    const WAVE: usize = 100;
+    for wave in (0..opts.count).step_by(WAVE) {
+        let end = (wave + WAVE).min(opts.count);
+        let opened = futures_util::future::try_join_all((wave..end).map(|i| {
+            let (url, channels, timeout) = (opts.url.clone(), opts.channels.max(1), opts.timeout);
+            async move {
+                let mut socket = connect(&url, timeout).await?;
+                let id = format!("idle-{i}");
+                request(
+                    &mut socket,
+                    format!(
+                        "LHTTP/1.0 idle\r\nsubscribe:idle-{}\r\nrequest-id:{id}\r\n\r\n",
+                        i % channels
+                    ),
+                    &id,
+                    timeout,
+                )
+                .await?;
+                anyhow::Ok(socket)
+            }
+        }))
+        .await?;
+        sockets.extend(opened);
+    }
+    let elapsed = started.elapsed();
+    // Let the server settle (allocator, deferred frees) before reading its memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = opts.pid.map(rss_kib).transpose()?;
+    drop(sockets);
+    Ok(ConnectionsReport {
+        connections: opts.count,
+        elapsed,
+        rss_kib: before.zip(after),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,6 +137,22 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// Opens N connections, each subscribed to a channel, and reports the server's memory per
+    /// connection (from /proc/PID/status when --pid is given). Raise `ulimit -n` first.
+    Connections {
+        /// Connections to open.
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        count: usize,
+        /// Spread the subscriptions over this many channels.
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// The server's process id, to read its memory.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Splits `key:value` at the first colon.
@@ -305,6 +321,30 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 Err(Exit(1).into())
             }
+        }
+        Some(Command::Bench {
+            scenario:
+                Scenario::Connections {
+                    count,
+                    channels,
+                    pid,
+                    json,
+                },
+        }) => {
+            let report = bench::connections(bench::Connections {
+                url: cli.url,
+                count,
+                channels,
+                pid,
+                timeout,
+            })
+            .await?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                println!("{}", report.table());
+            }
+            Ok(())
         }
         None => {
             let client = builder.reconnect(true).connect().await?;

@@ -319,3 +319,34 @@ async fn bench_throughput_checks_every_delivery() {
     // The subscribers left: nothing stays behind in the server.
     server.wait_subscribers("bench", 0).await;
 }
+
+#[tokio::test]
+async fn bench_connections_reports_memory_per_connection() {
+    let server = start().await;
+    // The server runs in this test process, so its memory is this process's.
+    let pid = std::process::id().to_string();
+    let done = run(
+        lhttp(&[
+            "--url",
+            &server.url(),
+            "bench",
+            "connections",
+            "-n",
+            "200",
+            "--channels",
+            "10",
+            "--pid",
+            &pid,
+            "--json",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    assert_eq!(report["connections"], 200, "{report}");
+    assert!(report["rss_after_kib"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["kib_per_connection"].is_number(), "{report}");
+    // Each connection was confirmed subscribed (the bench fails otherwise); none is left after.
+    server.wait_subscribers("idle-0", 0).await;
+}
