@@ -183,6 +183,18 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for clients to receive what is queued for them
     /// before the process exits anyway, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// Key that `POST /publish` requires as `Authorization: Bearer <key>`. Without a key,
+    /// `POST /publish` is accepted from loopback addresses only.
+    pub api_key: Option<String>,
+    /// Origins (`https://chat.example.com`) whose pages may open WebSocket connections. Empty:
+    /// any origin, as for a local demo; set it when browsers reach the server from the web, so
+    /// that another site cannot open connections with its visitors' cookies.
+    pub allowed_origins: Vec<String>,
+    /// The server pings each client this often, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// A client from which nothing (not even a pong) arrived for this long is closed with code
+    /// 1001 "idle timeout", in milliseconds.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -190,6 +202,10 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             shutdown_timeout_ms: 5_000,
+            api_key: None,
+            allowed_origins: Vec::new(),
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
         }
     }
 }
@@ -198,6 +214,19 @@ impl ServerConfig {
     /// [`ServerConfig::shutdown_timeout_ms`] as a duration.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// Checks values that would make the server unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ping_interval_ms == 0 || self.idle_timeout_ms <= self.ping_interval_ms {
+            return Err(
+                "server.ping_interval_ms must be > 0 and below server.idle_timeout_ms".into(),
+            );
+        }
+        if self.api_key.as_deref().is_some_and(|k| k.len() < 16) {
+            return Err("server.api_key must be at least 16 characters".into());
+        }
+        Ok(())
     }
 }
 

@@ -133,6 +133,9 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
+    if !origin_allowed(&shared.config.server.allowed_origins, headers) {
+        return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
     let accept_key = derive_accept_key(key.as_bytes());
     if shared.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
@@ -179,6 +182,61 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
+}
+
+/// With an allow-list, a browser page from another origin may not open a connection
+/// (cross-site WebSocket hijacking); clients that send no Origin (not browsers) are let in.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN).map(|v| v.to_str()) {
+        None => true,
+        Some(Ok(origin)) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
+        Some(Err(_)) => false,
+    }
+}
+
+/// `POST /publish` is open to loopback peers when no API key is configured, and to holders of
+/// the key (`Authorization: Bearer <key>`) when one is; anyone else gets this answer.
+fn publish_refusal(shared: &Shared, request: &Request) -> Option<Response> {
+    match &shared.config.server.api_key {
+        Some(key) => {
+            let presented = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
+                None
+            } else {
+                let mut response = json_error(401, "a valid API key is required");
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Some(response)
+            }
+        }
+        None => {
+            let loopback = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|info| info.0.ip().is_loopback());
+            (!loopback).then(|| {
+                json_error(
+                    403,
+                    "POST /publish is open to loopback clients only unless server.api_key is set",
+                )
+            })
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess was
+/// right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn websocket_config(limits: &crate::config::Limits) -> WebSocketConfig {
@@ -245,6 +303,9 @@ fn json_error(status: u16, reason: &str) -> Response {
 /// 200 `{"channels":N,"deliveries":M}`; 400 not a message or no `publish` header; 413 too large.
 async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     add(&shared.metrics.http_publish_requests, 1);
+    if let Some(refused) = publish_refusal(&shared, &request) {
+        return refused;
+    }
     let max = shared.config.limits.max_message_size;
     let declared = request
         .headers()

@@ -99,6 +99,7 @@ impl ServerBuilder {
     /// Checks the configuration and the registrations.
     pub fn build(self) -> Result<Server, ServerError> {
         self.config.limits.validate().map_err(ServerError::Config)?;
+        self.config.server.validate().map_err(ServerError::Config)?;
         let mut processors = HashMap::new();
         let mut processor_order = Vec::new();
         for (command, processor) in self.processors {

@@ -161,6 +161,14 @@ async fn read_loop(
     writer: &mut Writer,
 ) -> End {
     let outbox = connection.outbox().clone();
+    // Keepalive: a ping every interval; a client silent for the idle timeout (no data, no pong)
+    // is closed, so dead peers and half-open TCP connections do not hold resources forever.
+    let server_config = &shared.config.server;
+    let interval = Duration::from_millis(server_config.ping_interval_ms);
+    let idle_timeout = Duration::from_millis(server_config.idle_timeout_ms);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
             biased;
@@ -168,7 +176,17 @@ async fn read_loop(
             _ = outbox.overflowed() => return End::SlowConsumer,
             _ = &mut *writer => return End::WriterGone,
             next = stream.next() => next,
+            _ = ping.tick() => {
+                if last_seen.elapsed() >= idle_timeout {
+                    return End::Close(1001, "idle timeout");
+                }
+                let _ = outbox.push(tungstenite::Message::Ping(Bytes::new()));
+                continue;
+            }
         };
+        if let Some(Ok(_)) = &next {
+            last_seen = tokio::time::Instant::now();
+        }
         let data = match next {
             None => return End::Peer,
             Some(Ok(tungstenite::Message::Text(text))) => Bytes::from(text),

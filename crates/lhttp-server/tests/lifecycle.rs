@@ -186,3 +186,107 @@ async fn http_publish_errors() {
     let response = reqwest::get(server.http("/publish")).await.unwrap();
     assert_eq!(response.status(), 405);
 }
+
+/// A client that answers nothing (not even pings) is closed after the idle timeout; one whose
+/// WebSocket stack answers pings stays, even if it never sends a message.
+#[tokio::test]
+async fn idle_clients_are_closed_and_live_ones_kept() {
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.server.ping_interval_ms = 100;
+        c.server.idle_timeout_ms = 300;
+    })))
+    .await;
+    let mut silent = server.client().await;
+    let mut live = server.client().await;
+    // `live` is polled (its stack answers pings); `silent` is not looked at for a while.
+    let until = tokio::time::Instant::now() + Duration::from_millis(900);
+    while tokio::time::Instant::now() < until {
+        if let Ok(Some(frame)) = tokio::time::timeout(
+            Duration::from_millis(50),
+            futures_util::StreamExt::next(&mut live.ws),
+        )
+        .await
+        {
+            let frame = frame.expect("live connection stays open");
+            assert!(frame.is_ping(), "only pings expected, got {frame:?}");
+        }
+    }
+    let (code, reason) = silent.recv_close().await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+    live.subscribe("still-here").await;
+    server.wait_connections(1).await;
+}
+
+/// With an API key, `POST /publish` needs `Authorization: Bearer <key>`.
+#[tokio::test]
+async fn http_publish_requires_the_api_key_when_one_is_set() {
+    let key = "0123456789abcdef-key";
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.server.api_key = Some(key.into())
+    })))
+    .await;
+    let mut sub = server.client().await;
+    sub.subscribe("secure").await;
+    let message = "LHTTP/1.0 chat\r\npublish:secure\r\n\r\nsigned";
+    let post = |auth: Option<&str>| {
+        let mut request = reqwest::Client::new()
+            .post(server.http("/publish"))
+            .body(message);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send()
+    };
+    let refused = post(None).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        post(Some("Bearer wrong-key-0123456789"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(Some(key)).await.unwrap().status(),
+        401,
+        "the Bearer scheme is required"
+    );
+    sub.expect_silence(100).await;
+    let accepted = post(Some(&format!("Bearer {key}"))).await.unwrap();
+    assert_eq!(accepted.status(), 200);
+    assert_eq!(body(&sub.recv().await), "signed");
+    // A short key is a configuration error.
+    let short = config(|c: &mut Config| c.server.api_key = Some("short".into()));
+    assert!(Server::builder(short).build().is_err());
+}
+
+/// With an origin allow-list, browsers on other sites cannot open connections.
+#[tokio::test]
+async fn origin_allow_list() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.server.allowed_origins = vec!["https://chat.example.com".into()]
+    })))
+    .await;
+    let connect = |origin: Option<&'static str>| {
+        let mut request = server.url("/").into_client_request().unwrap();
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    match connect(Some("https://evil.example.net")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("a foreign origin must be refused, got {other:?}"),
+    }
+    assert!(connect(Some("https://chat.example.com")).await.is_ok());
+    assert!(
+        connect(None).await.is_ok(),
+        "non-browser clients send no Origin"
+    );
+}

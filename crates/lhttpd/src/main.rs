@@ -87,6 +87,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         config.cluster.nats = args.nats;
     }
     config.limits.validate().map_err(anyhow::Error::msg)?;
+    config.server.validate().map_err(anyhow::Error::msg)?;
     config.upstream.validate().map_err(anyhow::Error::msg)?;
     config.cluster.validate().map_err(anyhow::Error::msg)?;
     if args.check_config {
