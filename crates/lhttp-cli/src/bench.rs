@@ -100,7 +100,7 @@ impl Report {
     }
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<Socket> {
+pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Socket> {
     let (socket, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url))
         .await
         .context("connecting timed out")?
@@ -109,7 +109,12 @@ async fn connect(url: &str, timeout: Duration) -> Result<Socket> {
 }
 
 /// Sends `text` and waits for the answer carrying request-id `id` (an `ok`).
-async fn request(socket: &mut Socket, text: String, id: &str, timeout: Duration) -> Result<()> {
+pub(crate) async fn request(
+    socket: &mut Socket,
+    text: String,
+    id: &str,
+    timeout: Duration,
+) -> Result<()> {
     socket.send(Frame::text(text)).await?;
     let needle = format!("request-id:{id}\r\n");
     let deadline = tokio::time::Instant::now() + timeout;

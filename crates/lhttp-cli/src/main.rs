@@ -2,9 +2,11 @@
 //!
 //! Layout: `main.rs` parses flags and maps failures to exit codes; `format.rs` prints messages
 //! (raw or JSON); `session.rs` runs the interactive (or scripted, from stdin) session;
-//! `bench.rs` is the load generator (`lhttp bench`).
+//! `bench.rs` is the load generator (`lhttp bench`), with its `latency` and `http-publish`
+//! scenarios in `bench_latency.rs`.
 
 mod bench;
+mod bench_latency;
 mod format;
 mod session;
 
@@ -149,6 +151,48 @@ enum Scenario {
         /// The server's process id, to read its memory.
         #[arg(long)]
         pid: Option<u32>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One publisher on --url sends at a fixed rate, each body stamped with its send time; one
+    /// subscriber on --sub-url (default: --url) reports publish-to-delivery latency (p50, p90,
+    /// p99, p99.9, max) and checks every delivery.
+    Latency {
+        /// Where the subscriber connects.
+        #[arg(long, value_name = "URL")]
+        sub_url: Option<String>,
+        /// Messages per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Seconds to publish for.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Body size in bytes (at least 32).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// The channel.
+        #[arg(long, default_value = "bench")]
+        channel: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// K concurrent keep-alive `POST /publish` loops (to --url's host, over HTTP); one
+    /// WebSocket subscriber checks that every accepted message arrives. Exit 1 if any failed.
+    HttpPublish {
+        /// Requests in flight.
+        #[arg(short = 'k', long, default_value_t = 16)]
+        concurrency: usize,
+        /// Requests to send.
+        #[arg(short = 'n', long, default_value_t = 100_000)]
+        count: u64,
+        /// Body size in bytes (at least 12).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// The channel.
+        #[arg(long, default_value = "bench")]
+        channel: String,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -345,6 +389,72 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", report.table());
             }
             Ok(())
+        }
+        Some(Command::Bench {
+            scenario:
+                Scenario::Latency {
+                    sub_url,
+                    rate,
+                    duration,
+                    size,
+                    channel,
+                    json,
+                },
+        }) => {
+            let duration = Duration::try_from_secs_f64(duration)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--duration must be a positive number of seconds")?;
+            let report = bench_latency::latency(bench_latency::Latency {
+                sub_url: sub_url.unwrap_or_else(|| cli.url.clone()),
+                url: cli.url,
+                rate,
+                duration,
+                size,
+                channel,
+                timeout,
+            })
+            .await?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                println!("{}", report.table());
+            }
+            if report.is_clean() {
+                Ok(())
+            } else {
+                Err(Exit(1).into())
+            }
+        }
+        Some(Command::Bench {
+            scenario:
+                Scenario::HttpPublish {
+                    concurrency,
+                    count,
+                    size,
+                    channel,
+                    json,
+                },
+        }) => {
+            let report = bench_latency::http_publish(bench_latency::HttpPublish {
+                url: cli.url,
+                concurrency,
+                count,
+                size,
+                channel,
+                timeout,
+            })
+            .await?;
+            if json {
+                println!("{}", report.json());
+            } else {
+                println!("{}", report.table());
+            }
+            if report.is_clean() {
+                Ok(())
+            } else {
+                Err(Exit(1).into())
+            }
         }
         None => {
             let client = builder.reconnect(true).connect().await?;

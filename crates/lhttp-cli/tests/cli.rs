@@ -350,3 +350,73 @@ async fn bench_connections_reports_memory_per_connection() {
     // Each connection was confirmed subscribed (the bench fails otherwise); none is left after.
     server.wait_subscribers("idle-0", 0).await;
 }
+
+#[tokio::test]
+async fn bench_latency_reports_percentiles_and_checks_every_delivery() {
+    let server = start().await;
+    let done = run(
+        lhttp(&[
+            "--url",
+            &server.url(),
+            "bench",
+            "latency",
+            "--rate",
+            "500",
+            "--duration",
+            "1",
+            "--json",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    assert_eq!(report["published"], 500, "{report}");
+    assert_eq!(report["deliveries"], 500, "{report}");
+    for field in ["lost", "duplicated", "out_of_order", "corrupted"] {
+        assert_eq!(report[field], 0, "{field}: {report}");
+    }
+    let us = |field: &str| report[field].as_f64().expect(field);
+    assert!(us("p50_us") > 0.0, "{report}");
+    assert!(us("p50_us") <= us("p90_us"), "{report}");
+    assert!(us("p90_us") <= us("p99_us"), "{report}");
+    assert!(us("p99_us") <= us("p999_us"), "{report}");
+    assert!(us("p999_us") <= us("max_us"), "{report}");
+    // A sanity check of the pacing, not a performance assertion.
+    let rate = us("achieved_rate");
+    assert!((250.0..=750.0).contains(&rate), "{report}");
+    server.wait_subscribers("bench", 0).await;
+}
+
+#[tokio::test]
+async fn bench_http_publish_counts_requests_and_deliveries() {
+    let server = start().await;
+    let done = run(
+        lhttp(&[
+            "--url",
+            &server.url(),
+            "bench",
+            "http-publish",
+            "--count",
+            "500",
+            "--concurrency",
+            "4",
+            "--json",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    assert_eq!(report["requests"], 500, "{report}");
+    assert_eq!(report["ok"], 500, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["deliveries"], 500, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert!(
+        report["requests_per_sec"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    server.wait_subscribers("bench", 0).await;
+}
