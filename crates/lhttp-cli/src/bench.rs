@@ -101,7 +101,9 @@ impl Report {
 }
 
 pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Socket> {
-    let (socket, _) = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url))
+    // Nagle off, as a real-time client should be: latency must not include its delays.
+    let connecting = tokio_tungstenite::connect_async_with_config(url, None, true);
+    let (socket, _) = tokio::time::timeout(timeout, connecting)
         .await
         .context("connecting timed out")?
         .with_context(|| format!("cannot connect to {url}"))?;

@@ -243,6 +243,7 @@ where
         result: Ok(()),
     };
     let mut next = Some(first);
+    let mut yielded = false;
     while let Some(message) = next.take() {
         batch.count += 1;
         batch.bytes += message.len();
@@ -253,6 +254,13 @@ where
         }
         if !batch.closed && (batch.count as usize) < MAX_BATCH {
             next = rx.try_recv().ok();
+            if next.is_none() && !yielded {
+                // The socket has no Nagle delay: each flush is a packet. Letting the producers
+                // run once before flushing gathers a burst into one write.
+                yielded = true;
+                tokio::task::yield_now().await;
+                next = rx.try_recv().ok();
+            }
         }
     }
     batch.result = sink.flush().await;

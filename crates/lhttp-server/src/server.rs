@@ -210,6 +210,13 @@ impl Server {
             }
         };
         let timeout = shared.config.server.shutdown_timeout();
+        // Real-time traffic: a small frame goes out now, not when Nagle's algorithm has waited
+        // for the peer's (possibly delayed) acknowledgement.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
         // HTTP requests in flight get the shutdown timeout too; a slow client cannot hold the
         // process open.
