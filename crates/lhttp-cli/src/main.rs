@@ -355,16 +355,7 @@ async fn run(cli: Cli) -> Result<()> {
                 timeout,
             })
             .await?;
-            if json {
-                println!("{}", report.json());
-            } else {
-                println!("{}", report.table());
-            }
-            if report.is_clean() {
-                Ok(())
-            } else {
-                Err(Exit(1).into())
-            }
+            print_report(json, report.json(), report.table(), report.is_clean())
         }
         Some(Command::Bench {
             scenario:
@@ -383,12 +374,7 @@ async fn run(cli: Cli) -> Result<()> {
                 timeout,
             })
             .await?;
-            if json {
-                println!("{}", report.json());
-            } else {
-                println!("{}", report.table());
-            }
-            Ok(())
+            print_report(json, report.json(), report.table(), true)
         }
         Some(Command::Bench {
             scenario:
@@ -415,16 +401,7 @@ async fn run(cli: Cli) -> Result<()> {
                 timeout,
             })
             .await?;
-            if json {
-                println!("{}", report.json());
-            } else {
-                println!("{}", report.table());
-            }
-            if report.is_clean() {
-                Ok(())
-            } else {
-                Err(Exit(1).into())
-            }
+            print_report(json, report.json(), report.table(), report.is_clean())
         }
         Some(Command::Bench {
             scenario:
@@ -445,16 +422,7 @@ async fn run(cli: Cli) -> Result<()> {
                 timeout,
             })
             .await?;
-            if json {
-                println!("{}", report.json());
-            } else {
-                println!("{}", report.table());
-            }
-            if report.is_clean() {
-                Ok(())
-            } else {
-                Err(Exit(1).into())
-            }
+            print_report(json, report.json(), report.table(), report.is_clean())
         }
         None => {
             let client = builder.reconnect(true).connect().await?;
@@ -462,6 +430,17 @@ async fn run(cli: Cli) -> Result<()> {
             session::run(&client, cli.format, terminal, &cli.url).await
         }
     }
+}
+
+/// Prints a bench report as JSON or as a table; a run that lost, duplicated, reordered or
+/// damaged a delivery (or failed a request) exits with 1.
+fn print_report(json: bool, value: serde_json::Value, table: String, clean: bool) -> Result<()> {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{table}");
+    }
+    if clean { Ok(()) } else { Err(Exit(1).into()) }
 }
 
 /// `-` reads stdin to the end; anything else is the body itself.

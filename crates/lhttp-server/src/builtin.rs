@@ -145,7 +145,8 @@ impl Filter for PubSub {
         let headers = ctx.message().headers();
         let subscribe = channel::parse_list(headers.get_all(names::SUBSCRIBE))?;
         let unsubscribe = channel::parse_list(headers.get_all(names::UNSUBSCRIBE))?;
-        channel::parse_list(headers.get_all(names::PUBLISH))?;
+        // Checked now, so that a bad publish list refuses the message before it subscribes.
+        channel::check_list(headers.get_all(names::PUBLISH))?;
         let acts = headers.contains(names::SUBSCRIBE)
             || headers.contains(names::UNSUBSCRIBE)
             || headers.contains(names::PUBLISH);

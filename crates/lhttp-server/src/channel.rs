@@ -51,20 +51,42 @@ pub fn check(name: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Splits a `subscribe`, `unsubscribe` or `publish` header value into channel names, checking
+/// The names in `subscribe`, `unsubscribe` or `publish` header values, unchecked.
+fn names<'a>(values: impl Iterator<Item = &'a str>) -> impl Iterator<Item = &'a str> {
+    values.flat_map(str::split_ascii_whitespace)
+}
+
+/// Checks every name in the header values, without collecting them.
+pub fn check_list<'a>(values: impl Iterator<Item = &'a str>) -> Result<(), Rejection> {
+    names(values).try_for_each(check)
+}
+
+/// Lists of at most this many names are de-duplicated by scanning: no hash set to allocate
+/// for the one or two channels a message usually names.
+const SCAN_DEDUP_MAX: usize = 16;
+
+/// Splits `subscribe`, `unsubscribe` or `publish` header values into channel names, checking
 /// each and dropping repeats (so `publish:a a` delivers once).
 pub fn parse_list<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<&'a str>, Rejection> {
-    let mut names: Vec<&str> = Vec::new();
-    let mut seen: HashSet<&str> = HashSet::new();
-    for value in values {
-        for name in value.split_ascii_whitespace() {
-            check(name)?;
-            if seen.insert(name) {
-                names.push(name);
+    let mut list: Vec<&str> = Vec::new();
+    let mut seen: Option<HashSet<&str>> = None;
+    for name in names(values) {
+        check(name)?;
+        let new = match &mut seen {
+            Some(seen) => seen.insert(name),
+            None if list.len() < SCAN_DEDUP_MAX => !list.contains(&name),
+            None => {
+                let mut set: HashSet<&str> = list.iter().copied().collect();
+                let new = set.insert(name);
+                seen = Some(set);
+                new
             }
+        };
+        if new {
+            list.push(name);
         }
     }
-    Ok(names)
+    Ok(list)
 }
 
 impl Borrow<str> for Channel {
@@ -82,5 +104,24 @@ impl fmt::Debug for Channel {
 impl fmt::Display for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_drop_repeats_short_and_long() {
+        let short = parse_list(["a b a", "c b"].into_iter()).unwrap();
+        assert_eq!(short, ["a", "b", "c"]);
+        let names: Vec<String> = (0..40).map(|i| format!("ch{}", i % 25)).collect();
+        let joined = names.join(" ");
+        let long = parse_list(std::iter::once(joined.as_str())).unwrap();
+        let expected: Vec<String> = (0..25).map(|i| format!("ch{i}")).collect();
+        assert_eq!(long, expected);
+        assert!(parse_list(std::iter::once("ok >")).is_err());
+        assert!(check_list(std::iter::once("ok a*b")).is_err());
+        assert!(check_list(std::iter::once("ok fine")).is_ok());
     }
 }
