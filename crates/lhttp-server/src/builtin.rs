@@ -2,7 +2,7 @@
 
 use lhttp_proto::Message;
 
-use crate::{Context, Filter, Rejection, channel, metrics::add, upstream};
+use crate::{Context, Filter, Rejection, channel, metrics::add, request, upstream};
 
 /// Header names the built-ins act on.
 pub mod names {
@@ -18,6 +18,27 @@ pub mod names {
     pub const MULTIPART: &str = "multipart";
     /// Copied into the answer to a message.
     pub const REQUEST_ID: &str = "request-id";
+    /// Makes a published message a request; the server sets it to the reply address.
+    pub const REPLY_TO: &str = "reply-to";
+    /// A request's timeout, in milliseconds.
+    pub const TIMEOUT: &str = "timeout";
+    /// `true` on a reply that is not the last one of a streamed answer.
+    pub const PARTIAL: &str = "partial";
+    /// With `subscribe`: the queue group to join; on a delivery: the group it came through.
+    pub const QUEUE: &str = "queue";
+    /// With `subscribe` and `queue`: how many messages the member holds at once.
+    pub const CREDIT: &str = "credit";
+    /// On a queue-group delivery: the number its member acknowledges.
+    pub const DELIVERY_ID: &str = "delivery-id";
+    /// Space-separated delivery ids the sender acknowledges.
+    pub const ACK: &str = "ack";
+    /// `at-least-once`: a queue-group member that leaves without acknowledging the message
+    /// hands it to another member.
+    pub const DELIVERY: &str = "delivery";
+    /// With `queue`: channels whose group the sender leaves once its work is done.
+    pub const DRAIN: &str = "drain";
+    /// In the answer to the `inbox` command: the connection's inbox address.
+    pub const INBOX: &str = "inbox";
 }
 
 /// Rejects a message whose `multipart` header does not describe its body (400), so that no
@@ -133,12 +154,19 @@ fn request_headers(ctx: &Context<'_>) -> Vec<(&'static str, String)> {
     headers
 }
 
-/// `subscribe` and `unsubscribe` before the processor; `publish` after it.
+/// `subscribe` and `unsubscribe` before the processor; `publish` after it. With them, the
+/// headers of requests and queue groups (see [`crate::request`] and [`crate::queue`]):
+/// `queue`/`credit` make a subscribe join a queue group, `drain` leaves one gracefully, `ack`
+/// acknowledges deliveries, `reply-to` makes a publish a request, and the `inbox` command
+/// answers with the connection's inbox address.
 ///
 /// Within one message, subscribe runs before unsubscribe, and both before publish, so a message
 /// that subscribes and publishes to the same channel is delivered to its sender too. Every
 /// channel list is checked before anything changes: one invalid name rejects the message whole.
 pub(crate) struct PubSub;
+
+/// The command that asks for the connection's inbox address.
+const INBOX_COMMAND: &str = "inbox";
 
 impl Filter for PubSub {
     fn before(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
@@ -149,14 +177,49 @@ impl Filter for PubSub {
         channel::check_list(headers.get_all(names::PUBLISH))?;
         let acts = headers.contains(names::SUBSCRIBE)
             || headers.contains(names::UNSUBSCRIBE)
-            || headers.contains(names::PUBLISH);
+            || headers.contains(names::PUBLISH)
+            || headers.contains(names::ACK)
+            || headers.contains(names::DRAIN);
+        let queue = headers.get(names::QUEUE).map(str::to_owned);
+        let credit = credit(ctx)?;
+        let drain = channel::parse_list(headers.get_all(names::DRAIN))?;
+        if (credit.is_some() || !drain.is_empty()) && queue.is_none() {
+            return Err(Rejection::bad_request(
+                "credit and drain need a queue header",
+            ));
+        }
+        if headers.contains(names::REPLY_TO) {
+            check_request(ctx)?;
+        }
         // The lists borrow the message; own them before the connection is borrowed mutably.
-        let subscribe: Vec<String> = subscribe.into_iter().map(str::to_owned).collect();
-        let unsubscribe: Vec<String> = unsubscribe.into_iter().map(str::to_owned).collect();
+        let own = |list: Vec<&str>| list.into_iter().map(str::to_owned).collect::<Vec<_>>();
+        let (subscribe, unsubscribe, drain) = (own(subscribe), own(unsubscribe), own(drain));
+        let request_id = ctx.request_id_text().cloned();
         let connection = ctx.connection_mut();
-        connection.subscribe(subscribe.iter().map(String::as_str))?;
+        match &queue {
+            Some(group) if !subscribe.is_empty() => {
+                let list: Vec<&str> = subscribe.iter().map(String::as_str).collect();
+                connection.join_queue(&list, group, credit.unwrap_or(1))?;
+            }
+            _ => connection.subscribe(subscribe.iter().map(String::as_str))?,
+        }
         for name in &unsubscribe {
-            connection.unsubscribe(name);
+            if queue.is_none() {
+                connection.unsubscribe(name);
+            }
+            connection.leave_queue(name, queue.as_deref());
+        }
+        if let (Some(group), false) = (&queue, drain.is_empty()) {
+            let list: Vec<&str> = drain.iter().map(String::as_str).collect();
+            connection.drain(&list, group, request_id.as_ref())?;
+            // `drained` is the answer, once the work in hand is acknowledged.
+            ctx.defer_reply();
+        }
+        if ctx.message().command() == INBOX_COMMAND {
+            let address = ctx.connection_mut().inbox().address();
+            let answer = request::inbox_answer(&address, ctx.request_id_text());
+            let _ = ctx.reply(&answer);
+            ctx.set_handled();
         }
         if acts {
             ctx.set_handled();
@@ -166,8 +229,111 @@ impl Filter for PubSub {
 
     fn after(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
         if ctx.message().headers().contains(names::PUBLISH) {
-            ctx.server().publish(ctx.message())?;
+            if ctx.message().headers().contains(names::REPLY_TO) {
+                publish_request(ctx)?;
+            } else {
+                ctx.server().publish(ctx.message())?;
+            }
+        }
+        // After the publish, so that a worker's reply goes out before its next piece of work.
+        let acks = ack_ids(ctx)?;
+        if !acks.is_empty() {
+            ctx.connection_mut().ack(&acks)?;
         }
         Ok(())
+    }
+}
+
+/// The `credit` header: 1 to `queues.max_credit`.
+fn credit(ctx: &Context<'_>) -> Result<Option<usize>, Rejection> {
+    let Some(value) = ctx.message().header(names::CREDIT) else {
+        return Ok(None);
+    };
+    let max = ctx.server().shared().config.queues.max_credit;
+    match value.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(Rejection::bad_request(format!(
+            "credit must be a number from 1 to {max}"
+        ))),
+    }
+}
+
+/// The ids of an `ack` header (space-separated).
+fn ack_ids(ctx: &Context<'_>) -> Result<Vec<u64>, Rejection> {
+    let mut ids = Vec::new();
+    for value in ctx.message().headers().get_all(names::ACK) {
+        for id in value.split_ascii_whitespace() {
+            let id = id
+                .parse()
+                .map_err(|_| Rejection::bad_request("ack takes delivery ids (numbers)"))?;
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// A request must say where it goes and how its answer is matched.
+fn check_request(ctx: &Context<'_>) -> Result<(), Rejection> {
+    let message = ctx.message();
+    if !message.headers().contains(names::PUBLISH) {
+        return Err(Rejection::bad_request(
+            "a request (reply-to) needs a publish header",
+        ));
+    }
+    if ctx.request_id().is_none() {
+        return Err(Rejection::bad_request(
+            "a request (reply-to) needs a request-id to match its answer",
+        ));
+    }
+    ctx.server()
+        .shared()
+        .requests
+        .timeout_for(message.header(names::TIMEOUT))?;
+    Ok(())
+}
+
+/// Publishes a request: the server sets `reply-to` to a fresh reply address of the sender's
+/// inbox, and the request then gets exactly one terminal answer (see [`crate::request`]).
+fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
+    check_request(ctx)?;
+    let server = ctx.server().clone();
+    let shared = server.shared();
+    let timeout = shared
+        .requests
+        .timeout_for(ctx.message().header(names::TIMEOUT))?;
+    let request_id = ctx
+        .request_id_text()
+        .cloned()
+        .expect("checked by check_request");
+    let inbox = ctx.connection_mut().inbox();
+    let answer_to = request::AnswerTo::Connection(ctx.connection().outbox().clone());
+    let address = shared.requests.start(
+        &inbox,
+        request_id,
+        timeout,
+        answer_to,
+        shared.metrics.clone(),
+    )?;
+    ctx.defer_reply();
+    ctx.message_mut()
+        .headers_mut()
+        .set(names::REPLY_TO, address.clone())
+        .expect("a reply address is a valid header value");
+    match server.publish(ctx.message()) {
+        Ok(report) if report.deliveries + report.queued == 0 => {
+            shared.requests.fail(
+                &address,
+                &Rejection::unavailable(
+                    "no responders: nobody is subscribed and no queue group took the request",
+                ),
+                &shared.metrics,
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(rejection) => {
+            shared.requests.cancel(&address);
+            Err(rejection)
+        }
     }
 }

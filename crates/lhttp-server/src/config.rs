@@ -20,6 +20,13 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Sharing channels with other nodes over NATS; off unless `nats` lists a server.
     pub cluster: ClusterConfig,
+    /// Requests (`reply-to`): timeouts and how many may wait.
+    pub requests: RequestsConfig,
+    /// Queue groups (work queues): how much work may wait for a member.
+    pub queues: QueuesConfig,
+    /// HTTP gateway routes (`[[gateway]]`): HTTP requests under a path become requests to a
+    /// queue group, and a worker's reply becomes the HTTP response. None by default.
+    pub gateway: Vec<GatewayRoute>,
 }
 
 /// `[cluster]`: several nodes share channels through NATS.
@@ -293,6 +300,139 @@ impl Limits {
             return Err(
                 "limits.outbound_queue_bytes must be at least limits.max_message_size".into(),
             );
+        }
+        Ok(())
+    }
+}
+
+/// `[requests]`: messages with a `reply-to` header, which get exactly one terminal answer.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestsConfig {
+    /// Timeout of a request that sets no `timeout` header, in milliseconds (504 after it).
+    pub default_timeout_ms: u64,
+    /// Longest timeout a request may ask for, in milliseconds; longer ones are cut to it.
+    pub max_timeout_ms: u64,
+    /// Most requests one connection (or the HTTP gateway) may have waiting for answers at
+    /// once (429 beyond it).
+    pub max_pending_per_inbox: usize,
+    /// Most HTTP gateway requests waiting for answers at once (429 beyond it).
+    pub max_pending_gateway: usize,
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig {
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 300_000,
+            max_pending_per_inbox: 1024,
+            max_pending_gateway: 10_000,
+        }
+    }
+}
+
+/// `[queues]`: queue groups (`subscribe` with `queue`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueuesConfig {
+    /// Most messages waiting in one group for a member with credit (503 to a request beyond
+    /// it; plain messages are dropped and counted).
+    pub max_queued: usize,
+    /// Longest time a plain message (not a request) waits in a group, in milliseconds; a
+    /// request waits until its own timeout.
+    pub max_wait_ms: u64,
+    /// Largest `credit` a member may ask for (messages held unacknowledged at once).
+    pub max_credit: usize,
+}
+
+impl Default for QueuesConfig {
+    fn default() -> Self {
+        QueuesConfig {
+            max_queued: 10_000,
+            max_wait_ms: 30_000,
+            max_credit: 1000,
+        }
+    }
+}
+
+/// One `[[gateway]]` route: HTTP requests whose path starts with `path` become `http-request`
+/// messages on `channel` for queue group `queue`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayRoute {
+    /// Path prefix, starting and ending with `/` (`/api/`).
+    pub path: String,
+    /// Channel the requests are published to.
+    pub channel: String,
+    /// Queue group that serves them; the group exists (and requests wait in it) even while no
+    /// worker is connected.
+    pub queue: String,
+    /// How long a request may wait for its answer, in milliseconds (504 after it; 503 if no
+    /// worker joined in that time).
+    #[serde(default = "default_gateway_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Hand a request to another worker when its worker disconnects before answering (set it
+    /// for routes whose requests are safe to run twice). Off: the client gets 502 then.
+    #[serde(default)]
+    pub at_least_once: bool,
+}
+
+fn default_gateway_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Config {
+    /// Checks the request, queue and gateway settings.
+    pub fn validate_messaging(&self) -> Result<(), String> {
+        let r = &self.requests;
+        if r.default_timeout_ms == 0
+            || r.max_timeout_ms < r.default_timeout_ms
+            || r.max_pending_per_inbox == 0
+            || r.max_pending_gateway == 0
+        {
+            return Err("requests: timeouts and max_pending_per_inbox must be > 0, and max_timeout_ms >= default_timeout_ms".into());
+        }
+        let q = &self.queues;
+        if q.max_queued == 0 || q.max_wait_ms == 0 || q.max_credit == 0 {
+            return Err("queues: max_queued, max_wait_ms and max_credit must be > 0".into());
+        }
+        let mut paths = std::collections::HashSet::new();
+        for route in &self.gateway {
+            let path = &route.path;
+            if !path.starts_with('/')
+                || !path.ends_with('/')
+                || path.len() < 2
+                || path.contains(['{', '}', '*', '?', '#'])
+            {
+                return Err(format!(
+                    "gateway path {path:?} must start and end with '/' (\"/api/\") and contain no '{{', '}}', '*', '?' or '#'"
+                ));
+            }
+            if ["/publish/", "/healthz/", "/metrics/", "/sdk/"].contains(&path.as_str()) {
+                return Err(format!(
+                    "gateway path {path:?} is used by the server itself"
+                ));
+            }
+            if !paths.insert(path.as_str()) {
+                return Err(format!("gateway path {path:?} appears twice"));
+            }
+            crate::Channel::new(&route.channel)
+                .map_err(|e| format!("gateway channel {:?}: {}", route.channel, e.reason()))?;
+            if crate::request::is_inbox(&route.channel) {
+                return Err(format!(
+                    "gateway channel {:?} is an inbox name",
+                    route.channel
+                ));
+            }
+            if !crate::queue::is_valid_group(&route.queue) {
+                return Err(format!(
+                    "gateway queue {:?}: 1 to 128 letters, digits, '.', '_' or '-'",
+                    route.queue
+                ));
+            }
+            if route.timeout_ms == 0 {
+                return Err(format!("gateway {path:?}: timeout_ms must be > 0"));
+            }
         }
         Ok(())
     }

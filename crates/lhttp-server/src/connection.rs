@@ -11,6 +11,8 @@ use lhttp_proto::Message;
 use crate::{
     Channel, Rejection, ServerHandle,
     outbox::{Outbox, SendError, frame},
+    queue::{Env, QueueGroup, is_valid_group},
+    request::Inbox,
 };
 
 /// A connection's number, unique for the life of the server process.
@@ -46,6 +48,10 @@ pub struct Connection {
     server: ServerHandle,
     /// Upstream calls in flight, created at the first call so idle connections pay nothing.
     upstream_slots: Option<Arc<Semaphore>>,
+    /// The private address answers come back to, opened at the first request.
+    inbox: Option<Arc<Inbox>>,
+    /// Queue groups this connection is a member of.
+    groups: Vec<Arc<QueueGroup>>,
 }
 
 impl fmt::Debug for Connection {
@@ -73,7 +79,130 @@ impl Connection {
             outbox,
             server,
             upstream_slots: None,
+            inbox: None,
+            groups: Vec::new(),
         }
+    }
+
+    /// This connection's inbox, opened now if it has none yet.
+    pub(crate) fn inbox(&mut self) -> Arc<Inbox> {
+        let shared = self.server.shared();
+        let max = shared.config.requests.max_pending_per_inbox;
+        let outbox = &self.outbox;
+        self.inbox
+            .get_or_insert_with(|| shared.requests.open_inbox(Some(outbox.clone()), max))
+            .clone()
+    }
+
+    /// Joins queue group `group` of each of `channels` (or changes its credit there). Checked
+    /// whole before anything changes, like [`Connection::subscribe`].
+    pub(crate) fn join_queue(
+        &mut self,
+        channels: &[&str],
+        group: &str,
+        credit: usize,
+    ) -> Result<(), Rejection> {
+        if !is_valid_group(group) {
+            return Err(Rejection::bad_request(
+                "queue group names are 1 to 128 letters, digits, '.', '_' or '-'",
+            ));
+        }
+        if channels.iter().any(|c| crate::request::is_inbox(c)) {
+            return Err(Rejection::forbidden("an inbox cannot have a queue group"));
+        }
+        let channels = channels
+            .iter()
+            .map(|name| Channel::new(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max = self.server.shared().config.limits.max_subscriptions;
+        if self.subscriptions.len() + self.groups.len() + channels.len() > max {
+            return Err(Rejection::limited(format!(
+                "subscription limit of {max} channels per connection reached"
+            )));
+        }
+        let server = self.server.clone();
+        let env = Env::of(&server);
+        for channel in channels {
+            let joined =
+                server
+                    .shared()
+                    .queues
+                    .join(&channel, group, credit, self.id, &self.outbox, &env);
+            if !self.groups.iter().any(|g| Arc::ptr_eq(g, &joined)) {
+                self.groups.push(joined);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves queue group `group` of `channel`, or every group of `channel` when `group` is
+    /// `None`.
+    pub(crate) fn leave_queue(&mut self, channel: &str, group: Option<&str>) {
+        let server = self.server.clone();
+        let env = Env::of(&server);
+        self.groups.retain(|g| {
+            let matches = g.channel() == channel && group.is_none_or(|name| g.name() == name);
+            if matches {
+                server.shared().queues.leave(g, self.id, &env);
+            }
+            !matches
+        });
+    }
+
+    /// Acknowledges queue-group deliveries; 400 for an id this connection does not hold.
+    pub(crate) fn ack(&mut self, ids: &[u64]) -> Result<(), Rejection> {
+        let server = self.server.clone();
+        let env = Env::of(&server);
+        let queues = &server.shared().queues;
+        let mut unknown = 0;
+        for &id in ids {
+            if !self.groups.iter().any(|g| queues.ack(g, self.id, id, &env)) {
+                unknown += 1;
+            }
+        }
+        self.forget_left_groups();
+        if unknown > 0 {
+            return Err(Rejection::bad_request(format!(
+                "{unknown} acknowledged delivery id(s) are not held by this connection"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts draining this connection's membership of `group` on each of `channels`.
+    pub(crate) fn drain(
+        &mut self,
+        channels: &[&str],
+        group: &str,
+        request_id: Option<&lhttp_proto::Text>,
+    ) -> Result<(), Rejection> {
+        let server = self.server.clone();
+        let env = Env::of(&server);
+        let targets: Vec<Arc<QueueGroup>> = self
+            .groups
+            .iter()
+            .filter(|g| g.name() == group && channels.contains(&g.channel()))
+            .cloned()
+            .collect();
+        if targets.len() != channels.len() {
+            return Err(Rejection::bad_request(
+                "drain names a channel and queue group this connection is not a member of",
+            ));
+        }
+        for g in &targets {
+            server
+                .shared()
+                .queues
+                .drain(g, self.id, request_id.cloned(), &env);
+        }
+        self.forget_left_groups();
+        Ok(())
+    }
+
+    /// Drops groups that removed this connection themselves (a finished drain).
+    fn forget_left_groups(&mut self) {
+        let id = self.id;
+        self.groups.retain(|g| g.has_member(id));
     }
 
     /// A slot for one more upstream call, or `None` when `max` are in flight.
@@ -142,6 +271,11 @@ impl Connection {
     ) -> Result<(), Rejection> {
         let mut new = Vec::new();
         for name in channels {
+            if crate::request::is_inbox(name) {
+                return Err(Rejection::forbidden(
+                    "inboxes cannot be subscribed: they deliver to their owner only",
+                ));
+            }
             if !self.subscriptions.contains(name)
                 && !new.iter().any(|c: &Channel| c.as_str() == name)
             {
@@ -204,10 +338,19 @@ impl Connection {
 }
 
 /// A drop guard: however the session ends (even by a panic in a processor), the hub keeps no
-/// subscription of a connection that no longer exists.
+/// subscription of a connection that no longer exists, its queue-group work is handed on, and
+/// its requests end with it.
 impl Drop for Connection {
     fn drop(&mut self) {
         self.unsubscribe_all();
+        let server = self.server.clone();
+        let env = Env::of(&server);
+        for group in self.groups.drain(..) {
+            server.shared().queues.leave(&group, self.id, &env);
+        }
+        if let Some(inbox) = self.inbox.take() {
+            server.shared().requests.close_inbox(&inbox);
+        }
     }
 }
 

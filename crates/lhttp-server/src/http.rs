@@ -10,7 +10,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use hyper_util::rt::TokioIo;
 use lhttp_proto::Message;
@@ -64,6 +64,17 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     for &(path, content_type, body) in STATIC_FILES {
         router = router.route(path, get(move || static_file(content_type, body)));
     }
+    for route in &shared.config.gateway {
+        let prefix = route_prefix(&route.path).to_owned();
+        let route = Arc::new(route.clone());
+        let handler = {
+            let shared = shared.clone();
+            move |info, request| crate::gateway::serve(shared.clone(), route.clone(), info, request)
+        };
+        router = router
+            .route(&format!("{prefix}/{{*rest}}"), any(handler.clone()))
+            .route(&format!("{prefix}/"), any(handler));
+    }
     router
         .route("/publish", post(publish))
         .route("/healthz", get(healthz))
@@ -73,6 +84,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             upgrade_any_path,
         ))
         .with_state(shared)
+}
+
+/// `/api/` -> `/api`: the prefix that axum's `{*rest}` and exact routes are written after.
+fn route_prefix(path: &str) -> &str {
+    path.strip_suffix('/').unwrap_or(path)
 }
 
 /// The original clients connect to `/`, `/echo` and `/chat`: an upgrade request is accepted on

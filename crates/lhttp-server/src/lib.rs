@@ -49,20 +49,25 @@ mod connection;
 mod context;
 mod extensions;
 mod filter;
+mod gateway;
 mod http;
 mod hub;
 mod metrics;
 mod outbox;
 mod processor;
 mod publish;
+mod queue;
 mod rejection;
+mod request;
 mod server;
 mod session;
 pub mod upstream;
 
 pub use async_trait::async_trait;
 pub use channel::{Channel, MAX_CHANNEL_LEN};
-pub use config::{ClusterConfig, Config, Limits, UpstreamConfig};
+pub use config::{
+    ClusterConfig, Config, GatewayRoute, Limits, QueuesConfig, RequestsConfig, UpstreamConfig,
+};
 pub use connection::{Connection, ConnectionHandle, ConnectionId};
 pub use context::Context;
 pub use extensions::Extensions;

@@ -27,6 +27,18 @@ pub struct Metrics {
     pub(crate) http_publish_requests: AtomicU64,
     pub(crate) upstream_calls: AtomicU64,
     pub(crate) upstream_failures: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) request_late_replies: AtomicU64,
+    pub(crate) request_no_responders: AtomicU64,
+    pub(crate) request_timeouts: AtomicU64,
+    pub(crate) request_failures: AtomicU64,
+    pub(crate) queue_deliveries: AtomicU64,
+    pub(crate) queue_acks: AtomicU64,
+    pub(crate) queue_redeliveries: AtomicU64,
+    pub(crate) queue_lost: AtomicU64,
+    pub(crate) queue_refused: AtomicU64,
+    pub(crate) queue_expired: AtomicU64,
+    pub(crate) gateway_requests: AtomicU64,
 }
 
 /// Gauges read from the hub at scrape time.
@@ -34,6 +46,9 @@ pub(crate) struct Gauges {
     pub connections: u64,
     pub channels: u64,
     pub subscriptions: u64,
+    pub inboxes: u64,
+    pub pending_requests: u64,
+    pub queue_groups: u64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -64,6 +79,21 @@ impl Metrics {
             "subscriptions",
             "Subscriptions of local connections.",
             gauges.subscriptions,
+        );
+        gauge(
+            "inboxes",
+            "Open inboxes (connections that made requests, and the gateway).",
+            gauges.inboxes,
+        );
+        gauge(
+            "pending_requests",
+            "Requests waiting for their terminal answer.",
+            gauges.pending_requests,
+        );
+        gauge(
+            "queue_groups",
+            "Queue groups (with members, waiting work, or declared by a gateway route).",
+            gauges.queue_groups,
         );
         let counters: [(&str, &str, &AtomicU64); 16] = [
             (
@@ -147,7 +177,69 @@ impl Metrics {
                 &self.upstream_failures,
             ),
         ];
-        for (name, help, counter) in counters {
+        let messaging: [(&str, &str, &AtomicU64); 12] = [
+            (
+                "requests_total",
+                "Requests started (messages with reply-to, and gateway requests).",
+                &self.requests,
+            ),
+            (
+                "request_late_replies_total",
+                "Messages to an inbox or reply address that no longer waits (dropped).",
+                &self.request_late_replies,
+            ),
+            (
+                "request_no_responders_total",
+                "Requests answered 503: nobody subscribed, queue full, or no member in time.",
+                &self.request_no_responders,
+            ),
+            (
+                "request_timeouts_total",
+                "Requests answered 504.",
+                &self.request_timeouts,
+            ),
+            (
+                "request_failures_total",
+                "Requests answered with another error (502: worker gone).",
+                &self.request_failures,
+            ),
+            (
+                "queue_deliveries_total",
+                "Messages handed to a queue-group member.",
+                &self.queue_deliveries,
+            ),
+            (
+                "queue_acks_total",
+                "Queue-group deliveries acknowledged.",
+                &self.queue_acks,
+            ),
+            (
+                "queue_redeliveries_total",
+                "At-least-once messages handed on after their member left.",
+                &self.queue_redeliveries,
+            ),
+            (
+                "queue_lost_total",
+                "Unacknowledged plain messages lost with the member that left.",
+                &self.queue_lost,
+            ),
+            (
+                "queue_refused_total",
+                "Messages refused because a group's waiting queue was full.",
+                &self.queue_refused,
+            ),
+            (
+                "queue_expired_total",
+                "Plain messages dropped after waiting too long in a group.",
+                &self.queue_expired,
+            ),
+            (
+                "gateway_requests_total",
+                "HTTP requests received by gateway routes.",
+                &self.gateway_requests,
+            ),
+        ];
+        for (name, help, counter) in counters.into_iter().chain(messaging) {
             let _ = write!(
                 out,
                 "# HELP lhttp_{name} {help}\n# TYPE lhttp_{name} counter\nlhttp_{name} {}\n",

@@ -18,6 +18,8 @@ pub struct PublishReport {
     pub channels: usize,
     /// Local subscribers it was queued for, over all channels.
     pub deliveries: usize,
+    /// Queue groups that took it (handed to a member, or waiting for one).
+    pub queued: usize,
 }
 
 /// Headers a subscriber never sees.

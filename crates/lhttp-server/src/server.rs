@@ -17,9 +17,12 @@ use crate::{
     builtin::{self, names},
     channel,
     cluster::Cluster,
+    gateway::Gateway,
     metrics::{Gauges, add},
     outbox::frame,
     publish::encode_for_channel,
+    queue::{Env, Queues},
+    request::{InboxDelivery, Requests, is_inbox},
     upstream::Upstream,
 };
 
@@ -46,7 +49,15 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) parser_limits: lhttp_proto::Limits,
     pub(crate) hub: Hub,
-    pub(crate) metrics: Metrics,
+    /// Shared with request timers, which outlive the call that started them.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Inboxes and the requests waiting for answers.
+    pub(crate) requests: Requests,
+    /// Queue groups by channel.
+    pub(crate) queues: Queues,
+    /// The HTTP gateway's inbox.
+    pub(crate) gateway: Gateway,
+    next_gateway_request: AtomicU64,
     /// Command -> processor. Read-only after build, so shared without a lock.
     pub(crate) processors: HashMap<String, Arc<dyn Processor>>,
     /// Every processor in registration order, for the open and close hooks.
@@ -64,6 +75,15 @@ pub(crate) struct Shared {
     /// The broker seam: `None` on a single node, where publishing is local fan-out only and
     /// no NATS code runs; the NATS membership when `[cluster] nats` is set.
     pub(crate) cluster: Option<Cluster>,
+}
+
+impl Shared {
+    /// The `request-id` of the next gateway request.
+    pub(crate) fn next_gateway_request(&self) -> String {
+        self.next_gateway_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_string()
+    }
 }
 
 /// Builds a [`Server`]: configuration, processors, filters.
@@ -100,6 +120,9 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, ServerError> {
         self.config.limits.validate().map_err(ServerError::Config)?;
         self.config.server.validate().map_err(ServerError::Config)?;
+        self.config
+            .validate_messaging()
+            .map_err(ServerError::Config)?;
         let mut processors = HashMap::new();
         let mut processor_order = Vec::new();
         for (command, processor) in self.processors {
@@ -130,6 +153,13 @@ impl ServerBuilder {
         } else {
             None
         };
+        let requests_config = self.config.requests.clone();
+        let queues = Queues::new(self.config.queues.clone());
+        for route in &self.config.gateway {
+            let channel =
+                Channel::new(&route.channel).map_err(|e| ServerError::Config(e.to_string()))?;
+            queues.declare(&channel, &route.queue);
+        }
         let shared = Shared {
             cluster,
             upstream,
@@ -137,7 +167,11 @@ impl ServerBuilder {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             config: self.config,
             hub: Hub::default(),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
+            requests: Requests::new(requests_config),
+            queues,
+            gateway: Gateway::default(),
+            next_gateway_request: AtomicU64::new(1),
             processors,
             processor_order,
             filters,
@@ -273,36 +307,50 @@ impl ServerHandle {
         let mut report = PublishReport::default();
         for channel in channels {
             report.channels += 1;
-            report.deliveries += self.publish_checked(channel, message);
+            let (deliveries, queued) = self.publish_checked(channel, message);
+            report.deliveries += deliveries;
+            report.queued += queued;
         }
         Ok(report)
     }
 
     /// Publishes `message` to `channel` only, whatever its `publish` header says; returns the
-    /// number of local subscribers it was queued for.
+    /// number of local subscribers and queue groups that took it.
     pub fn publish_to(&self, channel: &str, message: &Message) -> Result<usize, Rejection> {
         channel::check(channel)?;
-        Ok(self.publish_checked(channel, message))
+        let (deliveries, queued) = self.publish_checked(channel, message);
+        Ok(deliveries + queued)
     }
 
-    fn publish_checked(&self, channel: &str, message: &Message) -> usize {
-        let metrics = &self.shared.metrics;
+    /// Returns (local subscribers it was queued for, queue groups that took it).
+    fn publish_checked(&self, channel: &str, message: &Message) -> (usize, usize) {
+        let shared = &*self.shared;
+        let metrics = &shared.metrics;
         add(&metrics.messages_published, 1);
-        let local = self.shared.hub.has_subscribers(channel);
-        let Some(cluster) = &self.shared.cluster else {
+        if is_inbox(channel) {
+            let delivery = shared.requests.deliver(channel, message, metrics);
+            return (usize::from(delivery == InboxDelivery::Delivered), 0);
+        }
+        let queued = if shared.queues.is_empty() {
+            0
+        } else {
+            shared.queues.offer(channel, message, &Env::of(self)).0
+        };
+        let local = shared.hub.has_subscribers(channel);
+        let Some(cluster) = &shared.cluster else {
             if !local {
-                return 0;
+                return (0, queued);
             }
             let frame = frame(encode_for_channel(message, channel));
-            return self.shared.hub.publish(channel, &frame, metrics);
+            return (shared.hub.publish(channel, &frame, metrics), queued);
         };
         // Other nodes get the very bytes local subscribers get: encoded once, shared.
         let bytes = encode_for_channel(message, channel);
         cluster.publish(channel, bytes.clone());
         if !local {
-            return 0;
+            return (0, queued);
         }
-        self.shared.hub.publish(channel, &frame(bytes), metrics)
+        (shared.hub.publish(channel, &frame(bytes), metrics), queued)
     }
 
     /// Called when `channel` gained its first or lost its last local subscriber: a cluster
@@ -377,6 +425,9 @@ impl ServerHandle {
             connections: self.connection_count() as u64,
             channels: hub.channel_count() as u64,
             subscriptions: hub.subscription_count() as u64,
+            inboxes: self.shared.requests.inbox_count() as u64,
+            pending_requests: self.shared.requests.pending_count() as u64,
+            queue_groups: self.shared.queues.group_count() as u64,
         });
         if let Some(cluster) = &self.shared.cluster {
             cluster.render(&mut out);

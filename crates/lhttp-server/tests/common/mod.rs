@@ -76,6 +76,18 @@ impl TestServer {
             .expect("server task");
     }
 
+    /// The value of metric `lhttp_<name>` as `/metrics` shows it.
+    pub fn metric(&self, name: &str) -> u64 {
+        let rendered = self.handle.render_metrics();
+        let prefix = format!("lhttp_{name} ");
+        rendered
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .parse()
+            .expect("a number")
+    }
+
     /// Waits until the hub has no channel and no subscription left.
     pub async fn wait_hub_empty(&self) {
         let hub = self.handle.hub();

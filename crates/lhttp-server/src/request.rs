@@ -1,0 +1,426 @@
+//! Requests: inboxes, reply addresses, and the one terminal answer every request gets.
+//!
+//! An *inbox* is a private address, `_inbox.<token>`, that delivers to one owner only: a
+//! WebSocket connection or the HTTP gateway. The token is random (96 bits), so knowing an inbox
+//! is the capability to write to it; nobody can subscribe to one. A connection gets its inbox
+//! the first time it needs one, so idle connections pay nothing.
+//!
+//! A *request* is a published message with a `reply-to` header. The server, not the client,
+//! decides where answers go: it replaces `reply-to` with a fresh reply address
+//! `_inbox.<token>.<n>` and records a [`Pending`] entry for it. From then on exactly one
+//! terminal answer reaches the requester, whichever comes first:
+//! - a reply published to the reply address without `partial:true` (partial replies are
+//!   relayed too, and each pushes the deadline back by the request's timeout);
+//! - `503` when the message reached nobody, or still waited in a queue group without members
+//!   when its time ran out;
+//! - `504` when the timeout passed;
+//! - `502` when the queue-group member holding it disconnected and it did not ask for
+//!   at-least-once delivery.
+//!
+//! Whatever arrives for the address after that is dropped and counted
+//! (`lhttp_request_late_replies_total`). The requester's `request-id` is copied into every
+//! answer, so responders need not carry it.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use lhttp_proto::{Message, Text};
+use tokio::{sync::mpsc, time::Instant};
+
+use crate::{
+    Rejection,
+    builtin::names,
+    config::RequestsConfig,
+    metrics::{Metrics, add},
+    outbox::{Outbox, frame},
+    queue::QueueGroup,
+};
+
+/// First characters of every inbox and reply address.
+pub(crate) const INBOX_PREFIX: &str = "_inbox.";
+
+/// True when `channel` is an inbox or a reply address (never subscribable).
+pub(crate) fn is_inbox(channel: &str) -> bool {
+    channel.starts_with(INBOX_PREFIX)
+}
+
+/// Headers of a reply that the requester does not get: they steered the reply to it.
+fn is_reply_routing(name: &str) -> bool {
+    [
+        names::PUBLISH,
+        names::SUBSCRIBE,
+        names::UNSUBSCRIBE,
+        names::UPSTREAM,
+        names::REQUEST_ID,
+        names::REPLY_TO,
+        names::ACK,
+        names::DELIVERY_ID,
+        names::QUEUE,
+        names::TIMEOUT,
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Where a request's answers go.
+#[derive(Debug, Clone)]
+pub(crate) enum AnswerTo {
+    /// A WebSocket client.
+    Connection(Outbox),
+    /// An HTTP gateway request waiting for its response (bounded: a reply that does not fit
+    /// ends the response).
+    Gateway(mpsc::Sender<Message>),
+}
+
+impl AnswerTo {
+    fn send(&self, message: &Message) {
+        match self {
+            AnswerTo::Connection(outbox) => {
+                let _ = outbox.push(frame(message.to_bytes()));
+            }
+            AnswerTo::Gateway(sender) => {
+                let _ = sender.try_send(message.clone());
+            }
+        }
+    }
+}
+
+/// One request that has not had its terminal answer yet.
+struct Pending {
+    request_id: Text,
+    timeout: Duration,
+    deadline: Instant,
+    answer_to: AnswerTo,
+    /// The queue group the request waits in, while no member has taken it.
+    waiting_in: Option<Weak<QueueGroup>>,
+}
+
+/// A private address and the requests answered through it.
+pub(crate) struct Inbox {
+    token: Box<str>,
+    /// Where plain messages to `_inbox.<token>` go; `None` for the gateway's inbox, which only
+    /// takes replies.
+    owner: Option<Outbox>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_request: AtomicU64,
+    /// Most requests waiting at once (429 beyond it).
+    max_pending: usize,
+}
+
+impl std::fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inbox").finish_non_exhaustive()
+    }
+}
+
+impl Inbox {
+    /// The address others publish to.
+    pub(crate) fn address(&self) -> String {
+        format!("{INBOX_PREFIX}{}", self.token)
+    }
+
+    /// Requests still waiting for their terminal answer.
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending.lock().expect("pending lock").len()
+    }
+}
+
+/// Every inbox of this node, and the request settings.
+pub(crate) struct Requests {
+    inboxes: DashMap<Box<str>, Arc<Inbox>>,
+    config: RequestsConfig,
+}
+
+/// What happened to a message published to an inbox address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InboxDelivery {
+    /// Delivered to the inbox's owner (a plain message or a reply).
+    Delivered,
+    /// No such inbox, or the request already had its terminal answer.
+    Dropped,
+}
+
+impl Requests {
+    pub(crate) fn new(config: RequestsConfig) -> Self {
+        Requests {
+            inboxes: DashMap::new(),
+            config,
+        }
+    }
+
+    /// Opens an inbox; plain messages to it go to `owner`.
+    pub(crate) fn open_inbox(&self, owner: Option<Outbox>, max_pending: usize) -> Arc<Inbox> {
+        let inbox = Arc::new(Inbox {
+            token: random_token().into_boxed_str(),
+            owner,
+            pending: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            max_pending,
+        });
+        self.inboxes.insert(inbox.token.clone(), inbox.clone());
+        inbox
+    }
+
+    /// Closes an inbox: its pending requests end without an answer (their requester is gone)
+    /// and their timers stop.
+    pub(crate) fn close_inbox(&self, inbox: &Inbox) {
+        self.inboxes.remove(&inbox.token);
+        inbox.pending.lock().expect("pending lock").clear();
+    }
+
+    /// Number of open inboxes.
+    pub(crate) fn inbox_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Pending requests over all inboxes.
+    pub(crate) fn pending_count(&self) -> usize {
+        self.inboxes.iter().map(|i| i.value().pending_count()).sum()
+    }
+
+    /// The timeout a request asked for (`timeout` header, milliseconds), within the configured
+    /// maximum; the default when it asked for none.
+    pub(crate) fn timeout_for(&self, header: Option<&str>) -> Result<Duration, Rejection> {
+        let Some(value) = header else {
+            return Ok(Duration::from_millis(self.config.default_timeout_ms));
+        };
+        let ms: u64 = value
+            .parse()
+            .map_err(|_| Rejection::bad_request("timeout must be a number of milliseconds"))?;
+        if ms == 0 {
+            return Err(Rejection::bad_request("timeout must be greater than 0"));
+        }
+        Ok(Duration::from_millis(ms.min(self.config.max_timeout_ms)))
+    }
+
+    /// Starts a request answered through `inbox`: returns its reply address. Refused with 429
+    /// when the inbox already has the most pending requests allowed.
+    pub(crate) fn start(
+        &self,
+        inbox: &Arc<Inbox>,
+        request_id: Text,
+        timeout: Duration,
+        answer_to: AnswerTo,
+        metrics: Arc<Metrics>,
+    ) -> Result<String, Rejection> {
+        let n = inbox.next_request.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + timeout;
+        {
+            let mut pending = inbox.pending.lock().expect("pending lock");
+            if pending.len() >= inbox.max_pending {
+                return Err(Rejection::limited(format!(
+                    "{} requests are already waiting for answers",
+                    pending.len()
+                )));
+            }
+            pending.insert(
+                n,
+                Pending {
+                    request_id,
+                    timeout,
+                    deadline,
+                    answer_to,
+                    waiting_in: None,
+                },
+            );
+        }
+        add(&metrics.requests, 1);
+        tokio::spawn(expire(Arc::downgrade(inbox), n, deadline, metrics));
+        Ok(format!("{INBOX_PREFIX}{}.{n}", inbox.token))
+    }
+
+    fn find(&self, address: &str) -> Option<(Arc<Inbox>, Option<u64>)> {
+        let rest = address.strip_prefix(INBOX_PREFIX)?;
+        let (token, n) = match rest.split_once('.') {
+            Some((token, n)) => (token, Some(n.parse().ok()?)),
+            None => (rest, None),
+        };
+        let inbox = self.inboxes.get(token)?.value().clone();
+        Some((inbox, n))
+    }
+
+    /// Delivers `message`, published to the inbox or reply address `address`.
+    pub(crate) fn deliver(
+        &self,
+        address: &str,
+        message: &Message,
+        metrics: &Metrics,
+    ) -> InboxDelivery {
+        let found = self.find(address);
+        let delivered = match found {
+            Some((inbox, None)) => match &inbox.owner {
+                Some(outbox) => outbox
+                    .push(frame(crate::publish::encode_for_channel(message, address)))
+                    .is_ok(),
+                None => false,
+            },
+            Some((inbox, Some(n))) => answer(&inbox, n, message),
+            None => false,
+        };
+        if delivered {
+            add(&metrics.deliveries, 1);
+            InboxDelivery::Delivered
+        } else {
+            add(&metrics.request_late_replies, 1);
+            InboxDelivery::Dropped
+        }
+    }
+
+    /// Ends the request at reply address `address` with `rejection`, unless it already ended.
+    pub(crate) fn fail(&self, address: &str, rejection: &Rejection, metrics: &Metrics) -> bool {
+        let Some((inbox, Some(n))) = self.find(address) else {
+            return false;
+        };
+        let Some(pending) = inbox.pending.lock().expect("pending lock").remove(&n) else {
+            return false;
+        };
+        count_failure(metrics, rejection.status());
+        pending
+            .answer_to
+            .send(&rejection.to_message(Some(&pending.request_id)));
+        true
+    }
+
+    /// Forgets the request at `address` without answering it (its publish failed, and the
+    /// failure is the answer).
+    pub(crate) fn cancel(&self, address: &str) {
+        if let Some((inbox, Some(n))) = self.find(address) {
+            inbox.pending.lock().expect("pending lock").remove(&n);
+        }
+    }
+
+    /// True while the request at `address` waits for its terminal answer.
+    pub(crate) fn is_pending(&self, address: &str) -> bool {
+        match self.find(address) {
+            Some((inbox, Some(n))) => inbox.pending.lock().expect("pending lock").contains_key(&n),
+            _ => false,
+        }
+    }
+
+    /// Records that the request at `address` waits in `group` (`None`: a member took it).
+    pub(crate) fn set_waiting(&self, address: &str, group: Option<Weak<QueueGroup>>) {
+        if let Some((inbox, Some(n))) = self.find(address) {
+            if let Some(pending) = inbox.pending.lock().expect("pending lock").get_mut(&n) {
+                pending.waiting_in = group;
+            }
+        }
+    }
+}
+
+/// Relays a reply to request `n` of `inbox`: a final reply ends the request, a partial one
+/// pushes its deadline back.
+fn answer(inbox: &Inbox, n: u64, reply: &Message) -> bool {
+    let partial = reply
+        .header(names::PARTIAL)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut pending = inbox.pending.lock().expect("pending lock");
+    let (request_id, answer_to) = if partial {
+        let Some(entry) = pending.get_mut(&n) else {
+            return false;
+        };
+        entry.deadline = Instant::now() + entry.timeout;
+        entry.waiting_in = None;
+        (entry.request_id.clone(), entry.answer_to.clone())
+    } else {
+        let Some(entry) = pending.remove(&n) else {
+            return false;
+        };
+        (entry.request_id, entry.answer_to)
+    };
+    drop(pending);
+    answer_to.send(&answer_message(reply, request_id));
+    true
+}
+
+/// The copy of a reply the requester gets: the responder's command, headers and body, without
+/// the headers that routed it, and with the request's `request-id`.
+fn answer_message(reply: &Message, request_id: Text) -> Message {
+    let mut answer = reply.clone();
+    answer
+        .headers_mut()
+        .retain(|header| !is_reply_routing(header.name()));
+    answer
+        .headers_mut()
+        .append(names::REQUEST_ID, request_id)
+        .expect("a received request-id is a valid header value");
+    answer
+}
+
+fn count_failure(metrics: &Metrics, status: u16) {
+    match status {
+        503 => add(&metrics.request_no_responders, 1),
+        504 => add(&metrics.request_timeouts, 1),
+        _ => add(&metrics.request_failures, 1),
+    }
+}
+
+/// The timer of one request: answers 504 (or 503 while it still waits in a queue group with
+/// no member) when the deadline passes without a final reply. Partial replies move the
+/// deadline; the timer then sleeps again.
+async fn expire(inbox: Weak<Inbox>, n: u64, mut deadline: Instant, metrics: Arc<Metrics>) {
+    loop {
+        tokio::time::sleep_until(deadline).await;
+        let Some(inbox) = inbox.upgrade() else {
+            return;
+        };
+        let mut pending = inbox.pending.lock().expect("pending lock");
+        let Some(entry) = pending.get(&n) else {
+            return;
+        };
+        if entry.deadline > Instant::now() {
+            deadline = entry.deadline;
+            continue;
+        }
+        let entry = pending.remove(&n).expect("entry checked above");
+        drop(pending);
+        let nobody = entry
+            .waiting_in
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .is_some_and(|group| group.member_count() == 0);
+        let rejection = if nobody {
+            Rejection::unavailable("no queue-group member took the request before its timeout")
+        } else {
+            Rejection::new(504, "request timed out")
+        };
+        count_failure(&metrics, rejection.status());
+        entry
+            .answer_to
+            .send(&rejection.to_message(Some(&entry.request_id)));
+        return;
+    }
+}
+
+/// 96 random bits, hex: an inbox address nobody can guess.
+fn random_token() -> String {
+    let mut bytes = [0u8; 12];
+    // The operating system's generator does not fail on the platforms we run on; if it ever
+    // did, a predictable token would let others read replies, so stop rather than go on.
+    getrandom::fill(&mut bytes).expect("the operating system's random generator");
+    let mut token = String::with_capacity(24);
+    for b in bytes {
+        use std::fmt::Write;
+        let _ = write!(token, "{b:02x}");
+    }
+    token
+}
+
+/// The body of an answer to the `inbox` command.
+pub(crate) fn inbox_answer(address: &str, request_id: Option<&Text>) -> Message {
+    let mut builder = Message::builder("inbox").header(names::INBOX, address.to_owned());
+    if let Some(id) = request_id {
+        builder = builder.header(names::REQUEST_ID, id.clone());
+    }
+    builder
+        .body(Bytes::new())
+        .build()
+        .expect("an inbox address is a valid header value")
+}

@@ -1,0 +1,258 @@
+//! Request/reply: `reply-to`, inboxes, and exactly one terminal answer per request.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, TestServer, config, start, start_with};
+use lhttp_server::{Server, proto::Message};
+
+/// Subscribes `client` to `channel` and waits until the server confirmed it.
+async fn subscribe(client: &mut Client, channel: &str) {
+    let (answer, _) = client
+        .request(&format!("LHTTP/1.0 sub\r\nsubscribe:{channel}\r\n\r\n"))
+        .await;
+    assert_eq!(answer.command(), "ok", "{answer:?}");
+}
+
+/// Sends a request to `channel` with request-id `id`.
+async fn ask(client: &mut Client, channel: &str, id: &str, extra: &str, body: &str) {
+    client
+        .send(&format!(
+            "LHTTP/1.0 ask\r\npublish:{channel}\r\nreply-to:\r\nrequest-id:{id}\r\n{extra}\r\n{body}"
+        ))
+        .await;
+}
+
+/// Answers `request` (as a responder received it) with `headers` and `body`.
+async fn answer(responder: &mut Client, request: &Message, headers: &str, body: &str) {
+    let reply_to = request.header("reply-to").expect("a request has reply-to");
+    responder
+        .send(&format!(
+            "LHTTP/1.0 answer\r\npublish:{reply_to}\r\n{headers}\r\n{body}"
+        ))
+        .await;
+}
+
+#[tokio::test]
+async fn request_reply_round_trip_gets_exactly_one_answer() {
+    let server = start().await;
+    let mut responder = server.client().await;
+    subscribe(&mut responder, "svc").await;
+    let mut requester = server.client().await;
+    ask(&mut requester, "svc", "r1", "", "ping").await;
+
+    let request = responder.recv().await;
+    assert_eq!(request.body().as_ref(), b"ping");
+    assert_eq!(request.header("request-id"), Some("r1"));
+    let reply_to = request.header("reply-to").unwrap().to_owned();
+    assert!(reply_to.starts_with("_inbox."), "{reply_to}");
+
+    // The responder does not copy the request-id: the server does.
+    answer(&mut responder, &request, "status:200\r\n", "pong").await;
+    let reply = requester.recv().await;
+    assert_eq!(reply.command(), "answer");
+    assert_eq!(reply.header("request-id"), Some("r1"));
+    assert_eq!(reply.header("status"), Some("200"));
+    assert_eq!(reply.body().as_ref(), b"pong");
+    assert_eq!(reply.header("publish"), None, "an answer is not a delivery");
+
+    // A second answer to the same request is dropped: one terminal answer only, and no `ok`.
+    answer(&mut responder, &request, "", "late").await;
+    requester.expect_silence(300).await;
+    assert_eq!(server.metric("request_late_replies_total"), 1);
+}
+
+#[tokio::test]
+async fn request_with_nobody_subscribed_gets_503_at_once() {
+    let server = start().await;
+    let mut requester = server.client().await;
+    ask(&mut requester, "nobody-here", "r1", "", "x").await;
+    let (status, reason, message) = requester.recv_error().await;
+    assert_eq!(status, 503);
+    assert!(reason.contains("no responders"), "{reason}");
+    assert_eq!(message.header("request-id"), Some("r1"));
+    requester.expect_silence(200).await;
+}
+
+#[tokio::test]
+async fn request_times_out_with_504_and_a_late_reply_is_dropped() {
+    let server = start().await;
+    let mut responder = server.client().await;
+    subscribe(&mut responder, "slow").await;
+    let mut requester = server.client().await;
+    ask(&mut requester, "slow", "r9", "timeout:200\r\n", "x").await;
+    let request = responder.recv().await;
+
+    let (status, _, message) = requester.recv_error().await;
+    assert_eq!(status, 504);
+    assert_eq!(message.header("request-id"), Some("r9"));
+
+    answer(&mut responder, &request, "", "too late").await;
+    requester.expect_silence(300).await;
+}
+
+#[tokio::test]
+async fn streamed_replies_extend_the_deadline_and_end_with_the_final_one() {
+    let server = start().await;
+    let mut responder = server.client().await;
+    subscribe(&mut responder, "stream").await;
+    let mut requester = server.client().await;
+    ask(&mut requester, "stream", "s1", "timeout:400\r\n", "go").await;
+    let request = responder.recv().await;
+
+    // Four partial answers 250 ms apart: 1 s in all, longer than the 400 ms timeout, but each
+    // one pushes the deadline back.
+    for i in 0..4 {
+        answer(
+            &mut responder,
+            &request,
+            "partial:true\r\n",
+            &format!("chunk{i}"),
+        )
+        .await;
+        let part = requester.recv().await;
+        assert_eq!(part.header("partial"), Some("true"));
+        assert_eq!(part.header("request-id"), Some("s1"));
+        assert_eq!(part.body().as_ref(), format!("chunk{i}").as_bytes());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    answer(&mut responder, &request, "", "done").await;
+    let last = requester.recv().await;
+    assert_eq!(last.header("partial"), None);
+    assert_eq!(last.body().as_ref(), b"done");
+    // Ended: no 504 later.
+    requester.expect_silence(600).await;
+}
+
+#[tokio::test]
+async fn a_request_needs_a_request_id_and_a_valid_timeout() {
+    let server = start().await;
+    let mut client = server.client().await;
+    client
+        .send("LHTTP/1.0 ask\r\npublish:svc\r\nreply-to:\r\n\r\nx")
+        .await;
+    let (status, reason, _) = client.recv_error().await;
+    assert_eq!(status, 400);
+    assert!(reason.contains("request-id"), "{reason}");
+
+    ask(&mut client, "svc", "t1", "timeout:soon\r\n", "x").await;
+    let (status, _, message) = client.recv_error().await;
+    assert_eq!(status, 400);
+    assert_eq!(message.header("request-id"), Some("t1"));
+}
+
+#[tokio::test]
+async fn the_server_chooses_the_reply_address() {
+    // A requester cannot direct answers to someone else's inbox.
+    let server = start().await;
+    let mut victim = server.client().await;
+    let (inbox_answer, _) = victim.request("LHTTP/1.0 inbox\r\n\r\n").await;
+    let victim_inbox = inbox_answer.header("inbox").unwrap().to_owned();
+
+    let mut responder = server.client().await;
+    subscribe(&mut responder, "svc").await;
+    let mut requester = server.client().await;
+    ask(&mut requester, "svc", "r1", "", "x").await;
+    let request = responder.recv().await;
+    let reply_to = request.header("reply-to").unwrap();
+    assert!(!reply_to.starts_with(&victim_inbox), "{reply_to}");
+    answer(&mut responder, &request, "", "for the requester").await;
+    assert_eq!(requester.recv().await.body().as_ref(), b"for the requester");
+    victim.expect_silence(200).await;
+}
+
+#[tokio::test]
+async fn an_inbox_delivers_to_its_owner_only_and_cannot_be_subscribed() {
+    let server = start().await;
+    let mut owner = server.client().await;
+    let (answer, _) = owner.request("LHTTP/1.0 inbox\r\n\r\n").await;
+    assert_eq!(answer.command(), "inbox");
+    let inbox = answer.header("inbox").unwrap().to_owned();
+    assert!(inbox.starts_with("_inbox.") && inbox.len() > 20, "{inbox}");
+    // The same inbox for the life of the connection.
+    let (again, _) = owner.request("LHTTP/1.0 inbox\r\n\r\n").await;
+    assert_eq!(again.header("inbox"), Some(inbox.as_str()));
+
+    let mut spy = server.client().await;
+    let (refused, _) = spy
+        .request(&format!("LHTTP/1.0 sub\r\nsubscribe:{inbox}\r\n\r\n"))
+        .await;
+    assert_eq!(refused.command(), "error");
+    assert_eq!(refused.header("status"), Some("403"));
+
+    let mut sender = server.client().await;
+    sender
+        .send(&format!("LHTTP/1.0 note\r\npublish:{inbox}\r\n\r\nfor you"))
+        .await;
+    let note = owner.recv().await;
+    assert_eq!(note.command(), "note");
+    assert_eq!(note.body().as_ref(), b"for you");
+    spy.expect_silence(200).await;
+
+    // A guessed inbox reaches nobody and harms nothing.
+    sender
+        .send("LHTTP/1.0 note\r\npublish:_inbox.000000000000000000000000\r\n\r\nx")
+        .await;
+    let (ok, _) = sender
+        .request("LHTTP/1.0 ping\r\npublish:elsewhere\r\n\r\n")
+        .await;
+    assert_eq!(ok.command(), "ok");
+}
+
+#[tokio::test]
+async fn requests_end_with_their_requester() {
+    let server = start().await;
+    let mut responder = server.client().await;
+    subscribe(&mut responder, "svc").await;
+    let mut requester = server.client().await;
+    for i in 0..10 {
+        ask(
+            &mut requester,
+            "svc",
+            &format!("r{i}"),
+            "timeout:60000\r\n",
+            "x",
+        )
+        .await;
+    }
+    for _ in 0..10 {
+        responder.recv().await;
+    }
+    assert_eq!(pending(&server), 10);
+    drop(requester);
+    wait_until(|| pending(&server) == 0).await;
+}
+
+#[tokio::test]
+async fn pending_requests_per_connection_are_limited() {
+    let server = start_with(Server::builder(config(|c| {
+        c.requests.max_pending_per_inbox = 3;
+    })))
+    .await;
+    let mut responder = server.client().await;
+    subscribe(&mut responder, "svc").await;
+    let mut requester = server.client().await;
+    for i in 0..3 {
+        ask(&mut requester, "svc", &format!("r{i}"), "", "x").await;
+    }
+    ask(&mut requester, "svc", "r3", "", "x").await;
+    let (status, _, message) = requester.recv_error().await;
+    assert_eq!(status, 429);
+    assert_eq!(message.header("request-id"), Some("r3"));
+}
+
+fn pending(server: &TestServer) -> u64 {
+    server.metric("pending_requests")
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
