@@ -387,7 +387,9 @@ async fn expire(inbox: Weak<Inbox>, n: u64, mut deadline: Instant, metrics: Arc<
             .and_then(Weak::upgrade)
             .is_some_and(|group| group.member_count() == 0);
         let rejection = if nobody {
-            Rejection::unavailable("no queue-group member took the request before its timeout")
+            Rejection::unavailable(
+                "no member of the queue group took the request before its timeout",
+            )
         } else {
             Rejection::new(504, "request timed out")
         };
