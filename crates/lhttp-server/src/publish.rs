@@ -18,8 +18,14 @@ pub struct PublishReport {
     pub channels: usize,
     /// Local subscribers it was queued for, over all channels.
     pub deliveries: usize,
-    /// Queue groups that took it (handed to a member, or waiting for one).
+    /// Queue groups that took it (handed to a member, or waiting for one). Left out of the
+    /// JSON answer of `POST /publish` when 0, so that plain pub/sub sees the original shape.
+    #[serde(skip_serializing_if = "is_zero")]
     pub queued: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Headers a subscriber never sees.
