@@ -258,6 +258,16 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// The request timeout this client was built with.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.shared.options.request_timeout
+    }
+
+    /// The subscription buffer size this client was built with.
+    pub(crate) fn subscription_capacity(&self) -> usize {
+        self.shared.options.subscription_capacity
+    }
+
     /// Connects to `url` (`ws://host:port/path`) with the default options: reconnect on,
     /// backoff 100 ms to 10 s, request timeout 10 s.
     ///
@@ -314,7 +324,17 @@ impl Client {
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn request(&self, mut message: Message) -> Result<Message, Error> {
+    pub async fn request(&self, message: Message) -> Result<Message, Error> {
+        self.request_within(message, self.shared.options.request_timeout)
+            .await
+    }
+
+    /// [`Client::request`] with its own timeout.
+    pub(crate) async fn request_within(
+        &self,
+        mut message: Message,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
         let id = match message.header(connection::REQUEST_ID) {
             Some(id) => id.to_owned(),
             None => {
@@ -332,7 +352,7 @@ impl Client {
             answer,
         })
         .await?;
-        let answer = self.wait(result).await?;
+        let answer = self.wait_for(result, timeout).await?;
         Error::check_answer(answer)
     }
 
@@ -502,7 +522,7 @@ impl Client {
         }
     }
 
-    async fn command(&self, command: Command) -> Result<(), Error> {
+    pub(crate) async fn command(&self, command: Command) -> Result<(), Error> {
         self.shared
             .commands
             .send(command)
@@ -510,11 +530,19 @@ impl Client {
             .map_err(|_| Error::Closed)
     }
 
-    async fn wait(
+    pub(crate) async fn wait(
         &self,
         result: oneshot::Receiver<Result<Message, Error>>,
     ) -> Result<Message, Error> {
-        let timeout = self.shared.options.request_timeout;
+        self.wait_for(result, self.shared.options.request_timeout)
+            .await
+    }
+
+    async fn wait_for(
+        &self,
+        result: oneshot::Receiver<Result<Message, Error>>,
+        timeout: Duration,
+    ) -> Result<Message, Error> {
         match tokio::time::timeout(timeout, result).await {
             Err(_) => Err(Error::Timeout(timeout)),
             Ok(Err(_)) => Err(Error::Closed),
@@ -522,18 +550,18 @@ impl Client {
         }
     }
 
-    fn fresh_request_id(&self) -> String {
+    pub(crate) fn fresh_request_id(&self) -> String {
         format!(
             "lhttp-rs-{}",
             self.shared.next_id.fetch_add(1, Ordering::Relaxed)
         )
     }
 
-    fn fresh_listener_id(&self) -> ListenerId {
+    pub(crate) fn fresh_listener_id(&self) -> ListenerId {
         ListenerId(self.shared.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn feed(&self, id: ListenerId) -> (Sink, Feed) {
+    pub(crate) fn feed(&self, id: ListenerId) -> (Sink, Feed) {
         let (tx, rx) = mpsc::channel(self.shared.options.subscription_capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let sink = Sink {

@@ -30,6 +30,8 @@ use crate::{ConnectionState, Error, client::Options};
 
 pub(crate) const REQUEST_ID: &str = "request-id";
 const PUBLISH: &str = "publish";
+/// On a queue-group delivery: the group it came through.
+const QUEUE: &str = "queue";
 
 /// Channels per `subscribe` message when restoring after a reconnect, so that one message
 /// stays far below the server's size limit (256 channels of 256 bytes would be 64 KiB).
@@ -86,6 +88,13 @@ pub(crate) enum Command {
         id: ListenerId,
         sink: Sink,
     },
+    /// Join a queue group: deliveries of `channel` through `group` go to `sink`.
+    Join {
+        id: ListenerId,
+        worker: Worker,
+        request_id: String,
+        answer: oneshot::Sender<Result<Message, Error>>,
+    },
     Close {
         done: oneshot::Sender<()>,
     },
@@ -112,6 +121,26 @@ struct Listener {
     sink: Sink,
 }
 
+/// A membership of a queue group, and where its deliveries go.
+pub(crate) struct Worker {
+    pub(crate) channel: String,
+    pub(crate) group: String,
+    pub(crate) credit: usize,
+    pub(crate) sink: Sink,
+}
+
+impl Worker {
+    /// The message that joins the group (again, after a reconnect).
+    fn join_message(&self, request_id: &str) -> Result<Message, Error> {
+        Ok(Message::builder("subscribe")
+            .header("subscribe", self.channel.clone())
+            .header(QUEUE, self.group.clone())
+            .header("credit", self.credit.to_string())
+            .header(REQUEST_ID, request_id.to_owned())
+            .build()?)
+    }
+}
+
 /// The task's state: who listens to what, and which requests await an answer.
 #[derive(Default)]
 struct Registry {
@@ -119,6 +148,9 @@ struct Registry {
     /// Listeners per channel; a channel is subscribed on the server while it has an entry.
     by_channel: HashMap<String, Vec<ListenerId>>,
     incoming: Vec<ListenerId>,
+    /// Queue-group memberships, and the listener of each (channel, group).
+    workers: HashMap<ListenerId, Worker>,
+    by_queue: HashMap<(String, String), ListenerId>,
     pending: HashMap<String, Pending>,
     /// Restore requests not yet answered; `Connected` is announced when it empties.
     restoring: HashSet<String>,
@@ -509,6 +541,30 @@ impl Registry {
                 self.incoming.push(id);
                 Online::Nothing
             }
+            Command::Join {
+                id,
+                worker,
+                request_id,
+                answer,
+            } => match worker.join_message(&request_id) {
+                Ok(message) => {
+                    self.by_queue
+                        .insert((worker.channel.clone(), worker.group.clone()), id);
+                    self.workers.insert(id, worker);
+                    self.add_pending(
+                        request_id,
+                        Pending::Subscribe {
+                            listener: id,
+                            answer,
+                        },
+                    );
+                    Online::Write(frame(&message))
+                }
+                Err(e) => {
+                    let _ = answer.send(Err(e));
+                    Online::Nothing
+                }
+            },
             Command::Close { done } => Online::Close(done),
         }
     }
@@ -519,7 +575,9 @@ impl Registry {
             Command::Send { done, .. } => {
                 let _ = done.send(Err(Error::NotConnected));
             }
-            Command::Request { answer, .. } | Command::Subscribe { answer, .. } => {
+            Command::Request { answer, .. }
+            | Command::Subscribe { answer, .. }
+            | Command::Join { answer, .. } => {
                 let _ = answer.send(Err(Error::NotConnected));
             }
             Command::Unsubscribe { id, answer } => {
@@ -563,6 +621,9 @@ impl Registry {
         id: ListenerId,
         answer: Option<oneshot::Sender<Result<(), Error>>>,
     ) -> Option<tungstenite::Message> {
+        if let Some(worker) = self.workers.remove(&id) {
+            return self.leave_group(worker, answer);
+        }
         let mut last = Vec::new();
         if let Some(listener) = self.listeners.remove(&id) {
             self.incoming.retain(|i| *i != id);
@@ -601,10 +662,51 @@ impl Registry {
         }
     }
 
-    /// `subscribe` messages for every channel held, registered as pending restores.
+    /// Leaves a queue group on the server (harmless if a drain already took it out).
+    fn leave_group(
+        &mut self,
+        worker: Worker,
+        answer: Option<oneshot::Sender<Result<(), Error>>>,
+    ) -> Option<tungstenite::Message> {
+        self.by_queue
+            .remove(&(worker.channel.clone(), worker.group.clone()));
+        let request_id = self.internal_id("leave");
+        let message = Message::builder("unsubscribe")
+            .header("unsubscribe", worker.channel)
+            .header(QUEUE, worker.group)
+            .header(REQUEST_ID, request_id.clone())
+            .build();
+        match message {
+            Ok(message) => {
+                self.add_pending(request_id, Pending::Unsubscribe(answer));
+                Some(frame(&message))
+            }
+            Err(e) => {
+                if let Some(answer) = answer {
+                    let _ = answer.send(Err(e.into()));
+                }
+                None
+            }
+        }
+    }
+
+    /// `subscribe` messages for every channel held and every queue group joined, registered
+    /// as pending restores.
     fn restore_messages(&mut self) -> Vec<tungstenite::Message> {
         let channels: Vec<String> = self.by_channel.keys().cloned().collect();
         let mut frames = Vec::new();
+        let ids: Vec<ListenerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            let request_id = self.internal_id("restore");
+            match self.workers[&id].join_message(&request_id) {
+                Ok(message) => {
+                    self.add_pending(request_id.clone(), Pending::Restore);
+                    self.restoring.insert(request_id);
+                    frames.push(frame(&message));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot rejoin a queue group"),
+            }
+        }
         for batch in channels.chunks(RESTORE_BATCH) {
             let request_id = self.internal_id("restore");
             let message = Message::builder("subscribe")
@@ -626,6 +728,13 @@ impl Registry {
     /// Routes a received message: a delivery to the subscriptions of its channel, an answer to
     /// its request, anything else to the `Incoming` streams.
     fn dispatch(&mut self, message: Message) {
+        if let (Some(channel), Some(group)) = (message.header(PUBLISH), message.header(QUEUE)) {
+            let key = (channel.to_owned(), group.to_owned());
+            if let Some(worker) = self.by_queue.get(&key).and_then(|id| self.workers.get(id)) {
+                worker.sink.deliver(&message);
+                return;
+            }
+        }
         if let Some(channel) = message.header(PUBLISH) {
             let Some(ids) = self.by_channel.get(channel) else {
                 tracing::trace!(channel, "delivery for a channel no longer subscribed");
@@ -663,6 +772,9 @@ impl Registry {
                 if message.command() == "error" {
                     // The server refused the whole message: nothing changed there, so the
                     // listener goes without an unsubscribe.
+                    if let Some(worker) = self.workers.remove(&listener) {
+                        self.by_queue.remove(&(worker.channel, worker.group));
+                    }
                     if let Some(removed) = self.listeners.remove(&listener) {
                         for channel in removed.channels {
                             if let Some(ids) = self.by_channel.get_mut(&channel) {

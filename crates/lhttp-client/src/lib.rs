@@ -29,6 +29,8 @@
 //!   requests by `request-id`, fans deliveries out to subscriptions, and reconnects with
 //!   jittered exponential backoff, restoring subscriptions.
 //! - [`Error`]: one enum for everything; server refusals carry status and reason.
+//! - module `worker`: requests to channels ([`Client::call`]) and queue-group workers
+//!   ([`Client::serve`], [`Client::join_queue`], [`Client::reply`], [`Reply`]).
 //!
 //! Behaviour worth knowing:
 //! - Requests (`request`, `subscribe`, `publish`, `unsubscribe`) carry a `request-id` and wait
@@ -48,6 +50,7 @@ mod client;
 mod connection;
 mod error;
 mod subscription;
+mod worker;
 
 pub use client::{Client, ClientBuilder, ConnectionState, DEFAULT_COMMAND};
 pub use error::Error;
@@ -55,3 +58,4 @@ pub use lhttp_proto::{
     self as proto, BuildError, Header, Headers, Message, MessageBuilder, MultipartBuilder, Part,
 };
 pub use subscription::{Incoming, Subscription};
+pub use worker::Reply;

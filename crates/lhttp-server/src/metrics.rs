@@ -49,6 +49,7 @@ pub(crate) struct Gauges {
     pub inboxes: u64,
     pub pending_requests: u64,
     pub queue_groups: u64,
+    pub queue_members: u64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -94,6 +95,11 @@ impl Metrics {
             "queue_groups",
             "Queue groups (with members, waiting work, or declared by a gateway route).",
             gauges.queue_groups,
+        );
+        gauge(
+            "queue_members",
+            "Queue-group memberships of local connections.",
+            gauges.queue_members,
         );
         let counters: [(&str, &str, &AtomicU64); 16] = [
             (

@@ -168,6 +168,19 @@ impl Queues {
         self.groups.is_empty()
     }
 
+    /// Members over all groups.
+    pub(crate) fn member_count(&self) -> usize {
+        self.groups
+            .iter()
+            .flat_map(|e| {
+                e.value()
+                    .iter()
+                    .map(|g| g.member_count())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
     /// Number of groups over all channels.
     pub(crate) fn group_count(&self) -> usize {
         self.groups.iter().map(|e| e.value().len()).sum()

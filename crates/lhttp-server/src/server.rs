@@ -393,6 +393,16 @@ impl ServerHandle {
         &self.shared.hub
     }
 
+    /// Queue-group memberships over all groups.
+    pub fn queue_member_count(&self) -> usize {
+        self.shared.queues.member_count()
+    }
+
+    /// Requests waiting for their terminal answer.
+    pub fn pending_request_count(&self) -> usize {
+        self.shared.requests.pending_count()
+    }
+
     /// The server's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
@@ -428,6 +438,7 @@ impl ServerHandle {
             inboxes: self.shared.requests.inbox_count() as u64,
             pending_requests: self.shared.requests.pending_count() as u64,
             queue_groups: self.shared.queues.group_count() as u64,
+            queue_members: self.shared.queues.member_count() as u64,
         });
         if let Some(cluster) = &self.shared.cluster {
             cluster.render(&mut out);
