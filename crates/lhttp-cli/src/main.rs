@@ -103,6 +103,23 @@ enum Command {
         #[arg(short = 'H', long = "header", value_name = "KEY:VALUE", value_parser = parse_header)]
         headers: Vec<(String, String)>,
     },
+    /// Send a request to a channel and print its one answer: the reply of a subscriber or
+    /// queue-group worker, or the error (503 nobody took it, 504 timeout, 502 worker gone).
+    Request {
+        /// The channel.
+        channel: String,
+        /// The body; `-` reads it from stdin; empty if omitted.
+        body: Option<String>,
+        /// The request's command.
+        #[arg(short, long, default_value = "request")]
+        command: String,
+        /// An extra header, `key:value` (repeatable).
+        #[arg(short = 'H', long = "header", value_name = "KEY:VALUE", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// Ask a queue group to hand the request to another worker if its worker disconnects.
+        #[arg(long)]
+        at_least_once: bool,
+    },
     /// Measure a server under load, checking every delivery (exit 1 if any was lost,
     /// duplicated, out of order or corrupted).
     Bench {
@@ -197,6 +214,35 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Prints an answer (or the server's `error` message) and closes the client; a server error
+/// is returned so that the exit code says so.
+async fn print_answer(
+    client: &Client,
+    format: Format,
+    result: Result<Message, lhttp_client::Error>,
+) -> anyhow::Result<()> {
+    let out = &mut format::Stdout;
+    let outcome = match result {
+        Ok(answer) => out.print(format, &answer).map_err(Into::into),
+        Err(lhttp_client::Error::Server {
+            status,
+            reason,
+            message,
+        }) => {
+            out.print(format, &message)?;
+            Err(lhttp_client::Error::Server {
+                status,
+                reason,
+                message,
+            }
+            .into())
+        }
+        Err(e) => Err(e.into()),
+    };
+    client.close().await;
+    outcome
 }
 
 /// Splits `key:value` at the first colon.
@@ -310,27 +356,27 @@ async fn run(cli: Cli) -> Result<()> {
             let message = message.body(body).build()?;
             let client = builder.reconnect(false).connect().await?;
             let result = client.request(message).await;
-            let out = &mut format::Stdout;
-            match result {
-                Ok(answer) => out.print(cli.format, &answer)?,
-                Err(lhttp_client::Error::Server {
-                    status,
-                    reason,
-                    message,
-                }) => {
-                    out.print(cli.format, &message)?;
-                    client.close().await;
-                    return Err(lhttp_client::Error::Server {
-                        status,
-                        reason,
-                        message,
-                    }
-                    .into());
-                }
-                Err(e) => return Err(e.into()),
+            print_answer(&client, cli.format, result).await
+        }
+        Some(Command::Request {
+            channel,
+            body,
+            command,
+            mut headers,
+            at_least_once,
+        }) => {
+            let body = match body {
+                Some(body) => read_body(&body)?,
+                None => Vec::new(),
+            };
+            if at_least_once {
+                headers.push(("delivery".into(), "at-least-once".into()));
             }
-            client.close().await;
-            Ok(())
+            let client = builder.reconnect(false).connect().await?;
+            let result = client
+                .call_with(&channel, &command, headers, body, timeout)
+                .await;
+            print_answer(&client, cli.format, result).await
         }
         Some(Command::Bench {
             scenario:
