@@ -320,6 +320,13 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
         .set(names::REPLY_TO, address.clone())
         .expect("a reply address is a valid header value");
     match server.publish(ctx.message()) {
+        // Other nodes may take it: NATS tells when none subscribes (see `crate::cluster`).
+        Ok(report) if report.deliveries + report.queued == 0 && shared.cluster.is_some() => {
+            shared
+                .requests
+                .await_remote(&address, report.channels, &shared.metrics);
+            Ok(())
+        }
         Ok(report) if report.deliveries + report.queued == 0 => {
             shared.requests.fail(
                 &address,

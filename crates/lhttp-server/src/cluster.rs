@@ -74,6 +74,8 @@ pub(crate) struct Counters {
 struct Outgoing {
     subject: String,
     payload: Bytes,
+    /// For a request: where NATS says "no responders" when no node subscribes the subject.
+    reply: Option<String>,
 }
 
 /// This node's NATS subscription for one channel.
@@ -96,6 +98,11 @@ pub(crate) struct Cluster {
     node_id: String,
     /// `<prefix>.ch.`, to which a channel's escaped token is appended.
     subject_base: String,
+    /// `<prefix>.inbox.`: followed by a node's id, where replies for that node's inboxes go.
+    inbox_base: String,
+    /// `<prefix>.noresp.`: followed by `<node>.<token>.<n>`, where NATS says that a request
+    /// reached no node.
+    noresp_base: String,
     /// `<prefix>.sync`: a subject no node ever subscribes to, requested to learn that NATS has
     /// processed everything this node sent before (see [`server_barrier`]).
     barrier_subject: String,
@@ -188,6 +195,8 @@ impl Cluster {
         let barrier_subject = format!("{}.sync", config.subject_prefix);
         Ok(Cluster {
             node_id,
+            inbox_base: format!("{}.inbox.", config.subject_prefix),
+            noresp_base: format!("{}.noresp.", config.subject_prefix),
             subject_base,
             barrier_subject,
             pending_connect: Mutex::new(Some((options, addrs))),
@@ -230,6 +239,12 @@ impl Cluster {
                 shared.shutdown.clone(),
             ));
         }
+        tokio::spawn(receive_for_inboxes(
+            shared.clone(),
+            client.clone(),
+            format!("{}{}", self.inbox_base, shared.requests.node()),
+            format!("{}{}.>", self.noresp_base, shared.requests.node()),
+        ));
         tracing::info!(node = %self.node_id, "cluster: connecting to NATS");
         let _ = self.running.set(Running {
             client,
@@ -276,16 +291,36 @@ impl Cluster {
     }
 
     /// Hands `payload` (the encoded copy for `channel`) to the forwarding task without waiting.
-    /// Dropped and counted when NATS is not connected or the queue is full.
-    pub(crate) fn publish(&self, channel: &str, payload: Bytes) {
+    /// Dropped and counted when NATS is not connected or the queue is full. `request` is the
+    /// reply address of a request this node started: NATS then tells the node (on its
+    /// `noresp` subject) when no node subscribes the channel.
+    pub(crate) fn publish(&self, channel: &str, payload: Bytes, request: Option<&str>) {
+        let subject = self.subject(channel);
+        let reply = request
+            .and_then(|address| address.strip_prefix(crate::request::INBOX_PREFIX))
+            .map(|rest| format!("{}{rest}", self.noresp_base));
+        self.send(subject, payload, reply);
+    }
+
+    /// Sends a message for an inbox of another node (a reply, or a message to a connection's
+    /// inbox) to that node.
+    pub(crate) fn forward_to_inbox(&self, node: &str, payload: Bytes) {
+        let subject = format!("{}{node}", self.inbox_base);
+        self.send(subject, payload, None);
+    }
+
+    fn send(&self, subject: String, payload: Bytes, reply: Option<String>) {
         if !self.is_connected() {
             add(&self.counters.dropped, 1);
             return;
         }
-        let subject = self.subject(channel);
         if self
             .outgoing
-            .try_send(Outgoing { subject, payload })
+            .try_send(Outgoing {
+                subject,
+                payload,
+                reply,
+            })
             .is_err()
         {
             add(&self.counters.dropped, 1);
@@ -439,10 +474,24 @@ async fn forward(
                 continue;
             }
         }
-        match client
-            .publish_with_headers(out.subject, headers.clone(), out.payload)
-            .await
-        {
+        let sent = match out.reply {
+            Some(reply) => {
+                client
+                    .publish_with_reply_and_headers(
+                        out.subject,
+                        reply,
+                        headers.clone(),
+                        out.payload,
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .publish_with_headers(out.subject, headers.clone(), out.payload)
+                    .await
+            }
+        };
+        match sent {
             Ok(()) => add(&counters.published, 1),
             Err(error) => {
                 tracing::debug!(%error, "cluster: publish to NATS failed");
@@ -465,6 +514,60 @@ async fn server_barrier(client: &Client, subject: String) {
             Err(error) => {
                 tracing::debug!(%error, "cluster: waiting for NATS to confirm a subscription");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Receives what other nodes send to this node's inboxes (replies to requests made here) and
+/// NATS's "no responders" notices for requests made here.
+async fn receive_for_inboxes(
+    shared: Arc<Shared>,
+    client: Client,
+    inbox_subject: String,
+    noresp_subject: String,
+) {
+    let (inbox, noresp) = tokio::join!(
+        client.subscribe(inbox_subject),
+        client.subscribe(noresp_subject.clone())
+    );
+    let (mut inbox, mut noresp) = match (inbox, noresp) {
+        (Ok(inbox), Ok(noresp)) => (inbox, noresp),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "cluster: cannot subscribe for replies; requests to other nodes will time out");
+            return;
+        }
+    };
+    let Some(cluster) = shared.cluster.as_ref() else {
+        return;
+    };
+    // `<prefix>.noresp.<node>.<token>.<n>` -> `_inbox.<node>.<token>.<n>`.
+    let noresp_prefix = cluster.noresp_base.as_str();
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            message = inbox.next() => {
+                let Some(message) = message else { return };
+                add(&cluster.counters.received, 1);
+                // The copy an inbox receives is encoded with `publish` set to its address.
+                let Ok(reply) = lhttp_proto::Message::parse_with(message.payload, &shared.parser_limits) else {
+                    add(&cluster.counters.dropped, 1);
+                    continue;
+                };
+                let Some(address) = reply.header(crate::builtin::names::PUBLISH).map(str::to_owned) else {
+                    continue;
+                };
+                shared.requests.deliver(&address, &reply, &shared.metrics);
+            }
+            message = noresp.next() => {
+                let Some(message) = message else { return };
+                if message.status != Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    continue;
+                }
+                if let Some(rest) = message.subject.as_str().strip_prefix(noresp_prefix) {
+                    let address = format!("{}{rest}", crate::request::INBOX_PREFIX);
+                    shared.requests.no_remote_responders(&address, &shared.metrics);
+                }
             }
         }
     }

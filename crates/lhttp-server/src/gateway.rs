@@ -12,7 +12,7 @@
 //! remote-addr:127.0.0.1
 //! http-accept:*/*                  (every request header, `http-` + its lowercase name)
 //! request-id:<n>
-//! reply-to:_inbox.<token>.<n>
+//! reply-to:_inbox.<node>.<token>.<n>
 //! timeout:<ms>
 //! publish:http.api
 //! ```

@@ -1,13 +1,15 @@
 //! Requests: inboxes, reply addresses, and the one terminal answer every request gets.
 //!
-//! An *inbox* is a private address, `_inbox.<token>`, that delivers to one owner only: a
-//! WebSocket connection or the HTTP gateway. The token is random (96 bits), so knowing an inbox
-//! is the capability to write to it; nobody can subscribe to one. A connection gets its inbox
-//! the first time it needs one, so idle connections pay nothing.
+//! An *inbox* is a private address, `_inbox.<node>.<token>`, that delivers to one owner only:
+//! a WebSocket connection or the HTTP gateway. `<node>` names the server process (8 hex digits,
+//! random at start), so that in a cluster any node can route a reply to the node that holds
+//! the inbox (see [`crate::cluster`]); the token is random (64 bits), so knowing an inbox is
+//! the capability to write to it; nobody can subscribe to one. A connection gets its inbox the
+//! first time it needs one, so idle connections pay nothing.
 //!
 //! A *request* is a published message with a `reply-to` header. The server, not the client,
 //! decides where answers go: it replaces `reply-to` with a fresh reply address
-//! `_inbox.<token>.<n>` and records a [`Pending`] entry for it. From then on exactly one
+//! `_inbox.<node>.<token>.<n>` and records a [`Pending`] entry for it. From then on exactly one
 //! terminal answer reaches the requester, whichever comes first:
 //! - a reply published to the reply address without `partial:true` (partial replies are
 //!   relayed too, and each pushes the deadline back by the request's timeout);
@@ -101,6 +103,12 @@ struct Pending {
     answer_to: AnswerTo,
     /// The queue group the request waits in, while no member has taken it.
     waiting_in: Option<Weak<QueueGroup>>,
+    /// In a cluster, a request nothing on this node took: the number of channels it went to
+    /// over NATS. Once NATS has said "no responders" for each of them, it gets 503.
+    remote_channels: Option<usize>,
+    /// "No responders" notices from NATS so far (they may come before `remote_channels` is
+    /// set: NATS can answer before the publishing call has returned).
+    no_responders: usize,
 }
 
 /// A private address and the requests answered through it.
@@ -135,6 +143,8 @@ impl Inbox {
 
 /// Every inbox of this node, and the request settings.
 pub(crate) struct Requests {
+    /// This process's part of every inbox address.
+    node: String,
     inboxes: DashMap<Box<str>, Arc<Inbox>>,
     config: RequestsConfig,
 }
@@ -151,15 +161,26 @@ pub(crate) enum InboxDelivery {
 impl Requests {
     pub(crate) fn new(config: RequestsConfig) -> Self {
         Requests {
+            node: random_hex(4),
             inboxes: DashMap::new(),
             config,
         }
     }
 
+    /// This node's part of inbox addresses.
+    pub(crate) fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The node part of an inbox or reply address.
+    pub(crate) fn node_of(address: &str) -> Option<&str> {
+        address.strip_prefix(INBOX_PREFIX)?.split('.').next()
+    }
+
     /// Opens an inbox; plain messages to it go to `owner`.
     pub(crate) fn open_inbox(&self, owner: Option<Outbox>, max_pending: usize) -> Arc<Inbox> {
         let inbox = Arc::new(Inbox {
-            token: random_token().into_boxed_str(),
+            token: format!("{}.{}", self.node, random_hex(8)).into_boxed_str(),
             owner,
             pending: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -229,6 +250,8 @@ impl Requests {
                     deadline,
                     answer_to,
                     waiting_in: None,
+                    remote_channels: None,
+                    no_responders: 0,
                 },
             );
         }
@@ -239,12 +262,54 @@ impl Requests {
 
     fn find(&self, address: &str) -> Option<(Arc<Inbox>, Option<u64>)> {
         let rest = address.strip_prefix(INBOX_PREFIX)?;
-        let (token, n) = match rest.split_once('.') {
-            Some((token, n)) => (token, Some(n.parse().ok()?)),
+        // `<node>.<token>` or `<node>.<token>.<n>`.
+        let (token, n) = match rest.match_indices('.').nth(1) {
+            Some((at, _)) => (&rest[..at], Some(rest[at + 1..].parse().ok()?)),
             None => (rest, None),
         };
         let inbox = self.inboxes.get(token)?.value().clone();
         Some((inbox, n))
+    }
+
+    /// In a cluster: the request at `address` reached nothing on this node and went to
+    /// `channels` channels over NATS; it fails with 503 once NATS has said "no responders" for
+    /// each of them.
+    pub(crate) fn await_remote(&self, address: &str, channels: usize, metrics: &Metrics) {
+        self.count_remote(address, metrics, |entry| {
+            entry.remote_channels = Some(channels)
+        });
+    }
+
+    /// NATS said nobody subscribes to one of the channels the request at `address` went to.
+    pub(crate) fn no_remote_responders(&self, address: &str, metrics: &Metrics) {
+        self.count_remote(address, metrics, |entry| entry.no_responders += 1);
+    }
+
+    fn count_remote(&self, address: &str, metrics: &Metrics, change: impl FnOnce(&mut Pending)) {
+        let Some((inbox, Some(n))) = self.find(address) else {
+            return;
+        };
+        let mut pending = inbox.pending.lock().expect("pending lock");
+        let Some(entry) = pending.get_mut(&n) else {
+            return;
+        };
+        change(entry);
+        // `None`: something on this node took it, so NATS's notices do not matter.
+        if entry
+            .remote_channels
+            .is_none_or(|channels| entry.no_responders < channels)
+        {
+            return;
+        }
+        let entry = pending.remove(&n).expect("entry found above");
+        drop(pending);
+        let rejection = Rejection::unavailable(
+            "no responders: nobody is subscribed and no queue group took the request",
+        );
+        count_failure(metrics, 503);
+        entry
+            .answer_to
+            .send(&rejection.to_message(Some(&entry.request_id)));
     }
 
     /// Delivers `message`, published to the inbox or reply address `address`.
@@ -254,8 +319,7 @@ impl Requests {
         message: &Message,
         metrics: &Metrics,
     ) -> InboxDelivery {
-        let found = self.find(address);
-        let delivered = match found {
+        let delivered = match self.find(address) {
             Some((inbox, None)) => match &inbox.owner {
                 Some(outbox) => outbox
                     .push(frame(crate::publish::encode_for_channel(message, address)))
@@ -401,13 +465,13 @@ async fn expire(inbox: Weak<Inbox>, n: u64, mut deadline: Instant, metrics: Arc<
     }
 }
 
-/// 96 random bits, hex: an inbox address nobody can guess.
-fn random_token() -> String {
-    let mut bytes = [0u8; 12];
+/// `n` random bytes, hex: inbox tokens nobody can guess.
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
     // The operating system's generator does not fail on the platforms we run on; if it ever
     // did, a predictable token would let others read replies, so stop rather than go on.
     getrandom::fill(&mut bytes).expect("the operating system's random generator");
-    let mut token = String::with_capacity(24);
+    let mut token = String::with_capacity(2 * n);
     for b in bytes {
         use std::fmt::Write;
         let _ = write!(token, "{b:02x}");

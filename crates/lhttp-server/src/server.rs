@@ -328,6 +328,13 @@ impl ServerHandle {
         let metrics = &shared.metrics;
         add(&metrics.messages_published, 1);
         if is_inbox(channel) {
+            let node = Requests::node_of(channel);
+            if let (Some(cluster), Some(node)) = (&shared.cluster, node) {
+                if node != shared.requests.node() {
+                    cluster.forward_to_inbox(node, encode_for_channel(message, channel));
+                    return (1, 0);
+                }
+            }
             let delivery = shared.requests.deliver(channel, message, metrics);
             return (usize::from(delivery == InboxDelivery::Delivered), 0);
         }
@@ -346,7 +353,10 @@ impl ServerHandle {
         };
         // Other nodes get the very bytes local subscribers get: encoded once, shared.
         let bytes = encode_for_channel(message, channel);
-        cluster.publish(channel, bytes.clone());
+        let request = message
+            .header(names::REPLY_TO)
+            .filter(|address| Requests::node_of(address) == Some(shared.requests.node()));
+        cluster.publish(channel, bytes.clone(), request);
         if !local {
             return (0, queued);
         }

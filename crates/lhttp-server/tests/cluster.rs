@@ -341,12 +341,24 @@ async fn nodes_subscribe_in_nats_only_while_they_have_local_subscribers() {
     // is escaped, so it is one subject token, not two levels.
     nats.wait_subject_count("lhttp.ch.only-a", 1).await;
     nats.wait_subject_count("lhttp.ch.a~2Eb", 1).await;
-    assert_eq!(
-        nats.subjects().await.len(),
-        2,
-        "{:?}",
-        nats.subjects().await
-    );
+    // Besides the channels, each node holds two fixed subscriptions for replies to its
+    // requests (`lhttp.inbox.<node>` and `lhttp.noresp.<node>.>`), whatever its clients do.
+    let subjects = nats.subjects().await;
+    let channels: Vec<&String> = subjects
+        .iter()
+        .filter(|s| s.starts_with("lhttp.ch."))
+        .collect();
+    assert_eq!(channels.len(), 2, "{subjects:?}");
+    let fixed = subjects
+        .iter()
+        .filter(|s| s.starts_with("lhttp.inbox."))
+        .count()
+        + subjects
+            .iter()
+            .filter(|s| s.starts_with("lhttp.noresp."))
+            .count();
+    assert_eq!(fixed, 4, "{subjects:?}");
+    assert_eq!(subjects.len(), 6, "{subjects:?}");
     assert!(!b.handle.cluster_subscribed("only-a"));
     assert_eq!(b.handle.cluster_subscription_count(), 0);
 
@@ -532,4 +544,55 @@ async fn single_node_has_no_cluster() {
     assert_eq!(status, 200);
     assert_eq!(health, serde_json::json!({"status": "ok"}));
     assert!(!server.handle.render_metrics().contains("lhttp_cluster"));
+}
+
+/// A request made on node A is answered by a subscriber on node B: the reply crosses back over
+/// NATS to A's inbox. A request nobody on any node subscribes to gets 503 from NATS's "no
+/// responders"; one whose responder stays silent gets 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_across_nodes() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url()).await;
+    let b = node(&nats.url()).await;
+    for server in [&a, &b] {
+        wait_connected(server, true).await;
+    }
+    let mut responder = b.client().await;
+    responder.subscribe("svc").await;
+    wait_interest(&b, "svc").await;
+
+    let mut requester = a.client().await;
+    for i in 0..20 {
+        requester
+            .send(&format!(
+                "LHTTP/1.0 ask\r\npublish:svc\r\nreply-to:\r\nrequest-id:r{i}\r\n\r\nq{i}"
+            ))
+            .await;
+        let request = responder.recv().await;
+        assert_eq!(body(&request), format!("q{i}"));
+        let reply_to = request.header("reply-to").unwrap();
+        responder
+            .send(&format!(
+                "LHTTP/1.0 answer\r\npublish:{reply_to}\r\n\r\na{i}"
+            ))
+            .await;
+        let answer = requester.recv().await;
+        assert_eq!(answer.header("request-id"), Some(format!("r{i}").as_str()));
+        assert_eq!(body(&answer), format!("a{i}"));
+    }
+
+    // Nobody on any node: NATS says so, and the requester gets 503 (not a 504 much later).
+    requester
+        .send("LHTTP/1.0 ask\r\npublish:nobody\r\nreply-to:\r\nrequest-id:n1\r\ntimeout:60000\r\n\r\n")
+        .await;
+    let (status, _, message) = requester.recv_error().await;
+    assert_eq!((status, message.header("request-id")), (503, Some("n1")));
+
+    // A silent responder on the other node: 504 at the timeout.
+    requester
+        .send("LHTTP/1.0 ask\r\npublish:svc\r\nreply-to:\r\nrequest-id:t1\r\ntimeout:300\r\n\r\n")
+        .await;
+    responder.recv().await;
+    let (status, _, _) = requester.recv_error().await;
+    assert_eq!(status, 504);
 }

@@ -192,7 +192,7 @@ async fn an_inbox_delivers_to_its_owner_only_and_cannot_be_subscribed() {
 
     // A guessed inbox reaches nobody and harms nothing.
     sender
-        .send("LHTTP/1.0 note\r\npublish:_inbox.000000000000000000000000\r\n\r\nx")
+        .send("LHTTP/1.0 note\r\npublish:_inbox.00000000.0000000000000000\r\n\r\nx")
         .await;
     let (ok, _) = sender
         .request("LHTTP/1.0 ping\r\npublish:elsewhere\r\n\r\n")
