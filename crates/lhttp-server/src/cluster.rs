@@ -89,6 +89,8 @@ struct Interest {
 /// What exists only once the server runs: the client, and where to spawn tasks.
 struct Running {
     client: Client,
+    /// The connection for queue-group subscriptions.
+    queue_client: Client,
     runtime: tokio::runtime::Handle,
 }
 
@@ -107,7 +109,10 @@ pub(crate) struct Cluster {
     /// processed everything this node sent before (see [`server_barrier`]).
     barrier_subject: String,
     /// Client options and servers, prepared (and checked) at build time, taken by `start`.
-    pending_connect: Mutex<Option<(ConnectOptions, Vec<ServerAddr>)>>,
+    pending_connect: Mutex<Option<(ConnectOptions, ConnectOptions, Vec<ServerAddr>)>>,
+    /// (channel, group) -> this node's NATS queue subscription, held while the group has
+    /// local members.
+    queue_interest: Mutex<HashMap<(Channel, String), CancellationToken>>,
     /// Set once by `start`; until then there is no client and every publish counts as dropped.
     running: OnceLock<Running>,
     /// Sender side of the bounded queue to the forwarding task.
@@ -134,61 +139,11 @@ impl Cluster {
             .collect::<Result<Vec<_>, _>>()?;
         let counters = Arc::new(Counters::default());
         let node_id = random_node_id();
-        let mut options = ConnectOptions::new()
-            .name(format!("lhttpd {node_id}"))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .reconnect_delay_callback(|attempts| {
-                MAX_RECONNECT_DELAY.min(Duration::from_millis(100 * attempts as u64))
-            })
-            .no_echo()
-            .subscription_capacity(config.max_pending)
-            .require_tls(config.tls_required);
-        // Unreadable TLS files are configuration errors now, not endless reconnection failures.
-        for path in [
-            &config.tls_ca_file,
-            &config.tls_client_cert,
-            &config.tls_client_key,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            std::fs::metadata(path).map_err(|e| {
-                ServerError::Config(format!("cluster TLS file {}: {e}", path.display()))
-            })?;
-        }
-        if let Some(ca) = &config.tls_ca_file {
-            options = options.add_root_certificates(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&config.tls_client_cert, &config.tls_client_key) {
-            options = options.add_client_certificate(cert.clone(), key.clone());
-        }
-        if let Some(token) = &config.token {
-            options = options.token(token.clone());
-        }
-        if let (Some(user), Some(password)) = (&config.user, &config.password) {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(path) = &config.credentials_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ServerError::Config(format!("cluster.credentials_file {}: {e}", path.display()))
-            })?;
-            options = options.credentials(&text).map_err(|e| {
-                ServerError::Config(format!("cluster.credentials_file {}: {e}", path.display()))
-            })?;
-        }
-        let slow = counters.clone();
-        options = options.event_callback(move |event| {
-            let counters = slow.clone();
-            async move {
-                // The client logs every event itself; only what needs counting is handled.
-                if let Event::SlowConsumer(_)
-                | Event::ServerError(async_nats::ServerError::SlowConsumer(_)) = event
-                {
-                    add(&counters.slow_consumers, 1);
-                }
-            }
-        });
+        let options = connect_options(config, &node_id, "", &counters)?.no_echo();
+        // Queue-group traffic has a connection of its own: it receives what this node
+        // publishes too (the main connection is `no_echo`), so NATS alone picks the one node
+        // whose members get a message, this one included.
+        let queue_options = connect_options(config, &node_id, " queues", &counters)?;
         let (outgoing, outgoing_rx) = mpsc::channel(config.max_pending);
         let mut subject_base = config.subject_prefix.clone();
         subject_base.push_str(".ch.");
@@ -199,7 +154,8 @@ impl Cluster {
             noresp_base: format!("{}.noresp.", config.subject_prefix),
             subject_base,
             barrier_subject,
-            pending_connect: Mutex::new(Some((options, addrs))),
+            pending_connect: Mutex::new(Some((options, queue_options, addrs))),
+            queue_interest: Mutex::new(HashMap::new()),
             running: OnceLock::new(),
             outgoing,
             outgoing_rx: Mutex::new(Some(outgoing_rx)),
@@ -211,7 +167,7 @@ impl Cluster {
     /// Starts the client (which keeps trying to reach NATS in the background) and the
     /// forwarding task. Returns at once, whether NATS is reachable or not.
     pub(crate) async fn start(&self, shared: &Arc<Shared>) -> Result<(), ServerError> {
-        let Some((options, addrs)) = self
+        let Some((options, queue_options, addrs)) = self
             .pending_connect
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -219,6 +175,10 @@ impl Cluster {
         else {
             return Ok(()); // Already started.
         };
+        let queue_client = queue_options
+            .connect(addrs.clone())
+            .await
+            .map_err(|e| ServerError::Config(format!("cluster.nats: {e}")))?;
         let client = options
             .connect(addrs)
             .await
@@ -248,6 +208,7 @@ impl Cluster {
         tracing::info!(node = %self.node_id, "cluster: connecting to NATS");
         let _ = self.running.set(Running {
             client,
+            queue_client,
             runtime: tokio::runtime::Handle::current(),
         });
         Ok(())
@@ -257,7 +218,10 @@ impl Cluster {
     /// be unreachable at shutdown.
     pub(crate) async fn stop(&self) {
         if let Some(running) = self.running.get() {
-            if tokio::time::timeout(Duration::from_secs(1), running.client.drain())
+            let drained = async {
+                let _ = tokio::join!(running.client.drain(), running.queue_client.drain());
+            };
+            if tokio::time::timeout(Duration::from_secs(1), drained)
                 .await
                 .is_err()
             {
@@ -324,6 +288,49 @@ impl Cluster {
             .is_err()
         {
             add(&self.counters.dropped, 1);
+        }
+    }
+
+    /// True when messages for queue groups travel through NATS (both connections are up);
+    /// otherwise this node's groups take what is published here, and nothing else.
+    pub(crate) fn routes_queue_groups(&self) -> bool {
+        self.running.get().is_some_and(|r| {
+            r.client.connection_state() == State::Connected
+                && r.queue_client.connection_state() == State::Connected
+        })
+    }
+
+    /// Makes this node's NATS queue subscription for group `group` of `channel` match whether
+    /// the group has local members. Called after every membership change.
+    pub(crate) fn reconcile_queue(&self, shared: &Arc<Shared>, channel: &Channel, group: &str) {
+        let Some(running) = self.running.get() else {
+            return;
+        };
+        let mut interest = self
+            .queue_interest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (channel.clone(), group.to_owned());
+        let wanted = shared.queues.local_members(channel.as_str(), group) > 0;
+        match (wanted, interest.contains_key(&key)) {
+            (true, false) => {
+                let stop = shared.shutdown.child_token();
+                running.runtime.spawn(receive_queue(
+                    shared.clone(),
+                    running.queue_client.clone(),
+                    channel.clone(),
+                    group.to_owned(),
+                    self.subject(channel.as_str()),
+                    stop.clone(),
+                ));
+                interest.insert(key, stop);
+            }
+            (false, true) => {
+                if let Some(stop) = interest.remove(&key) {
+                    stop.cancel();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -431,6 +438,71 @@ pub(crate) fn subject_token(channel: &str, out: &mut String) {
     }
 }
 
+/// Client options from `config`; `role` tells the connections of one node apart in NATS's
+/// monitoring.
+fn connect_options(
+    config: &ClusterConfig,
+    node_id: &str,
+    role: &str,
+    counters: &Arc<Counters>,
+) -> Result<ConnectOptions, ServerError> {
+    let mut options = ConnectOptions::new()
+        .name(format!("lhttpd {node_id}{role}"))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            MAX_RECONNECT_DELAY.min(Duration::from_millis(100 * attempts as u64))
+        })
+        .subscription_capacity(config.max_pending)
+        .require_tls(config.tls_required);
+    // Unreadable TLS files are configuration errors now, not endless reconnection failures.
+    for path in [
+        &config.tls_ca_file,
+        &config.tls_client_cert,
+        &config.tls_client_key,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::metadata(path).map_err(|e| {
+            ServerError::Config(format!("cluster TLS file {}: {e}", path.display()))
+        })?;
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_client_cert, &config.tls_client_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(path) = &config.credentials_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ServerError::Config(format!("cluster.credentials_file {}: {e}", path.display()))
+        })?;
+        options = options.credentials(&text).map_err(|e| {
+            ServerError::Config(format!("cluster.credentials_file {}: {e}", path.display()))
+        })?;
+    }
+    let slow = counters.clone();
+    options = options.event_callback(move |event| {
+        let counters = slow.clone();
+        async move {
+            // The client logs every event itself; only what needs counting is handled.
+            if let Event::SlowConsumer(_)
+            | Event::ServerError(async_nats::ServerError::SlowConsumer(_)) = event
+            {
+                add(&counters.slow_consumers, 1);
+            }
+        }
+    });
+    Ok(options)
+}
+
 /// A node id unlikely to repeat: std's per-process random hash keys, the clock and the pid.
 fn random_node_id() -> String {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -517,6 +589,62 @@ async fn server_barrier(client: &Client, subject: String) {
             }
         }
     }
+}
+
+/// Holds this node's NATS queue subscription for group `group` of `channel` (queue name: the
+/// group's name) and hands each message NATS picks this node for to the local group.
+async fn receive_queue(
+    shared: Arc<Shared>,
+    client: Client,
+    channel: Channel,
+    group: String,
+    subject: String,
+    stop: CancellationToken,
+) {
+    let Some(cluster) = shared.cluster.as_ref() else {
+        return;
+    };
+    let mut subscription = tokio::select! {
+        _ = stop.cancelled() => return,
+        result = client.queue_subscribe(subject, group.clone()) => match result {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                tracing::warn!(%error, %channel, %group, "cluster: NATS queue subscribe failed");
+                return;
+            }
+        },
+    };
+    let server = crate::ServerHandle::from_shared(shared.clone());
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            message = subscription.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        add(&cluster.counters.received, 1);
+        let Ok(message) = lhttp_proto::Message::parse_with(message.payload, &shared.parser_limits)
+        else {
+            add(&cluster.counters.dropped, 1);
+            continue;
+        };
+        let env = crate::queue::Env::of(&server);
+        if shared
+            .queues
+            .offer_to_group(channel.as_str(), &group, &message, &env)
+            == crate::queue::Offer::Refused
+        {
+            // The requester is on another node: the refusal travels as the answer.
+            if let Some(reply_to) = message.header(crate::builtin::names::REPLY_TO) {
+                let refusal =
+                    crate::Rejection::unavailable("no responders: the queue group is full")
+                        .to_message(None);
+                let _ = server.publish_to(reply_to, &refusal);
+            }
+        }
+    }
+    // Dropping the subscription sends UNSUB.
 }
 
 /// Receives what other nodes send to this node's inboxes (replies to requests made here) and

@@ -150,16 +150,14 @@ pub(crate) async fn serve(
             .append(name, value)
             .expect("generated headers are valid");
     }
-    match server.publish(&message) {
-        Ok(report) if report.deliveries + report.queued == 0 => {
-            shared.requests.fail(
-                &address,
-                &Rejection::unavailable("the gateway's queue group is full"),
-                &shared.metrics,
-            );
-        }
-        Ok(_) => {}
-        Err(rejection) => return error_response(&rejection),
+    // The route's group is served by the workers connected to this node.
+    let (deliveries, queued) = server.publish_routed(&route.channel, &message, true);
+    if deliveries + queued == 0 {
+        shared.requests.fail(
+            &address,
+            &Rejection::unavailable("the gateway's queue group is full"),
+            &shared.metrics,
+        );
     }
     let Some(first) = receiver.recv().await else {
         return error_response(&Rejection::new(502, "the request ended without an answer"));

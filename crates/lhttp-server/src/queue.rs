@@ -107,6 +107,11 @@ impl QueueGroup {
         self.channel.as_str()
     }
 
+    /// The channel it serves, as a checked name.
+    pub(crate) fn channel_name(&self) -> &Channel {
+        &self.channel
+    }
+
     /// True while `connection` is a member.
     pub(crate) fn has_member(&self, connection: ConnectionId) -> bool {
         self.state
@@ -237,6 +242,7 @@ impl Queues {
         }
         self.pump(&group, &mut state, env);
         drop(state);
+        env.server.queue_interest_changed(&group);
         group
     }
 
@@ -259,7 +265,7 @@ impl Queues {
             let live_request = job
                 .reply_to
                 .as_deref()
-                .map(|address| env.requests.is_pending(address));
+                .map(|address| env.requests.may_be_pending(address));
             match (job.at_least_once, live_request) {
                 // Answered already: nothing to do again.
                 (_, Some(false)) => {}
@@ -273,14 +279,16 @@ impl Queues {
                 }
                 (false, Some(true)) => {
                     let address = job.reply_to.as_deref().expect("a request");
-                    env.requests.fail(
-                        address,
-                        &Rejection::new(
-                            502,
-                            "the worker handling the request disconnected before answering",
-                        ),
-                        env.metrics,
+                    let rejection = Rejection::new(
+                        502,
+                        "the worker handling the request disconnected before answering",
                     );
+                    if env.requests.is_local(address) {
+                        env.requests.fail(address, &rejection, env.metrics);
+                    } else {
+                        // The requester is on another node: the error travels as the answer.
+                        let _ = env.server.publish_to(address, &rejection.to_message(None));
+                    }
                 }
                 (false, None) => add(&env.metrics.queue_lost, 1),
             }
@@ -289,6 +297,7 @@ impl Queues {
         let empty = state.members.is_empty();
         let waiting = !state.waiting.is_empty();
         drop(state);
+        env.server.queue_interest_changed(group);
         if empty && !group.declared {
             if waiting {
                 self.reap_later(group.clone(), env);
@@ -345,26 +354,57 @@ impl Queues {
             Some(groups) => groups.clone(),
             None => return (0, 0),
         };
-        let reply_to = message
-            .header(names::REPLY_TO)
-            .filter(|address| is_inbox(address) && env.requests.is_pending(address))
-            .map(str::to_owned);
-        let at_least_once = wants_at_least_once(message);
-        let wait = Duration::from_millis(self.config.max_wait_ms);
         let (mut taken, mut refused) = (0, 0);
         for group in groups {
-            let job = Job {
-                message: message.clone(),
-                reply_to: reply_to.clone(),
-                at_least_once,
-                expires: Instant::now() + wait,
-            };
-            match self.offer_to(&group, job, env) {
+            match self.offer_job(&group, message, env) {
                 Offer::Refused => refused += 1,
                 Offer::Delivered | Offer::Queued => taken += 1,
             }
         }
         (taken, refused)
+    }
+
+    /// Offers `message` to group `name` of `channel` only (in a cluster, NATS picked this node
+    /// for it). Refused when the group does not exist here (its last member just left).
+    pub(crate) fn offer_to_group(
+        &self,
+        channel: &str,
+        name: &str,
+        message: &Message,
+        env: &Env<'_>,
+    ) -> Offer {
+        let group = self
+            .groups
+            .get(channel)
+            .and_then(|groups| groups.iter().find(|g| &*g.name == name).cloned());
+        match group {
+            Some(group) => self.offer_job(&group, message, env),
+            None => Offer::Refused,
+        }
+    }
+
+    /// Members of group `name` of `channel` on this node.
+    pub(crate) fn local_members(&self, channel: &str, name: &str) -> usize {
+        self.groups.get(channel).map_or(0, |groups| {
+            groups
+                .iter()
+                .find(|g| &*g.name == name)
+                .map_or(0, |g| g.member_count())
+        })
+    }
+
+    fn offer_job(&self, group: &Arc<QueueGroup>, message: &Message, env: &Env<'_>) -> Offer {
+        let reply_to = message
+            .header(names::REPLY_TO)
+            .filter(|address| is_inbox(address))
+            .map(str::to_owned);
+        let job = Job {
+            message: message.clone(),
+            reply_to,
+            at_least_once: wants_at_least_once(message),
+            expires: Instant::now() + Duration::from_millis(self.config.max_wait_ms),
+        };
+        self.offer_to(group, job, env)
     }
 
     fn offer_to(&self, group: &Arc<QueueGroup>, job: Job, env: &Env<'_>) -> Offer {
@@ -426,7 +466,7 @@ impl Queues {
         expire_waiting(state, env);
         while let Some(job) = state.waiting.pop_front() {
             if let Some(address) = &job.reply_to {
-                if !env.requests.is_pending(address) {
+                if !env.requests.may_be_pending(address) {
                     continue;
                 }
             }
@@ -508,6 +548,7 @@ impl Queues {
     }
 
     fn after_member_gone(&self, group: &Arc<QueueGroup>, env: &Env<'_>) {
+        env.server.queue_interest_changed(group);
         let (empty, waiting) = {
             let state = group.state.lock().expect("group lock");
             (state.members.is_empty(), !state.waiting.is_empty())
@@ -528,9 +569,11 @@ impl Queues {
 fn expire_waiting(state: &mut GroupState, env: &Env<'_>) {
     let now = Instant::now();
     while let Some(job) = state.waiting.front() {
+        // A request of this node ends with its own timer; one of another node (in a cluster)
+        // cannot be checked from here and waits at most `max_wait_ms`, as a plain message.
         let done = match &job.reply_to {
-            Some(address) => !env.requests.is_pending(address),
-            None => job.expires <= now,
+            Some(address) if env.requests.is_local(address) => !env.requests.is_pending(address),
+            _ => job.expires <= now,
         };
         if !done {
             break;

@@ -353,6 +353,17 @@ impl Requests {
         true
     }
 
+    /// True when `address` is an inbox of this node.
+    pub(crate) fn is_local(&self, address: &str) -> bool {
+        Requests::node_of(address) == Some(self.node.as_str())
+    }
+
+    /// False only when the request at `address` is known to have ended: requests of other
+    /// nodes (in a cluster) cannot be checked from here.
+    pub(crate) fn may_be_pending(&self, address: &str) -> bool {
+        !self.is_local(address) || self.is_pending(address)
+    }
+
     /// Forgets the request at `address` without answering it (its publish failed, and the
     /// failure is the answer).
     pub(crate) fn cancel(&self, address: &str) {

@@ -324,6 +324,17 @@ impl ServerHandle {
 
     /// Returns (local subscribers it was queued for, queue groups that took it).
     fn publish_checked(&self, channel: &str, message: &Message) -> (usize, usize) {
+        self.publish_routed(channel, message, false)
+    }
+
+    /// Publishes to `channel`; `local_groups_only` keeps the message on this node even in a
+    /// cluster (the HTTP gateway's routes are served by the workers of their own node).
+    pub(crate) fn publish_routed(
+        &self,
+        channel: &str,
+        message: &Message,
+        local_groups_only: bool,
+    ) -> (usize, usize) {
         let shared = &*self.shared;
         let metrics = &shared.metrics;
         add(&metrics.messages_published, 1);
@@ -338,13 +349,20 @@ impl ServerHandle {
             let delivery = shared.requests.deliver(channel, message, metrics);
             return (usize::from(delivery == InboxDelivery::Delivered), 0);
         }
-        let queued = if shared.queues.is_empty() {
+        // In a connected cluster, queue groups get their messages through NATS (which picks
+        // one node per group, this one included); otherwise this node's groups take them here.
+        let through_nats = shared
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.routes_queue_groups());
+        let queued = if shared.queues.is_empty() || (through_nats && !local_groups_only) {
             0
         } else {
             shared.queues.offer(channel, message, &Env::of(self)).0
         };
         let local = shared.hub.has_subscribers(channel);
-        let Some(cluster) = &shared.cluster else {
+        let cluster = shared.cluster.as_ref().filter(|_| !local_groups_only);
+        let Some(cluster) = cluster else {
             if !local {
                 return (0, queued);
             }
@@ -361,6 +379,14 @@ impl ServerHandle {
             return (0, queued);
         }
         (shared.hub.publish(channel, &frame(bytes), metrics), queued)
+    }
+
+    /// Called after a queue group's membership changed: a cluster node holds a NATS queue
+    /// subscription for the group while it has local members.
+    pub(crate) fn queue_interest_changed(&self, group: &crate::queue::QueueGroup) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.reconcile_queue(&self.shared, group.channel_name(), group.name());
+        }
     }
 
     /// Called when `channel` gained its first or lost its last local subscriber: a cluster

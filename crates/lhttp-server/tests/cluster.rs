@@ -596,3 +596,91 @@ async fn requests_are_answered_across_nodes() {
     let (status, _, _) = requester.recv_error().await;
     assert_eq!(status, 504);
 }
+
+/// Queue groups span the cluster: NATS picks one node per message, that node one member, so
+/// each message is handled exactly once by the workers of all nodes together; a request made
+/// on one node is served by a worker on another and answered across.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_groups_span_nodes_and_each_message_goes_to_one_worker() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url()).await;
+    let b = node(&nats.url()).await;
+    for server in [&a, &b] {
+        wait_connected(server, true).await;
+    }
+    let mut workers = Vec::new();
+    for server in [&a, &a, &b, &b] {
+        let mut worker = server.client().await;
+        let (ok, early) = worker
+            .request("LHTTP/1.0 sub\r\nsubscribe:jobs\r\nqueue:w\r\ncredit:5\r\n\r\n")
+            .await;
+        assert_eq!(ok.command(), "ok");
+        assert!(early.is_empty());
+        workers.push(worker);
+    }
+    nats.wait_subject_count("lhttp.ch.jobs", 2).await;
+
+    let mut publisher = a.client().await;
+    let total = 400;
+    for i in 0..total {
+        publisher.send(&chat("jobs", &format!("{i}"))).await;
+    }
+    let mut handles = Vec::new();
+    for (w, mut worker) in workers.into_iter().enumerate() {
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Ok(m) = tokio::time::timeout(Duration::from_millis(1500), worker.recv()).await
+            {
+                got.push(body(&m));
+                let id = m.header("delivery-id").unwrap().to_owned();
+                worker
+                    .send(&format!("LHTTP/1.0 ack\r\nack:{id}\r\n\r\n"))
+                    .await;
+            }
+            (w, got, worker)
+        }));
+    }
+    let mut seen = std::collections::HashMap::new();
+    let mut per_node = [0usize; 2];
+    let mut workers = Vec::new();
+    for handle in handles {
+        let (w, got, worker) = handle.await.unwrap();
+        per_node[w / 2] += got.len();
+        for b in got {
+            *seen.entry(b).or_insert(0) += 1;
+        }
+        workers.push(worker);
+    }
+    assert_eq!(seen.len(), total, "every message handled");
+    assert!(seen.values().all(|&n| n == 1), "exactly once");
+    assert!(
+        per_node.iter().all(|&n| n > 0),
+        "both nodes worked: {per_node:?}"
+    );
+
+    // A request made on a node whose workers are all gone is served by the other node's.
+    drop(workers.drain(..2));
+    nats.wait_subject_count("lhttp.ch.jobs", 1).await;
+    let mut requester = a.client().await;
+    requester
+        .send("LHTTP/1.0 ask\r\npublish:jobs\r\nreply-to:\r\nrequest-id:x1\r\n\r\nwork")
+        .await;
+    let mut served = false;
+    for worker in &mut workers {
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(500), worker.recv()).await {
+            let reply_to = m.header("reply-to").unwrap().to_owned();
+            let id = m.header("delivery-id").unwrap().to_owned();
+            worker
+                .send(&format!(
+                    "LHTTP/1.0 done\r\npublish:{reply_to}\r\nack:{id}\r\n\r\nfrom b"
+                ))
+                .await;
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a worker on node b got the request");
+    let answer = requester.recv().await;
+    assert_eq!(answer.header("request-id"), Some("x1"));
+    assert_eq!(body(&answer), "from b");
+}
