@@ -410,10 +410,12 @@ const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
  * Events (addEventListener, or on/off):
  * - `open`: a connection is established ({reconnected: boolean}); the subscriptions to restore
  *   and the frames queued while disconnected have been sent
- * - `reconnect`: after a reconnection, every subscription has been restored ({attempt})
+ * - `reconnect`: after a reconnection, every subscription and serve() membership has been
+ *   restored ({attempt})
  * - `close`: a connection (or an attempt) ended ({code, reason, willReconnect})
  * - `reconnecting`: the next attempt is scheduled ({attempt, delay} in milliseconds)
- * - `message`: any message that is not the answer to a request ({message})
+ * - `message`: any message that is neither the answer to a request nor a queue delivery taken
+ *   by serve() ({message})
  * - `error`: a transport error, an `error` message not tied to a request, an undecodable frame,
  *   a failed subscription, or an exception thrown by a handler ({error, source}: source is
  *   "transport", "server", "decode", "subscribe" or "handler")
@@ -1007,6 +1009,7 @@ export class LhttpClient extends EventTarget {
     this.#outbox = [];
     // Subscriptions still waiting for the server will not get an answer any more.
     for (const subscription of this.#subscriptions.values()) subscription.reject(new LhttpError(0, 'client closed'));
+    for (const worker of this.#workers.values()) worker.reject(new LhttpError(0, 'client closed'));
     if (this.#retryTimer) {
       clearTimeout(this.#retryTimer);
       this.#retryTimer = null;
