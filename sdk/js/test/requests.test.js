@@ -262,6 +262,34 @@ describe('requests and workers against lhttpd', () => {
     assert.deepEqual(stray, [], 'deliveries are not `message` events');
   });
 
+  test('a worker that disconnects mid-request: 502, or another worker with atLeastOnce', async () => {
+    const requester = await open();
+    const doomed = await connect(server.url);
+    let taken = 0;
+    await doomed.serve('fragile-pool', 'g', () => {
+      taken += 1;
+      return new Promise(() => {}); // never answers
+    });
+    const lost = rejection(requester.request('fragile-pool', 'once', { timeout: 20000 }));
+    await waitFor(() => taken === 1, { what: 'the first worker to take the request' });
+    await doomed.close();
+    const error = await lost;
+    assert.equal(error.status, 502);
+
+    const doomedAgain = await connect(server.url);
+    taken = 0;
+    await doomedAgain.serve('fragile-pool', 'g', () => {
+      taken += 1;
+      return new Promise(() => {});
+    });
+    const handedOn = requester.request('fragile-pool', 'again', { timeout: 20000, atLeastOnce: true });
+    await waitFor(() => taken === 1, { what: 'the second worker to take the request' });
+    const survivor = await open();
+    await survivor.serve('fragile-pool', 'g', (message) => `survivor did ${message.text}`);
+    await doomedAgain.close();
+    assert.equal((await handedOn).text, 'survivor did again');
+  });
+
   test('stop() leaves the group at once', async () => {
     const worker = await open();
     const requester = await open();
