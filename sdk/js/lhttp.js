@@ -679,7 +679,8 @@ export class LhttpClient extends EventTarget {
    *   channel form it is the server's timeout (`timeout` header), and the client waits a little
    *   longer, so that the server's 504 normally arrives first
    * @param {string} [options.command="request"] channel form: the command responders receive
-   * @param {any} [options.headers] channel form: more headers, after the request's own
+   * @param {any} [options.headers] channel form: more headers, after the request's own (names
+   *   of the request's own headers are ignored: use the options)
    * @param {boolean} [options.atLeastOnce=false] channel form: `delivery:at-least-once`, so a
    *   queue-group member that disconnects hands the request to another instead of a 502
    * @param {(message: Message) => void} [options.onPartial] called for each partial answer
@@ -698,7 +699,11 @@ export class LhttpClient extends EventTarget {
     if (!Number.isInteger(timeout) || timeout < 1) throw new TypeError('timeout must be a positive integer (ms)');
     const headers = [['publish', target], ['reply-to', ''], ['timeout', String(timeout)]];
     if (options?.atLeastOnce) headers.push(['delivery', 'at-least-once']);
-    const message = new Message(options?.command ?? 'request', [...headers, ...headerList(options?.headers)], bodyOrOptions ?? '');
+    // The request's own headers come from the arguments; the same names among `headers` would
+    // contradict them (the server acts on the first), so they are left out.
+    const own = new Set(['publish', 'reply-to', 'request-id', 'timeout', 'delivery']);
+    const extra = headerList(options?.headers).filter(([name]) => !own.has(name.toLowerCase()));
+    const message = new Message(options?.command ?? 'request', [...headers, ...extra], bodyOrOptions ?? '');
     // The server's timeout comes first; the client's own timer only catches a lost answer.
     return this.#ask(message, { wait: timeout + Math.max(1000, Math.round(timeout / 10)), onPartial });
   }
