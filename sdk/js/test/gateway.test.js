@@ -24,6 +24,12 @@ queue = "streamers"
 timeout_ms = 20000
 
 [[gateway]]
+path = "/restart/"
+channel = "http.restart"
+queue = "restarters"
+timeout_ms = 20000
+
+[[gateway]]
 path = "/later/"
 channel = "http.later"
 queue = "latecomers"
@@ -116,6 +122,34 @@ describe('HTTP gateway served by serve()', () => {
     clients.push(late);
     await late.serve('http.later', 'latecomers', (message) => `picked up ${message.header('path')}`);
     assert.deepEqual(await answered, [200, 'picked up /later/job']);
+  });
+
+  test('a worker restarted with drain() mid-load loses no HTTP request', async () => {
+    const first = await connect(server.url);
+    clients.push(first);
+    const oldWorker = await first.serve(
+      'http.restart',
+      'restarters',
+      async () => {
+        await sleep(20);
+        return 'old';
+      },
+      { credit: 4 },
+    );
+    const fetches = Array.from({ length: 40 }, (_, i) =>
+      fetch(`${server.http}/restart/${i}`).then(async (r) => [r.status, await r.text()]),
+    );
+    await sleep(50);
+    await oldWorker.drain(); // the requests it did not take wait in the group
+    const second = await connect(server.url);
+    clients.push(second);
+    await second.serve('http.restart', 'restarters', () => 'new', { credit: 4 });
+    const results = await Promise.all(fetches);
+    for (const [status, text] of results) {
+      assert.equal(status, 200);
+      assert.ok(text === 'old' || text === 'new', text);
+    }
+    assert.ok(results.some(([, text]) => text === 'new'), 'the new worker took over');
   });
 
   test('a handler that throws gives HTTP 500', async () => {
