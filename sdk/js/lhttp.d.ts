@@ -110,6 +110,71 @@ export interface PublishOptions {
 
 export type MessageHandler = (message: Message, client: LhttpClient) => void;
 
+/** Options of request(message, options). */
+export interface RequestOptions {
+  /** Milliseconds before a local timeout (default: the client's requestTimeout). */
+  timeout?: number;
+  /** Called for each answer with `partial:true` (a streamed reply); the last answer settles. */
+  onPartial?: (message: Message) => void;
+}
+
+/** Options of request(channel, body, options): a request to whoever serves the channel. */
+export interface ChannelRequestOptions extends RequestOptions {
+  /**
+   * The server's timeout in milliseconds (`timeout` header; default: the client's
+   * requestTimeout); the client waits a little longer, so the server's 504 comes first.
+   */
+  timeout?: number;
+  /** The command responders receive (default "request"). */
+  command?: string;
+  /** More headers, after the request's own. */
+  headers?: HeadersInit;
+  /** `delivery:at-least-once`: a queue-group member that leaves hands it on instead of a 502. */
+  atLeastOnce?: boolean;
+}
+
+/**
+ * What a serve() handler returns: a Message, `{status, command, headers, body}` (`status`
+ * becomes the `status` header; `http-<name>` headers are HTTP response headers for gateway
+ * requests), a body, or nothing (an empty reply). The command defaults to "reply".
+ */
+export type ReplyInit =
+  | Message
+  | { status?: number | string; command?: string; headers?: HeadersInit; body?: string | Uint8Array }
+  | string
+  | Uint8Array
+  | void
+  | null
+  | undefined;
+
+/** The second argument of a serve() handler. */
+export interface Reply {
+  /**
+   * Sends a partial reply (`partial:true`) before the final one, for streamed answers.
+   * Returns false when the delivery is not a request, or its connection has ended.
+   */
+  partial(answer: ReplyInit): boolean;
+  readonly client: LhttpClient;
+}
+
+/** Handles one queue-group delivery; what it returns (or resolves with) is the reply. */
+export type WorkHandler = (message: Message, reply: Reply) => ReplyInit | Promise<ReplyInit>;
+
+export interface ServeOptions {
+  /** Deliveries held (and handlers run) at once, 1 to the server's queues.max_credit (default 1). */
+  credit?: number;
+}
+
+/** A queue-group membership made by serve(). */
+export interface Worker {
+  readonly channel: string;
+  readonly queue: string;
+  /** Takes no new work; resolves at the server's `drained`, once the work in hand is answered. */
+  drain(): Promise<void>;
+  /** Leaves at once: what this member holds goes to another member (at-least-once) or gets 502. */
+  stop(): Promise<void>;
+}
+
 /** An event of LhttpClient; which properties are set depends on its type. */
 export class LhttpEvent extends Event {
   constructor(type: string, properties?: Record<string, unknown>);
@@ -147,7 +212,20 @@ export class LhttpClient extends EventTarget {
   /** Sends a message, or an encoded frame; queued while disconnected. */
   send(message: MessageInit | string | Uint8Array): void;
   /** Sends with a fresh request-id; resolves with the answer, rejects with LhttpError. */
-  request(message: MessageInit, options?: { timeout?: number }): Promise<Message>;
+  request(message: MessageInit, options?: RequestOptions): Promise<Message>;
+  /**
+   * A request to whoever serves `channel`: resolves with the reply; rejects with LhttpError
+   * (503 no responders, 504 timeout, 502 worker gone, a responder's `error`; 0 for local failures).
+   */
+  request(channel: string, body?: string | Uint8Array, options?: ChannelRequestOptions): Promise<Message>;
+  /** This connection's private inbox address (`_inbox.<hex>`); a new connection has a new one. */
+  inbox(): Promise<string>;
+  /**
+   * Joins queue group `queue` of `channel` and runs `handler` for each delivery (at most
+   * `credit` at once), replying and acknowledging; rejoins after reconnections. Resolves once
+   * the server confirmed the membership.
+   */
+  serve(channel: string, queue: string, handler: WorkHandler, options?: ServeOptions): Promise<Worker>;
   /** Resolves once the server confirmed the subscription. */
   subscribe(channel: string, handler: MessageHandler): Promise<void>;
   /** Removes one handler, or all; tells the server when none is left. */

@@ -410,10 +410,12 @@ const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
  * Events (addEventListener, or on/off):
  * - `open`: a connection is established ({reconnected: boolean}); the subscriptions to restore
  *   and the frames queued while disconnected have been sent
- * - `reconnect`: after a reconnection, every subscription has been restored ({attempt})
+ * - `reconnect`: after a reconnection, every subscription and serve() membership has been
+ *   restored ({attempt})
  * - `close`: a connection (or an attempt) ended ({code, reason, willReconnect})
  * - `reconnecting`: the next attempt is scheduled ({attempt, delay} in milliseconds)
- * - `message`: any message that is not the answer to a request ({message})
+ * - `message`: any message that is neither the answer to a request nor a queue delivery taken
+ *   by serve() ({message})
  * - `error`: a transport error, an `error` message not tied to a request, an undecodable frame,
  *   a failed subscription, or an exception thrown by a handler ({error, source}: source is
  *   "transport", "server", "decode", "subscribe" or "handler")
@@ -428,8 +430,9 @@ export class LhttpClient extends EventTarget {
   #attempt = 0;
   #retryTimer = null;
   #outbox = []; // frames sent while not connected, flushed after resubscribing
-  #pending = new Map(); // request-id -> {resolve, reject, timer}
+  #pending = new Map(); // request-id -> {resolve, reject, timer, wait, onPartial}
   #subscriptions = new Map(); // channel -> {handlers: Set, resolve, reject, promise}
+  #workers = new Map(); // workerKey(channel, queue) -> the state of one serve() loop
   // Request ids are unique per client, so that a published copy of another client's request
   // (which keeps its request-id) is never mistaken for an answer.
   #idPrefix = Math.random().toString(36).slice(2, 10);
@@ -531,6 +534,8 @@ export class LhttpClient extends EventTarget {
     // Subscriptions go before queued frames, so that a queued publish to a channel this client
     // subscribes to reaches it too.
     const restored = [...this.#subscriptions.keys()].map((channel) => this.#subscribeOnServer(channel));
+    // Queue-group membership ends with a connection, like subscriptions: join again.
+    for (const worker of this.#workers.values()) if (!worker.leaving) restored.push(this.#joinOnServer(worker));
     const outbox = this.#outbox;
     this.#outbox = [];
     for (const frame of outbox) this.#ws.send(frame);
@@ -553,6 +558,9 @@ export class LhttpClient extends EventTarget {
       this.#pending.delete(id);
       request.reject(new LhttpError(0, wasStopped ? 'client closed' : 'connection closed'));
     }
+    // Deliveries not started yet belong to the lost connection: the server has already answered
+    // them 502 or handed them to another member, and their ids mean nothing on the next one.
+    for (const worker of this.#workers.values()) worker.backlog = [];
     const willReconnect = this.#options.reconnect && !wasStopped;
     this.#emit('close', { code, reason, willReconnect });
     if (!willReconnect) {
@@ -583,6 +591,19 @@ export class LhttpClient extends EventTarget {
     const id = message.header('request-id');
     const request = id !== undefined && message.header('publish') === undefined && this.#pending.get(id);
     if (request) {
+      // `partial:true` announces more answers (a streamed reply): the request stays pending,
+      // and its deadline moves back like the server's does.
+      if (message.command !== 'error' && message.header('partial') === 'true') {
+        this.#armTimer(id, request);
+        if (request.onPartial) {
+          try {
+            request.onPartial(message);
+          } catch (error) {
+            this.#emit('error', { error, source: 'handler' });
+          }
+        }
+        return;
+      }
       this.#pending.delete(id);
       clearTimeout(request.timer);
       if (message.command === 'error') request.reject(errorFrom(message));
@@ -590,6 +611,16 @@ export class LhttpClient extends EventTarget {
       return;
     }
     const channel = message.header('publish');
+    // A queue-group delivery (`queue` and `delivery-id`, added by the server) belongs to the
+    // serve() loop of that group; a plain subscription of the same channel gets its own copy.
+    const group = message.header('queue');
+    if (channel !== undefined && group !== undefined && message.header('delivery-id') !== undefined) {
+      const worker = this.#workers.get(workerKey(channel, group));
+      if (worker) {
+        this.#delivered(worker, message);
+        return;
+      }
+    }
     if (message.command === 'error' && channel === undefined) {
       this.#emit('error', { error: errorFrom(message), source: 'server' });
     }
@@ -628,32 +659,265 @@ export class LhttpClient extends EventTarget {
   }
 
   /**
-   * Sends a message with a fresh `request-id` and waits for the server's answer.
+   * Sends a request and waits for its answer. Two forms:
    *
-   * @param {Message | {command: string, headers?: any, body?: string | Uint8Array}} message
-   * @param {{timeout?: number}} [options] milliseconds; default: the client's requestTimeout
-   * @returns {Promise<Message>} the answer (`ok`, or a processor's reply)
-   * @throws {LhttpError} the server's `error` answer (status, reason), or status 0 on timeout or
-   *   when the connection closes first
+   * - `request(message, {timeout, onPartial})`: sends `message` with a fresh `request-id` and
+   *   waits for the server's answer (`ok`, a processor's reply, or the terminal answer of a
+   *   request the message makes itself with `publish` and `reply-to`).
+   * - `request(channel, body, {timeout, headers, command, atLeastOnce, onPartial})`: a request
+   *   to whoever serves `channel` (subscribers or a queue group, see serve()): sends
+   *   `publish:<channel>`, `reply-to:`, `request-id` and `timeout:<ms>`, and resolves with the
+   *   one terminal answer the server guarantees.
+   *
+   * Answers with `partial:true` (a streamed reply) go to `onPartial(message)` and push the
+   * deadline back; the first answer without it settles the promise.
+   *
+   * @param {string | Message | {command: string, headers?: any, body?: string | Uint8Array}} target
+   * @param {any} [bodyOrOptions] the body (channel form) or the options (message form)
+   * @param {object} [options] channel form only
+   * @param {number} [options.timeout] milliseconds; default: the client's requestTimeout. In the
+   *   channel form it is the server's timeout (`timeout` header), and the client waits a little
+   *   longer, so that the server's 504 normally arrives first
+   * @param {string} [options.command="request"] channel form: the command responders receive
+   * @param {any} [options.headers] channel form: more headers, after the request's own (names
+   *   of the request's own headers are ignored: use the options)
+   * @param {boolean} [options.atLeastOnce=false] channel form: `delivery:at-least-once`, so a
+   *   queue-group member that disconnects hands the request to another instead of a 502
+   * @param {(message: Message) => void} [options.onPartial] called for each partial answer
+   * @returns {Promise<Message>} the answer
+   * @throws {LhttpError} the server's `error` answer (status, reason: 503 no responders, 504
+   *   timeout, 502 worker gone, or the responder's own `error` reply), or status 0 on a local
+   *   timeout or when the connection closes first
    */
-  request(message, options = {}) {
-    const timeout = options.timeout ?? this.#options.requestTimeout;
+  request(target, bodyOrOptions, options) {
+    if (typeof target !== 'string') {
+      const { timeout = this.#options.requestTimeout, onPartial } = bodyOrOptions ?? {};
+      return this.#ask(new Message(target.command, target.headers, target.body), { wait: timeout, onPartial });
+    }
+    checkChannel(target);
+    const { timeout = this.#options.requestTimeout, onPartial } = options ?? {};
+    if (!Number.isInteger(timeout) || timeout < 1) throw new TypeError('timeout must be a positive integer (ms)');
+    const headers = [['publish', target], ['reply-to', ''], ['timeout', String(timeout)]];
+    if (options?.atLeastOnce) headers.push(['delivery', 'at-least-once']);
+    // The request's own headers come from the arguments; the same names among `headers` would
+    // contradict them (the server acts on the first), so they are left out.
+    const own = new Set(['publish', 'reply-to', 'request-id', 'timeout', 'delivery']);
+    const extra = headerList(options?.headers).filter(([name]) => !own.has(name.toLowerCase()));
+    const message = new Message(options?.command ?? 'request', [...headers, ...extra], bodyOrOptions ?? '');
+    // The server's timeout comes first; the client's own timer only catches a lost answer.
+    return this.#ask(message, { wait: timeout + Math.max(1000, Math.round(timeout / 10)), onPartial });
+  }
+
+  /**
+   * Sends `message` with a fresh `request-id` and waits for the answer carrying it.
+   * `wait`: milliseconds before a local timeout (null: no local timeout).
+   */
+  #ask(message, { wait, onPartial }) {
     const id = `${this.#idPrefix}-${this.#nextId++}`;
-    const outgoing = new Message(message.command, message.headers, message.body).setHeader('request-id', id);
+    message.setHeader('request-id', id);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#pending.delete(id);
-        reject(new LhttpError(0, 'timeout'));
-      }, timeout);
-      this.#pending.set(id, { resolve, reject, timer });
+      const request = { resolve, reject, timer: null, wait, onPartial };
+      this.#pending.set(id, request);
+      this.#armTimer(id, request);
       try {
-        this.send(outgoing);
+        this.send(message);
       } catch (error) {
-        clearTimeout(timer);
+        clearTimeout(request.timer);
         this.#pending.delete(id);
         reject(error);
       }
     });
+  }
+
+  /** (Re)starts the local timeout of a pending request. */
+  #armTimer(id, request) {
+    clearTimeout(request.timer);
+    if (request.wait == null) return;
+    request.timer = setTimeout(() => {
+      this.#pending.delete(id);
+      request.reject(new LhttpError(0, 'timeout'));
+    }, request.wait);
+  }
+
+  /**
+   * Asks the server for this connection's private inbox address (`_inbox.<hex>`). Messages
+   * published to it reach this connection only, as `message` events with `publish:<address>`.
+   * A new connection (after a reconnection) has a new inbox.
+   *
+   * @returns {Promise<string>}
+   */
+  async inbox() {
+    const answer = await this.request(new Message('inbox'));
+    const address = answer.header('inbox');
+    if (!address) throw new LhttpError(0, 'no inbox address in the answer', answer);
+    return address;
+  }
+
+  /**
+   * Serves the requests and messages of `channel` as a member of queue group `queue`: each one
+   * published to the channel goes to one member of the group. For each delivery,
+   * `await handler(message, reply)` runs; what it returns is the reply, published to the
+   * request's `reply-to` together with the acknowledgement (`ack:<delivery-id>`); a message that
+   * is not a request is just acknowledged. A reply is a Message, `{status, command, headers,
+   * body}` (status becomes the `status` header; `http-<name>` headers are HTTP response headers
+   * for gateway requests), a string or bytes (the body), or nothing (an empty reply).
+   * `reply.partial(answer)` sends a partial reply (`partial:true`) first, for streamed answers.
+   * A handler that throws answers `error` with `status:500` and `reason:handler failed` (and
+   * an `error` event with source "handler" reports the exception).
+   *
+   * At most `credit` handlers run at once; the server hands out no more than that either. The
+   * membership is restored after every reconnection.
+   *
+   * @param {string} channel
+   * @param {string} queue the group's name: 1 to 128 letters, digits, `.`, `_`, `-`
+   * @param {(message: Message, reply: {partial: (answer: any) => boolean, client: LhttpClient}) => any} handler
+   * @param {{credit?: number}} [options] credit: deliveries held at once (default 1)
+   * @returns {Promise<{channel: string, queue: string, drain: () => Promise<void>, stop: () => Promise<void>}>}
+   *   once the server confirmed the membership; rejects with LhttpError if it refused
+   */
+  serve(channel, queue, handler, options = {}) {
+    checkChannel(channel);
+    if (typeof queue !== 'string' || !/^[A-Za-z0-9._-]{1,128}$/.test(queue)) {
+      throw new TypeError(`invalid queue group name: ${JSON.stringify(queue)}`);
+    }
+    if (typeof handler !== 'function') throw new TypeError('serve needs a handler function');
+    const credit = options.credit ?? 1;
+    if (!Number.isInteger(credit) || credit < 1) throw new TypeError('credit must be a positive integer');
+    const key = workerKey(channel, queue);
+    if (this.#workers.has(key)) throw new TypeError(`already serving ${channel} in group ${queue}`);
+    const worker = { channel, queue, credit, handler, running: 0, backlog: [], idle: [] };
+    worker.joined = new Promise((resolve, reject) => Object.assign(worker, { resolve, reject }));
+    worker.joined.catch(() => {}); // reported as an `error` event as well
+    worker.control = {
+      channel,
+      queue,
+      drain: () => this.#drainWorker(worker),
+      stop: () => this.#stopWorker(worker),
+    };
+    this.#workers.set(key, worker);
+    if (this.#state === 'open') this.#joinOnServer(worker);
+    return worker.joined.then(() => worker.control);
+  }
+
+  async #joinOnServer(worker) {
+    const { channel, queue, credit } = worker;
+    const message = new Message('subscribe', [['subscribe', channel], ['queue', queue], ['credit', String(credit)]]);
+    try {
+      await this.request(message);
+      worker.resolve();
+    } catch (error) {
+      if (error.reason === 'connection closed' || error.reason === 'client closed') return;
+      this.#forgetWorker(worker);
+      worker.reject(error);
+      this.#emit('error', { error, source: 'subscribe', channel });
+    }
+  }
+
+  #forgetWorker(worker) {
+    const key = workerKey(worker.channel, worker.queue);
+    if (this.#workers.get(key) === worker) this.#workers.delete(key);
+  }
+
+  /** Leaves the group once the work in hand is done: resolves at the server's `drained`. */
+  async #drainWorker(worker) {
+    if (worker.leaving) return worker.left;
+    // Deliveries already on their way still reach the handler (the server waits for their
+    // acknowledgements), but the group is not joined again after a reconnection.
+    worker.leaving = true;
+    const leave = async () => {
+      try {
+        if (this.#state !== 'open') return await this.#idle(worker);
+        const message = new Message('drain', [['drain', worker.channel], ['queue', worker.queue]]);
+        // `drained` comes when every delivery is acknowledged, however long the handlers take.
+        await this.#ask(message, { wait: null });
+      } finally {
+        this.#forgetWorker(worker);
+      }
+    };
+    worker.left = leave();
+    return worker.left;
+  }
+
+  /** Leaves the group now: the server hands what this member holds to others (or 502). */
+  async #stopWorker(worker) {
+    if (worker.stopped) return;
+    worker.leaving = true;
+    worker.stopped = true; // replies of handlers still running would come too late
+    worker.backlog = [];
+    try {
+      if (this.#state !== 'open') return;
+      await this.request(new Message('unsubscribe', [['unsubscribe', worker.channel], ['queue', worker.queue]]));
+    } finally {
+      this.#forgetWorker(worker);
+    }
+  }
+
+  #idle(worker) {
+    if (worker.running === 0) return Promise.resolve();
+    return new Promise((resolve) => worker.idle.push(resolve));
+  }
+
+  #delivered(worker, message) {
+    if (worker.stopped) return; // the server hands it to another member when we leave
+    const delivery = { message, connection: this.#connection };
+    if (worker.running < worker.credit) this.#work(worker, delivery);
+    else worker.backlog.push(delivery);
+  }
+
+  async #work(worker, { message, connection }) {
+    worker.running += 1;
+    const replyTo = message.header('reply-to');
+    const ack = message.header('delivery-id');
+    // Frames for a connection that has ended are dropped: its delivery ids mean nothing to the
+    // next connection, and the server has already answered or handed on the work.
+    const current = () => !worker.stopped && this.#connection === connection && this.#state === 'open';
+    let finished = false;
+    const reply = {
+      client: this,
+      partial: (answer) => {
+        if (finished) throw new Error('partial reply after the final reply');
+        if (replyTo === undefined || !current()) return false;
+        const partial = replyMessage(answer, replyTo);
+        partial.setHeader('partial', 'true');
+        this.send(partial);
+        return true;
+      },
+    };
+    let answer;
+    try {
+      answer = await worker.handler(message, reply);
+    } catch (error) {
+      this.#emit('error', { error, source: 'handler', channel: worker.channel });
+      answer = new Message('error', [['status', '500'], ['reason', 'handler failed']]);
+    }
+    finished = true;
+    try {
+      if (current()) {
+        let final;
+        if (replyTo === undefined) final = new Message('ack', [['ack', ack]]);
+        else {
+          final = replyMessage(answer, replyTo);
+          final.removeHeader('partial');
+          final.addHeader('ack', ack);
+        }
+        this.send(final);
+      }
+    } catch (error) {
+      // A reply that cannot be encoded: answer 500 rather than leave the requester waiting.
+      this.#emit('error', { error, source: 'handler', channel: worker.channel });
+      const failed = new Message('error', [['status', '500'], ['reason', 'invalid reply']]);
+      try {
+        if (replyTo !== undefined) this.send(replyMessage(failed, replyTo).addHeader('ack', ack));
+        else this.send(new Message('ack', [['ack', ack]]));
+      } catch {
+        // Closed meanwhile: nothing to acknowledge any more.
+      }
+    } finally {
+      worker.running -= 1;
+      const next = worker.backlog.shift();
+      if (next) this.#work(worker, next);
+      else if (worker.running === 0) for (const resolve of worker.idle.splice(0)) resolve();
+    }
   }
 
   /**
@@ -750,6 +1014,7 @@ export class LhttpClient extends EventTarget {
     this.#outbox = [];
     // Subscriptions still waiting for the server will not get an answer any more.
     for (const subscription of this.#subscriptions.values()) subscription.reject(new LhttpError(0, 'client closed'));
+    for (const worker of this.#workers.values()) worker.reject(new LhttpError(0, 'client closed'));
     if (this.#retryTimer) {
       clearTimeout(this.#retryTimer);
       this.#retryTimer = null;
@@ -766,6 +1031,34 @@ export class LhttpClient extends EventTarget {
       ws.close(code, reason);
     });
   }
+}
+
+function workerKey(channel, queue) {
+  return `${channel}\n${queue}`;
+}
+
+// Headers that the server acts on or sets itself: a reply carries none of them but its own
+// `publish` (the reply address) and `ack`, whatever a handler put in it.
+const ROUTING_HEADERS = new Set([
+  'publish', 'subscribe', 'unsubscribe', 'upstream', 'reply-to', 'request-id', 'queue',
+  'delivery-id', 'ack', 'credit', 'drain', 'delivery', 'timeout',
+]);
+
+/** A handler's answer (a Message, `{status, command, headers, body}`, a body, or nothing) as a reply to `replyTo`. */
+function replyMessage(answer, replyTo) {
+  let command = 'reply';
+  let headers = [];
+  let body = '';
+  if (answer instanceof Message) ({ command, headers, body } = answer);
+  else if (typeof answer === 'string' || answer instanceof Uint8Array || answer instanceof ArrayBuffer) body = answer;
+  else if (answer != null && typeof answer === 'object') {
+    command = answer.command ?? command;
+    headers = headerList(answer.headers);
+    body = answer.body ?? '';
+    if (answer.status !== undefined) headers = [['status', String(answer.status)], ...headers.filter(([n]) => n.toLowerCase() !== 'status')];
+  } else if (answer != null) body = String(answer);
+  const kept = headers.filter(([name]) => !ROUTING_HEADERS.has(name.toLowerCase()));
+  return new Message(command, [['publish', replyTo], ...kept], body);
 }
 
 function errorFrom(message) {

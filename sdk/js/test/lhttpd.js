@@ -5,9 +5,10 @@
 // even after a failed assertion, so no server outlives the test run.
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -58,17 +59,26 @@ export function nextEvent(target, type, timeout = 10000) {
 
 /**
  * Starts lhttpd on `port` (a free one by default) and waits until GET /healthz answers 200.
+ * `config`: TOML text written to a temporary file and passed with `--config` (e.g. gateway
+ * routes); the file is removed when the server stops.
  *
  * @returns {Promise<{port: number, url: string, http: string, stop: () => Promise<void>, output: () => string}>}
  *   `url` is the WebSocket URL, `http` the HTTP base URL; stop() kills the server (SIGKILL, like
  *   a crash) and waits for it to exit
  */
-export async function startLhttpd({ port, timeout = 10000 } = {}) {
+export async function startLhttpd({ port, timeout = 10000, config } = {}) {
   if (!existsSync(binary)) {
     throw new Error(`lhttpd not found at ${binary}: run \`cargo build --bin lhttpd\` or set LHTTPD_BIN`);
   }
   port ??= await freePort();
-  const child = spawn(binary, ['--listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = ['--listen', `127.0.0.1:${port}`];
+  let configDir;
+  if (config !== undefined) {
+    configDir = mkdtempSync(join(tmpdir(), 'lhttpd-test-'));
+    writeFileSync(join(configDir, 'lhttpd.toml'), config);
+    args.push('--config', join(configDir, 'lhttpd.toml'));
+  }
+  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   running.add(child);
   let output = '';
   const collect = (chunk) => {
@@ -77,7 +87,10 @@ export async function startLhttpd({ port, timeout = 10000 } = {}) {
   child.stdout.on('data', collect);
   child.stderr.on('data', collect);
   const exited = new Promise((r) => child.once('exit', r));
-  exited.then(() => running.delete(child));
+  exited.then(() => {
+    running.delete(child);
+    if (configDir) rmSync(configDir, { recursive: true, force: true });
+  });
 
   const http = `http://127.0.0.1:${port}`;
   const server = {
