@@ -28,16 +28,37 @@ fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
-/// Headers a subscriber never sees.
+/// Headers a subscriber never sees: they acted on the publisher's connection, or only the
+/// server may set them (a publisher must not be able to forge a queue delivery).
 fn is_stripped(name: &str) -> bool {
-    name.eq_ignore_ascii_case(names::SUBSCRIBE)
-        || name.eq_ignore_ascii_case(names::UNSUBSCRIBE)
-        || name.eq_ignore_ascii_case(names::UPSTREAM)
+    [
+        names::SUBSCRIBE,
+        names::UNSUBSCRIBE,
+        names::UPSTREAM,
+        names::QUEUE,
+        names::DELIVERY_ID,
+        names::CREDIT,
+        names::ACK,
+        names::DRAIN,
+    ]
+    .iter()
+    .any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// Encodes the copy of `message` that subscribers of `channel` receive.
 pub(crate) fn encode_for_channel(message: &Message, channel: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(message.encoded_len() + channel.len());
+    encode_for_channel_with(message, channel, &[])
+}
+
+/// [`encode_for_channel`] with `extra` headers after the publisher's (the server's own, such
+/// as a queue delivery's `queue` and `delivery-id`).
+pub(crate) fn encode_for_channel_with(
+    message: &Message,
+    channel: &str,
+    extra: &[(&str, &str)],
+) -> Bytes {
+    let extra_len: usize = extra.iter().map(|(n, v)| n.len() + v.len() + 3).sum();
+    let mut buf = BytesMut::with_capacity(message.encoded_len() + channel.len() + extra_len);
     buf.put_slice(PREFIX);
     buf.put_slice(message.command().as_bytes());
     buf.put_slice(b"\r\n");
@@ -65,6 +86,12 @@ pub(crate) fn encode_for_channel(message: &Message, channel: &str) -> Bytes {
         buf.put_slice(names::PUBLISH.as_bytes());
         buf.put_u8(b':');
         buf.put_slice(channel.as_bytes());
+        buf.put_slice(b"\r\n");
+    }
+    for (name, value) in extra {
+        buf.put_slice(name.as_bytes());
+        buf.put_u8(b':');
+        buf.put_slice(value.as_bytes());
         buf.put_slice(b"\r\n");
     }
     buf.put_slice(b"\r\n");

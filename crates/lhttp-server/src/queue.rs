@@ -40,7 +40,7 @@ use crate::{
     connection::ConnectionId,
     metrics::{Metrics, add},
     outbox::{Outbox, frame},
-    publish::encode_for_channel,
+    publish::encode_for_channel_with,
     request::{Requests, is_inbox},
 };
 
@@ -585,15 +585,15 @@ fn expire_waiting(state: &mut GroupState, env: &Env<'_>) {
     }
 }
 
-/// The bytes a member receives: the published copy, plus `queue` and `delivery-id`.
+/// The bytes a member receives: the published copy (whose own `queue` and `delivery-id`
+/// headers, if a publisher sent any, are stripped), plus the real ones.
 fn delivery_bytes(message: &Message, group: &QueueGroup, id: u64) -> bytes::Bytes {
-    let mut copy = message.clone();
-    let headers = copy.headers_mut();
-    headers.remove(names::DELIVERY_ID);
-    headers.remove(names::QUEUE);
-    let _ = headers.append(names::QUEUE, group.name.to_string());
-    let _ = headers.append(names::DELIVERY_ID, id.to_string());
-    encode_for_channel(&copy, group.channel.as_str())
+    let id = id.to_string();
+    encode_for_channel_with(
+        message,
+        group.channel.as_str(),
+        &[(names::QUEUE, &group.name), (names::DELIVERY_ID, &id)],
+    )
 }
 
 /// What a member gets when its drain is complete.

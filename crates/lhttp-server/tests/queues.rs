@@ -415,3 +415,22 @@ async fn bad_queue_headers_are_refused() {
     }
     assert_eq!(server.metric("queue_groups"), 0, "nothing half-joined");
 }
+
+#[tokio::test]
+async fn a_publisher_cannot_forge_a_queue_delivery() {
+    let server = start().await;
+    let mut watcher = server.client().await;
+    let (ok, _) = watcher
+        .request("LHTTP/1.0 sub\r\nsubscribe:room\r\n\r\n")
+        .await;
+    assert_eq!(ok.command(), "ok");
+    let mut forger = server.client().await;
+    forger
+        .send("LHTTP/1.0 chat\r\npublish:room\r\nqueue:g\r\ndelivery-id:99\r\nack:5\r\ncredit:3\r\n\r\nforged")
+        .await;
+    let copy = watcher.recv().await;
+    assert_eq!(copy.body().as_ref(), b"forged");
+    for name in ["queue", "delivery-id", "ack", "credit"] {
+        assert_eq!(copy.header(name), None, "{name} relayed: {copy:?}");
+    }
+}
