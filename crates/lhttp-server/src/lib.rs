@@ -16,6 +16,9 @@
 //! - `cluster`: the NATS side of the broker seam, present only when `[cluster] nats` is set:
 //!   channels with local subscribers are subscribed in NATS, and publishes are also sent there
 //!   for the other nodes.
+//! - `request`: inboxes and requests (`reply-to`), each ending with exactly one terminal
+//!   answer; `queue`: queue groups (work queues with credit, acks, at-least-once hand-over,
+//!   drain); `gateway`: HTTP requests under `[[gateway]]` paths as requests to a queue group.
 //! - [`Config`], [`Metrics`], [`Rejection`] (the `error` answer), [`Channel`] (name rules).
 //!
 //! ```no_run
