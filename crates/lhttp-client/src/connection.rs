@@ -643,12 +643,23 @@ impl Registry {
             }
             return None;
         }
+        self.unsubscribe_frame(last.join(" "), None, answer)
+    }
+
+    /// The `unsubscribe` frame for `channels` (of queue group `group`, if given), registered
+    /// so that `answer` hears the server's confirmation.
+    fn unsubscribe_frame(
+        &mut self,
+        channels: String,
+        group: Option<String>,
+        answer: Option<oneshot::Sender<Result<(), Error>>>,
+    ) -> Option<tungstenite::Message> {
         let request_id = self.internal_id("unsub");
-        let message = Message::builder("unsubscribe")
-            .header("unsubscribe", last.join(" "))
-            .header(REQUEST_ID, request_id.clone())
-            .build();
-        match message {
+        let mut message = Message::builder("unsubscribe").header("unsubscribe", channels);
+        if let Some(group) = group {
+            message = message.header(QUEUE, group);
+        }
+        match message.header(REQUEST_ID, request_id.clone()).build() {
             Ok(message) => {
                 self.add_pending(request_id, Pending::Unsubscribe(answer));
                 Some(frame(&message))
@@ -670,24 +681,7 @@ impl Registry {
     ) -> Option<tungstenite::Message> {
         self.by_queue
             .remove(&(worker.channel.clone(), worker.group.clone()));
-        let request_id = self.internal_id("leave");
-        let message = Message::builder("unsubscribe")
-            .header("unsubscribe", worker.channel)
-            .header(QUEUE, worker.group)
-            .header(REQUEST_ID, request_id.clone())
-            .build();
-        match message {
-            Ok(message) => {
-                self.add_pending(request_id, Pending::Unsubscribe(answer));
-                Some(frame(&message))
-            }
-            Err(e) => {
-                if let Some(answer) = answer {
-                    let _ = answer.send(Err(e.into()));
-                }
-                None
-            }
-        }
+        self.unsubscribe_frame(worker.channel, Some(worker.group), answer)
     }
 
     /// `subscribe` messages for every channel held and every queue group joined, registered
