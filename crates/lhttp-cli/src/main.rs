@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_latency;
+mod bench_requests;
 mod format;
 mod session;
 
@@ -210,6 +211,38 @@ enum Scenario {
         /// The channel.
         #[arg(long, default_value = "bench")]
         channel: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Workers join a queue group and echo requests; one requester keeps K requests in flight
+    /// over WebSocket (or, with --http, as POSTs to a gateway route serving that group) and
+    /// checks every answer. Prints requests/s and round-trip percentiles.
+    Requests {
+        /// A gateway route's URL (its channel and queue must be --channel and --queue).
+        #[arg(long, value_name = "URL")]
+        http: Option<String>,
+        /// Number of workers.
+        #[arg(short, long, default_value_t = 2)]
+        workers: usize,
+        /// Requests each worker holds at once.
+        #[arg(long, default_value_t = 64)]
+        credit: usize,
+        /// Requests in flight.
+        #[arg(short = 'k', long, default_value_t = 64)]
+        concurrency: usize,
+        /// Requests to send.
+        #[arg(short = 'n', long, default_value_t = 100_000)]
+        count: u64,
+        /// Body size in bytes (at least 12).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// The channel the workers serve.
+        #[arg(long, default_value = "bench.requests")]
+        channel: String,
+        /// The queue group of the workers.
+        #[arg(long, default_value = "bench")]
+        queue: String,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -465,6 +498,35 @@ async fn run(cli: Cli) -> Result<()> {
                 count,
                 size,
                 channel,
+                timeout,
+            })
+            .await?;
+            print_report(json, report.json(), report.table(), report.is_clean())
+        }
+        Some(Command::Bench {
+            scenario:
+                Scenario::Requests {
+                    http,
+                    workers,
+                    credit,
+                    concurrency,
+                    count,
+                    size,
+                    channel,
+                    queue,
+                    json,
+                },
+        }) => {
+            let report = bench_requests::requests(bench_requests::Requests {
+                url: cli.url,
+                http,
+                channel,
+                queue,
+                workers,
+                credit,
+                concurrency,
+                count,
+                size,
                 timeout,
             })
             .await?;

@@ -56,3 +56,54 @@ async fn request_with_no_responder_exits_1_with_503() {
         "{done:?}"
     );
 }
+
+#[tokio::test]
+async fn bench_requests_checks_every_answer_over_websocket_and_the_gateway() {
+    let mut config = lhttp_server::Config::default();
+    config.gateway.push(lhttp_server::GatewayRoute {
+        path: "/api/".into(),
+        channel: "bench.requests".into(),
+        queue: "bench".into(),
+        timeout_ms: 10_000,
+        at_least_once: false,
+    });
+    let server = common::start_with(config).await;
+    let url = server.url();
+    let http = format!("http://{}/api/echo", server.addr);
+    for extra in [vec![], vec!["--http", http.as_str()]] {
+        let mut args = vec![
+            "--url", &url, "bench", "requests", "-n", "400", "-k", "16", "-w", "2", "--credit",
+            "4", "--json",
+        ];
+        args.extend(extra.iter().copied());
+        let done = run(lhttp(&args), b"").await;
+        assert_eq!(done.code, Some(0), "{extra:?}: {done:?}");
+        let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).unwrap();
+        assert_eq!(report["answered"], 400, "{report}");
+        assert_eq!(report["corrupted"], 0, "{report}");
+        assert_eq!(report["duplicated"], 0, "{report}");
+        assert_eq!(report["unanswered"], 0, "{report}");
+        assert!(report["requests_per_sec"].as_f64().unwrap() > 0.0);
+    }
+    // Nobody serves the channel: every request is answered 503, and the run says so (exit 1).
+    let done = run(
+        lhttp(&[
+            "--url",
+            &url,
+            "bench",
+            "requests",
+            "-n",
+            "20",
+            "-w",
+            "0",
+            "--channel",
+            "nobody",
+            "--json",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(1), "{done:?}");
+    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).unwrap();
+    assert_eq!(report["errors"]["503"], 20, "{report}");
+}

@@ -27,11 +27,14 @@ impl Drop for TestServer {
 }
 
 pub async fn start() -> TestServer {
+    start_with(Config::default()).await
+}
+
+/// A server with `config` on a free port.
+pub async fn start_with(config: Config) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
-    let server = Server::builder(Config::default())
-        .build()
-        .expect("server builds");
+    let server = Server::builder(config).build().expect("server builds");
     let handle = server.handle();
     let task = tokio::spawn(async move {
         server
