@@ -9,8 +9,9 @@ use crate::Extensions;
 use lhttp_proto::Message;
 
 use crate::{
-    Channel, Rejection, ServerHandle,
+    Channel, Rejection, ServerHandle, User,
     outbox::{Outbox, SendError, frame},
+    permissions::{self, Grants},
 };
 
 /// A connection's number, unique for the life of the server process.
@@ -46,6 +47,11 @@ pub struct Connection {
     server: ServerHandle,
     /// Upstream calls in flight, created at the first call so idle connections pay nothing.
     upstream_slots: Option<Arc<Semaphore>>,
+    /// The authenticated user; boxed so an anonymous connection pays one pointer.
+    user: Option<Box<User>>,
+    /// What this connection may subscribe and publish to; `None`: anything (no rules), so an
+    /// unrestricted node never matches patterns. Shared by every anonymous connection.
+    grants: Option<Arc<Grants>>,
 }
 
 impl fmt::Debug for Connection {
@@ -73,7 +79,66 @@ impl Connection {
             outbox,
             server,
             upstream_slots: None,
+            user: None,
+            grants: None,
         }
+    }
+
+    /// Sets who this connection is (`None`: anonymous) and what it may do, and drops any
+    /// subscription the new identity may not hold, so nothing keeps flowing to a connection
+    /// that lost the right to it.
+    pub(crate) fn set_user(&mut self, user: Option<User>) {
+        let permissions = &self.server.shared().permissions;
+        self.grants = match &user {
+            Some(user) => permissions.grants_for(Some(user)),
+            None => permissions.anonymous(),
+        };
+        self.user = user.map(Box::new);
+        if let Some(grants) = self.grants.clone() {
+            let lost: Vec<Channel> = self
+                .subscriptions
+                .iter()
+                .filter(|c| !grants.may_subscribe(c.as_str()))
+                .cloned()
+                .collect();
+            for channel in lost {
+                self.unsubscribe(channel.as_str());
+            }
+        }
+    }
+
+    /// The authenticated user, or `None` for an anonymous connection.
+    pub fn user(&self) -> Option<&User> {
+        self.user.as_deref()
+    }
+
+    /// True when the channel rules let this connection subscribe to `channel`.
+    pub fn may_subscribe(&self, channel: &str) -> bool {
+        self.grants
+            .as_ref()
+            .is_none_or(|g| g.may_subscribe(channel))
+    }
+
+    /// True when the channel rules let this connection publish to `channel`.
+    pub fn may_publish(&self, channel: &str) -> bool {
+        self.grants.as_ref().is_none_or(|g| g.may_publish(channel))
+    }
+
+    /// Refuses (403) the whole list when the rules deny any channel of it.
+    pub(crate) fn check_publish<'a>(
+        &self,
+        channels: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Rejection> {
+        match &self.grants {
+            None => Ok(()),
+            Some(grants) => {
+                permissions::check_publish(grants, channels).inspect_err(|_| self.count_denial())
+            }
+        }
+    }
+
+    fn count_denial(&self) {
+        crate::metrics::add(&self.server.shared().metrics.permission_denials, 1);
     }
 
     /// A slot for one more upstream call, or `None` when `max` are in flight.
@@ -133,8 +198,8 @@ impl Connection {
         self.subscriptions.contains(channel)
     }
 
-    /// Subscribes to every channel in `channels`, or to none of them: names are checked and the
-    /// subscription limit applied before anything changes. Already subscribed channels are
+    /// Subscribes to every channel in `channels`, or to none of them: names, the channel rules
+    /// (403) and the subscription limit are checked before anything changes. Already subscribed channels are
     /// left as they are, so subscribing twice delivers once.
     pub fn subscribe<'a>(
         &mut self,
@@ -147,6 +212,10 @@ impl Connection {
             {
                 new.push(Channel::new(name)?);
             }
+        }
+        if let Some(grants) = &self.grants {
+            permissions::check_subscribe(grants, new.iter().map(Channel::as_str))
+                .inspect_err(|_| self.count_denial())?;
         }
         let max = self.server.shared().config.limits.max_subscriptions;
         if self.subscriptions.len() + new.len() > max {

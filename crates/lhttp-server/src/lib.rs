@@ -16,6 +16,8 @@
 //! - `cluster`: the NATS side of the broker seam, present only when `[cluster] nats` is set:
 //!   channels with local subscribers are subscribed in NATS, and publishes are also sent there
 //!   for the other nodes.
+//! - `auth` and `permissions`: JWT verification ([`User`]) and channel rules, checked at the
+//!   upgrade, on the `auth` command, and by the subscribe and publish built-ins.
 //! - [`Config`], [`Metrics`], [`Rejection`] (the `error` answer), [`Channel`] (name rules).
 //!
 //! ```no_run
@@ -39,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod builtin;
@@ -53,6 +56,7 @@ mod http;
 mod hub;
 mod metrics;
 mod outbox;
+mod permissions;
 mod processor;
 mod publish;
 mod rejection;
@@ -61,8 +65,9 @@ mod session;
 pub mod upstream;
 
 pub use async_trait::async_trait;
+pub use auth::{AuthError, User};
 pub use channel::{Channel, MAX_CHANNEL_LEN};
-pub use config::{ClusterConfig, Config, Limits, UpstreamConfig};
+pub use config::{AuthConfig, ChannelRule, ClusterConfig, Config, Limits, UpstreamConfig};
 pub use connection::{Connection, ConnectionHandle, ConnectionId};
 pub use context::Context;
 pub use extensions::Extensions;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub(crate) http_publish_requests: AtomicU64,
     pub(crate) upstream_calls: AtomicU64,
     pub(crate) upstream_failures: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) permission_denials: AtomicU64,
 }
 
 /// Gauges read from the hub at scrape time.
@@ -65,7 +67,17 @@ impl Metrics {
             "Subscriptions of local connections.",
             gauges.subscriptions,
         );
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
+            (
+                "auth_failures_total",
+                "Tokens refused (at the upgrade or in an auth message).",
+                &self.auth_failures,
+            ),
+            (
+                "permission_denials_total",
+                "Subscribes and publishes refused by the channel rules (403).",
+                &self.permission_denials,
+            ),
             (
                 "connections_opened_total",
                 "WebSocket connections accepted.",

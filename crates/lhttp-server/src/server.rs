@@ -14,11 +14,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
+    auth::Verifier,
     builtin::{self, names},
     channel,
     cluster::Cluster,
     metrics::{Gauges, add},
     outbox::frame,
+    permissions::Permissions,
     publish::encode_for_channel,
     upstream::Upstream,
 };
@@ -64,6 +66,10 @@ pub(crate) struct Shared {
     /// The broker seam: `None` on a single node, where publishing is local fan-out only and
     /// no NATS code runs; the NATS membership when `[cluster] nats` is set.
     pub(crate) cluster: Option<Cluster>,
+    /// Token verification keys, read once at build.
+    pub(crate) verifier: Verifier,
+    /// The compiled `[[auth.rules]]`.
+    pub(crate) permissions: Permissions,
 }
 
 /// Builds a [`Server`]: configuration, processors, filters.
@@ -100,6 +106,9 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, ServerError> {
         self.config.limits.validate().map_err(ServerError::Config)?;
         self.config.server.validate().map_err(ServerError::Config)?;
+        self.config.auth.validate().map_err(ServerError::Config)?;
+        let verifier = Verifier::new(&self.config.auth).map_err(ServerError::Config)?;
+        let permissions = Permissions::new(&self.config.auth).map_err(ServerError::Config)?;
         let mut processors = HashMap::new();
         let mut processor_order = Vec::new();
         for (command, processor) in self.processors {
@@ -131,6 +140,8 @@ impl ServerBuilder {
             None
         };
         let shared = Shared {
+            verifier,
+            permissions,
             cluster,
             upstream,
             parser_limits: limits.parser(),
