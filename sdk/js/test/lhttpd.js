@@ -58,17 +58,21 @@ export function nextEvent(target, type, timeout = 10000) {
 
 /**
  * Starts lhttpd on `port` (a free one by default) and waits until GET /healthz answers 200.
+ * `env` adds environment variables, e.g. configuration overrides `LHTTPD_AUTH__ANONYMOUS`.
  *
  * @returns {Promise<{port: number, url: string, http: string, stop: () => Promise<void>, output: () => string}>}
  *   `url` is the WebSocket URL, `http` the HTTP base URL; stop() kills the server (SIGKILL, like
  *   a crash) and waits for it to exit
  */
-export async function startLhttpd({ port, timeout = 10000 } = {}) {
+export async function startLhttpd({ port, timeout = 10000, env = {} } = {}) {
   if (!existsSync(binary)) {
     throw new Error(`lhttpd not found at ${binary}: run \`cargo build --bin lhttpd\` or set LHTTPD_BIN`);
   }
   port ??= await freePort();
-  const child = spawn(binary, ['--listen', `127.0.0.1:${port}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(binary, ['--listen', `127.0.0.1:${port}`], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
   running.add(child);
   let output = '';
   const collect = (chunk) => {
