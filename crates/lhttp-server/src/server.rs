@@ -32,7 +32,8 @@ pub enum ServerError {
     /// A configuration value is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A processor was registered for a name that cannot be a command.
+    /// A processor was registered for a name that cannot be a command, or for `auth`, which
+    /// the server handles itself.
     #[error("invalid command name {0:?}")]
     InvalidCommand(String),
     /// Two processors were registered for the same command.
@@ -112,7 +113,8 @@ impl ServerBuilder {
         let mut processors = HashMap::new();
         let mut processor_order = Vec::new();
         for (command, processor) in self.processors {
-            if !lhttp_proto::is_valid_command(&command) {
+            // `auth` is answered by the server itself (see session.rs), before any processor.
+            if !lhttp_proto::is_valid_command(&command) || command == "auth" {
                 return Err(ServerError::InvalidCommand(command));
             }
             if processors.contains_key(&command) {

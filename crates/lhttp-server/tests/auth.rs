@@ -317,6 +317,16 @@ fn anonymous_off_without_a_key_is_a_config_error() {
     assert!(error.to_string().contains("needs a key"), "{error}");
 }
 
+#[test]
+fn auth_is_reserved_for_the_server() {
+    let error = Server::builder(Config::default())
+        .processor("auth", WhoAmI)
+        .build()
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("auth"), "{error}");
+}
+
 #[tokio::test]
 async fn the_auth_time_limit_does_not_wait_for_silence_to_end() {
     // A client that keeps sending (refused) messages is still closed at the limit.
