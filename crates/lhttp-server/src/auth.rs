@@ -64,6 +64,10 @@ impl User {
     }
 }
 
+/// The latest expiry honoured (the end of year 9999, in seconds since the epoch); a later `exp`
+/// counts as this one.
+const LATEST_EXP: u64 = 253_402_300_799;
+
 /// Why a token was refused. The text is the `reason` the client gets; it never echoes the token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -240,7 +244,9 @@ fn user_from_claims(claims: Map<String, Value>) -> Result<User, AuthError> {
     let expires_at = claims
         .get("exp")
         .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)))
-        .ok_or_else(|| AuthError::Claim("exp must be a number".into()))?;
+        .ok_or_else(|| AuthError::Claim("exp must be a number".into()))?
+        // Far-future values would overflow time arithmetic; no token needs to outlive this.
+        .min(LATEST_EXP);
     let roles = match claims.get("roles") {
         None | Some(Value::Null) => Vec::new(),
         Some(value) => strings(value)
@@ -467,6 +473,16 @@ mod tests {
         })
         .unwrap_err();
         assert!(error.contains("32 bytes"), "{error}");
+    }
+
+    #[test]
+    fn an_absurd_expiry_is_clamped_not_overflowed() {
+        let v = verifier(|_| {});
+        let user = v.verify(&hs(json!({"sub": "a", "exp": u64::MAX}))).unwrap();
+        assert_eq!(
+            user.expires_at(),
+            UNIX_EPOCH + Duration::from_secs(LATEST_EXP)
+        );
     }
 
     #[test]

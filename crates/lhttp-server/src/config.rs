@@ -143,6 +143,10 @@ impl AuthConfig {
         if self.auth_timeout_ms == 0 {
             return Err("auth.auth_timeout_ms must be greater than 0".into());
         }
+        // Skew is seconds to minutes; a day would make expiry meaningless.
+        if self.leeway_secs > 86_400 {
+            return Err("auth.leeway_secs must be at most 86400".into());
+        }
         for rule in &self.rules {
             crate::permissions::Pattern::parse(&rule.channels)
                 .map_err(|e| format!("auth.rules channels {:?}: {e}", rule.channels))?;

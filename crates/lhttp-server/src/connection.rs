@@ -108,6 +108,9 @@ impl Connection {
     }
 
     /// The authenticated user, or `None` for an anonymous connection.
+    ///
+    /// A client that authenticates with the `auth` message does so after the open hooks ran:
+    /// `on_open` sees `None` then; the user is set before the next message is handled.
     pub fn user(&self) -> Option<&User> {
         self.user.as_deref()
     }

@@ -195,11 +195,15 @@ impl SignIn {
 
 /// The instant a connection authenticated as `user` must be closed.
 fn expiry(shared: &Shared, user: &User) -> Instant {
-    let until = user.expires_at() + Duration::from_secs(shared.verifier.leeway());
-    let left = until
+    let left = user
+        .expires_at()
         .duration_since(std::time::SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Instant::now() + left
+        .unwrap_or(Duration::ZERO)
+        + Duration::from_secs(shared.verifier.leeway());
+    // A clamped `exp` is still centuries away: never reached, but it must not overflow.
+    Instant::now()
+        .checked_add(left)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Completes when `deadline` passes; never when there is none.
