@@ -142,6 +142,12 @@ impl Access {
         }
     }
 
+    fn extend_from(&mut self, pattern: Option<Pattern>) {
+        if let Some(p) = pattern {
+            self.add(p);
+        }
+    }
+
     fn allows(&self, channel: &str) -> bool {
         self.everything || self.patterns.iter().any(|p| p.matches(channel))
     }
@@ -256,14 +262,6 @@ impl Permissions {
             }
         }
         Some(Arc::new(grants))
-    }
-}
-
-impl Access {
-    fn extend_from(&mut self, pattern: Option<Pattern>) {
-        if let Some(p) = pattern {
-            self.add(p);
-        }
     }
 }
 

@@ -27,7 +27,9 @@ use tokio_tungstenite::{
     tungstenite::{self, error::CapacityError},
 };
 
-use tokio::time::Instant;
+use std::pin::Pin;
+
+use tokio::time::{Instant, Sleep};
 
 use crate::{
     Connection, Context, Rejection, ServerHandle, User,
@@ -174,21 +176,34 @@ async fn close(shared: &Shared, connection: &mut Connection) {
     connection.unsubscribe_all();
 }
 
-/// The authentication state of one connection, kept by its reading task.
+/// The authentication state of one connection, kept by its reading task. The timers are
+/// created once and polled in place (not re-armed per message), and only when needed: an
+/// anonymous connection on an open server holds two empty options.
 struct SignIn {
-    /// Until a valid token arrives, only `auth` is accepted; closed at this instant.
-    required_by: Option<Instant>,
-    /// The token's `exp` plus the leeway: the connection is closed then unless refreshed.
-    expires: Option<Instant>,
+    /// Set until a valid token arrives (only `auth` is accepted meanwhile); fires at the
+    /// authentication deadline.
+    required_by: Option<Pin<Box<Sleep>>>,
+    /// Fires at the token's `exp` plus the leeway, unless a refresh moved it.
+    expires: Option<Pin<Box<Sleep>>>,
 }
 
 impl SignIn {
     fn new(shared: &Shared, user: Option<&User>) -> SignIn {
         let required_by = (user.is_none() && !shared.config.auth.anonymous)
-            .then(|| Instant::now() + shared.config.auth.auth_timeout());
+            .then(|| Box::pin(tokio::time::sleep(shared.config.auth.auth_timeout())));
         SignIn {
             required_by,
-            expires: user.map(|u| expiry(shared, u)),
+            expires: user.map(|u| Box::pin(tokio::time::sleep_until(expiry(shared, u)))),
+        }
+    }
+
+    /// `user` authenticated: no deadline any more, and the connection ends with its token.
+    fn authenticated(&mut self, shared: &Shared, user: &User) {
+        self.required_by = None;
+        let at = expiry(shared, user);
+        match &mut self.expires {
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.expires = Some(Box::pin(tokio::time::sleep_until(at))),
         }
     }
 }
@@ -206,10 +221,10 @@ fn expiry(shared: &Shared, user: &User) -> Instant {
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-/// Completes when `deadline` passes; never when there is none.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+/// Completes when `timer` fires; never when there is none.
+async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -236,11 +251,11 @@ async fn read_loop(
             _ = shared.shutdown.cancelled() => return End::Shutdown,
             _ = outbox.overflowed() => return End::SlowConsumer,
             _ = &mut *writer => return End::WriterGone,
-            _ = until(sign_in.required_by) => {
+            _ = fired(&mut sign_in.required_by) => {
                 connection.send_rejection(&Rejection::new(401, "authentication timeout"), None);
                 return End::Close(1008, "authentication timeout");
             }
-            _ = until(sign_in.expires) => {
+            _ = fired(&mut sign_in.expires) => {
                 connection.send_rejection(&Rejection::new(401, "token expired"), None);
                 return End::Close(1008, "token expired");
             }
@@ -375,8 +390,7 @@ fn authenticate(
         ));
     }
     tracing::debug!(connection = %connection.id(), user = user.id(), "authenticated");
-    sign_in.required_by = None;
-    sign_in.expires = Some(expiry(shared, &user));
+    sign_in.authenticated(shared, &user);
     connection.set_user(Some(user));
     Ok(())
 }
