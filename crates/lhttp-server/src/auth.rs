@@ -476,6 +476,20 @@ mod tests {
     }
 
     #[test]
+    fn printing_the_config_does_not_print_the_secret() {
+        let config = AuthConfig {
+            hs256_secret: Some(SECRET.into()),
+            ..AuthConfig::default()
+        };
+        let printed = format!("{config:?}");
+        assert!(!printed.contains(SECRET), "{printed}");
+        assert!(
+            printed.contains("hs256_secret: Some(\"<hidden>\")"),
+            "{printed}"
+        );
+    }
+
+    #[test]
     fn an_absurd_expiry_is_clamped_not_overflowed() {
         let v = verifier(|_| {});
         let user = v.verify(&hs(json!({"sub": "a", "exp": u64::MAX}))).unwrap();

@@ -29,7 +29,9 @@ pub struct Config {
 /// The default suits a single-node local demo and **nothing else**: anonymous connections are
 /// accepted and, with no `rules`, every connection may subscribe and publish to every channel.
 /// docs/security.md says what to set before a server faces the internet.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+///
+/// Its `Debug` output hides `hs256_secret`, so printing a configuration never prints the secret.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Accept connections that present no token. When false, a connection that brought no
@@ -88,6 +90,31 @@ impl Default for AuthConfig {
             auth_timeout_ms: 10_000,
             rules: Vec::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("anonymous", &self.anonymous)
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<hidden>"),
+            )
+            .field("hs256_secret_file", &self.hs256_secret_file)
+            .field("hs256_secret_env", &self.hs256_secret_env)
+            .field("rs256_public_key", &self.rs256_public_key)
+            .field("rs256_public_key_file", &self.rs256_public_key_file)
+            .field("rs256_public_key_env", &self.rs256_public_key_env)
+            .field("es256_public_key", &self.es256_public_key)
+            .field("es256_public_key_file", &self.es256_public_key_file)
+            .field("es256_public_key_env", &self.es256_public_key_env)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("auth_timeout_ms", &self.auth_timeout_ms)
+            .field("rules", &self.rules)
+            .finish()
     }
 }
 
@@ -152,22 +179,6 @@ impl AuthConfig {
                 .map_err(|e| format!("auth.rules channels {:?}: {e}", rule.channels))?;
         }
         Ok(())
-    }
-
-    /// True when a key is configured, so that tokens can be verified.
-    pub fn has_keys(&self) -> bool {
-        [
-            self.hs256_secret.is_some(),
-            self.hs256_secret_file.is_some(),
-            self.hs256_secret_env.is_some(),
-            self.rs256_public_key.is_some(),
-            self.rs256_public_key_file.is_some(),
-            self.rs256_public_key_env.is_some(),
-            self.es256_public_key.is_some(),
-            self.es256_public_key_file.is_some(),
-            self.es256_public_key_env.is_some(),
-        ]
-        .contains(&true)
     }
 }
 
