@@ -97,6 +97,11 @@ export interface ClientOptions {
   binary?: 'text' | 'bytes';
   /** The WebSocket class (default: the global one, else the `ws` package). */
   WebSocket?: unknown;
+  /**
+   * A JWT sent in an `auth` message first on every (re)connection. A function is called before
+   * each connection (it may fetch a fresh token).
+   */
+  token?: string | (() => string | Promise<string>);
 }
 
 export interface PublishOptions {
@@ -192,7 +197,7 @@ export class LhttpEvent extends Event {
   message?: Message;
   /** error */
   error?: unknown;
-  source?: 'transport' | 'server' | 'decode' | 'subscribe' | 'handler';
+  source?: 'transport' | 'server' | 'decode' | 'subscribe' | 'auth' | 'handler';
   channel?: string;
 }
 
@@ -232,6 +237,11 @@ export class LhttpClient extends EventTarget {
   unsubscribe(channel: string, handler?: MessageHandler): Promise<void>;
   publish(channel: string | string[], body?: string | Uint8Array, options?: PublishOptions & { ack?: false }): undefined;
   publish(channel: string | string[], body: string | Uint8Array, options: PublishOptions & { ack: true }): Promise<Message>;
+  /**
+   * Sends `auth` with `token` now (authenticate, or refresh before expiry) and uses it for later
+   * reconnections. Rejects with LhttpError (401 and the reason) when refused.
+   */
+  authenticate(token: string): Promise<Message>;
   /** Closes for good (no reconnection). */
   close(code?: number, reason?: string): Promise<void>;
 }

@@ -399,6 +399,7 @@ const DEFAULTS = {
   maxQueue: 1000,
   binary: 'text',
   WebSocket: undefined,
+  token: undefined,
 };
 
 const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
@@ -417,8 +418,11 @@ const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
  * - `message`: any message that is neither the answer to a request nor a queue delivery taken
  *   by serve() ({message})
  * - `error`: a transport error, an `error` message not tied to a request, an undecodable frame,
- *   a failed subscription, or an exception thrown by a handler ({error, source}: source is
- *   "transport", "server", "decode", "subscribe" or "handler")
+ *   a failed subscription, a refused token, or an exception thrown by a handler ({error, source}:
+ *   source is "transport", "server", "decode", "subscribe", "auth" or "handler")
+ *
+ * With the `token` option, every connection first sends `LHTTP/1.0 auth` with the token (browsers
+ * cannot set an Authorization header on a WebSocket), then restores subscriptions.
  */
 export class LhttpClient extends EventTarget {
   #options;
@@ -438,6 +442,7 @@ export class LhttpClient extends EventTarget {
   #idPrefix = Math.random().toString(36).slice(2, 10);
   #nextId = 1;
   #settleOpened;
+  #token = null; // the token for the connection being opened, resolved before it opens
 
   /**
    * Starts connecting at once.
@@ -451,6 +456,9 @@ export class LhttpClient extends EventTarget {
    * @param {number} [options.maxQueue=1000] frames kept while disconnected; send() throws beyond
    * @param {'text'|'bytes'} [options.binary='text'] bodies of binary frames as text or bytes
    * @param {typeof WebSocket} [options.WebSocket] the WebSocket class to use
+   * @param {string | (() => string | Promise<string>)} [options.token] a JWT sent in an `auth`
+   *   message first on every (re)connection; a function is called before each connection, so it
+   *   can fetch a fresh token
    */
   constructor(url, options = {}) {
     super();
@@ -498,6 +506,7 @@ export class LhttpClient extends EventTarget {
     let ws;
     try {
       const WebSocketClass = await webSocketClass(this.#options.WebSocket);
+      if (!(await this.#resolveToken())) return;
       if (this.#stopped) return;
       ws = new WebSocketClass(this.url);
     } catch (error) {
@@ -531,6 +540,8 @@ export class LhttpClient extends EventTarget {
     const connection = ++this.#connection;
     const attempt = this.#attempt;
     this.#attempt = 0;
+    // The server handles messages in order: `auth` first, so that what follows is authorized.
+    if (this.#token) this.#sendAuth(this.#token);
     // Subscriptions go before queued frames, so that a queued publish to a channel this client
     // subscribes to reaches it too.
     const restored = [...this.#subscriptions.keys()].map((channel) => this.#subscribeOnServer(channel));
@@ -546,6 +557,44 @@ export class LhttpClient extends EventTarget {
         if (this.#state === 'open' && this.#connection === connection) this.#emit('reconnect', { attempt });
       });
     }
+  }
+
+  /** Gets the token for the next connection; false when it could not (a retry is scheduled). */
+  async #resolveToken() {
+    const { token } = this.#options;
+    try {
+      this.#token = typeof token === 'function' ? await token() : (token ?? null);
+      return true;
+    } catch (error) {
+      // A token service that is down now may be up at the next attempt.
+      this.#emit('error', { error, source: 'auth' });
+      if (!this.#stopped) this.#closed(1006, 'no token');
+      return false;
+    }
+  }
+
+  #sendAuth(token) {
+    const answer = this.request(new Message('auth', [['token', token]]));
+    answer.catch((error) => {
+      if (error.reason !== 'connection closed' && error.reason !== 'client closed') {
+        this.#emit('error', { error, source: 'auth' });
+      }
+    });
+    return answer;
+  }
+
+  /**
+   * Sends `token` in an `auth` message now (to authenticate, or to refresh a token before it
+   * expires: the server closes a connection whose token expired) and uses it for later
+   * reconnections too, replacing the `token` option.
+   *
+   * @param {string} token a JWT
+   * @returns {Promise<Message>} the server's `ok`; rejects with LhttpError (status 401 and the
+   *   reason) when the token is refused
+   */
+  authenticate(token) {
+    this.#options.token = token;
+    return this.#sendAuth(token);
   }
 
   #closed(code, reason) {

@@ -61,6 +61,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Format::Raw, global = true)]
     format: Format,
 
+    /// JWT sent as `Authorization: Bearer` with the WebSocket upgrade, for servers that
+    /// require authentication.
+    #[arg(long, env = "LHTTP_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
     /// Seconds to wait for the connection and for each answer.
     #[arg(long, default_value_t = 10.0, global = true, value_name = "SECONDS")]
     timeout: f64,
@@ -348,9 +353,12 @@ async fn run(cli: Cli) -> Result<()> {
         .ok()
         .filter(|t| !t.is_zero())
         .context("--timeout must be a positive number of seconds")?;
-    let builder = Client::builder(cli.url.clone())
+    let mut builder = Client::builder(cli.url.clone())
         .request_timeout(timeout)
         .connect_timeout(timeout);
+    if let Some(token) = &cli.token {
+        builder = builder.token(token.clone());
+    }
     match cli.command {
         Some(Command::Sub {
             channels,

@@ -69,6 +69,7 @@ pub(crate) struct Options {
     pub(crate) subscription_capacity: usize,
     pub(crate) max_message_size: usize,
     pub(crate) ping_interval: Option<Duration>,
+    pub(crate) token: Option<String>,
 }
 
 impl Default for Options {
@@ -82,6 +83,7 @@ impl Default for Options {
             subscription_capacity: 1024,
             max_message_size: 16 * 1024 * 1024,
             ping_interval: Some(Duration::from_secs(20)),
+            token: None,
         }
     }
 }
@@ -97,6 +99,22 @@ impl ClientBuilder {
     /// ```
     pub fn reconnect(mut self, on: bool) -> Self {
         self.options.reconnect = on;
+        self
+    }
+
+    /// A JWT sent as `Authorization: Bearer <token>` with every upgrade request, reconnections
+    /// included. A refused token fails [`ClientBuilder::connect`] with [`Error::Connect`] whose
+    /// reason carries the server's (`HTTP 401: token expired`).
+    ///
+    /// To refresh a token before it expires on a live connection, send
+    /// `LHTTP/1.0 auth` with a `token` header with [`Client::request`]; later reconnections
+    /// still present this token.
+    ///
+    /// ```
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/").token("eyJhbGciOi...");
+    /// ```
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.options.token = Some(token.into());
         self
     }
 

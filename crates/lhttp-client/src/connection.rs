@@ -23,7 +23,7 @@ use tokio::{
 };
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
-    tungstenite::{self, protocol::WebSocketConfig},
+    tungstenite::{self, client::IntoClientRequest, protocol::WebSocketConfig},
 };
 
 use crate::{ConnectionState, Error, client::Options};
@@ -197,11 +197,28 @@ pub(crate) async fn open(url: &str, options: &Options) -> Result<Ws, Error> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(options.max_message_size))
         .max_frame_size(Some(options.max_message_size));
-    let attempt = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let mut request = url.into_client_request().map_err(|e| Error::Connect {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if let Some(token) = &options.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Error::Connect {
+                url: url.to_owned(),
+                reason: "the token is not a valid header value".into(),
+            })?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(options.connect_timeout, attempt).await {
         Err(_) => Err(Error::Connect {
             url: url.to_owned(),
             reason: format!("timed out after {:?}", options.connect_timeout),
+        }),
+        Ok(Err(tungstenite::Error::Http(response))) => Err(Error::Connect {
+            url: url.to_owned(),
+            reason: refusal(&response),
         }),
         Ok(Err(e)) => Err(Error::Connect {
             url: url.to_owned(),
@@ -209,6 +226,24 @@ pub(crate) async fn open(url: &str, options: &Options) -> Result<Ws, Error> {
         }),
         Ok(Ok((ws, _response))) => Ok(ws),
     }
+}
+
+/// The server's refusal of an upgrade as `HTTP <status>: <first line of its body>`, so that a
+/// refused token says why (`HTTP 401: token expired`).
+fn refusal(response: &tungstenite::handshake::client::Response) -> String {
+    let body = response
+        .body()
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
+    let line: String = body
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    format!("HTTP {}: {}", response.status().as_u16(), line.trim())
 }
 
 /// The task body: sessions, and reconnect attempts between them.

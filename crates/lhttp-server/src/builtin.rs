@@ -140,6 +140,9 @@ fn request_headers(ctx: &Context<'_>) -> Vec<(&'static str, String)> {
             ctx.connection().peer_addr().ip().to_string(),
         ),
     ];
+    if let Some(user) = ctx.connection().user() {
+        headers.push(("x-lhttp-user", header_safe(user.id())));
+    }
     if let Some(content_type) = message.header("content-type") {
         headers.push(("content-type", content_type.to_owned()));
     }
@@ -152,6 +155,20 @@ fn request_headers(ctx: &Context<'_>) -> Vec<(&'static str, String)> {
         }
     }
     headers
+}
+
+/// A user id as an HTTP header value: printable ASCII as it is, every other byte (and `%`)
+/// percent-encoded, so that no id can break the request or be refused by the HTTP client.
+fn header_safe(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if (b == b' ' || b.is_ascii_graphic()) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `subscribe` and `unsubscribe` before the processor; `publish` after it. With them, the
@@ -173,8 +190,11 @@ impl Filter for PubSub {
         let headers = ctx.message().headers();
         let subscribe = channel::parse_list(headers.get_all(names::SUBSCRIBE))?;
         let unsubscribe = channel::parse_list(headers.get_all(names::UNSUBSCRIBE))?;
-        // Checked now, so that a bad publish list refuses the message before it subscribes.
+        // Checked now, so that a bad or forbidden publish list refuses the message before it
+        // subscribes.
         channel::check_list(headers.get_all(names::PUBLISH))?;
+        ctx.connection()
+            .check_publish(channel::names(headers.get_all(names::PUBLISH)))?;
         let acts = headers.contains(names::SUBSCRIBE)
             || headers.contains(names::UNSUBSCRIBE)
             || headers.contains(names::PUBLISH)

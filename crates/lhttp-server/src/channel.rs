@@ -52,7 +52,7 @@ pub fn check(name: &str) -> Result<(), Rejection> {
 }
 
 /// The names in `subscribe`, `unsubscribe` or `publish` header values, unchecked.
-fn names<'a>(values: impl Iterator<Item = &'a str>) -> impl Iterator<Item = &'a str> {
+pub(crate) fn names<'a>(values: impl Iterator<Item = &'a str>) -> impl Iterator<Item = &'a str> {
     values.flat_map(str::split_ascii_whitespace)
 }
 

@@ -3,7 +3,7 @@
 //! The same structure is read from the TOML file by `lhttpd` (see `config/lhttpd.toml` for the
 //! commented default) and built in code by programs that embed the server.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -27,6 +27,188 @@ pub struct Config {
     /// HTTP gateway routes (`[[gateway]]`): HTTP requests under a path become requests to a
     /// queue group, and a worker's reply becomes the HTTP response. None by default.
     pub gateway: Vec<GatewayRoute>,
+    /// Who may connect (JWT authentication) and which channels they may use.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: token authentication and channel permissions.
+///
+/// The default suits a single-node local demo and **nothing else**: anonymous connections are
+/// accepted and, with no `rules`, every connection may subscribe and publish to every channel.
+/// docs/security.md says what to set before a server faces the internet.
+///
+/// Its `Debug` output hides `hs256_secret`, so printing a configuration never prints the secret.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accept connections that present no token. When false, a connection that brought no
+    /// valid token with its upgrade request may only send `auth` until it has authenticated,
+    /// and is closed (1008) after `auth_timeout_ms`.
+    pub anonymous: bool,
+    /// HS256 shared secret, as text (at least 32 bytes).
+    pub hs256_secret: Option<String>,
+    /// File holding the HS256 secret; trailing whitespace (a final newline) is not part of it.
+    pub hs256_secret_file: Option<PathBuf>,
+    /// Environment variable holding the HS256 secret.
+    pub hs256_secret_env: Option<String>,
+    /// RS256 public key, PEM text (`-----BEGIN PUBLIC KEY-----`).
+    pub rs256_public_key: Option<String>,
+    /// File holding the RS256 public key, PEM.
+    pub rs256_public_key_file: Option<PathBuf>,
+    /// Environment variable holding the RS256 public key, PEM.
+    pub rs256_public_key_env: Option<String>,
+    /// ES256 (P-256) public key, PEM text.
+    pub es256_public_key: Option<String>,
+    /// File holding the ES256 public key, PEM.
+    pub es256_public_key_file: Option<PathBuf>,
+    /// Environment variable holding the ES256 public key, PEM.
+    pub es256_public_key_env: Option<String>,
+    /// When set, a token's `iss` claim must equal it.
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` claim must contain it; when unset, `aud` is not checked.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds. A connection is closed for an
+    /// expired token this long after its `exp`.
+    pub leeway_secs: u64,
+    /// How long a connection that must authenticate may stay open without doing so, in
+    /// milliseconds (close 1008 "authentication timeout").
+    pub auth_timeout_ms: u64,
+    /// Channel permission rules. Empty: every connection may subscribe and publish anywhere.
+    /// With at least one rule, whatever no rule allows is refused with 403.
+    pub rules: Vec<ChannelRule>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            anonymous: true,
+            hs256_secret: None,
+            hs256_secret_file: None,
+            hs256_secret_env: None,
+            rs256_public_key: None,
+            rs256_public_key_file: None,
+            rs256_public_key_env: None,
+            es256_public_key: None,
+            es256_public_key_file: None,
+            es256_public_key_env: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            auth_timeout_ms: 10_000,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("anonymous", &self.anonymous)
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<hidden>"),
+            )
+            .field("hs256_secret_file", &self.hs256_secret_file)
+            .field("hs256_secret_env", &self.hs256_secret_env)
+            .field("rs256_public_key", &self.rs256_public_key)
+            .field("rs256_public_key_file", &self.rs256_public_key_file)
+            .field("rs256_public_key_env", &self.rs256_public_key_env)
+            .field("es256_public_key", &self.es256_public_key)
+            .field("es256_public_key_file", &self.es256_public_key_file)
+            .field("es256_public_key_env", &self.es256_public_key_env)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("auth_timeout_ms", &self.auth_timeout_ms)
+            .field("rules", &self.rules)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// [`AuthConfig::auth_timeout_ms`] as a duration.
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    /// Checks values that would make authentication unusable or silently open. Keys are read
+    /// (and checked) when the server is built.
+    pub fn validate(&self) -> Result<(), String> {
+        let sources = |name: &str, n: [bool; 3]| {
+            if n.iter().filter(|&&set| set).count() > 1 {
+                Err(format!(
+                    "auth.{name}: give it once (value, _file or _env), not several"
+                ))
+            } else {
+                Ok(n.iter().any(|&set| set))
+            }
+        };
+        let hs = sources(
+            "hs256_secret",
+            [
+                self.hs256_secret.is_some(),
+                self.hs256_secret_file.is_some(),
+                self.hs256_secret_env.is_some(),
+            ],
+        )?;
+        let rs = sources(
+            "rs256_public_key",
+            [
+                self.rs256_public_key.is_some(),
+                self.rs256_public_key_file.is_some(),
+                self.rs256_public_key_env.is_some(),
+            ],
+        )?;
+        let es = sources(
+            "es256_public_key",
+            [
+                self.es256_public_key.is_some(),
+                self.es256_public_key_file.is_some(),
+                self.es256_public_key_env.is_some(),
+            ],
+        )?;
+        if !(self.anonymous || hs || rs || es) {
+            return Err(
+                "auth.anonymous = false needs a key to verify tokens (auth.hs256_secret, \
+                 auth.rs256_public_key or auth.es256_public_key, or their _file/_env forms)"
+                    .into(),
+            );
+        }
+        if self.auth_timeout_ms == 0 {
+            return Err("auth.auth_timeout_ms must be greater than 0".into());
+        }
+        // Skew is seconds to minutes; a day would make expiry meaningless.
+        if self.leeway_secs > 86_400 {
+            return Err("auth.leeway_secs must be at most 86400".into());
+        }
+        for rule in &self.rules {
+            crate::permissions::Pattern::parse(&rule.channels)
+                .map_err(|e| format!("auth.rules channels {:?}: {e}", rule.channels))?;
+        }
+        Ok(())
+    }
+}
+
+/// One `[[auth.rules]]` entry: what its connections may do on the channels its pattern matches.
+///
+/// Rules only allow; a channel is allowed when any rule that applies to the connection allows
+/// it. A rule applies to a connection when: `roles` is empty and (`anonymous` is true or the
+/// connection is authenticated), or the connection's token lists one of `roles`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelRule {
+    /// Channel pattern: tokens separated by `.`; `*` matches one token, `>` (last) matches one
+    /// or more tokens; `{sub}` is replaced by the user id of the connection (a rule with `{sub}`
+    /// never applies to anonymous connections). Example: `user.{sub}.>`.
+    pub channels: String,
+    /// Connections it applies to may subscribe to matching channels.
+    pub subscribe: bool,
+    /// Connections it applies to may publish to matching channels.
+    pub publish: bool,
+    /// Applies to anonymous connections too (not only authenticated ones).
+    pub anonymous: bool,
+    /// Applies only to users whose token's `roles` claim holds one of these.
+    pub roles: Vec<String>,
 }
 
 /// `[cluster]`: several nodes share channels through NATS.

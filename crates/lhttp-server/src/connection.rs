@@ -9,8 +9,9 @@ use crate::Extensions;
 use lhttp_proto::Message;
 
 use crate::{
-    Channel, Rejection, ServerHandle,
+    Channel, Rejection, ServerHandle, User,
     outbox::{Outbox, SendError, frame},
+    permissions::{self, Grants},
     queue::{Env, QueueGroup, is_valid_group},
     request::Inbox,
 };
@@ -52,6 +53,11 @@ pub struct Connection {
     inbox: Option<Arc<Inbox>>,
     /// Queue groups this connection is a member of.
     groups: Vec<Arc<QueueGroup>>,
+    /// The authenticated user; boxed so an anonymous connection pays one pointer.
+    user: Option<Box<User>>,
+    /// What this connection may subscribe and publish to; `None`: anything (no rules), so an
+    /// unrestricted node never matches patterns. Shared by every anonymous connection.
+    grants: Option<Arc<Grants>>,
 }
 
 impl fmt::Debug for Connection {
@@ -81,6 +87,8 @@ impl Connection {
             upstream_slots: None,
             inbox: None,
             groups: Vec::new(),
+            user: None,
+            grants: None,
         }
     }
 
@@ -114,6 +122,11 @@ impl Connection {
             .iter()
             .map(|name| Channel::new(name))
             .collect::<Result<Vec<_>, _>>()?;
+        // Taking work from a channel is reading it: the subscribe rules apply.
+        if let Some(grants) = &self.grants {
+            permissions::check_subscribe(grants, channels.iter().map(Channel::as_str))
+                .inspect_err(|_| self.count_denial())?;
+        }
         let max = self.server.shared().config.limits.max_subscriptions;
         if self.subscriptions.len() + self.groups.len() + channels.len() > max {
             return Err(Rejection::limited(format!(
@@ -205,6 +218,66 @@ impl Connection {
         self.groups.retain(|g| g.has_member(id));
     }
 
+    /// Sets who this connection is (`None`: anonymous) and what it may do, and drops any
+    /// subscription the new identity may not hold, so nothing keeps flowing to a connection
+    /// that lost the right to it.
+    pub(crate) fn set_user(&mut self, user: Option<User>) {
+        let permissions = &self.server.shared().permissions;
+        self.grants = match &user {
+            Some(user) => permissions.grants_for(Some(user)),
+            None => permissions.anonymous(),
+        };
+        self.user = user.map(Box::new);
+        if let Some(grants) = self.grants.clone() {
+            let lost: Vec<Channel> = self
+                .subscriptions
+                .iter()
+                .filter(|c| !grants.may_subscribe(c.as_str()))
+                .cloned()
+                .collect();
+            for channel in lost {
+                self.unsubscribe(channel.as_str());
+            }
+        }
+    }
+
+    /// The authenticated user, or `None` for an anonymous connection.
+    ///
+    /// A client that authenticates with the `auth` message does so after the open hooks ran:
+    /// `on_open` sees `None` then; the user is set before the next message is handled.
+    pub fn user(&self) -> Option<&User> {
+        self.user.as_deref()
+    }
+
+    /// True when the channel rules let this connection subscribe to `channel`.
+    pub fn may_subscribe(&self, channel: &str) -> bool {
+        self.grants
+            .as_ref()
+            .is_none_or(|g| g.may_subscribe(channel))
+    }
+
+    /// True when the channel rules let this connection publish to `channel`.
+    pub fn may_publish(&self, channel: &str) -> bool {
+        self.grants.as_ref().is_none_or(|g| g.may_publish(channel))
+    }
+
+    /// Refuses (403) the whole list when the rules deny any channel of it.
+    pub(crate) fn check_publish<'a>(
+        &self,
+        channels: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Rejection> {
+        match &self.grants {
+            None => Ok(()),
+            Some(grants) => {
+                permissions::check_publish(grants, channels).inspect_err(|_| self.count_denial())
+            }
+        }
+    }
+
+    fn count_denial(&self) {
+        crate::metrics::add(&self.server.shared().metrics.permission_denials, 1);
+    }
+
     /// A slot for one more upstream call, or `None` when `max` are in flight.
     pub(crate) fn upstream_slot(&mut self, max: usize) -> Option<OwnedSemaphorePermit> {
         self.upstream_slots
@@ -262,8 +335,8 @@ impl Connection {
         self.subscriptions.contains(channel)
     }
 
-    /// Subscribes to every channel in `channels`, or to none of them: names are checked and the
-    /// subscription limit applied before anything changes. Already subscribed channels are
+    /// Subscribes to every channel in `channels`, or to none of them: names, the channel rules
+    /// (403) and the subscription limit are checked before anything changes. Already subscribed channels are
     /// left as they are, so subscribing twice delivers once.
     pub fn subscribe<'a>(
         &mut self,
@@ -281,6 +354,10 @@ impl Connection {
             {
                 new.push(Channel::new(name)?);
             }
+        }
+        if let Some(grants) = &self.grants {
+            permissions::check_subscribe(grants, new.iter().map(Channel::as_str))
+                .inspect_err(|_| self.count_denial())?;
         }
         let max = self.server.shared().config.limits.max_subscriptions;
         if self.subscriptions.len() + new.len() > max {

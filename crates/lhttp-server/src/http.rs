@@ -152,6 +152,22 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     if !origin_allowed(&shared.config.server.allowed_origins, headers) {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
+    let user = match bearer_token(&request) {
+        None => None,
+        Some(token) => match shared.verifier.verify(token) {
+            Ok(user) => Some(user),
+            Err(error) => {
+                add(&shared.metrics.auth_failures, 1);
+                tracing::debug!(%error, "upgrade with a refused token");
+                let mut response = (StatusCode::UNAUTHORIZED, format!("{error}\n")).into_response();
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                return response;
+            }
+        },
+    };
     let accept_key = derive_accept_key(key.as_bytes());
     if shared.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
@@ -184,7 +200,7 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
                     Some(config),
                 )
                 .await;
-                session::run(shared, socket, peer, permit).await;
+                session::run(shared, socket, peer, permit, user).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
@@ -198,6 +214,26 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
+}
+
+/// The token of an upgrade request: `Authorization: Bearer <token>`, else the `token` query
+/// parameter (for clients that cannot set headers; JWTs need no URL escaping).
+fn bearer_token(request: &Request) -> Option<&str> {
+    let from_header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    from_header.or_else(|| {
+        request
+            .uri()
+            .query()?
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+    })
 }
 
 /// With an allow-list, a browser page from another origin may not open a connection

@@ -16,6 +16,8 @@
 //! - `cluster`: the NATS side of the broker seam, present only when `[cluster] nats` is set:
 //!   channels with local subscribers are subscribed in NATS, and publishes are also sent there
 //!   for the other nodes.
+//! - `auth` and `permissions`: JWT verification ([`User`]) and channel rules, checked at the
+//!   upgrade, on the `auth` command, and by the subscribe and publish built-ins.
 //! - `request`: inboxes and requests (`reply-to`), each ending with exactly one terminal
 //!   answer; `queue`: queue groups (work queues with credit, acks, at-least-once hand-over,
 //!   drain); `gateway`: HTTP requests under `[[gateway]]` paths as requests to a queue group.
@@ -42,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+mod auth;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod builtin;
@@ -57,6 +60,7 @@ mod http;
 mod hub;
 mod metrics;
 mod outbox;
+mod permissions;
 mod processor;
 mod publish;
 mod queue;
@@ -67,9 +71,11 @@ mod session;
 pub mod upstream;
 
 pub use async_trait::async_trait;
+pub use auth::{AuthError, User};
 pub use channel::{Channel, MAX_CHANNEL_LEN};
 pub use config::{
-    ClusterConfig, Config, GatewayRoute, Limits, QueuesConfig, RequestsConfig, UpstreamConfig,
+    AuthConfig, ChannelRule, ClusterConfig, Config, GatewayRoute, Limits, QueuesConfig,
+    RequestsConfig, UpstreamConfig,
 };
 pub use connection::{Connection, ConnectionHandle, ConnectionId};
 pub use context::Context;

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub(crate) queue_refused: AtomicU64,
     pub(crate) queue_expired: AtomicU64,
     pub(crate) gateway_requests: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
+    pub(crate) permission_denials: AtomicU64,
 }
 
 /// Gauges read from the hub at scrape time.
@@ -101,7 +103,17 @@ impl Metrics {
             "Queue-group memberships of local connections.",
             gauges.queue_members,
         );
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
+            (
+                "auth_failures_total",
+                "Tokens refused (at the upgrade or in an auth message).",
+                &self.auth_failures,
+            ),
+            (
+                "permission_denials_total",
+                "Subscribes and publishes refused by the channel rules (403).",
+                &self.permission_denials,
+            ),
             (
                 "connections_opened_total",
                 "WebSocket connections accepted.",

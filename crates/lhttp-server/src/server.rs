@@ -14,12 +14,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
+    auth::Verifier,
     builtin::{self, names},
     channel,
     cluster::Cluster,
     gateway::Gateway,
     metrics::{Gauges, add},
     outbox::frame,
+    permissions::Permissions,
     publish::encode_for_channel,
     queue::{Env, Queues},
     request::{InboxDelivery, Requests, is_inbox},
@@ -33,7 +35,8 @@ pub enum ServerError {
     /// A configuration value is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A processor was registered for a name that cannot be a command.
+    /// A processor was registered for a name that cannot be a command, or for `auth`, which
+    /// the server handles itself.
     #[error("invalid command name {0:?}")]
     InvalidCommand(String),
     /// Two processors were registered for the same command.
@@ -75,6 +78,10 @@ pub(crate) struct Shared {
     /// The broker seam: `None` on a single node, where publishing is local fan-out only and
     /// no NATS code runs; the NATS membership when `[cluster] nats` is set.
     pub(crate) cluster: Option<Cluster>,
+    /// Token verification keys, read once at build.
+    pub(crate) verifier: Verifier,
+    /// The compiled `[[auth.rules]]`.
+    pub(crate) permissions: Permissions,
 }
 
 impl Shared {
@@ -123,10 +130,14 @@ impl ServerBuilder {
         self.config
             .validate_messaging()
             .map_err(ServerError::Config)?;
+        self.config.auth.validate().map_err(ServerError::Config)?;
+        let verifier = Verifier::new(&self.config.auth).map_err(ServerError::Config)?;
+        let permissions = Permissions::new(&self.config.auth).map_err(ServerError::Config)?;
         let mut processors = HashMap::new();
         let mut processor_order = Vec::new();
         for (command, processor) in self.processors {
-            if !lhttp_proto::is_valid_command(&command) {
+            // `auth` is answered by the server itself (see session.rs), before any processor.
+            if !lhttp_proto::is_valid_command(&command) || command == "auth" {
                 return Err(ServerError::InvalidCommand(command));
             }
             if processors.contains_key(&command) {
@@ -161,6 +172,8 @@ impl ServerBuilder {
             queues.declare(&channel, &route.queue);
         }
         let shared = Shared {
+            verifier,
+            permissions,
             cluster,
             upstream,
             parser_limits: limits.parser(),

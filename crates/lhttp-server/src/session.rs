@@ -8,7 +8,11 @@
 //!   already queued;
 //! - the client reads too slowly (outbox overflow): 1008 "slow consumer", immediately;
 //! - the server shuts down: 1001 "server shutting down", after what is already queued;
-//! - an open filter refuses the connection: the `error` message, then 1008.
+//! - an open filter refuses the connection: the `error` message, then 1008;
+//! - a connection that must authenticate has not within `auth.auth_timeout_ms`: an `error`
+//!   (401) and 1008 "authentication timeout";
+//! - the connection's token expires without a refresh: an `error` (401 "token expired"), then
+//!   1008 "token expired".
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -23,8 +27,13 @@ use tokio_tungstenite::{
     tungstenite::{self, error::CapacityError},
 };
 
+use std::pin::Pin;
+
+use tokio::time::{Instant, Sleep};
+
 use crate::{
-    Connection, Context, Rejection, ServerHandle,
+    Connection, Context, Rejection, ServerHandle, User,
+    builtin::names,
     connection::ConnectionId,
     metrics::add,
     outbox::{Outbox, WriterEnd, close_frame},
@@ -64,6 +73,7 @@ pub(crate) async fn run(
     socket: Socket,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
+    user: Option<User>,
 ) {
     let metrics = &shared.metrics;
     add(&metrics.connections_opened, 1);
@@ -91,12 +101,24 @@ pub(crate) async fn run(
         ServerHandle::from_shared(shared.clone()),
     );
 
+    let mut sign_in = SignIn::new(&shared, user.as_ref());
+    connection.set_user(user);
+
     let end = match open(&shared, &mut connection).await {
         Err(rejection) => {
             connection.send_rejection(&rejection, None);
             End::Close(1008, "connection refused")
         }
-        Ok(()) => read_loop(&shared, &mut connection, &mut stream, &mut writer).await,
+        Ok(()) => {
+            read_loop(
+                &shared,
+                &mut connection,
+                &mut sign_in,
+                &mut stream,
+                &mut writer,
+            )
+            .await
+        }
     };
     tracing::debug!(connection = %id, ?end, "disconnecting");
 
@@ -154,9 +176,63 @@ async fn close(shared: &Shared, connection: &mut Connection) {
     connection.unsubscribe_all();
 }
 
+/// The authentication state of one connection, kept by its reading task. The timers are
+/// created once and polled in place (not re-armed per message), and only when needed: an
+/// anonymous connection on an open server holds two empty options.
+struct SignIn {
+    /// Set until a valid token arrives (only `auth` is accepted meanwhile); fires at the
+    /// authentication deadline.
+    required_by: Option<Pin<Box<Sleep>>>,
+    /// Fires at the token's `exp` plus the leeway, unless a refresh moved it.
+    expires: Option<Pin<Box<Sleep>>>,
+}
+
+impl SignIn {
+    fn new(shared: &Shared, user: Option<&User>) -> SignIn {
+        let required_by = (user.is_none() && !shared.config.auth.anonymous)
+            .then(|| Box::pin(tokio::time::sleep(shared.config.auth.auth_timeout())));
+        SignIn {
+            required_by,
+            expires: user.map(|u| Box::pin(tokio::time::sleep_until(expiry(shared, u)))),
+        }
+    }
+
+    /// `user` authenticated: no deadline any more, and the connection ends with its token.
+    fn authenticated(&mut self, shared: &Shared, user: &User) {
+        self.required_by = None;
+        let at = expiry(shared, user);
+        match &mut self.expires {
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.expires = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+}
+
+/// The instant a connection authenticated as `user` must be closed.
+fn expiry(shared: &Shared, user: &User) -> Instant {
+    let left = user
+        .expires_at()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+        + Duration::from_secs(shared.verifier.leeway());
+    // A clamped `exp` is still centuries away: never reached, but it must not overflow.
+    Instant::now()
+        .checked_add(left)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Completes when `timer` fires; never when there is none.
+async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_loop(
     shared: &Shared,
     connection: &mut Connection,
+    sign_in: &mut SignIn,
     stream: &mut SplitStream<Socket>,
     writer: &mut Writer,
 ) -> End {
@@ -175,6 +251,14 @@ async fn read_loop(
             _ = shared.shutdown.cancelled() => return End::Shutdown,
             _ = outbox.overflowed() => return End::SlowConsumer,
             _ = &mut *writer => return End::WriterGone,
+            _ = fired(&mut sign_in.required_by) => {
+                connection.send_rejection(&Rejection::new(401, "authentication timeout"), None);
+                return End::Close(1008, "authentication timeout");
+            }
+            _ = fired(&mut sign_in.expires) => {
+                connection.send_rejection(&Rejection::new(401, "token expired"), None);
+                return End::Close(1008, "token expired");
+            }
             next = stream.next() => next,
             _ = ping.tick() => {
                 if last_seen.elapsed() >= idle_timeout {
@@ -198,7 +282,7 @@ async fn read_loop(
         };
         add(&shared.metrics.messages_received, 1);
         add(&shared.metrics.bytes_received, data.len() as u64);
-        dispatch(shared, connection, data).await;
+        dispatch(shared, connection, sign_in, data).await;
         if outbox.is_overflowed() {
             return End::SlowConsumer;
         }
@@ -224,7 +308,7 @@ fn protocol_error(shared: &Shared, error: &tungstenite::Error) -> End {
 /// Parses one received message and runs it through the chain, answering every outcome that is
 /// not a success the client can see: malformed (400/413), refused by a filter or processor,
 /// unknown command (404), and, for a message with a `request-id`, success (`ok`).
-pub(crate) async fn dispatch(shared: &Shared, connection: &mut Connection, data: Bytes) {
+async fn dispatch(shared: &Shared, connection: &mut Connection, sign_in: &mut SignIn, data: Bytes) {
     // A cheap reference-counted copy, to look for a request-id if parsing fails.
     let data_copy = data.clone();
     let message = match Message::parse_with(data, &shared.parser_limits) {
@@ -235,6 +319,28 @@ pub(crate) async fn dispatch(shared: &Shared, connection: &mut Connection, data:
             return;
         }
     };
+    // `auth` is answered here, before any filter, so no filter or processor sees the token.
+    if message.command() == AUTH {
+        let request_id = message.headers().get_text(names::REQUEST_ID).cloned();
+        match authenticate(shared, connection, sign_in, &message) {
+            Ok(()) => {
+                if let Some(id) = request_id {
+                    let _ = connection.send(&ok_message(id));
+                }
+            }
+            Err(rejection) => connection.send_rejection(&rejection, request_id.as_ref()),
+        }
+        return;
+    }
+    if sign_in.required_by.is_some() {
+        let request_id = message.headers().get_text(names::REQUEST_ID).cloned();
+        let rejection = Rejection::new(
+            401,
+            "authentication required: send auth with a token header first",
+        );
+        connection.send_rejection(&rejection, request_id.as_ref());
+        return;
+    }
     let mut ctx = Context::new(connection, message);
     let outcome = run_chain(shared, &mut ctx).await;
     let request_id = ctx.request_id_text().cloned();
@@ -254,6 +360,39 @@ pub(crate) async fn dispatch(shared: &Shared, connection: &mut Connection, data:
             }
         }
     }
+}
+
+/// The command that authenticates a connection or refreshes its token.
+const AUTH: &str = "auth";
+
+/// Handles `LHTTP/1.0 auth` with a `token` header: a valid token authenticates the connection
+/// (or, for the same user, replaces its token and so postpones its expiry); anything else is
+/// refused with 401 and changes nothing.
+fn authenticate(
+    shared: &Shared,
+    connection: &mut Connection,
+    sign_in: &mut SignIn,
+    message: &Message,
+) -> Result<(), Rejection> {
+    let token = message
+        .header("token")
+        .ok_or_else(|| Rejection::new(401, "auth needs a token header"))?;
+    let user = shared.verifier.verify(token).map_err(|e| {
+        add(&shared.metrics.auth_failures, 1);
+        Rejection::new(401, e.to_string())
+    })?;
+    // A new identity on a live connection would inherit subscriptions and state made for
+    // another user; changing user takes a new connection.
+    if connection.user().is_some_and(|old| old.id() != user.id()) {
+        return Err(Rejection::new(
+            401,
+            "token is for another user; reconnect to change user",
+        ));
+    }
+    tracing::debug!(connection = %connection.id(), user = user.id(), "authenticated");
+    sign_in.authenticated(shared, &user);
+    connection.set_user(Some(user));
+    Ok(())
 }
 
 /// Finds a well-formed `request-id` header in a message that failed to parse, so that even a

@@ -434,3 +434,39 @@ async fn a_publisher_cannot_forge_a_queue_delivery() {
         assert_eq!(copy.header(name), None, "{name} relayed: {copy:?}");
     }
 }
+
+#[tokio::test]
+async fn channel_rules_apply_to_queue_groups_and_never_block_replies() {
+    let server = start_with(Server::builder(config(|c| {
+        c.auth.rules.push(lhttp_server::ChannelRule {
+            channels: "jobs".into(),
+            subscribe: true,
+            publish: true,
+            anonymous: true,
+            roles: Vec::new(),
+        });
+    })))
+    .await;
+    let mut worker = server.client().await;
+    let (refused, _) = worker
+        .request("LHTTP/1.0 sub\r\nsubscribe:secret\r\nqueue:g\r\n\r\n")
+        .await;
+    assert_eq!(refused.header("status"), Some("403"), "{refused:?}");
+    join(&mut worker, "jobs", "g", 1).await;
+    let mut requester = server.client().await;
+    requester
+        .send("LHTTP/1.0 do\r\npublish:jobs\r\nreply-to:\r\nrequest-id:r1\r\n\r\nx")
+        .await;
+    let request = worker.recv().await;
+    let reply_to = request.header("reply-to").unwrap();
+    // No rule names the reply address, yet the worker may answer there.
+    worker
+        .send(&format!(
+            "LHTTP/1.0 done\r\npublish:{reply_to}\r\nack:{}\r\n\r\nok",
+            delivery_id(&request)
+        ))
+        .await;
+    let answer = requester.recv().await;
+    assert_eq!(answer.header("request-id"), Some("r1"));
+    assert_eq!(answer.body().as_ref(), b"ok");
+}

@@ -416,3 +416,42 @@ async fn oversized_answer_is_502() {
     assert_eq!(answer.header("status"), Some("502"));
     assert!(answer.header("reason").unwrap().contains("too large"));
 }
+
+/// The back end learns who is calling: `x-lhttp-user` carries the token's `sub` (printable
+/// ASCII as is, anything else percent-encoded), and an anonymous client sends none.
+#[tokio::test]
+async fn the_back_end_sees_the_authenticated_user() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    const SECRET: &str = "test-only hs256 secret, 32+ bytes long!";
+    let backend = Backend::start().await;
+    let server = server_for(&backend, |c| c.auth.hs256_secret = Some(SECRET.into())).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let token = encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({"sub": "alice Ü%", "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut request = server.url("/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut alice = Client { ws, next_id: 0 };
+    let mut anonymous = server.client().await;
+    let url = backend.url("/api/who");
+    for client in [&mut alice, &mut anonymous] {
+        let (answer, _) = client
+            .request(&format!("LHTTP/1.0 who\r\nupstream:POST {url}\r\n\r\n"))
+            .await;
+        assert_eq!(answer.header("status"), Some("201"));
+    }
+    let seen = backend.seen();
+    assert_eq!(seen[0].headers["x-lhttp-user"], "alice %C3%9C%25");
+    assert!(!seen[1].headers.contains_key("x-lhttp-user"));
+}

@@ -90,6 +90,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.server.validate().map_err(anyhow::Error::msg)?;
     config.upstream.validate().map_err(anyhow::Error::msg)?;
     config.cluster.validate().map_err(anyhow::Error::msg)?;
+    config.auth.validate().map_err(anyhow::Error::msg)?;
     if args.check_config {
         println!("{config:#?}");
         return Ok(());
@@ -107,6 +108,13 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     let nats = config.cluster.nats.clone();
+    // The demo default on a reachable address is the classic accident: say so at every start.
+    if !local.ip().is_loopback() && config.auth.anonymous && config.auth.rules.is_empty() {
+        tracing::warn!(
+            "listening on {local} with [auth] anonymous = true and no [[auth.rules]]: anyone who \
+             can reach this port may subscribe and publish to every channel (see docs/security.md)"
+        );
+    }
     let server = Server::builder(config).build()?;
     if !nats.is_empty() {
         tracing::info!(servers = ?nats, "cluster mode: sharing channels through NATS");

@@ -61,12 +61,13 @@ export function nextEvent(target, type, timeout = 10000) {
  * Starts lhttpd on `port` (a free one by default) and waits until GET /healthz answers 200.
  * `config`: TOML text written to a temporary file and passed with `--config` (e.g. gateway
  * routes); the file is removed when the server stops.
+ * `env` adds environment variables, e.g. configuration overrides `LHTTPD_AUTH__ANONYMOUS`.
  *
  * @returns {Promise<{port: number, url: string, http: string, stop: () => Promise<void>, output: () => string}>}
  *   `url` is the WebSocket URL, `http` the HTTP base URL; stop() kills the server (SIGKILL, like
  *   a crash) and waits for it to exit
  */
-export async function startLhttpd({ port, timeout = 10000, config } = {}) {
+export async function startLhttpd({ port, timeout = 10000, config, env = {} } = {}) {
   if (!existsSync(binary)) {
     throw new Error(`lhttpd not found at ${binary}: run \`cargo build --bin lhttpd\` or set LHTTPD_BIN`);
   }
@@ -78,7 +79,10 @@ export async function startLhttpd({ port, timeout = 10000, config } = {}) {
     writeFileSync(join(configDir, 'lhttpd.toml'), config);
     args.push('--config', join(configDir, 'lhttpd.toml'));
   }
-  const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(binary, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
   running.add(child);
   let output = '';
   const collect = (chunk) => {

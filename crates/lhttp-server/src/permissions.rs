@@ -1,0 +1,339 @@
+//! Channel permissions: which channels a connection may subscribe and publish to.
+//!
+//! Rules from `[[auth.rules]]` and the `channels` claim of a token are compiled once per
+//! identity into [`Grants`]: the patterns that apply to that connection, with `{sub}` already
+//! replaced. A connection with no restriction holds no `Grants` at all, so a node without rules
+//! pays one branch per subscribe or publish and no matching.
+//!
+//! Patterns follow NATS subjects: tokens separated by `.`, `*` matches exactly one token, `>`
+//! as the last token matches one or more tokens. `{sub}` in a token is replaced by the user id;
+//! the id is matched literally (an id `*` matches only a token `*`, which no channel name can
+//! hold), and an id containing `.` can never match a token.
+
+use std::sync::Arc;
+
+use crate::{
+    Rejection,
+    auth::User,
+    config::{AuthConfig, ChannelRule},
+};
+
+/// The placeholder for the user id in a pattern.
+const SUB: &str = "{sub}";
+
+/// One token of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    /// Matches this exact token (may still contain `{sub}` in a template).
+    Literal(Box<str>),
+    /// `*`: one token.
+    One,
+    /// `>`: one or more tokens, last only.
+    Rest,
+}
+
+/// A parsed channel pattern, possibly with `{sub}` placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pattern {
+    tokens: Vec<Token>,
+    /// True when a literal token holds `{sub}`.
+    templated: bool,
+}
+
+impl Pattern {
+    /// Parses a pattern; the error says what is wrong with it.
+    pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
+        if text.is_empty() {
+            return Err("empty pattern".into());
+        }
+        let mut tokens = Vec::new();
+        let mut templated = false;
+        let count = text.split('.').count();
+        for (i, token) in text.split('.').enumerate() {
+            let token = match token {
+                "" => return Err("empty token (two dots, or a dot at an end)".into()),
+                "*" => Token::One,
+                ">" if i + 1 == count => Token::Rest,
+                ">" => return Err("'>' may only be the last token".into()),
+                t if t.contains(['*', '>']) => {
+                    return Err("'*' and '>' must be whole tokens".into());
+                }
+                t if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                    return Err("whitespace or control character".into());
+                }
+                t => {
+                    templated |= t.contains(SUB);
+                    Token::Literal(t.into())
+                }
+            };
+            tokens.push(token);
+        }
+        Ok(Pattern { tokens, templated })
+    }
+
+    /// The pattern for user `sub` (`None`: anonymous, and a templated pattern then applies to
+    /// nothing).
+    fn for_user(&self, sub: Option<&str>) -> Option<Pattern> {
+        if !self.templated {
+            return Some(self.clone());
+        }
+        let sub = sub?;
+        let tokens = self
+            .tokens
+            .iter()
+            .map(|t| match t {
+                Token::Literal(l) => Token::Literal(l.replace(SUB, sub).into()),
+                other => other.clone(),
+            })
+            .collect();
+        Some(Pattern {
+            tokens,
+            templated: false,
+        })
+    }
+
+    /// True when it matches every channel (`>`).
+    fn is_everything(&self) -> bool {
+        self.tokens == [Token::Rest]
+    }
+
+    /// True when `channel` matches. Allocates nothing.
+    pub(crate) fn matches(&self, channel: &str) -> bool {
+        let mut parts = channel.split('.');
+        for token in &self.tokens {
+            match token {
+                Token::Rest => return parts.next().is_some(),
+                Token::One => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                Token::Literal(l) => {
+                    if parts.next() != Some(l) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// What one restricted connection may do: the patterns that apply to it, `{sub}` resolved.
+#[derive(Debug, Default)]
+pub(crate) struct Grants {
+    subscribe: Access,
+    publish: Access,
+}
+
+#[derive(Debug, Default)]
+struct Access {
+    /// A `>` pattern was granted: no matching needed.
+    everything: bool,
+    patterns: Vec<Pattern>,
+}
+
+impl Access {
+    fn add(&mut self, pattern: Pattern) {
+        if pattern.is_everything() {
+            self.everything = true;
+        } else if !self.patterns.contains(&pattern) {
+            self.patterns.push(pattern);
+        }
+    }
+
+    fn extend_from(&mut self, pattern: Option<Pattern>) {
+        if let Some(p) = pattern {
+            self.add(p);
+        }
+    }
+
+    fn allows(&self, channel: &str) -> bool {
+        self.everything || self.patterns.iter().any(|p| p.matches(channel))
+    }
+}
+
+impl Grants {
+    /// True when `channel` may be subscribed to.
+    pub(crate) fn may_subscribe(&self, channel: &str) -> bool {
+        self.subscribe.allows(channel)
+    }
+
+    /// True when `channel` may be published to.
+    pub(crate) fn may_publish(&self, channel: &str) -> bool {
+        self.publish.allows(channel)
+    }
+}
+
+/// The `channels` claim of a token: patterns the token grants, and whether they replace the
+/// configured rules for this connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TokenChannels {
+    pub(crate) subscribe: Vec<Pattern>,
+    pub(crate) publish: Vec<Pattern>,
+    /// `only: true`: the token's patterns are all this connection may use (narrowing);
+    /// otherwise they are added to what the rules allow (extending).
+    pub(crate) only: bool,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+struct Rule {
+    pattern: Pattern,
+    subscribe: bool,
+    publish: bool,
+    anonymous: bool,
+    roles: Vec<String>,
+}
+
+impl Rule {
+    fn applies_to(&self, user: Option<&User>) -> bool {
+        match user {
+            None => self.anonymous && self.roles.is_empty(),
+            Some(user) => self.roles.is_empty() || self.roles.iter().any(|r| user.has_role(r)),
+        }
+    }
+}
+
+/// The configured rules, compiled when the server is built.
+#[derive(Debug)]
+pub(crate) struct Permissions {
+    rules: Vec<Rule>,
+    /// What anonymous connections may do, computed once (`None`: no rules, anything).
+    anonymous: Option<Arc<Grants>>,
+}
+
+impl Permissions {
+    pub(crate) fn new(config: &AuthConfig) -> Result<Permissions, String> {
+        let rules = config
+            .rules
+            .iter()
+            .map(|r: &ChannelRule| {
+                Ok(Rule {
+                    pattern: Pattern::parse(&r.channels)
+                        .map_err(|e| format!("auth.rules channels {:?}: {e}", r.channels))?,
+                    subscribe: r.subscribe,
+                    publish: r.publish,
+                    anonymous: r.anonymous,
+                    roles: r.roles.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut permissions = Permissions {
+            rules,
+            anonymous: None,
+        };
+        permissions.anonymous = permissions.grants_for(None);
+        Ok(permissions)
+    }
+
+    /// What anonymous connections may do (`None`: anything).
+    pub(crate) fn anonymous(&self) -> Option<Arc<Grants>> {
+        self.anonymous.clone()
+    }
+
+    /// Compiles what `user` may do; `None` means unrestricted.
+    pub(crate) fn grants_for(&self, user: Option<&User>) -> Option<Arc<Grants>> {
+        let claim = user.and_then(User::token_channels);
+        let only = claim.is_some_and(|c| c.only);
+        if self.rules.is_empty() && !only {
+            return None;
+        }
+        let sub = user.map(User::id);
+        let mut grants = Grants::default();
+        if !only {
+            for rule in self.rules.iter().filter(|r| r.applies_to(user)) {
+                if let Some(pattern) = rule.pattern.for_user(sub) {
+                    if rule.subscribe {
+                        grants.subscribe.add(pattern.clone());
+                    }
+                    if rule.publish {
+                        grants.publish.add(pattern);
+                    }
+                }
+            }
+        }
+        if let Some(claim) = claim {
+            for p in &claim.subscribe {
+                grants.subscribe.extend_from(p.for_user(sub));
+            }
+            for p in &claim.publish {
+                grants.publish.extend_from(p.for_user(sub));
+            }
+        }
+        Some(Arc::new(grants))
+    }
+}
+
+/// Checks every channel of a subscribe list before any is subscribed (all or nothing).
+pub(crate) fn check_subscribe<'a>(
+    grants: &Grants,
+    mut channels: impl Iterator<Item = &'a str>,
+) -> Result<(), Rejection> {
+    match channels.find(|c| !grants.may_subscribe(c)) {
+        None => Ok(()),
+        Some(c) => Err(denied("subscribe to", c)),
+    }
+}
+
+/// Checks every channel of a publish list before the message goes anywhere.
+pub(crate) fn check_publish<'a>(
+    grants: &Grants,
+    mut channels: impl Iterator<Item = &'a str>,
+) -> Result<(), Rejection> {
+    // Inboxes and reply addresses are capabilities: whoever knows one may answer there,
+    // whatever the rules say (see `crate::request`).
+    match channels.find(|c| !crate::request::is_inbox(c) && !grants.may_publish(c)) {
+        None => Ok(()),
+        Some(c) => Err(denied("publish to", c)),
+    }
+}
+
+fn denied(what: &str, channel: &str) -> Rejection {
+    // Channel names are validated (no control characters) before this, and bounded in length.
+    Rejection::forbidden(format!("not allowed to {what} channel {channel}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(pattern: &str, channel: &str) -> bool {
+        Pattern::parse(pattern).unwrap().matches(channel)
+    }
+
+    #[test]
+    fn tokens_match_like_nats_subjects() {
+        assert!(matches("public.*", "public.lobby"));
+        assert!(!matches("public.*", "public"));
+        assert!(!matches("public.*", "public.a.b"));
+        assert!(matches("admin.>", "admin.x"));
+        assert!(matches("admin.>", "admin.x.y.z"));
+        assert!(!matches("admin.>", "admin"));
+        assert!(!matches("admin.>", "administrator.x"));
+        assert!(matches(">", "anything.at.all"));
+        assert!(matches("a.*.c", "a.b.c"));
+        assert!(!matches("a.*.c", "a.b.d"));
+        assert!(matches("lobby", "lobby"));
+        assert!(!matches("lobby", "lobby2"));
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for bad in ["", "a..b", ".a", "a.", "a.>.b", "a*", "a.b>", "a b"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sub_is_replaced_literally() {
+        let p = Pattern::parse("user.{sub}.*").unwrap();
+        let alice = p.for_user(Some("alice")).unwrap();
+        assert!(alice.matches("user.alice.inbox"));
+        assert!(!alice.matches("user.bob.inbox"));
+        // An id with wildcard or separator characters cannot widen the pattern.
+        assert!(!p.for_user(Some("*")).unwrap().matches("user.bob.inbox"));
+        assert!(!p.for_user(Some("a.b")).unwrap().matches("user.a.b.inbox"));
+        assert!(p.for_user(None).is_none());
+    }
+}

@@ -1,0 +1,92 @@
+// The `token` option and authenticate() against a real lhttpd that refuses anonymous clients:
+// the token is sent in an `auth` message first on every connection (browsers cannot set an
+// Authorization header), so subscriptions are restored after a restart; refusals are reported.
+
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+
+import { connect, LhttpClient, LhttpError } from '../lhttp.js';
+import { nextEvent, startLhttpd, waitFor } from './lhttpd.js';
+
+const SECRET = 'test-only hs256 secret, 32+ bytes long!';
+const ENV = {
+  LHTTPD_AUTH__ANONYMOUS: 'false',
+  LHTTPD_AUTH__HS256_SECRET: SECRET,
+  LHTTPD_AUTH__LEEWAY_SECS: '0',
+};
+
+/** An HS256 JWT for `sub`, valid for `ttl` seconds (negative: already expired). */
+function token(sub, ttl = 300) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const head = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub, exp: Math.floor(Date.now() / 1000) + ttl })}`;
+  return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
+}
+
+describe('token authentication against lhttpd', () => {
+  let server;
+  const clients = [];
+  const open = async (options) => {
+    const client = await connect(server.url, options);
+    clients.push(client);
+    return client;
+  };
+
+  before(async () => {
+    server = await startLhttpd({ env: ENV });
+  });
+  after(async () => {
+    await Promise.all(clients.map((client) => client.close()));
+    await server?.stop();
+  });
+
+  test('without a token the server answers 401 to everything but auth', async () => {
+    const anonymous = await open({ reconnect: false });
+    await assert.rejects(anonymous.subscribe('room', () => {}), (error) => {
+      assert.ok(error instanceof LhttpError);
+      assert.equal(error.status, 401);
+      assert.match(error.reason, /authentication required/);
+      return true;
+    });
+    const answer = await anonymous.authenticate(token('late'));
+    assert.equal(answer.command, 'ok');
+    await anonymous.subscribe('room', () => {});
+  });
+
+  test('with the token option a client subscribes and receives', async () => {
+    const alice = await open({ token: token('alice') });
+    const bob = await open({ token: () => token('bob') });
+    const received = [];
+    await alice.subscribe('room', (message) => received.push(message.body));
+    await bob.publish('room', 'hi alice', { ack: true });
+    await waitFor(() => received.length === 1, { what: 'the message' });
+    assert.deepEqual(received, ['hi alice']);
+  });
+
+  test('a refused token is reported as an auth error with the reason', async () => {
+    const client = new LhttpClient(server.url, { token: token('old', -60), reconnect: false });
+    clients.push(client);
+    const event = await nextEvent(client, 'error');
+    assert.equal(event.source, 'auth');
+    assert.equal(event.error.status, 401);
+    assert.equal(event.error.reason, 'token expired');
+  });
+
+  test('a token function is called again on reconnection and subscriptions come back', async () => {
+    let calls = 0;
+    const client = await open({ token: () => token(`carol`, 300 + calls++), reconnectDelay: 50 });
+    const received = [];
+    await client.subscribe('news', (message) => received.push(message.body));
+    const port = server.port;
+    // Listening before the restart: the client may be back before startLhttpd returns.
+    const reconnected = nextEvent(client, 'reconnect', 15000);
+    await server.stop();
+    server = await startLhttpd({ port, env: ENV });
+    await reconnected;
+    assert.ok(calls >= 2, `token function called ${calls} times`);
+    const publisher = await open({ token: token('dave') });
+    await publisher.publish('news', 'after restart', { ack: true });
+    await waitFor(() => received.length === 1, { what: 'the message after the restart' });
+    assert.deepEqual(received, ['after restart']);
+  });
+});
