@@ -2,11 +2,9 @@
 //!
 //! Layout: `main.rs` parses flags and maps failures to exit codes; `format.rs` prints messages
 //! (raw or JSON); `session.rs` runs the interactive (or scripted, from stdin) session;
-//! `bench.rs` is the load generator (`lhttp bench`), with its `latency` and `http-publish`
-//! scenarios in `bench_latency.rs`.
+//! `bench/` is the load generator (`lhttp bench`), one module per scenario.
 
 mod bench;
-mod bench_latency;
 mod format;
 mod session;
 
@@ -114,19 +112,34 @@ enum Command {
 /// Load scenarios of `lhttp bench`.
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// One publisher on --url floods a channel; subscribers on --sub-url (default: --url)
-    /// check that every message arrives once, in order and intact. Prints msg/s and losses.
+    /// P publishers on --url flood C channels (each publisher round-robin over them); S
+    /// subscribers on --sub-url (default: --url), spread over the channels, check that every
+    /// message arrives once, in order per publisher and intact. Prints msg/s and losses.
     Throughput {
         /// Where the subscribers connect (another node of a cluster, say).
         #[arg(long, value_name = "URL")]
         sub_url: Option<String>,
-        /// Number of subscribers.
+        /// Number of publishers.
+        #[arg(short, long, default_value_t = 1)]
+        publishers: usize,
+        /// Number of subscribers (at least --channels).
         #[arg(short, long, default_value_t = 1)]
         subscribers: usize,
-        /// Messages to publish.
-        #[arg(short = 'n', long, default_value_t = 100_000)]
+        /// Number of channels (named CHANNEL-0, CHANNEL-1, ... when more than one).
+        #[arg(short = 'C', long, default_value_t = 1)]
+        channels: usize,
+        /// Messages to publish, in all.
+        #[arg(
+            short = 'n',
+            long,
+            default_value_t = 100_000,
+            conflicts_with = "duration"
+        )]
         count: u64,
-        /// Body size in bytes (at least 12).
+        /// Publish for this many seconds instead of a message count.
+        #[arg(short, long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Body size in bytes (at least 16).
         #[arg(long, default_value_t = 64)]
         size: usize,
         /// The channel.
@@ -135,6 +148,9 @@ enum Scenario {
         /// Most messages in flight ahead of the slowest subscriber.
         #[arg(long, default_value_t = 2000)]
         window: u64,
+        /// Draw delivered msg/s over time (a sample per 100 ms) into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -151,6 +167,10 @@ enum Scenario {
         /// The server's process id, to read its memory.
         #[arg(long)]
         pid: Option<u32>,
+        /// Spread the connections over this many source addresses 127.0.0.1, .2, ... (default:
+        /// as many as the ephemeral port range requires; needs a server on 127.0.0.0/8).
+        #[arg(long, value_name = "N")]
+        source_addrs: Option<usize>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -174,6 +194,9 @@ enum Scenario {
         /// The channel.
         #[arg(long, default_value = "bench")]
         channel: String,
+        /// Draw the latency percentile curve (log scale, as HDR plots) into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -336,23 +359,42 @@ async fn run(cli: Cli) -> Result<()> {
             scenario:
                 Scenario::Throughput {
                     sub_url,
+                    publishers,
                     subscribers,
+                    channels,
                     count,
+                    duration,
                     size,
                     channel,
                     window,
+                    plot,
                     json,
                 },
         }) => {
+            let amount = match duration {
+                Some(secs) => bench::Amount::Duration(
+                    Duration::try_from_secs_f64(secs)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .context("--duration must be a positive number of seconds")?,
+                ),
+                None => bench::Amount::Count(count),
+            };
             let report = bench::throughput(bench::Throughput {
                 sub_url: sub_url.unwrap_or_else(|| cli.url.clone()),
                 url: cli.url,
+                publishers,
                 subscribers,
-                count,
+                channels,
+                amount,
                 size,
                 channel,
                 window,
                 timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot,
+                },
             })
             .await?;
             print_report(json, report.json(), report.table(), report.is_clean())
@@ -363,6 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
                     count,
                     channels,
                     pid,
+                    source_addrs,
                     json,
                 },
         }) => {
@@ -371,7 +414,12 @@ async fn run(cli: Cli) -> Result<()> {
                 count,
                 channels,
                 pid,
+                source_addrs,
                 timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot: None,
+                },
             })
             .await?;
             print_report(json, report.json(), report.table(), true)
@@ -384,6 +432,7 @@ async fn run(cli: Cli) -> Result<()> {
                     duration,
                     size,
                     channel,
+                    plot,
                     json,
                 },
         }) => {
@@ -391,7 +440,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .ok()
                 .filter(|d| !d.is_zero())
                 .context("--duration must be a positive number of seconds")?;
-            let report = bench_latency::latency(bench_latency::Latency {
+            let report = bench::latency(bench::Latency {
                 sub_url: sub_url.unwrap_or_else(|| cli.url.clone()),
                 url: cli.url,
                 rate,
@@ -399,6 +448,10 @@ async fn run(cli: Cli) -> Result<()> {
                 size,
                 channel,
                 timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot,
+                },
             })
             .await?;
             print_report(json, report.json(), report.table(), report.is_clean())
@@ -413,13 +466,17 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         }) => {
-            let report = bench_latency::http_publish(bench_latency::HttpPublish {
+            let report = bench::http_publish(bench::HttpPublish {
                 url: cli.url,
                 concurrency,
                 count,
                 size,
                 channel,
                 timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot: None,
+                },
             })
             .await?;
             print_report(json, report.json(), report.table(), report.is_clean())
