@@ -67,7 +67,7 @@ impl Message {
         // Validate the start line only after the head was found valid UTF-8 as a whole.
         if validate::is_printable_ascii(command) {
             // ASCII is UTF-8; the one command rule left is "no space".
-            if command.len() > validate::MAX_TOKEN_LEN || command.contains(&b' ') {
+            if command.len() > validate::MAX_TOKEN_LEN || validate::has_space(command) {
                 return Err(ParseError::InvalidCommand);
             }
         } else {
@@ -164,7 +164,7 @@ fn split_printable(line: &[u8], line_no: usize) -> Result<(&[u8], &[u8]), ParseE
         .position(|&b| b == b':')
         .ok_or(ParseError::HeaderWithoutColon { line: line_no })?;
     let name = validate::trim(&line[..colon]);
-    if name.is_empty() || name.len() > validate::MAX_TOKEN_LEN || name.contains(&b' ') {
+    if name.is_empty() || name.len() > validate::MAX_TOKEN_LEN || validate::has_space(name) {
         return Err(ParseError::InvalidHeaderName { line: line_no });
     }
     Ok((name, validate::trim(&line[colon + 1..])))
@@ -217,8 +217,12 @@ pub(crate) fn parse_head(
         };
         let offset = |s: &[u8]| s.as_ptr() as usize - bytes.as_ptr() as usize;
         let (name_at, value_at) = (offset(name), offset(value));
+        // A name spelled as the protocol spells it is shared static text: no reference count
+        // to take now and give back when the message is dropped.
+        let name = Text::well_known(name)
+            .unwrap_or_else(|| Text::slice_checked(bytes, name_at, name_at + name.len()));
         headers.push_unchecked(
-            Text::slice_checked(bytes, name_at, name_at + name.len()),
+            name,
             Text::slice_checked(bytes, value_at, value_at + value.len()),
         );
         pos = next;
@@ -232,6 +236,21 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn well_known_names_keep_the_senders_spelling_and_match_any_case() {
+        let message = Message::parse(Bytes::from_static(
+            b"LHTTP/1.0 chat\r\npublish:a\r\nPublish:b\r\nrequest-id: 7 \r\n\r\nhi",
+        ))
+        .unwrap();
+        let names: Vec<&str> = message.headers().iter().map(|h| h.name()).collect();
+        assert_eq!(names, ["publish", "Publish", "request-id"]);
+        assert_eq!(
+            message.headers().get_all("PUBLISH").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(message.header("Request-Id"), Some("7"));
+    }
 
     proptest! {
         /// The fast path for printable lines decides exactly as the full check does.

@@ -30,6 +30,14 @@ pub fn trim(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
+/// True when `s` holds a space. A plain loop: names and commands are short, and for them a
+/// `memchr` call (what `contains` does for bytes) costs more than it saves.
+#[allow(clippy::manual_contains)]
+#[inline]
+pub fn has_space(s: &[u8]) -> bool {
+    s.iter().any(|&b| b == b' ')
+}
+
 /// True when every byte is printable ASCII (0x20..=0x7e): no control character, no DEL, nothing
 /// outside ASCII. Checks eight bytes per step (SWAR) — this is the common case of a header
 /// line, and proving it lets the parser skip UTF-8 validation and the per-byte rules.
