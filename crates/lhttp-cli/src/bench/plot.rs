@@ -46,6 +46,7 @@ pub(crate) fn latency(path: &Path, histogram: &Histogram<u64>, title: &str) -> R
             .x_desc("percentile")
             .y_desc("publish-to-delivery latency (us)")
             .x_label_formatter(&|x| percentile_label(*x))
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .draw()?;
         chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2)))?;
         Ok(())
