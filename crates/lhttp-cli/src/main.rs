@@ -2,12 +2,9 @@
 //!
 //! Layout: `main.rs` parses flags and maps failures to exit codes; `format.rs` prints messages
 //! (raw or JSON); `session.rs` runs the interactive (or scripted, from stdin) session;
-//! `bench.rs` is the load generator (`lhttp bench`), with its `latency` and `http-publish`
-//! scenarios in `bench_latency.rs`.
+//! `bench/` is the load generator (`lhttp bench`), one module per scenario.
 
 mod bench;
-mod bench_latency;
-mod bench_requests;
 mod format;
 mod session;
 
@@ -137,19 +134,34 @@ enum Command {
 /// Load scenarios of `lhttp bench`.
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// One publisher on --url floods a channel; subscribers on --sub-url (default: --url)
-    /// check that every message arrives once, in order and intact. Prints msg/s and losses.
+    /// P publishers on --url flood C channels (each publisher round-robin over them); S
+    /// subscribers on --sub-url (default: --url), spread over the channels, check that every
+    /// message arrives once, in order per publisher and intact. Prints msg/s and losses.
     Throughput {
         /// Where the subscribers connect (another node of a cluster, say).
         #[arg(long, value_name = "URL")]
         sub_url: Option<String>,
-        /// Number of subscribers.
+        /// Number of publishers.
+        #[arg(short, long, default_value_t = 1)]
+        publishers: usize,
+        /// Number of subscribers (at least --channels).
         #[arg(short, long, default_value_t = 1)]
         subscribers: usize,
-        /// Messages to publish.
-        #[arg(short = 'n', long, default_value_t = 100_000)]
+        /// Number of channels (named CHANNEL-0, CHANNEL-1, ... when more than one).
+        #[arg(short = 'C', long, default_value_t = 1)]
+        channels: usize,
+        /// Messages to publish, in all.
+        #[arg(
+            short = 'n',
+            long,
+            default_value_t = 100_000,
+            conflicts_with = "duration"
+        )]
         count: u64,
-        /// Body size in bytes (at least 12).
+        /// Publish for this many seconds instead of a message count.
+        #[arg(short, long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Body size in bytes (at least 16).
         #[arg(long, default_value_t = 64)]
         size: usize,
         /// The channel.
@@ -158,6 +170,9 @@ enum Scenario {
         /// Most messages in flight ahead of the slowest subscriber.
         #[arg(long, default_value_t = 2000)]
         window: u64,
+        /// Draw delivered msg/s over time (a sample per 100 ms) into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -174,6 +189,10 @@ enum Scenario {
         /// The server's process id, to read its memory.
         #[arg(long)]
         pid: Option<u32>,
+        /// Spread the connections over this many source addresses 127.0.0.1, .2, ... (default:
+        /// as many as the ephemeral port range requires; needs a server on 127.0.0.0/8).
+        #[arg(long, value_name = "N")]
+        source_addrs: Option<usize>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -197,6 +216,9 @@ enum Scenario {
         /// The channel.
         #[arg(long, default_value = "bench")]
         channel: String,
+        /// Draw the latency percentile curve (log scale, as HDR plots) into this SVG file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -423,23 +445,42 @@ async fn run(cli: Cli) -> Result<()> {
             scenario:
                 Scenario::Throughput {
                     sub_url,
+                    publishers,
                     subscribers,
+                    channels,
                     count,
+                    duration,
                     size,
                     channel,
                     window,
+                    plot,
                     json,
                 },
         }) => {
+            let amount = match duration {
+                Some(secs) => bench::Amount::Duration(
+                    Duration::try_from_secs_f64(secs)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .context("--duration must be a positive number of seconds")?,
+                ),
+                None => bench::Amount::Count(count),
+            };
             let report = bench::throughput(bench::Throughput {
                 sub_url: sub_url.unwrap_or_else(|| cli.url.clone()),
                 url: cli.url,
+                publishers,
                 subscribers,
-                count,
+                channels,
+                amount,
                 size,
                 channel,
                 window,
                 timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot,
+                },
             })
             .await?;
             print_report(json, report.json(), report.table(), report.is_clean())
@@ -450,6 +491,7 @@ async fn run(cli: Cli) -> Result<()> {
                     count,
                     channels,
                     pid,
+                    source_addrs,
                     json,
                 },
         }) => {
@@ -458,7 +500,12 @@ async fn run(cli: Cli) -> Result<()> {
                 count,
                 channels,
                 pid,
+                source_addrs,
                 timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot: None,
+                },
             })
             .await?;
             print_report(json, report.json(), report.table(), true)
@@ -471,6 +518,7 @@ async fn run(cli: Cli) -> Result<()> {
                     duration,
                     size,
                     channel,
+                    plot,
                     json,
                 },
         }) => {
@@ -478,7 +526,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .ok()
                 .filter(|d| !d.is_zero())
                 .context("--duration must be a positive number of seconds")?;
-            let report = bench_latency::latency(bench_latency::Latency {
+            let report = bench::latency(bench::Latency {
                 sub_url: sub_url.unwrap_or_else(|| cli.url.clone()),
                 url: cli.url,
                 rate,
@@ -486,6 +534,10 @@ async fn run(cli: Cli) -> Result<()> {
                 size,
                 channel,
                 timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot,
+                },
             })
             .await?;
             print_report(json, report.json(), report.table(), report.is_clean())
@@ -500,13 +552,17 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         }) => {
-            let report = bench_latency::http_publish(bench_latency::HttpPublish {
+            let report = bench::http_publish(bench::HttpPublish {
                 url: cli.url,
                 concurrency,
                 count,
                 size,
                 channel,
                 timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot: None,
+                },
             })
             .await?;
             print_report(json, report.json(), report.table(), report.is_clean())
@@ -525,7 +581,7 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         }) => {
-            let report = bench_requests::requests(bench_requests::Requests {
+            let report = bench::requests::requests(bench::requests::Requests {
                 url: cli.url,
                 http,
                 channel,

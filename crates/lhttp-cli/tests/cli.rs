@@ -308,6 +308,7 @@ async fn bench_throughput_checks_every_delivery() {
     .await;
     assert_eq!(done.code, Some(0), "{done:?}");
     let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    assert_eq!(report["scenario"], "throughput", "{report}");
     assert_eq!(report["deliveries"], 9000, "{report}");
     for field in ["lost", "duplicated", "out_of_order", "corrupted"] {
         assert_eq!(report[field], 0, "{field}: {report}");
@@ -344,6 +345,7 @@ async fn bench_connections_reports_memory_per_connection() {
     .await;
     assert_eq!(done.code, Some(0), "{done:?}");
     let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    assert_eq!(report["scenario"], "connections", "{report}");
     assert_eq!(report["connections"], 200, "{report}");
     assert!(report["rss_after_kib"].as_u64().unwrap() > 0, "{report}");
     assert!(report["kib_per_connection"].is_number(), "{report}");
@@ -371,6 +373,7 @@ async fn bench_latency_reports_percentiles_and_checks_every_delivery() {
     .await;
     assert_eq!(done.code, Some(0), "{done:?}");
     let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    assert_eq!(report["scenario"], "latency", "{report}");
     assert_eq!(report["published"], 500, "{report}");
     assert_eq!(report["deliveries"], 500, "{report}");
     for field in ["lost", "duplicated", "out_of_order", "corrupted"] {
@@ -408,6 +411,7 @@ async fn bench_http_publish_counts_requests_and_deliveries() {
     .await;
     assert_eq!(done.code, Some(0), "{done:?}");
     let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    assert_eq!(report["scenario"], "http-publish", "{report}");
     assert_eq!(report["requests"], 500, "{report}");
     assert_eq!(report["ok"], 500, "{report}");
     assert_eq!(report["failed"], 0, "{report}");

@@ -65,11 +65,18 @@ impl Message {
         }
         let (headers, body_start) = parse_head(&bytes, pos, 2, limits.max_headers)?;
         // Validate the start line only after the head was found valid UTF-8 as a whole.
-        if std::str::from_utf8(command).is_err() {
-            return Err(ParseError::InvalidUtf8);
-        }
-        if !validate::is_command(command) {
-            return Err(ParseError::InvalidCommand);
+        if validate::is_printable_ascii(command) {
+            // ASCII is UTF-8; the one command rule left is "no space".
+            if command.len() > validate::MAX_TOKEN_LEN || validate::has_space(command) {
+                return Err(ParseError::InvalidCommand);
+            }
+        } else {
+            if std::str::from_utf8(command).is_err() {
+                return Err(ParseError::InvalidUtf8);
+            }
+            if !validate::is_command(command) {
+                return Err(ParseError::InvalidCommand);
+            }
         }
         pos = body_start;
         Ok(Message {
@@ -149,6 +156,40 @@ fn scan_line(line: &[u8]) -> LineScan {
     scan
 }
 
+/// Splits a header line known to be printable ASCII into trimmed name and value: the rules that
+/// remain are a colon, and a name of 1..=256 bytes without spaces.
+fn split_printable(line: &[u8], line_no: usize) -> Result<(&[u8], &[u8]), ParseError> {
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(ParseError::HeaderWithoutColon { line: line_no })?;
+    let name = validate::trim(&line[..colon]);
+    if name.is_empty() || name.len() > validate::MAX_TOKEN_LEN || validate::has_space(name) {
+        return Err(ParseError::InvalidHeaderName { line: line_no });
+    }
+    Ok((name, validate::trim(&line[colon + 1..])))
+}
+
+/// Splits any header line into trimmed name and value, checking every rule (UTF-8, colon, name,
+/// control characters in the value) in the order the errors are reported.
+fn split_any(line: &[u8], line_no: usize) -> Result<(&[u8], &[u8]), ParseError> {
+    let scan = scan_line(line);
+    if !scan.ascii && std::str::from_utf8(line).is_err() {
+        return Err(ParseError::InvalidUtf8);
+    }
+    let colon = scan
+        .colon
+        .ok_or(ParseError::HeaderWithoutColon { line: line_no })?;
+    let name = validate::trim(&line[..colon]);
+    if !validate::is_header_name(name) {
+        return Err(ParseError::InvalidHeaderName { line: line_no });
+    }
+    if scan.control_after_colon {
+        return Err(ParseError::InvalidHeaderValue { line: line_no });
+    }
+    Ok((name, validate::trim(&line[colon + 1..])))
+}
+
 /// Parses header lines from `pos` until a blank line or the end of input. Returns the headers
 /// and where the body starts. `first_line` numbers lines in errors.
 pub(crate) fn parse_head(
@@ -169,29 +210,65 @@ pub(crate) fn parse_head(
             return Err(ParseError::TooManyHeaders { max: max_headers });
         }
         let line = &bytes[pos..end];
-        let scan = scan_line(line);
-        if !scan.ascii && std::str::from_utf8(line).is_err() {
-            return Err(ParseError::InvalidUtf8);
-        }
-        let colon = scan
-            .colon
-            .ok_or(ParseError::HeaderWithoutColon { line: line_no })?;
-        let name = validate::trim(&line[..colon]);
-        if !validate::is_header_name(name) {
-            return Err(ParseError::InvalidHeaderName { line: line_no });
-        }
-        if scan.control_after_colon {
-            return Err(ParseError::InvalidHeaderValue { line: line_no });
-        }
-        let value = validate::trim(&line[colon + 1..]);
+        let (name, value) = if validate::is_printable_ascii(line) {
+            split_printable(line, line_no)?
+        } else {
+            split_any(line, line_no)?
+        };
         let offset = |s: &[u8]| s.as_ptr() as usize - bytes.as_ptr() as usize;
         let (name_at, value_at) = (offset(name), offset(value));
+        // A name spelled as the protocol spells it is shared static text: no reference count
+        // to take now and give back when the message is dropped.
+        let name = Text::well_known(name)
+            .unwrap_or_else(|| Text::slice_checked(bytes, name_at, name_at + name.len()));
         headers.push_unchecked(
-            Text::slice_checked(bytes, name_at, name_at + name.len()),
+            name,
             Text::slice_checked(bytes, value_at, value_at + value.len()),
         );
         pos = next;
         line_no += 1;
     }
     Ok((headers, bytes.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn well_known_names_keep_the_senders_spelling_and_match_any_case() {
+        let message = Message::parse(Bytes::from_static(
+            b"LHTTP/1.0 chat\r\npublish:a\r\nPublish:b\r\nrequest-id: 7 \r\n\r\nhi",
+        ))
+        .unwrap();
+        let names: Vec<&str> = message.headers().iter().map(|h| h.name()).collect();
+        assert_eq!(names, ["publish", "Publish", "request-id"]);
+        assert_eq!(
+            message.headers().get_all("PUBLISH").collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(message.header("Request-Id"), Some("7"));
+    }
+
+    proptest! {
+        /// The fast path for printable lines decides exactly as the full check does.
+        #[test]
+        fn fast_and_full_header_checks_agree(line in "[ -~]{0,300}") {
+            prop_assert_eq!(
+                split_printable(line.as_bytes(), 3),
+                split_any(line.as_bytes(), 3)
+            );
+        }
+
+        /// Lines with colons and spaces in every place, where the rules are decided.
+        #[test]
+        fn fast_and_full_checks_agree_around_colons(line in "[ :a]{0,12}") {
+            prop_assert_eq!(
+                split_printable(line.as_bytes(), 3),
+                split_any(line.as_bytes(), 3)
+            );
+        }
+    }
 }

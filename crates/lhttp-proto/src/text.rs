@@ -33,6 +33,24 @@ impl Text {
         Text(slice)
     }
 
+    /// The protocol's own header names (docs/protocol.md), as static text, when `name` is
+    /// spelled exactly so: parsing then takes no reference count on the frame for the name.
+    pub(crate) fn well_known(name: &[u8]) -> Option<Self> {
+        // A match on byte strings compares lengths first: most names are rejected at once.
+        let known = match name {
+            b"publish" => "publish",
+            b"subscribe" => "subscribe",
+            b"unsubscribe" => "unsubscribe",
+            b"request-id" => "request-id",
+            b"upstream" => "upstream",
+            b"multipart" => "multipart",
+            b"status" => "status",
+            b"reason" => "reason",
+            _ => return None,
+        };
+        Some(Text::from_static(known))
+    }
+
     /// The text as a string slice.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor checks (or, for `slice_checked`, is handed) valid UTF-8,

@@ -21,7 +21,7 @@ use lhttp_client::Message;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-use crate::bench::{connect, request};
+use super::{Socket, connect, request};
 
 /// What `lhttp bench requests` was asked to do.
 #[derive(Debug, Clone)]
@@ -66,6 +66,7 @@ impl RequestsReport {
 
     pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::json!({
+            "scenario": "requests",
             "requests": self.requests,
             "answered": self.answered,
             "requests_per_sec": self.per_sec.round(),
@@ -200,7 +201,7 @@ pub(crate) async fn requests(opts: Requests) -> Result<RequestsReport> {
 
 /// A worker: echoes each delivery's body to its `reply-to`, acknowledging it; replies to all
 /// the frames that are already there go out in one flush.
-async fn work(mut socket: crate::bench::Socket) -> Result<()> {
+async fn work(mut socket: Socket) -> Result<()> {
     loop {
         let Some(frame) = socket.next().await else {
             return Ok(());
@@ -213,7 +214,7 @@ async fn work(mut socket: crate::bench::Socket) -> Result<()> {
     }
 }
 
-async fn answer_delivery(socket: &mut crate::bench::Socket, frame: Frame) -> Result<()> {
+async fn answer_delivery(socket: &mut Socket, frame: Frame) -> Result<()> {
     if !(frame.is_text() || frame.is_binary()) {
         return Ok(());
     }

@@ -1,0 +1,257 @@
+//! `lhttp bench connections`: opens N idle connections, each subscribed to a channel, and
+//! reports the server's memory per connection (RSS from /proc/PID/status).
+//!
+//! Many connections need two things from this process: open files (the soft limit is raised to
+//! the hard one) and source ports — one source address has ~28k ephemeral ports towards one
+//! server port, and a server may limit connections per IP. So connections are spread over
+//! several 127.0.0.x source addresses (bound before connecting) when the server is on loopback:
+//! `--source-addrs N`, or as many as the ephemeral port range requires.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{Output, connect_from, progress, request, round2};
+
+/// What `lhttp bench connections` was asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct Connections {
+    pub url: String,
+    pub count: usize,
+    pub channels: usize,
+    pub pid: Option<u32>,
+    /// How many 127.0.0.x source addresses to spread over; `None`: as many as ports require.
+    pub source_addrs: Option<usize>,
+    pub timeout: Duration,
+    pub output: Output,
+}
+
+/// The result of `lhttp bench connections`.
+#[derive(Debug)]
+pub(crate) struct ConnectionsReport {
+    pub connections: usize,
+    pub elapsed: Duration,
+    /// Server RSS before and after, in KiB, when a pid was given.
+    pub rss_kib: Option<(u64, u64)>,
+    /// The open-files limit of this process after raising it (soft, hard).
+    pub open_files: (u64, u64),
+    /// Connections per local address actually used.
+    pub per_source: BTreeMap<IpAddr, usize>,
+}
+
+impl ConnectionsReport {
+    fn per_connection_kib(&self) -> Option<f64> {
+        self.rss_kib.map(|(before, after)| {
+            after.saturating_sub(before) as f64 / self.connections.max(1) as f64
+        })
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let per_source: serde_json::Map<String, serde_json::Value> = self
+            .per_source
+            .iter()
+            .map(|(ip, n)| (ip.to_string(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "scenario": "connections",
+            "connections": self.connections,
+            "elapsed_ms": self.elapsed.as_millis() as u64,
+            "rss_before_kib": self.rss_kib.map(|r| r.0),
+            "rss_after_kib": self.rss_kib.map(|r| r.1),
+            "kib_per_connection": self.per_connection_kib().map(round2),
+            "open_files_limit": self.open_files.0,
+            "source_addrs": self.per_source.len(),
+            "connections_per_source": per_source,
+        })
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let mut out = format!(
+            "connections {:>8} (each subscribed, then idle)\nopened in   {:>8.3} s\n\
+             from        {:>8} source address(es); open-files limit {}",
+            self.connections,
+            self.elapsed.as_secs_f64(),
+            self.per_source.len(),
+            self.open_files.0
+        );
+        if let (Some((before, after)), Some(per)) = (self.rss_kib, self.per_connection_kib()) {
+            out.push_str(&format!(
+                "\nserver RSS  {before} KiB -> {after} KiB: {per:.2} KiB per connection"
+            ));
+        }
+        out
+    }
+}
+
+/// The resident set size of process `pid`, in KiB (Linux).
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Raises this process's open-files soft limit to the hard limit; returns (soft, hard).
+fn raise_open_files() -> Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit")?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising the open-files limit")?;
+    }
+    Ok((hard.max(soft), hard))
+}
+
+/// How many ephemeral ports one source address has towards one server port.
+fn ephemeral_ports() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| {
+            let mut bounds = range.split_whitespace().map(str::parse::<usize>);
+            let (low, high) = (bounds.next()?.ok()?, bounds.next()?.ok()?);
+            Some(high.saturating_sub(low) + 1)
+        })
+        .unwrap_or(28_000)
+}
+
+/// The source addresses to connect from: 127.0.0.1, 127.0.0.2, ... when the server is on IPv4
+/// loopback (every 127.0.0.0/8 address is local there); only the default elsewhere.
+fn sources(server: SocketAddr, count: usize, wanted: Option<usize>) -> Result<Vec<IpAddr>> {
+    let loopback = matches!(server.ip(), IpAddr::V4(ip) if ip.is_loopback());
+    let n = match wanted {
+        Some(0) => bail!("--source-addrs must be at least 1"),
+        Some(n) if n > 1 && !loopback => {
+            bail!("--source-addrs needs a server on 127.0.0.0/8 (got {server})")
+        }
+        Some(n) => n,
+        // Leave a quarter of the ports to everything else on the machine.
+        None if loopback => count.div_ceil(ephemeral_ports() * 3 / 4).max(1),
+        None => 1,
+    };
+    if n > 254 {
+        bail!("--source-addrs can be at most 254");
+    }
+    if !loopback {
+        return Ok(vec![if server.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        }]);
+    }
+    Ok((1..=n as u8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect())
+}
+
+/// The server's socket address from a `ws://host:port/path` URL.
+fn server_addr(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("ws://")
+        .context("bench connections speaks ws:// only")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {authority}"))?
+        .next()
+        .with_context(|| format!("{authority} has no address"))
+}
+
+/// Opens `count` connections, each subscribed to one of `channels` channels, and measures the
+/// server's memory growth. The connections stay open until the report is made.
+pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> {
+    let open_files = raise_open_files()?;
+    let server = server_addr(&opts.url)?;
+    let sources = sources(server, opts.count, opts.source_addrs)?;
+    let before = opts.pid.map(rss_kib).transpose()?;
+    let bar = progress::bar(opts.output.progress, opts.count as u64, "connections");
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(opts.count);
+    // Connect in waves, so that the server's accept queue is not the limit being measured.
+    const WAVE: usize = 100;
+    for wave in (0..opts.count).step_by(WAVE) {
+        let end = (wave + WAVE).min(opts.count);
+        let opened = futures_util::future::try_join_all((wave..end).map(|i| {
+            let (url, channels, timeout) = (opts.url.as_str(), opts.channels.max(1), opts.timeout);
+            let source = sources[i % sources.len()];
+            async move {
+                let mut socket = connect_from(url, server, source, timeout).await?;
+                let id = format!("idle-{i}");
+                request(
+                    &mut socket,
+                    format!(
+                        "LHTTP/1.0 idle\r\nsubscribe:idle-{}\r\nrequest-id:{id}\r\n\r\n",
+                        i % channels
+                    ),
+                    &id,
+                    timeout,
+                )
+                .await
+                .with_context(|| format!("connection {i} (from {source})"))?;
+                anyhow::Ok(socket)
+            }
+        }))
+        .await?;
+        sockets.extend(opened);
+        bar.set_position(sockets.len() as u64);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let mut per_source = BTreeMap::new();
+    for socket in &sockets {
+        if let tokio_tungstenite::MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            *per_source.entry(stream.local_addr()?.ip()).or_insert(0) += 1;
+        }
+    }
+    // Let the server settle (allocator, deferred frees) before reading its memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = opts.pid.map(rss_kib).transpose()?;
+    drop(sockets);
+    Ok(ConnectionsReport {
+        connections: opts.count,
+        elapsed,
+        rss_kib: before.zip(after),
+        open_files,
+        per_source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_servers_get_several_sources_and_others_one() {
+        let local: SocketAddr = "127.0.0.1:8081".parse().unwrap();
+        assert_eq!(sources(local, 10, Some(3)).unwrap().len(), 3);
+        assert_eq!(sources(local, 10, None).unwrap().len(), 1);
+        let ports = ephemeral_ports();
+        assert!(sources(local, ports * 2, None).unwrap().len() >= 3);
+        let remote: SocketAddr = "192.0.2.1:8081".parse().unwrap();
+        assert!(sources(remote, 10, Some(3)).is_err());
+        assert_eq!(sources(remote, 10, None).unwrap().len(), 1);
+        assert!(sources(local, 10, Some(0)).is_err());
+    }
+
+    #[test]
+    fn server_address_comes_from_the_url() {
+        assert_eq!(
+            server_addr("ws://127.0.0.1:9000/chat").unwrap(),
+            "127.0.0.1:9000".parse().unwrap()
+        );
+        assert!(server_addr("wss://127.0.0.1:9000/").is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! `lhttp bench http-publish`: K tasks each doing keep-alive `POST /publish`; one WebSocket
+//! subscriber checks that every accepted message arrives exactly once (order is not checked: K
+//! requests race).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+use super::{Output, connect, parse_digits, pattern, payload, progress, request};
+
+/// Width of the sequence number at the start of each body.
+const SEQ_WIDTH: usize = 12;
+
+/// What `lhttp bench http-publish` was asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpPublish {
+    /// The WebSocket URL (`--url`); the publish URL is derived from it.
+    pub url: String,
+    pub concurrency: usize,
+    pub count: u64,
+    pub size: usize,
+    pub channel: String,
+    pub timeout: Duration,
+    pub output: Output,
+}
+
+/// The result of `lhttp bench http-publish`.
+#[derive(Debug)]
+pub(crate) struct HttpPublishReport {
+    pub publish_url: String,
+    pub requests: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub first_failure: Option<String>,
+    pub elapsed: Duration,
+    pub deliveries: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+}
+
+impl HttpPublishReport {
+    pub(crate) fn is_clean(&self) -> bool {
+        self.failed + self.lost + self.duplicated == 0
+    }
+
+    fn requests_per_sec(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": "http-publish",
+            "publish_url": self.publish_url,
+            "requests": self.requests,
+            "ok": self.ok,
+            "failed": self.failed,
+            "first_failure": self.first_failure,
+            "requests_per_sec": self.requests_per_sec().round(),
+            "elapsed_ms": self.elapsed.as_millis() as u64,
+            "deliveries": self.deliveries,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+        })
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let mut out = format!(
+            "POST       {}\nrequests   {:>12} ({} ok, {} failed)\nrate       {:>12.0} req/s\n\
+             elapsed    {:>12.3} s\ndeliveries {:>12}\nlost {}  duplicated {}",
+            self.publish_url,
+            self.requests,
+            self.ok,
+            self.failed,
+            self.requests_per_sec(),
+            self.elapsed.as_secs_f64(),
+            self.deliveries,
+            self.lost,
+            self.duplicated
+        );
+        if let Some(failure) = &self.first_failure {
+            out.push_str(&format!("\nfirst failure: {failure}"));
+        }
+        out
+    }
+}
+
+/// `ws://host:port/path` -> `http://host:port/publish` (`wss` -> `https`).
+pub(crate) fn publish_url(ws_url: &str) -> Result<String> {
+    let (scheme, rest) = if let Some(rest) = ws_url.strip_prefix("ws://") {
+        ("http", rest)
+    } else if let Some(rest) = ws_url.strip_prefix("wss://") {
+        ("https", rest)
+    } else if let Some(rest) = ws_url.strip_prefix("http://") {
+        ("http", rest)
+    } else if let Some(rest) = ws_url.strip_prefix("https://") {
+        ("https", rest)
+    } else {
+        bail!("--url must start with ws:// or wss://: {ws_url}");
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        bail!("--url has no host: {ws_url}");
+    }
+    Ok(format!("{scheme}://{authority}/publish"))
+}
+
+/// Runs `lhttp bench http-publish`.
+pub(crate) async fn http_publish(opts: HttpPublish) -> Result<HttpPublishReport> {
+    if opts.size < SEQ_WIDTH {
+        bail!("--size must be at least {SEQ_WIDTH} bytes");
+    }
+    let url = publish_url(&opts.url)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(opts.concurrency.max(1))
+        .timeout(opts.timeout)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let head = format!("LHTTP/1.0 bench\r\npublish:{}\r\n\r\n", opts.channel);
+
+    // The checking subscriber.
+    let mut subscriber = connect(&opts.url, opts.timeout).await?;
+    request(
+        &mut subscriber,
+        format!(
+            "LHTTP/1.0 bench\r\nsubscribe:{}\r\nrequest-id:bench-http\r\n\r\n",
+            opts.channel
+        ),
+        "bench-http",
+        opts.timeout,
+    )
+    .await?;
+    let distinct = Arc::new(AtomicU64::new(0));
+    let duplicated = Arc::new(AtomicU64::new(0));
+    let warmed = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (distinct, duplicated, warmed, count) = (
+            distinct.clone(),
+            duplicated.clone(),
+            warmed.clone(),
+            opts.count,
+        );
+        tokio::spawn(async move {
+            let mut seen = vec![false; count as usize];
+            while let Some(Ok(frame)) = subscriber.next().await {
+                if !matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
+                    continue;
+                }
+                let data = frame.into_data();
+                let Some(payload) = payload(&data) else {
+                    continue;
+                };
+                if payload.starts_with(b"probe") {
+                    warmed.store(1, Relaxed);
+                    continue;
+                }
+                let Some(seq) = parse_digits(payload.get(..SEQ_WIDTH)) else {
+                    continue;
+                };
+                match seen.get_mut(seq as usize) {
+                    Some(flag) if !*flag => {
+                        *flag = true;
+                        distinct.fetch_add(1, Relaxed);
+                    }
+                    Some(_) => {
+                        duplicated.fetch_add(1, Relaxed);
+                    }
+                    None => {}
+                }
+            }
+        })
+    };
+
+    // Warm-up, over HTTP too: this also opens the first keep-alive connection.
+    let deadline = Instant::now() + opts.timeout;
+    while warmed.load(Relaxed) == 0 {
+        if Instant::now() > deadline {
+            bail!("warm-up: the subscriber received no probe in time");
+        }
+        client
+            .post(&url)
+            .body(format!("{head}probe"))
+            .send()
+            .await
+            .with_context(|| format!("cannot POST to {url}"))?
+            .bytes()
+            .await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let next = Arc::new(AtomicU64::new(0));
+    let bar = progress::bar(opts.output.progress, opts.count, "requests");
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(opts.concurrency);
+    for _ in 0..opts.concurrency.max(1) {
+        let (bar, client, next, url, head, count, size) = (
+            bar.clone(),
+            client.clone(),
+            next.clone(),
+            url.clone(),
+            head.clone(),
+            opts.count,
+            opts.size,
+        );
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None::<String>);
+            loop {
+                let seq = next.fetch_add(1, Relaxed);
+                if seq >= count {
+                    break;
+                }
+                let mut body = Vec::with_capacity(head.len() + size);
+                body.extend_from_slice(head.as_bytes());
+                body.extend_from_slice(format!("{seq:0SEQ_WIDTH$}").as_bytes());
+                body.extend((0..size - SEQ_WIDTH).map(|i| pattern(seq, i)));
+                let outcome = match client.post(&url).body(body).send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        // Read the body to the end so that the connection is reused.
+                        match response.bytes().await {
+                            Ok(_) if status == reqwest::StatusCode::OK => Ok(()),
+                            Ok(answer) => Err(format!(
+                                "{status}: {}",
+                                String::from_utf8_lossy(&answer).trim()
+                            )),
+                            Err(error) => Err(error.to_string()),
+                        }
+                    }
+                    Err(error) => Err(error.to_string()),
+                };
+                bar.inc(1);
+                match outcome {
+                    Ok(()) => ok += 1,
+                    Err(error) => {
+                        failed += 1;
+                        first_failure.get_or_insert(error);
+                    }
+                }
+            }
+            (ok, failed, first_failure)
+        }));
+    }
+    let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None);
+    for worker in workers {
+        let (o, f, first) = worker.await?;
+        ok += o;
+        failed += f;
+        if first_failure.is_none() {
+            first_failure = first;
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    // Wait for the accepted messages to arrive (or the timeout).
+    let deadline = Instant::now() + opts.timeout;
+    while distinct.load(Relaxed) < ok && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    watcher.abort();
+    let deliveries = distinct.load(Relaxed);
+    Ok(HttpPublishReport {
+        publish_url: url,
+        requests: opts.count,
+        ok,
+        failed,
+        first_failure,
+        elapsed,
+        deliveries,
+        lost: ok.saturating_sub(deliveries),
+        duplicated: duplicated.load(Relaxed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_url_is_derived_from_the_websocket_url() {
+        assert_eq!(
+            publish_url("ws://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080/publish"
+        );
+        assert_eq!(
+            publish_url("wss://example.org/ws").unwrap(),
+            "https://example.org/publish"
+        );
+        assert!(publish_url("ftp://x").is_err());
+    }
+}

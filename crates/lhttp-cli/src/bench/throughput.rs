@@ -1,0 +1,599 @@
+//! `lhttp bench throughput`: P publishers, S subscribers, C channels, every delivery checked.
+//!
+//! Subscriber `i` subscribes to channel `i mod C`; publisher `p` sends its `k`-th message to
+//! channel `(p + k) mod C`. Each body starts with the publisher's number and a sequence number
+//! per (publisher, channel), then a filler derived from that number, so a subscriber can tell
+//! lost, duplicated, out-of-order (per publisher: the only order the protocol promises) and
+//! corrupted messages apart. When a publisher is done it sends an `end` marker on every channel;
+//! a subscriber stops after the markers of all publishers (or after `timeout` of silence).
+//!
+//! Flow control: publishers keep at most `--window` messages in flight ahead of the slowest
+//! subscriber, so that the measurement shows the server's pace rather than its slow-consumer
+//! policy (a subscriber more than `limits.outbound_queue` behind would be disconnected).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as Frame;
+
+use super::{
+    Counter, Output, Socket, connect, filler_intact, parse_digits, pattern, payload, plot,
+    progress, request, round2,
+};
+
+/// Width of the publisher number at the start of each body.
+const PUB_WIDTH: usize = 4;
+/// Width of the sequence number that follows it.
+const SEQ_WIDTH: usize = 12;
+/// The smallest body a message can carry.
+pub(crate) const MIN_SIZE: usize = PUB_WIDTH + SEQ_WIDTH;
+/// How often the delivered count is sampled (for the plot and the progress bar).
+const SAMPLE: Duration = Duration::from_millis(100);
+
+/// How much to publish.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Amount {
+    /// This many messages in all, shared among the publishers.
+    Count(u64),
+    /// As many as the server takes during this time.
+    Duration(Duration),
+}
+
+/// What `lhttp bench throughput` was asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct Throughput {
+    pub url: String,
+    pub sub_url: String,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub channels: usize,
+    pub amount: Amount,
+    pub size: usize,
+    pub channel: String,
+    pub window: u64,
+    pub timeout: Duration,
+    pub output: Output,
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    received: u64,
+    lost: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    corrupted: u64,
+}
+
+impl Seen {
+    fn add(&mut self, other: &Seen) {
+        self.received += other.received;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.out_of_order += other.out_of_order;
+        self.corrupted += other.corrupted;
+    }
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub channels: usize,
+    pub published: u64,
+    pub published_per_sec: f64,
+    pub delivered_per_sec: f64,
+    pub megabytes_per_sec: f64,
+    pub elapsed: Duration,
+    pub deliveries: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub corrupted: u64,
+    /// (seconds since the start, deliveries per second over the sample before).
+    pub samples: Vec<(f64, f64)>,
+}
+
+impl Report {
+    pub(crate) fn is_clean(&self) -> bool {
+        self.lost + self.duplicated + self.out_of_order + self.corrupted == 0
+    }
+
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": "throughput",
+            "publishers": self.publishers,
+            "subscribers": self.subscribers,
+            "channels": self.channels,
+            "published": self.published,
+            "published_per_sec": self.published_per_sec.round(),
+            "delivered_per_sec": self.delivered_per_sec.round(),
+            "megabytes_per_sec": round2(self.megabytes_per_sec),
+            "elapsed_ms": self.elapsed.as_millis() as u64,
+            "deliveries": self.deliveries,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "out_of_order": self.out_of_order,
+            "corrupted": self.corrupted,
+        })
+    }
+
+    pub(crate) fn table(&self) -> String {
+        format!(
+            "setup      {} publisher(s) -> {} subscriber(s) on {} channel(s)\n\
+             published  {:>12.0} msg/s  ({} messages)\n\
+             delivered  {:>12.0} msg/s  ({:.1} MB/s)\n\
+             elapsed    {:>12.3} s\ndeliveries {:>12}\n\
+             lost {}  duplicated {}  out of order {}  corrupted {}",
+            self.publishers,
+            self.subscribers,
+            self.channels,
+            self.published_per_sec,
+            self.published,
+            self.delivered_per_sec,
+            self.megabytes_per_sec,
+            self.elapsed.as_secs_f64(),
+            self.deliveries,
+            self.lost,
+            self.duplicated,
+            self.out_of_order,
+            self.corrupted
+        )
+    }
+}
+
+/// The body of message `seq` of publisher `publisher`.
+fn body(publisher: usize, seq: u64, size: usize, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let _ = write!(out, "{publisher:0PUB_WIDTH$}{seq:0SEQ_WIDTH$}");
+    out.extend((0..size - MIN_SIZE).map(|i| pattern(seq, i)));
+}
+
+/// What a received frame is.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// A warm-up probe.
+    Probe,
+    /// Publisher `.0` is done.
+    End(usize),
+    /// Message (publisher, seq, intact).
+    Data(usize, u64, bool),
+    /// Not a message of this run, or damaged beyond reading.
+    Garbage,
+}
+
+fn classify(data: &[u8], size: usize) -> Received {
+    let Some(payload) = payload(data) else {
+        return Received::Garbage;
+    };
+    if payload.starts_with(b"probe") {
+        return Received::Probe;
+    }
+    if let Some(rest) = payload.strip_prefix(b"end") {
+        return match parse_digits(rest.get(..PUB_WIDTH)) {
+            Some(publisher) => Received::End(publisher as usize),
+            None => Received::Garbage,
+        };
+    }
+    let publisher = parse_digits(payload.get(..PUB_WIDTH));
+    let seq = parse_digits(payload.get(PUB_WIDTH..MIN_SIZE));
+    match (publisher, seq) {
+        (Some(publisher), Some(seq)) => Received::Data(
+            publisher as usize,
+            seq,
+            filler_intact(&payload[MIN_SIZE..], seq, size - MIN_SIZE),
+        ),
+        _ => Received::Garbage,
+    }
+}
+
+/// The name of channel `c` of `count`: the bare name when there is one.
+fn channel_name(base: &str, c: usize, count: usize) -> String {
+    if count == 1 {
+        base.to_owned()
+    } else {
+        format!("{base}-{c}")
+    }
+}
+
+/// Runs the scenario and reports.
+pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
+    if opts.size < MIN_SIZE {
+        bail!("--size must be at least {MIN_SIZE} bytes");
+    }
+    if opts.publishers == 0 || opts.publishers >= 10usize.pow(PUB_WIDTH as u32) {
+        bail!("--publishers must be between 1 and 9999");
+    }
+    if opts.channels == 0 || opts.subscribers < opts.channels {
+        bail!("every channel needs a subscriber: --subscribers must be at least --channels (>= 1)");
+    }
+    let (publishers, channels) = (opts.publishers, opts.channels);
+    let heads: Arc<Vec<String>> = Arc::new(
+        (0..channels)
+            .map(|c| {
+                format!(
+                    "LHTTP/1.0 bench\r\npublish:{}\r\n\r\n",
+                    channel_name(&opts.channel, c, channels)
+                )
+            })
+            .collect(),
+    );
+
+    let mut subscribers = Vec::with_capacity(opts.subscribers);
+    for i in 0..opts.subscribers {
+        let mut socket = connect(&opts.sub_url, opts.timeout).await?;
+        let id = format!("bench-sub-{i}");
+        let name = channel_name(&opts.channel, i % channels, channels);
+        request(
+            &mut socket,
+            format!("LHTTP/1.0 bench\r\nsubscribe:{name}\r\nrequest-id:{id}\r\n\r\n"),
+            &id,
+            opts.timeout,
+        )
+        .await?;
+        subscribers.push(socket);
+    }
+    let mut sockets = Vec::with_capacity(publishers);
+    for _ in 0..publishers {
+        sockets.push(connect(&opts.url, opts.timeout).await?);
+    }
+
+    // Deliveries per subscriber (flow control, progress, samples) and messages sent per channel.
+    let received: Arc<Vec<Counter>> =
+        Arc::new((0..opts.subscribers).map(|_| Counter::default()).collect());
+    let sent: Arc<Vec<Counter>> = Arc::new((0..channels).map(|_| Counter::default()).collect());
+    let warmed = Arc::new(Counter::default());
+    let mut tasks = Vec::new();
+    for (index, socket) in subscribers.into_iter().enumerate() {
+        let (received, warmed) = (received.clone(), warmed.clone());
+        let (size, idle) = (opts.size, opts.timeout);
+        tasks.push(tokio::spawn(subscriber(
+            socket, index, publishers, size, idle, received, warmed,
+        )));
+    }
+
+    // Warm-up: probes until every subscriber got one, so that a subscription that still has to
+    // cross a cluster is in place before the clock starts.
+    let deadline = Instant::now() + opts.timeout;
+    while (warmed.0.load(Relaxed) as usize) < opts.subscribers {
+        if Instant::now() > deadline {
+            bail!("warm-up: not every subscriber received a probe in time");
+        }
+        for head in heads.iter() {
+            sockets[0].feed(Frame::text(format!("{head}probe"))).await?;
+        }
+        sockets[0].flush().await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The bar counts deliveries (about n * S / C) for a count, milliseconds for a duration.
+    let (len, unit, by_count) = match opts.amount {
+        Amount::Count(n) => (
+            n * opts.subscribers as u64 / channels as u64,
+            "deliveries",
+            true,
+        ),
+        Amount::Duration(d) => (d.as_millis() as u64, "ms", false),
+    };
+    let bar = progress::bar(opts.output.progress, len, unit);
+
+    let started = Instant::now();
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (received, stop, bar) = (received.clone(), stop_sampling.clone(), bar.clone());
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut ticks = tokio::time::interval(SAMPLE);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            let (mut last_count, mut last_at) = (0u64, started);
+            while !stop.load(Relaxed) {
+                ticks.tick().await;
+                let count: u64 = received.iter().map(|c| c.0.load(Relaxed)).sum();
+                let now = Instant::now();
+                let rate = (count - last_count) as f64 / (now - last_at).as_secs_f64().max(1e-9);
+                samples.push(((now - started).as_secs_f64(), rate));
+                bar.set_position(if by_count {
+                    count
+                } else {
+                    (now - started).as_millis() as u64
+                });
+                bar.set_message(progress::rate(rate));
+                (last_count, last_at) = (count, now);
+            }
+            samples
+        })
+    };
+
+    let mut publishing = Vec::with_capacity(publishers);
+    for (p, socket) in sockets.into_iter().enumerate() {
+        let quota = match opts.amount {
+            Amount::Count(n) => {
+                Some(n / publishers as u64 + u64::from((p as u64) < n % publishers as u64))
+            }
+            Amount::Duration(_) => None,
+        };
+        let until = match opts.amount {
+            Amount::Duration(d) => Some(started + d),
+            Amount::Count(_) => None,
+        };
+        publishing.push(tokio::spawn(publisher(Publisher {
+            socket,
+            index: p,
+            publishers,
+            quota,
+            until,
+            size: opts.size,
+            window: opts.window,
+            stall: opts.timeout,
+            heads: heads.clone(),
+            received: received.clone(),
+            sent: sent.clone(),
+        })));
+    }
+    // Messages sent by each publisher to each channel.
+    let mut sent_by = Vec::with_capacity(publishers);
+    let mut published_at = started;
+    for task in publishing {
+        let (per_channel, at) = task.await??;
+        sent_by.push(per_channel);
+        published_at = published_at.max(at);
+    }
+    let published: u64 = sent_by.iter().flatten().sum();
+
+    let mut total = Seen::default();
+    let mut finished = started;
+    for (s, task) in tasks.into_iter().enumerate() {
+        let (mut seen, expected, at) = task.await.context("a subscriber failed")?;
+        for (p, next) in expected.iter().enumerate() {
+            seen.lost += sent_by[p][s % channels].saturating_sub(*next);
+        }
+        total.add(&seen);
+        finished = finished.max(at);
+    }
+    stop_sampling.store(true, Relaxed);
+    let samples = sampler.await.unwrap_or_default();
+    bar.finish_and_clear();
+
+    let elapsed = finished.saturating_duration_since(started);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let message_len = (heads[0].len() + opts.size) as f64;
+    let report = Report {
+        publishers,
+        subscribers: opts.subscribers,
+        channels,
+        published,
+        published_per_sec: published as f64
+            / published_at
+                .saturating_duration_since(started)
+                .as_secs_f64()
+                .max(1e-9),
+        delivered_per_sec: total.received as f64 / secs,
+        megabytes_per_sec: message_len * total.received as f64 / secs / 1e6,
+        elapsed,
+        deliveries: total.received,
+        lost: total.lost,
+        duplicated: total.duplicated,
+        out_of_order: total.out_of_order,
+        corrupted: total.corrupted,
+        samples,
+    };
+    if let Some(path) = &opts.output.plot {
+        plot::throughput(
+            path,
+            &report.samples,
+            &format!(
+                "lhttp bench throughput: {} -> {} on {} channel(s), {} B bodies",
+                publishers, opts.subscribers, channels, opts.size
+            ),
+        )?;
+    }
+    Ok(report)
+}
+
+/// One subscriber: checks every frame until every publisher's end marker came (or `idle` of
+/// silence), and returns what it saw, the next sequence number it expected from each publisher
+/// (what was sent beyond that is lost) and when the last message arrived.
+async fn subscriber(
+    mut socket: Socket,
+    index: usize,
+    publishers: usize,
+    size: usize,
+    idle: Duration,
+    received: Arc<Vec<Counter>>,
+    warmed: Arc<Counter>,
+) -> (Seen, Vec<u64>, Instant) {
+    let mut seen = Seen::default();
+    let mut expected = vec![0u64; publishers];
+    let mut ended = vec![false; publishers];
+    let mut ends = 0;
+    let mut warm = false;
+    let mut last = Instant::now();
+    while ends < publishers {
+        let frame = match tokio::time::timeout(idle, socket.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            // Silence, or the connection is gone: what is missing is counted as lost below.
+            _ => break,
+        };
+        if !matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
+            continue;
+        }
+        match classify(&frame.into_data(), size) {
+            Received::Probe => {
+                if !warm {
+                    warm = true;
+                    warmed.0.fetch_add(1, Relaxed);
+                }
+            }
+            Received::End(p) => match ended.get_mut(p) {
+                Some(done @ false) => {
+                    *done = true;
+                    ends += 1;
+                }
+                _ => seen.corrupted += 1,
+            },
+            Received::Data(p, seq, intact) => {
+                last = Instant::now();
+                let Some(next) = expected.get_mut(p) else {
+                    seen.corrupted += 1;
+                    continue;
+                };
+                seen.received += 1;
+                if !intact {
+                    seen.corrupted += 1;
+                }
+                if seq == *next {
+                    *next += 1;
+                } else if seq > *next {
+                    seen.lost += seq - *next;
+                    seen.out_of_order += 1;
+                    *next = seq + 1;
+                } else {
+                    seen.duplicated += 1;
+                }
+                received[index].0.fetch_add(1, Relaxed);
+            }
+            Received::Garbage => seen.corrupted += 1,
+        }
+    }
+    (seen, expected, last)
+}
+
+/// One publishing connection and what it needs to pace itself.
+struct Publisher {
+    socket: Socket,
+    index: usize,
+    publishers: usize,
+    quota: Option<u64>,
+    until: Option<Instant>,
+    size: usize,
+    window: u64,
+    /// Give up when the subscribers make no progress for this long.
+    stall: Duration,
+    heads: Arc<Vec<String>>,
+    received: Arc<Vec<Counter>>,
+    sent: Arc<Vec<Counter>>,
+}
+
+/// Publishes until the quota or the deadline, then sends the end markers. Returns the messages
+/// published to each channel and when the last one was flushed.
+async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant)> {
+    let channels = p.heads.len();
+    let subscribers = p.received.len();
+    let mut seq = vec![0u64; channels];
+    let mut batch_counts = vec![0u64; channels];
+    let mut total = 0u64;
+    let mut next_channel = p.index % channels;
+    let mut progress_at = (Instant::now(), 0u64);
+    loop {
+        if p.quota.is_some_and(|q| total >= q) || p.until.is_some_and(|u| Instant::now() >= u) {
+            break;
+        }
+        // The largest lag of any subscriber behind what was sent to its channel.
+        let lag = (0..subscribers)
+            .map(|s| {
+                p.sent[s % channels]
+                    .0
+                    .load(Relaxed)
+                    .saturating_sub(p.received[s].0.load(Relaxed))
+            })
+            .max()
+            .unwrap_or(0);
+        if lag >= p.window {
+            p.socket.flush().await?;
+            let delivered: u64 = p.received.iter().map(|c| c.0.load(Relaxed)).sum();
+            if delivered != progress_at.1 {
+                progress_at = (Instant::now(), delivered);
+            } else if progress_at.0.elapsed() > p.stall {
+                // Something was lost and the window will never drain: stop, and let the
+                // subscribers report what is missing.
+                break;
+            }
+            // The window is full: let the subscribers (and the server) catch up.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            continue;
+        }
+        let mut batch = ((p.window - lag) / p.publishers as u64).clamp(1, 512);
+        if let Some(quota) = p.quota {
+            batch = batch.min(quota - total);
+        }
+        for _ in 0..batch {
+            let c = next_channel;
+            next_channel = (next_channel + 1) % channels;
+            let head = &p.heads[c];
+            let mut message = Vec::with_capacity(head.len() + p.size);
+            message.extend_from_slice(head.as_bytes());
+            body(p.index, seq[c], p.size, &mut message);
+            seq[c] += 1;
+            batch_counts[c] += 1;
+            p.socket.feed(Frame::binary(message)).await?;
+        }
+        total += batch;
+        for (c, count) in batch_counts.iter_mut().enumerate() {
+            if *count > 0 {
+                p.sent[c].0.fetch_add(*count, Relaxed);
+                *count = 0;
+            }
+        }
+        p.socket.flush().await?;
+    }
+    let done = Instant::now();
+    for head in p.heads.iter() {
+        p.socket
+            .feed(Frame::text(format!("{head}end{:0PUB_WIDTH$}", p.index)))
+            .await?;
+    }
+    p.socket.flush().await?;
+    // Keep the connection open until the server has taken the markers: closing at once could
+    // drop them with the connection.
+    let _ = tokio::time::timeout(Duration::from_millis(50), p.socket.next()).await;
+    Ok((seq, done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(publisher: usize, seq: u64, size: usize) -> Vec<u8> {
+        let mut data = b"LHTTP/1.0 bench\r\npublish:b\r\n\r\n".to_vec();
+        body(publisher, seq, size, &mut data);
+        data
+    }
+
+    #[test]
+    fn intact_messages_pass_and_damaged_ones_are_caught() {
+        assert_eq!(classify(&frame(3, 42, 64), 64), Received::Data(3, 42, true));
+        let mut damaged = frame(3, 42, 64);
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert_eq!(classify(&damaged, 64), Received::Data(3, 42, false));
+        assert_eq!(
+            classify(&frame(3, 42, 64)[..50], 64),
+            Received::Data(3, 42, false)
+        );
+        assert_eq!(classify(&frame(3, 42, 64)[..40], 64), Received::Garbage);
+        assert_eq!(
+            classify(b"LHTTP/1.0 bench\r\n\r\nprobe", 64),
+            Received::Probe
+        );
+        assert_eq!(
+            classify(b"LHTTP/1.0 bench\r\n\r\nend0007", 64),
+            Received::End(7)
+        );
+        assert_eq!(classify(b"garbage", 64), Received::Garbage);
+    }
+
+    #[test]
+    fn channels_keep_the_bare_name_when_there_is_one() {
+        assert_eq!(channel_name("bench", 0, 1), "bench");
+        assert_eq!(channel_name("bench", 2, 4), "bench-2");
+    }
+}

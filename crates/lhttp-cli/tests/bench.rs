@@ -1,0 +1,206 @@
+//! `lhttp bench` scenarios with several publishers, subscribers and channels, duration mode,
+//! plots and source addresses, run as the real binary against a real in-process server.
+
+mod common;
+
+use common::{TestServer, lhttp, run, start};
+
+/// Runs `lhttp --url URL bench ARGS... --json`, expects success, returns the report.
+async fn bench_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
+    let url = server.url();
+    let mut all = vec!["--url", &url, "bench"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let done = run(lhttp(&all), b"").await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    // stdout holds the report alone: no progress bar, no table.
+    serde_json::from_str(done.stdout.trim()).expect("one JSON report on stdout")
+}
+
+fn assert_every_delivery_clean(report: &serde_json::Value) {
+    for field in ["lost", "duplicated", "out_of_order", "corrupted"] {
+        assert_eq!(report[field], 0, "{field}: {report}");
+    }
+}
+
+#[tokio::test]
+async fn bench_throughput_with_publishers_subscribers_and_channels() {
+    let server = start().await;
+    let report = bench_json(
+        &server,
+        &[
+            "throughput",
+            "--publishers",
+            "3",
+            "--subscribers",
+            "6",
+            "--channels",
+            "3",
+            "-n",
+            "3000",
+            "--window",
+            "300",
+        ],
+    )
+    .await;
+    assert_eq!(report["publishers"], 3, "{report}");
+    assert_eq!(report["subscribers"], 6, "{report}");
+    assert_eq!(report["channels"], 3, "{report}");
+    assert_eq!(report["published"], 3000, "{report}");
+    // 1000 messages per channel, each channel with 2 subscribers.
+    assert_eq!(report["deliveries"], 6000, "{report}");
+    assert_every_delivery_clean(&report);
+    for channel in ["bench-0", "bench-1", "bench-2"] {
+        server.wait_subscribers(channel, 0).await;
+    }
+}
+
+#[tokio::test]
+async fn bench_throughput_for_a_duration_delivers_everything_published() {
+    let server = start().await;
+    let report = bench_json(
+        &server,
+        &[
+            "throughput",
+            "--duration",
+            "1",
+            "-p",
+            "2",
+            "-s",
+            "2",
+            "--window",
+            "200",
+        ],
+    )
+    .await;
+    let published = report["published"].as_u64().expect("published");
+    assert!(published > 0, "{report}");
+    assert_eq!(
+        report["deliveries"].as_u64(),
+        Some(published * 2),
+        "{report}"
+    );
+    assert_every_delivery_clean(&report);
+    let elapsed = report["elapsed_ms"].as_u64().expect("elapsed_ms");
+    assert!(
+        elapsed >= 900,
+        "the run lasted about the duration: {report}"
+    );
+}
+
+#[tokio::test]
+async fn bench_throughput_rejects_channels_without_subscribers() {
+    let server = start().await;
+    let done = run(
+        lhttp(&[
+            "--url",
+            &server.url(),
+            "bench",
+            "throughput",
+            "-s",
+            "1",
+            "--channels",
+            "2",
+        ]),
+        b"",
+    )
+    .await;
+    assert_ne!(done.code, Some(0), "{done:?}");
+    assert!(
+        done.stderr.contains("every channel needs a subscriber"),
+        "{done:?}"
+    );
+}
+
+/// A minimal check that `path` is an SVG drawing with at least one line in it.
+fn assert_svg_with_a_line(path: &std::path::Path) {
+    let svg = std::fs::read_to_string(path).expect("the plot was written");
+    let start = svg.trim_start();
+    assert!(
+        start.starts_with("<svg") || start.starts_with("<?xml"),
+        "not an SVG file: {}",
+        &svg[..svg.len().min(200)]
+    );
+    assert!(svg.contains("<svg"), "no <svg> element");
+    assert!(svg.trim_end().ends_with("</svg>"), "the SVG is not closed");
+    assert!(
+        svg.contains("<polyline") || svg.contains("<path"),
+        "the SVG draws no line"
+    );
+}
+
+#[tokio::test]
+async fn bench_plots_are_svg_files_with_a_curve() {
+    let server = start().await;
+    let dir = std::env::temp_dir().join(format!("lhttp-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let throughput_svg = dir.join("throughput.svg");
+    let report = bench_json(
+        &server,
+        &[
+            "throughput",
+            "--duration",
+            "0.5",
+            "--plot",
+            throughput_svg.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    assert_every_delivery_clean(&report);
+    assert_svg_with_a_line(&throughput_svg);
+
+    let latency_svg = dir.join("latency.svg");
+    let report = bench_json(
+        &server,
+        &[
+            "latency",
+            "--rate",
+            "500",
+            "--duration",
+            "0.5",
+            "--plot",
+            latency_svg.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    assert_every_delivery_clean(&report);
+    assert_svg_with_a_line(&latency_svg);
+    let svg = std::fs::read_to_string(&latency_svg).expect("latency plot");
+    assert!(svg.contains("99%"), "the percentile axis is labelled");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn bench_connections_spread_over_source_addresses() {
+    let server = start().await;
+    let report = bench_json(
+        &server,
+        &[
+            "connections",
+            "-n",
+            "30",
+            "--channels",
+            "3",
+            "--source-addrs",
+            "3",
+        ],
+    )
+    .await;
+    assert_eq!(report["connections"], 30, "{report}");
+    assert_eq!(report["source_addrs"], 3, "{report}");
+    let per_source = report["connections_per_source"]
+        .as_object()
+        .expect("connections per source");
+    let mut used: Vec<(&str, u64)> = per_source
+        .iter()
+        .map(|(ip, n)| (ip.as_str(), n.as_u64().expect("count")))
+        .collect();
+    used.sort();
+    assert_eq!(
+        used,
+        [("127.0.0.1", 10), ("127.0.0.2", 10), ("127.0.0.3", 10)],
+        "{report}"
+    );
+    assert!(report["open_files_limit"].as_u64().unwrap() > 0, "{report}");
+    server.wait_subscribers("idle-0", 0).await;
+}
