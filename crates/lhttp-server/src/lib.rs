@@ -55,6 +55,7 @@ mod metrics;
 mod outbox;
 mod processor;
 mod publish;
+mod rate;
 mod rejection;
 mod server;
 mod session;

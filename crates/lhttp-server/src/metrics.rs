@@ -27,6 +27,11 @@ pub struct Metrics {
     pub(crate) http_publish_requests: AtomicU64,
     pub(crate) upstream_calls: AtomicU64,
     pub(crate) upstream_failures: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) rate_limit_closes: AtomicU64,
+    pub(crate) connections_refused_per_ip: AtomicU64,
+    pub(crate) handshake_timeouts: AtomicU64,
+    pub(crate) http_body_timeouts: AtomicU64,
 }
 
 /// Gauges read from the hub at scrape time.
@@ -65,7 +70,7 @@ impl Metrics {
             "Subscriptions of local connections.",
             gauges.subscriptions,
         );
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 21] = [
             (
                 "connections_opened_total",
                 "WebSocket connections accepted.",
@@ -145,6 +150,31 @@ impl Metrics {
                 "upstream_failures_total",
                 "Upstream calls that failed or timed out (answered 502 or 504).",
                 &self.upstream_failures,
+            ),
+            (
+                "rate_limited_messages_total",
+                "Messages refused with 429 for exceeding the connection's message rate.",
+                &self.rate_limited,
+            ),
+            (
+                "rate_limit_closes_total",
+                "Connections closed with 1008 for persistently exceeding their message rate.",
+                &self.rate_limit_closes,
+            ),
+            (
+                "connections_refused_per_ip_total",
+                "Upgrade requests refused with 429 at the per-IP connection limit.",
+                &self.connections_refused_per_ip,
+            ),
+            (
+                "handshake_timeouts_total",
+                "TCP connections closed because their request head (WebSocket handshake or HTTP request) did not arrive in time.",
+                &self.handshake_timeouts,
+            ),
+            (
+                "http_body_timeouts_total",
+                "POST /publish requests answered 408 because the body did not arrive in time.",
+                &self.http_body_timeouts,
             ),
         ];
         for (name, help, counter) in counters {

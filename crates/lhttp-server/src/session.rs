@@ -8,7 +8,10 @@
 //!   already queued;
 //! - the client reads too slowly (outbox overflow): 1008 "slow consumer", immediately;
 //! - the server shuts down: 1001 "server shutting down", after what is already queued;
-//! - an open filter refuses the connection: the `error` message, then 1008.
+//! - an open filter refuses the connection: the `error` message, then 1008;
+//! - the client keeps sending over its message rate (`limits.rate_limit_close_after` refusals
+//!   within `limits.rate_limit_window_ms`): a last 429 `error`, then 1008 "message rate limit
+//!   exceeded".
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -28,6 +31,7 @@ use crate::{
     connection::ConnectionId,
     metrics::add,
     outbox::{Outbox, WriterEnd, close_frame},
+    rate::{MessageRate, Verdict},
     server::Shared,
 };
 
@@ -169,6 +173,7 @@ async fn read_loop(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = tokio::time::Instant::now();
+    let mut rate = MessageRate::new(&shared.config.limits, last_seen);
     loop {
         let next = tokio::select! {
             biased;
@@ -198,11 +203,26 @@ async fn read_loop(
         };
         add(&shared.metrics.messages_received, 1);
         add(&shared.metrics.bytes_received, data.len() as u64);
-        dispatch(shared, connection, data).await;
+        match rate.check(last_seen) {
+            Verdict::Accept => dispatch(shared, connection, data).await,
+            Verdict::Refuse => refuse_for_rate(shared, connection, &data),
+            Verdict::Close => {
+                refuse_for_rate(shared, connection, &data);
+                add(&shared.metrics.rate_limit_closes, 1);
+                return End::Close(1008, "message rate limit exceeded");
+            }
+        }
         if outbox.is_overflowed() {
             return End::SlowConsumer;
         }
     }
+}
+
+/// Answers a message over the connection's rate with 429, without parsing or processing it.
+fn refuse_for_rate(shared: &Shared, connection: &Connection, data: &Bytes) {
+    add(&shared.metrics.rate_limited, 1);
+    let rejection = Rejection::limited("message rate limit exceeded: slow down");
+    connection.send_rejection(&rejection, salvage_request_id(data).as_ref());
 }
 
 /// Maps a WebSocket-level error to the close the client gets.
