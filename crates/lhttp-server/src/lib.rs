@@ -39,6 +39,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod builtin;
@@ -53,6 +54,7 @@ mod http;
 mod hub;
 mod metrics;
 mod outbox;
+mod peers;
 mod processor;
 mod publish;
 mod rate;

@@ -31,6 +31,7 @@ use crate::{
     connection::ConnectionId,
     metrics::add,
     outbox::{Outbox, WriterEnd, close_frame},
+    peers::IpSlot,
     rate::{MessageRate, Verdict},
     server::Shared,
 };
@@ -62,12 +63,13 @@ enum End {
     Close(u16, &'static str),
 }
 
-/// Runs one connection to its end. `_permit` holds the connection's slot until then.
+/// Runs one connection to its end. `_slots` hold the connection's places in the server's
+/// and its address's connection counts until then.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     socket: Socket,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, IpSlot),
 ) {
     let metrics = &shared.metrics;
     add(&metrics.connections_opened, 1);
