@@ -315,3 +315,4 @@ pub async fn wait_subscribers(server: &TestServer, channel: &str, n: usize) {
 pub fn body(m: &Message) -> String {
     String::from_utf8(m.body().to_vec()).expect("UTF-8 body")
 }
+pub mod storm;
