@@ -7,6 +7,19 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
 
+/// Largest count that sizes a queue or a semaphore (connections, queued messages, calls in
+/// flight). The runtime's own ceiling is far above any real use but below what a TOML integer
+/// can say; beyond it building the server would panic instead of reporting the value.
+pub const MAX_COUNT: usize = u32::MAX as usize;
+
+/// Refuses `value` for `name` when it is above [`MAX_COUNT`].
+fn check_count(name: &str, value: usize) -> Result<(), String> {
+    if value > MAX_COUNT {
+        return Err(format!("{name} must be at most {MAX_COUNT}"));
+    }
+    Ok(())
+}
+
 /// Server configuration. Every field has a default; unknown keys are errors, so that a typo in
 /// a config file is reported instead of silently ignored.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -108,6 +121,7 @@ impl ClusterConfig {
         if self.max_pending == 0 {
             return Err("cluster.max_pending must be greater than 0".into());
         }
+        check_count("cluster.max_pending", self.max_pending)?;
         Ok(())
     }
 }
@@ -160,6 +174,11 @@ impl UpstreamConfig {
                     .into(),
             );
         }
+        check_count("upstream.max_in_flight", self.max_in_flight)?;
+        check_count(
+            "upstream.max_in_flight_per_connection",
+            self.max_in_flight_per_connection,
+        )?;
         for prefix in self.allow.iter().chain(self.routes.values()) {
             crate::upstream::Target::parse(prefix)
                 .map_err(|e| format!("upstream URL {prefix:?}: {e}"))?;
@@ -345,6 +364,8 @@ impl Limits {
                 return Err(format!("limits.{name} must be greater than 0"));
             }
         }
+        check_count("limits.max_connections", self.max_connections)?;
+        check_count("limits.outbound_queue", self.outbound_queue)?;
         if self.messages_per_second > 0 && self.message_burst == 0 {
             return Err("limits.message_burst must be at least 1 when a rate is set".into());
         }

@@ -327,3 +327,31 @@ async fn metrics_and_health_on_their_own_address() {
     let (_, metrics) = get(format!("http://{ops_addr}/metrics")).await;
     assert!(metrics.contains("lhttp_connections 1"), "{metrics}");
 }
+
+/// Counts that size the server's queues and semaphores are refused with a message when they
+/// are beyond what the runtime supports, instead of panicking at start or at the first
+/// connection (found by reviewing what the `config` fuzz target feeds `Server::build`).
+#[test]
+fn absurd_counts_are_configuration_errors_not_panics() {
+    let huge = 9_000_000_000_000_000_000usize;
+    let changes: [fn(&mut Config, usize); 5] = [
+        |c, n| c.limits.max_connections = n,
+        |c, n| c.limits.outbound_queue = n,
+        |c, n| c.upstream.max_in_flight = n,
+        |c, n| c.upstream.max_in_flight_per_connection = n,
+        |c, n| {
+            c.cluster.nats = vec!["nats://127.0.0.1:4222".into()];
+            c.cluster.max_pending = n;
+        },
+    ];
+    for change in changes {
+        let mut config = Config::default();
+        change(&mut config, huge);
+        let built = std::panic::catch_unwind(|| Server::builder(config).build().map(|_| ()));
+        match built {
+            Ok(Err(error)) => assert!(error.to_string().contains("at most"), "{error}"),
+            Ok(Ok(())) => panic!("a count of {huge} was accepted"),
+            Err(_) => panic!("building with a count of {huge} panicked"),
+        }
+    }
+}
