@@ -140,7 +140,7 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
-/// A WebSocket handshake request for `host`, with `extra` header lines.
+/// A WebSocket handshake request with `extra` header lines.
 fn handshake(extra: &str) -> String {
     format!(
         "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
