@@ -36,6 +36,11 @@ impl Drop for Lhttpd {
 impl Lhttpd {
     /// Starts the binary on a free loopback port with `env` and waits for `/healthz`.
     async fn start(env: &[(&str, &str)]) -> Lhttpd {
+        Lhttpd::start_with(&[], env).await
+    }
+
+    /// Starts the binary with `args` and `env`; waits until the main port answers HTTP.
+    async fn start_with(args: &[&str], env: &[(&str, &str)]) -> Lhttpd {
         let addr = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap();
@@ -48,6 +53,7 @@ impl Lhttpd {
         let child = command
             .arg("--listen")
             .arg(addr.to_string())
+            .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -299,4 +305,41 @@ async fn measure(server: &Lhttpd, flood: bool) -> String {
         at(1.0),
         latencies.len()
     )
+}
+
+/// `--metrics-listen` moves `/metrics` and `/healthz` to their own address; the main port
+/// answers 404 for them and keeps serving WebSocket clients.
+#[tokio::test]
+async fn metrics_listen_flag_moves_metrics_and_health() {
+    let ops = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let server = Lhttpd::start_with(&["--metrics-listen", &ops.to_string()], &[]).await;
+    let status = |url: String| async move { reqwest::get(url).await.map(|r| r.status().as_u16()) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(format!("http://{ops}/healthz")).await.ok() != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the metrics address did not answer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status(format!("http://{ops}/metrics")).await.ok(),
+        Some(200)
+    );
+    let main = server.addr;
+    assert_eq!(
+        status(format!("http://{main}/metrics")).await.ok(),
+        Some(404)
+    );
+    assert_eq!(
+        status(format!("http://{main}/healthz")).await.ok(),
+        Some(404)
+    );
+    assert!(
+        tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .is_ok()
+    );
 }
