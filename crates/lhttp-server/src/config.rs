@@ -7,6 +7,19 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+/// Largest count that sizes a queue or a semaphore (connections, queued messages, calls in
+/// flight). The runtime's own ceiling is far above any real use but below what a TOML integer
+/// can say; beyond it building the server would panic instead of reporting the value.
+pub const MAX_COUNT: usize = u32::MAX as usize;
+
+/// Refuses `value` for `name` when it is above [`MAX_COUNT`].
+fn check_count(name: &str, value: usize) -> Result<(), String> {
+    if value > MAX_COUNT {
+        return Err(format!("{name} must be at most {MAX_COUNT}"));
+    }
+    Ok(())
+}
+
 /// Server configuration. Every field has a default; unknown keys are errors, so that a typo in
 /// a config file is reported instead of silently ignored.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -297,6 +310,7 @@ impl ClusterConfig {
         if self.max_pending == 0 {
             return Err("cluster.max_pending must be greater than 0".into());
         }
+        check_count("cluster.max_pending", self.max_pending)?;
         Ok(())
     }
 }
@@ -349,6 +363,11 @@ impl UpstreamConfig {
                     .into(),
             );
         }
+        check_count("upstream.max_in_flight", self.max_in_flight)?;
+        check_count(
+            "upstream.max_in_flight_per_connection",
+            self.max_in_flight_per_connection,
+        )?;
         for prefix in self.allow.iter().chain(self.routes.values()) {
             crate::upstream::Target::parse(prefix)
                 .map_err(|e| format!("upstream URL {prefix:?}: {e}"))?;
@@ -384,6 +403,10 @@ pub struct ServerConfig {
     /// A client from which nothing (not even a pong) arrived for this long is closed with code
     /// 1001 "idle timeout", in milliseconds.
     pub idle_timeout_ms: u64,
+    /// A second address that serves `GET /metrics` and `GET /healthz` (and nothing else), for
+    /// a monitoring network. When set, the main port no longer serves them (404). Off by
+    /// default: the main port serves both.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -395,6 +418,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             ping_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
+            metrics_listen: None,
         }
     }
 }
@@ -438,6 +462,34 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Most bytes queued for one client; same consequence as `outbound_queue`.
     pub outbound_queue_bytes: usize,
+    /// Messages one WebSocket connection may send per second, on average (a token bucket);
+    /// beyond it a message is not processed and is answered with an error, status 429.
+    /// 0 turns the limit off (benchmarks that publish as fast as they can from one connection).
+    pub messages_per_second: u64,
+    /// Messages a connection may send at once above the average rate (the bucket's size).
+    pub message_burst: u64,
+    /// A connection that has this many messages refused for its rate within
+    /// `rate_limit_window_ms` is closed with code 1008 "message rate limit exceeded": it keeps
+    /// sending without listening to the 429 answers. 0: never close, only refuse.
+    pub rate_limit_close_after: u64,
+    /// The window of `rate_limit_close_after`, in milliseconds.
+    pub rate_limit_window_ms: u64,
+    /// Most simultaneous WebSocket connections from one IP address (IPv6: one /64 network);
+    /// further upgrade requests get HTTP 429. 0 turns the limit off (behind a reverse proxy on
+    /// the same machine every client has the proxy's address).
+    pub max_connections_per_ip: usize,
+    /// A new TCP connection must send its complete request head (the WebSocket handshake or an
+    /// HTTP request) within this many milliseconds, and a kept-alive HTTP connection its next
+    /// request head within as long after the previous response; otherwise it is closed
+    /// (slow-loris clients).
+    pub handshake_timeout_ms: u64,
+    /// Most header lines in an HTTP request, the WebSocket handshake included (431 beyond it).
+    pub http_max_headers: usize,
+    /// Most bytes in an HTTP request head, start line and headers (431 beyond it).
+    pub http_max_header_bytes: usize,
+    /// A `POST /publish` body must arrive within this many milliseconds of its head (408
+    /// beyond it).
+    pub http_body_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -449,6 +501,15 @@ impl Default for Limits {
             max_connections: 10_000,
             outbound_queue: 4096,
             outbound_queue_bytes: 4 * 1024 * 1024,
+            messages_per_second: 10_000,
+            message_burst: 20_000,
+            rate_limit_close_after: 1000,
+            rate_limit_window_ms: 10_000,
+            max_connections_per_ip: 1000,
+            handshake_timeout_ms: 10_000,
+            http_max_headers: 100,
+            http_max_header_bytes: 16 * 1024,
+            http_body_timeout_ms: 10_000,
         }
     }
 }
@@ -463,6 +524,16 @@ impl Limits {
         }
     }
 
+    /// [`Limits::handshake_timeout_ms`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    /// [`Limits::http_body_timeout_ms`] as a duration.
+    pub fn http_body_timeout(&self) -> Duration {
+        Duration::from_millis(self.http_body_timeout_ms)
+    }
+
     /// Checks values that would make the server unusable.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -472,11 +543,24 @@ impl Limits {
             ("max_connections", self.max_connections),
             ("outbound_queue", self.outbound_queue),
             ("outbound_queue_bytes", self.outbound_queue_bytes),
+            ("rate_limit_window_ms", self.rate_limit_window_ms as usize),
+            ("handshake_timeout_ms", self.handshake_timeout_ms as usize),
+            ("http_max_headers", self.http_max_headers),
+            ("http_body_timeout_ms", self.http_body_timeout_ms as usize),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(format!("limits.{name} must be greater than 0"));
             }
+        }
+        check_count("limits.max_connections", self.max_connections)?;
+        check_count("limits.outbound_queue", self.outbound_queue)?;
+        if self.messages_per_second > 0 && self.message_burst == 0 {
+            return Err("limits.message_burst must be at least 1 when a rate is set".into());
+        }
+        // Browsers send handshakes of several hundred bytes, with cookies a few KiB.
+        if self.http_max_header_bytes < 1024 {
+            return Err("limits.http_max_header_bytes must be at least 1024".into());
         }
         if self.outbound_queue_bytes < self.max_message_size {
             return Err(

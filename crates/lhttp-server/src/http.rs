@@ -59,7 +59,9 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Writes are gathered up to this size before going to the socket.
 const WRITE_BUFFER: usize = 64 * 1024;
 
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
+/// The main port: upgrades, `/publish`, the static files, and `/healthz` and `/metrics` unless
+/// they have a port of their own (`with_ops` false).
+pub(crate) fn router(shared: Arc<Shared>, with_ops: bool) -> Router {
     let mut router = Router::new();
     for &(path, content_type, body) in STATIC_FILES {
         router = router.route(path, get(move || static_file(content_type, body)));
@@ -75,10 +77,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             .route(&format!("{prefix}/{{*rest}}"), any(handler.clone()))
             .route(&format!("{prefix}/"), any(handler));
     }
+    router = router.route("/publish", post(publish));
+    if with_ops {
+        router = router
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics));
+    }
     router
-        .route("/publish", post(publish))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             upgrade_any_path,
@@ -89,6 +94,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// `/api/` -> `/api`: the prefix that axum's `{*rest}` and exact routes are written after.
 fn route_prefix(path: &str) -> &str {
     path.strip_suffix('/').unwrap_or(path)
+}
+
+/// The metrics port (`server.metrics_listen`): `/healthz` and `/metrics` only.
+pub(crate) fn ops_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
 }
 
 /// The original clients connect to `/`, `/echo` and `/chat`: an upgrade request is accepted on
@@ -172,6 +185,19 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     if shared.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
     }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
+    // Per address first: a refused client must not take one of the server's slots, even
+    // briefly.
+    let Some(ip_slot) = shared.connections_per_ip.try_acquire(peer.ip()) else {
+        add(&shared.metrics.connections_refused_per_ip, 1);
+        return plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address\n",
+        );
+    };
     let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
         add(&shared.metrics.connections_refused, 1);
         return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
@@ -185,10 +211,6 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
             "this connection cannot be upgraded\n",
         );
     };
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
     let config = websocket_config(&shared.config.limits);
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
@@ -200,7 +222,7 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
                     Some(config),
                 )
                 .await;
-                session::run(shared, socket, peer, permit, user).await;
+                session::run(shared, socket, peer, (permit, ip_slot), user).await;
             }
             Err(error) => tracing::debug!(%error, "upgrade failed"),
         }
@@ -352,7 +374,8 @@ fn json_error(status: u16, reason: &str) -> Response {
 }
 
 /// `POST /publish`: the body is an lhttp message; it is published to its `publish` channels.
-/// 200 `{"channels":N,"deliveries":M}`; 400 not a message or no `publish` header; 413 too large.
+/// 200 `{"channels":N,"deliveries":M}`; 400 not a message or no `publish` header; 413 too large;
+/// 408 body not complete within `limits.http_body_timeout_ms`.
 async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     add(&shared.metrics.http_publish_requests, 1);
     if let Some(refused) = publish_refusal(&shared, &request) {
@@ -367,7 +390,14 @@ async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     if declared.is_some_and(|len| len > max as u64) {
         return json_error(413, "message larger than limits.max_message_size");
     }
-    let body = match axum::body::to_bytes(request.into_body(), max).await {
+    // A client that sends its body slowly (or never) cannot hold the request open.
+    let reading = axum::body::to_bytes(request.into_body(), max);
+    let Ok(read) = tokio::time::timeout(shared.config.limits.http_body_timeout(), reading).await
+    else {
+        add(&shared.metrics.http_body_timeouts, 1);
+        return json_error(408, "the request body did not arrive in time");
+    };
+    let body = match read {
         Ok(body) => body,
         Err(error) => {
             let too_large = std::error::Error::source(&error)

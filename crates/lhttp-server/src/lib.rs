@@ -44,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accept;
 mod auth;
 #[doc(hidden)]
 pub mod bench_support;
@@ -60,10 +61,12 @@ mod http;
 mod hub;
 mod metrics;
 mod outbox;
+mod peers;
 mod permissions;
 mod processor;
 mod publish;
 mod queue;
+mod rate;
 mod rejection;
 mod request;
 mod server;

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub(crate) gateway_requests: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
     pub(crate) permission_denials: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) rate_limit_closes: AtomicU64,
+    pub(crate) connections_refused_per_ip: AtomicU64,
+    pub(crate) handshake_timeouts: AtomicU64,
+    pub(crate) http_body_timeouts: AtomicU64,
 }
 
 /// Gauges read from the hub at scrape time.
@@ -103,7 +108,7 @@ impl Metrics {
             "Queue-group memberships of local connections.",
             gauges.queue_members,
         );
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 23] = [
             (
                 "auth_failures_total",
                 "Tokens refused (at the upgrade or in an auth message).",
@@ -193,6 +198,31 @@ impl Metrics {
                 "upstream_failures_total",
                 "Upstream calls that failed or timed out (answered 502 or 504).",
                 &self.upstream_failures,
+            ),
+            (
+                "rate_limited_messages_total",
+                "Messages refused with 429 for exceeding the connection's message rate.",
+                &self.rate_limited,
+            ),
+            (
+                "rate_limit_closes_total",
+                "Connections closed with 1008 for persistently exceeding their message rate.",
+                &self.rate_limit_closes,
+            ),
+            (
+                "connections_refused_per_ip_total",
+                "Upgrade requests refused with 429 at the per-IP connection limit.",
+                &self.connections_refused_per_ip,
+            ),
+            (
+                "handshake_timeouts_total",
+                "TCP connections closed because their request head (WebSocket handshake or HTTP request) did not arrive in time.",
+                &self.handshake_timeouts,
+            ),
+            (
+                "http_body_timeouts_total",
+                "POST /publish requests answered 408 because the body did not arrive in time.",
+                &self.http_body_timeouts,
             ),
         ];
         let messaging: [(&str, &str, &AtomicU64); 12] = [

@@ -4,7 +4,6 @@
 use std::{
     collections::HashMap,
     future::Future,
-    net::SocketAddr,
     sync::{Arc, atomic::AtomicU64},
 };
 
@@ -13,14 +12,16 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
+    Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection, accept,
     auth::Verifier,
     builtin::{self, names},
     channel,
     cluster::Cluster,
     gateway::Gateway,
+    http,
     metrics::{Gauges, add},
     outbox::frame,
+    peers::ConnectionsPerIp,
     permissions::Permissions,
     publish::encode_for_channel,
     queue::{Env, Queues},
@@ -73,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// One permit per open WebSocket connection (`limits.max_connections`).
     pub(crate) connection_slots: Arc<Semaphore>,
+    /// WebSocket connections per client address (`limits.max_connections_per_ip`).
+    pub(crate) connections_per_ip: Arc<ConnectionsPerIp>,
     pub(crate) next_connection_id: AtomicU64,
     pub(crate) upstream: Upstream,
     /// The broker seam: `None` on a single node, where publishing is local fan-out only and
@@ -178,6 +181,7 @@ impl ServerBuilder {
             upstream,
             parser_limits: limits.parser(),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
+            connections_per_ip: Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip)),
             config: self.config,
             hub: Hub::default(),
             metrics: Arc::default(),
@@ -194,6 +198,7 @@ impl ServerBuilder {
         };
         Ok(Server {
             shared: Arc::new(shared),
+            metrics_listener: None,
         })
     }
 }
@@ -211,6 +216,8 @@ impl ServerBuilder {
 /// ```
 pub struct Server {
     shared: Arc<Shared>,
+    /// Set by [`Server::metrics_listener`]; otherwise `run` binds `server.metrics_listen`.
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -231,6 +238,13 @@ impl Server {
         }
     }
 
+    /// Serves `GET /metrics` and `GET /healthz` on `listener` instead of the main port (as
+    /// `server.metrics_listen` does, with a listener the caller bound, e.g. on port 0).
+    pub fn metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
     /// Serves on `listener` until `shutdown` completes or [`ServerHandle::shutdown`] is
     /// called, then shuts down gracefully: stops accepting, sends close 1001 to every client
     /// after what is already queued for it, and returns once they are done or
@@ -241,12 +255,15 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let shared = self.shared;
+        let metrics_listener = match (self.metrics_listener, shared.config.server.metrics_listen) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(addr)) => Some(TcpListener::bind(addr).await?),
+            (None, None) => None,
+        };
         if let Some(cluster) = &shared.cluster {
             cluster.start(&shared).await?;
         }
         let token = shared.shutdown.clone();
-        let app =
-            crate::http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let signal = {
             let token = token.clone();
             async move {
@@ -257,23 +274,38 @@ impl Server {
             }
         };
         let timeout = shared.config.server.shutdown_timeout();
-        // Real-time traffic: a small frame goes out now, not when Nagle's algorithm has waited
-        // for the peer's (possibly delayed) acknowledgement.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
+        let builder = Arc::new(accept::http_builder(&shared.config.limits));
+        let http_connections = TaskTracker::new();
+        let main = accept::accept_loop(
+            listener,
+            http::router(shared.clone(), metrics_listener.is_none()),
+            shared.clone(),
+            builder.clone(),
+            http_connections.clone(),
+        );
+        let ops = async {
+            if let Some(listener) = metrics_listener {
+                let router = http::ops_router(shared.clone());
+                accept::accept_loop(
+                    listener,
+                    router,
+                    shared.clone(),
+                    builder.clone(),
+                    http_connections.clone(),
+                )
+                .await;
             }
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(signal);
+        };
+        // The accept loops return once shutdown has started.
+        tokio::join!(signal, main, ops);
         // HTTP requests in flight get the shutdown timeout too; a slow client cannot hold the
         // process open.
-        let deadline = async {
-            token.cancelled().await;
-            tokio::time::sleep(timeout).await;
-        };
-        tokio::select! {
-            result = serve => result?,
-            _ = deadline => tracing::warn!("HTTP requests still in flight at shutdown"),
+        http_connections.close();
+        if tokio::time::timeout(timeout, http_connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("HTTP requests still in flight at shutdown");
         }
         shared.tasks.close();
         if tokio::time::timeout(timeout, shared.tasks.wait())
@@ -460,6 +492,18 @@ impl ServerHandle {
     /// Open WebSocket connections.
     pub fn connection_count(&self) -> usize {
         self.shared.config.limits.max_connections - self.shared.connection_slots.available_permits()
+    }
+
+    /// Open WebSocket connections from `ip` (from its /64 network for IPv6), as counted for
+    /// `limits.max_connections_per_ip`; 0 when that limit is off.
+    pub fn connections_from(&self, ip: std::net::IpAddr) -> usize {
+        self.shared.connections_per_ip.count(ip)
+    }
+
+    /// Client addresses (IPv6: /64 networks) with open WebSocket connections, as counted for
+    /// `limits.max_connections_per_ip`; 0 when that limit is off.
+    pub fn connected_addresses(&self) -> usize {
+        self.shared.connections_per_ip.addresses()
     }
 
     /// The configuration the server runs with.

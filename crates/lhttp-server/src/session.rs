@@ -13,6 +13,9 @@
 //!   (401) and 1008 "authentication timeout";
 //! - the connection's token expires without a refresh: an `error` (401 "token expired"), then
 //!   1008 "token expired".
+//! - the client keeps sending over its message rate (`limits.rate_limit_close_after` refusals
+//!   within `limits.rate_limit_window_ms`): a last 429 `error`, then 1008 "message rate limit
+//!   exceeded".
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -37,6 +40,8 @@ use crate::{
     connection::ConnectionId,
     metrics::add,
     outbox::{Outbox, WriterEnd, close_frame},
+    peers::IpSlot,
+    rate::{MessageRate, Verdict},
     server::Shared,
 };
 
@@ -67,12 +72,13 @@ enum End {
     Close(u16, &'static str),
 }
 
-/// Runs one connection to its end. `_permit` holds the connection's slot until then.
+/// Runs one connection to its end. `_slots` hold the connection's places in the server's
+/// and its address's connection counts until then.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     socket: Socket,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, IpSlot),
     user: Option<User>,
 ) {
     let metrics = &shared.metrics;
@@ -245,6 +251,7 @@ async fn read_loop(
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = tokio::time::Instant::now();
+    let mut rate = MessageRate::new(&shared.config.limits, last_seen);
     loop {
         let next = tokio::select! {
             biased;
@@ -282,11 +289,26 @@ async fn read_loop(
         };
         add(&shared.metrics.messages_received, 1);
         add(&shared.metrics.bytes_received, data.len() as u64);
-        dispatch(shared, connection, sign_in, data).await;
+        match rate.check(last_seen) {
+            Verdict::Accept => dispatch(shared, connection, sign_in, data).await,
+            Verdict::Refuse => refuse_for_rate(shared, connection, &data),
+            Verdict::Close => {
+                refuse_for_rate(shared, connection, &data);
+                add(&shared.metrics.rate_limit_closes, 1);
+                return End::Close(1008, "message rate limit exceeded");
+            }
+        }
         if outbox.is_overflowed() {
             return End::SlowConsumer;
         }
     }
+}
+
+/// Answers a message over the connection's rate with 429, without parsing or processing it.
+fn refuse_for_rate(shared: &Shared, connection: &Connection, data: &Bytes) {
+    add(&shared.metrics.rate_limited, 1);
+    let rejection = Rejection::limited("message rate limit exceeded: slow down");
+    connection.send_rejection(&rejection, salvage_request_id(data).as_ref());
 }
 
 /// Maps a WebSocket-level error to the close the client gets.

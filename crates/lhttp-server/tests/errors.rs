@@ -269,3 +269,80 @@ async fn garbage_before_handshake() {
     drop(raw);
     c.subscribe("ok").await;
 }
+
+/// The classes of input not covered above, each answered with an `error` (never silence, never
+/// a dropped connection): binary garbage, empty frames, a head without its blank line, huge
+/// start lines and header lines, control bytes. Afterwards the connection and the server keep
+/// working for everyone.
+#[tokio::test]
+async fn every_other_class_of_malformed_input_is_answered() {
+    let server = start().await;
+    let mut c = server.client().await;
+    // Deterministic pseudo-random bytes (xorshift): garbage of several lengths.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut garbage = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    let long_command = format!("LHTTP/1.0 {}\r\n\r\n", "c".repeat(60_000));
+    let long_name = format!("LHTTP/1.0 chat\r\n{}:v\r\n\r\n", "n".repeat(60_000));
+    let many_empty_lines = format!("LHTTP/1.0 chat\r\n{}", "\r\n".repeat(30_000));
+    let cases: Vec<(Vec<u8>, &[u16])> = vec![
+        (garbage(1), &[400]),
+        (garbage(17), &[400]),
+        (garbage(4096), &[400]),
+        (garbage(60_000), &[400]),
+        (b"LHTTP/1.0 chat\r\nk:v".to_vec(), &[404]),
+        (b"LHTTP/1.0 chat\r\nk:v\r\n".to_vec(), &[404]),
+        (b"\r\n\r\n".to_vec(), &[400]),
+        (b"LHTTP/1.0 chat\rk:v\r\r".to_vec(), &[400, 404]),
+        (b"\0\0\0\0".to_vec(), &[400]),
+        (b"LHTTP/1.0 chat\r\nk\0:v\r\n\r\n".to_vec(), &[400]),
+        (long_command.into_bytes(), &[400]),
+        (long_name.into_bytes(), &[400]),
+        (many_empty_lines.into_bytes(), &[404]),
+        (b"LHTTP/1.0 chat\r\npublish:\r\n\r\n".to_vec(), &[400, 404]),
+        (
+            b"LHTTP/1.0 chat\r\nsubscribe:a \x7f b\r\n\r\n".to_vec(),
+            &[400],
+        ),
+    ];
+    let mut errors = 0;
+    for (raw, allowed) in &cases {
+        c.send_binary(raw).await;
+        let m = c.recv().await;
+        let status: u16 = m.header("status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        assert!(
+            allowed.contains(&status),
+            "{:?}: got {m:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(40)])
+        );
+        if m.command() == "error" {
+            errors += 1;
+        }
+        let (answer, _) = c.request("LHTTP/1.0 ping\r\nsubscribe:alive\r\n\r\n").await;
+        assert_eq!(answer.command(), "ok", "connection unusable");
+    }
+    // Empty frames, text and binary: a malformed (empty) message each.
+    c.send("").await;
+    assert_eq!(c.recv_error().await.0, 400);
+    c.send_binary(b"").await;
+    assert_eq!(c.recv_error().await.0, 400);
+    errors += 2;
+    // The server serves others as before, and counted every error it sent.
+    let mut other = server.client().await;
+    other.publish("chat", "alive", "still here").await;
+    assert_eq!(body(&c.recv().await), "still here");
+    let metrics = server.get("/metrics").await.1;
+    assert!(
+        metrics.contains(&format!("lhttp_error_replies_total {errors}\n")),
+        "{errors} errors: {metrics}"
+    );
+    assert_eq!(server.handle.connection_count(), 2);
+}

@@ -18,6 +18,11 @@ struct Args {
     #[arg(long, env = "LHTTPD_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
 
+    /// Serve GET /metrics and GET /healthz on this address instead of the main port (overrides
+    /// [server] metrics_listen).
+    #[arg(long = "metrics-listen", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
     /// TOML configuration file.
     #[arg(long, env = "LHTTPD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -82,6 +87,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
+    if let Some(metrics) = args.metrics_listen {
+        config.server.metrics_listen = Some(metrics);
+    }
     config.upstream.allow.extend(args.upstream_allow);
     if !args.nats.is_empty() {
         config.cluster.nats = args.nats;
@@ -108,6 +116,7 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     let nats = config.cluster.nats.clone();
+    let metrics_listen = config.server.metrics_listen;
     // The demo default on a reachable address is the classic accident: say so at every start.
     if !local.ip().is_loopback() && config.auth.anonymous && config.auth.rules.is_empty() {
         tracing::warn!(
@@ -123,6 +132,9 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
         "lhttpd {} listening on {local}: WebSocket ws://{local}/, chat page http://{local}/",
         env!("CARGO_PKG_VERSION")
     );
+    if let Some(metrics) = metrics_listen {
+        tracing::info!("metrics and health on http://{metrics}/metrics and /healthz only");
+    }
     server.run(listener, shutdown).await?;
     tracing::info!("stopped");
     Ok(())

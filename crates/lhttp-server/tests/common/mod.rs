@@ -34,7 +34,22 @@ pub async fn start() -> TestServer {
 
 /// Starts a server built from `builder` on 127.0.0.1:0.
 pub async fn start_with(builder: ServerBuilder) -> TestServer {
-    let server = builder.build().expect("server builds");
+    run(builder.build().expect("server builds")).await
+}
+
+/// Starts a server that serves `/metrics` and `/healthz` on `metrics` instead.
+pub async fn start_with_metrics(
+    builder: ServerBuilder,
+    metrics: tokio::net::TcpListener,
+) -> TestServer {
+    run(builder
+        .build()
+        .expect("server builds")
+        .metrics_listener(metrics))
+    .await
+}
+
+async fn run(server: Server) -> TestServer {
     let handle = server.handle();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -312,3 +327,4 @@ pub async fn wait_subscribers(server: &TestServer, channel: &str, n: usize) {
 pub fn body(m: &Message) -> String {
     String::from_utf8(m.body().to_vec()).expect("UTF-8 body")
 }
+pub mod storm;

@@ -1,0 +1,134 @@
+//! Accepting TCP connections and serving HTTP/1.1 on each, with the limits that apply before a
+//! connection becomes a WebSocket: the handshake timeout (slow-loris clients, idle keep-alive
+//! connections) and the size of request heads.
+//!
+//! hyper's `header_read_timeout` starts when the server begins waiting for a request head: on
+//! a new connection, and again after each response on a kept-alive one. A client therefore
+//! has `limits.handshake_timeout_ms` to send each head; only the first one missed counts as a
+//! handshake timeout in `/metrics` (a kept-alive connection that falls idle is just closed).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::ConnectInfo};
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::{config::Limits, metrics::add, server::Shared};
+
+/// hyper parses up to this many headers on the stack; any other limit costs one allocation
+/// per request.
+const HYPER_STACK_HEADERS: usize = 100;
+
+/// Pause after an accept error that is not the peer's (out of file descriptors): retrying at
+/// once would spin while nothing can be accepted.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The HTTP/1 settings every connection is served with.
+pub(crate) fn http_builder(limits: &Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout())
+        .max_header_size(limits.http_max_header_bytes)
+        .keep_alive(true);
+    if limits.http_max_headers != HYPER_STACK_HEADERS {
+        builder.max_headers(limits.http_max_headers);
+    }
+    builder
+}
+
+/// Accepts connections on `listener` until shutdown starts, serving `router` on each; every
+/// connection task is tracked by `connections`, so that shutdown can wait for them.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    shared: Arc<Shared>,
+    builder: Arc<http1::Builder>,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                let peers_fault = matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+                );
+                if !peers_fault {
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+                continue;
+            }
+        };
+        // Real-time traffic: a small frame goes out now, not when Nagle's algorithm has waited
+        // for the peer's (possibly delayed) acknowledgement.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        connections.spawn(serve_connection(
+            tcp,
+            peer,
+            router.clone(),
+            shared.clone(),
+            builder.clone(),
+        ));
+    }
+}
+
+/// Serves HTTP on one connection until it closes, is upgraded to a WebSocket (the session
+/// task then owns the socket), or shutdown completes its last response.
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    shared: Arc<Shared>,
+    builder: Arc<http1::Builder>,
+) {
+    let served = Arc::new(AtomicBool::new(false));
+    let service = {
+        let served = served.clone();
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            served.store(true, Relaxed);
+            request.extensions_mut().insert(ConnectInfo(peer));
+            // A Router is always ready: no poll_ready needed before call.
+            let mut router = router.clone();
+            async move { router.call(request).await }
+        })
+    };
+    let connection = builder
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shared.shutdown.cancelled() => {
+            // Finish the response in progress, then close instead of waiting for another.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        if error.is_timeout() && !served.load(Relaxed) {
+            add(&shared.metrics.handshake_timeouts, 1);
+            tracing::debug!(%peer, "no complete request head in time");
+        } else {
+            tracing::trace!(%peer, %error, "HTTP connection ended with an error");
+        }
+    }
+}
