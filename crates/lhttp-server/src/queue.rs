@@ -137,6 +137,9 @@ pub(crate) enum Offer {
 /// Every queue group of this node, by channel.
 pub(crate) struct Queues {
     groups: DashMap<Channel, Vec<Arc<QueueGroup>>>,
+    /// Set when the first group is created and never cleared: until then the publish path
+    /// skips the table with one atomic load (`DashMap::is_empty` read-locks every shard).
+    ever_used: std::sync::atomic::AtomicBool,
     config: QueuesConfig,
     next_delivery: AtomicU64,
 }
@@ -163,14 +166,15 @@ impl Queues {
     pub(crate) fn new(config: QueuesConfig) -> Self {
         Queues {
             groups: DashMap::new(),
+            ever_used: std::sync::atomic::AtomicBool::new(false),
             config,
             next_delivery: AtomicU64::new(1),
         }
     }
 
-    /// True when no channel has a group (the publish path then skips the lookup).
+    /// True when no group was ever created (the publish path then skips the lookup).
     pub(crate) fn is_empty(&self) -> bool {
-        self.groups.is_empty()
+        !self.ever_used.load(Ordering::Relaxed)
     }
 
     /// Members over all groups.
@@ -193,6 +197,7 @@ impl Queues {
 
     /// The group `name` of `channel`, created if needed.
     fn group(&self, channel: &Channel, name: &str, declared: bool) -> Arc<QueueGroup> {
+        self.ever_used.store(true, Ordering::Relaxed);
         let mut groups = self.groups.entry(channel.clone()).or_default();
         if let Some(group) = groups.iter().find(|g| &*g.name == name) {
             return group.clone();
