@@ -42,7 +42,7 @@ use crate::{
     GatewayRoute, Rejection, ServerHandle,
     builtin::names,
     metrics::add,
-    request::{AnswerTo, Inbox},
+    request::{AnswerTo, Inbox, is_partial},
     server::Shared,
 };
 
@@ -290,12 +290,6 @@ fn response(first: Message, mut rest: mpsc::Receiver<Message>, guard: CancelOnDr
     let mut response = (status, body).into_response();
     *response.headers_mut() = headers;
     response
-}
-
-fn is_partial(message: &Message) -> bool {
-    message
-        .header(names::PARTIAL)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// True for the server's own terminal errors (no responders, timeout, worker gone), which

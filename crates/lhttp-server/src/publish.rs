@@ -30,7 +30,7 @@ fn is_zero(n: &usize) -> bool {
 
 /// Headers a subscriber never sees: they acted on the publisher's connection, or only the
 /// server may set them (a publisher must not be able to forge a queue delivery).
-fn is_stripped(name: &str) -> bool {
+pub(crate) fn is_stripped(name: &str) -> bool {
     [
         names::SUBSCRIBE,
         names::UNSUBSCRIBE,

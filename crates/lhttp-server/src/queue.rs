@@ -181,12 +181,7 @@ impl Queues {
     pub(crate) fn member_count(&self) -> usize {
         self.groups
             .iter()
-            .flat_map(|e| {
-                e.value()
-                    .iter()
-                    .map(|g| g.member_count())
-                    .collect::<Vec<_>>()
-            })
+            .map(|e| e.value().iter().map(|g| g.member_count()).sum::<usize>())
             .sum()
     }
 
@@ -299,17 +294,8 @@ impl Queues {
             }
         }
         self.pump(group, &mut state, env);
-        let empty = state.members.is_empty();
-        let waiting = !state.waiting.is_empty();
         drop(state);
-        env.server.queue_interest_changed(group);
-        if empty && !group.declared {
-            if waiting {
-                self.reap_later(group.clone(), env);
-            } else {
-                self.remove_if_unused(group);
-            }
-        }
+        self.after_member_gone(group, env);
     }
 
     /// Drops a group without members or waiting work (unless declared).

@@ -54,22 +54,25 @@ pub(crate) fn is_inbox(channel: &str) -> bool {
     channel.starts_with(INBOX_PREFIX)
 }
 
-/// Headers of a reply that the requester does not get: they steered the reply to it.
+/// Headers of a reply that the requester does not get: those no subscriber gets, and those
+/// that steered the reply to it (its own request-id is set instead).
 fn is_reply_routing(name: &str) -> bool {
-    [
-        names::PUBLISH,
-        names::SUBSCRIBE,
-        names::UNSUBSCRIBE,
-        names::UPSTREAM,
-        names::REQUEST_ID,
-        names::REPLY_TO,
-        names::ACK,
-        names::DELIVERY_ID,
-        names::QUEUE,
-        names::TIMEOUT,
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
+    crate::publish::is_stripped(name)
+        || [
+            names::PUBLISH,
+            names::REQUEST_ID,
+            names::REPLY_TO,
+            names::TIMEOUT,
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// True for one reply of a streamed answer that more replies follow.
+pub(crate) fn is_partial(message: &Message) -> bool {
+    message
+        .header(names::PARTIAL)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// Where a request's answers go.
@@ -306,10 +309,7 @@ impl Requests {
         let rejection = Rejection::unavailable(
             "no responders: nobody is subscribed and no queue group took the request",
         );
-        count_failure(metrics, 503);
-        entry
-            .answer_to
-            .send(&rejection.to_message(Some(&entry.request_id)));
+        answer_failure(entry, &rejection, metrics);
     }
 
     /// Delivers `message`, published to the inbox or reply address `address`.
@@ -346,10 +346,7 @@ impl Requests {
         let Some(pending) = inbox.pending.lock().expect("pending lock").remove(&n) else {
             return false;
         };
-        count_failure(metrics, rejection.status());
-        pending
-            .answer_to
-            .send(&rejection.to_message(Some(&pending.request_id)));
+        answer_failure(pending, rejection, metrics);
         true
     }
 
@@ -393,9 +390,7 @@ impl Requests {
 /// Relays a reply to request `n` of `inbox`: a final reply ends the request, a partial one
 /// pushes its deadline back.
 fn answer(inbox: &Inbox, n: u64, reply: &Message) -> bool {
-    let partial = reply
-        .header(names::PARTIAL)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let partial = is_partial(reply);
     let mut pending = inbox.pending.lock().expect("pending lock");
     let (request_id, answer_to) = if partial {
         let Some(entry) = pending.get_mut(&n) else {
@@ -427,6 +422,14 @@ fn answer_message(reply: &Message, request_id: Text) -> Message {
         .append(names::REQUEST_ID, request_id)
         .expect("a received request-id is a valid header value");
     answer
+}
+
+/// Ends a request with `rejection`: counted by its status, sent as the one terminal answer.
+fn answer_failure(entry: Pending, rejection: &Rejection, metrics: &Metrics) {
+    count_failure(metrics, rejection.status());
+    entry
+        .answer_to
+        .send(&rejection.to_message(Some(&entry.request_id)));
 }
 
 fn count_failure(metrics: &Metrics, status: u16) {
@@ -468,10 +471,7 @@ async fn expire(inbox: Weak<Inbox>, n: u64, mut deadline: Instant, metrics: Arc<
         } else {
             Rejection::new(504, "request timed out")
         };
-        count_failure(&metrics, rejection.status());
-        entry
-            .answer_to
-            .send(&rejection.to_message(Some(&entry.request_id)));
+        answer_failure(entry, &rejection, &metrics);
         return;
     }
 }

@@ -153,9 +153,15 @@ async fn the_server_chooses_the_reply_address() {
     let mut responder = server.client().await;
     subscribe(&mut responder, "svc").await;
     let mut requester = server.client().await;
-    ask(&mut requester, "svc", "r1", "", "x").await;
+    // The requester names the victim's inbox as reply-to; the server replaces it.
+    requester
+        .send(&format!(
+            "LHTTP/1.0 ask\r\npublish:svc\r\nreply-to:{victim_inbox}\r\nrequest-id:r1\r\n\r\nx"
+        ))
+        .await;
     let request = responder.recv().await;
     let reply_to = request.header("reply-to").unwrap();
+    assert!(reply_to.starts_with("_inbox."), "{reply_to}");
     assert!(!reply_to.starts_with(&victim_inbox), "{reply_to}");
     answer(&mut responder, &request, "", "for the requester").await;
     assert_eq!(requester.recv().await.body().as_ref(), b"for the requester");
