@@ -2,7 +2,12 @@
 
 use lhttp_proto::Message;
 
-use crate::{Context, Filter, Rejection, channel, metrics::add, request, upstream};
+use crate::{
+    Context, Filter, Rejection,
+    channel::{self, PublishList},
+    metrics::add,
+    request, upstream,
+};
 
 /// Header names the built-ins act on.
 pub mod names {
@@ -185,8 +190,50 @@ pub(crate) struct PubSub;
 /// The command that asks for the connection's inbox address.
 const INBOX_COMMAND: &str = "inbox";
 
+/// Headers that make [`PubSub::before`] change the connection's subscriptions or queue-group
+/// membership, or make a publish a request.
+const CONNECTION_HEADERS: [&str; 7] = [
+    names::SUBSCRIBE,
+    names::UNSUBSCRIBE,
+    names::QUEUE,
+    names::CREDIT,
+    names::DRAIN,
+    names::ACK,
+    names::REPLY_TO,
+];
+
+/// True when no header of `message` acts on the connection: then only its `publish` list
+/// needs checking. Most messages are plain publishes; one pass over the headers spares them
+/// a dozen lookups.
+fn publishes_only(message: &Message) -> bool {
+    message.command() != INBOX_COMMAND
+        && message.headers().iter().all(|h| {
+            let name = h.name();
+            !CONNECTION_HEADERS
+                .iter()
+                .any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+        })
+}
+
 impl Filter for PubSub {
     fn before(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+        if publishes_only(ctx.message()) {
+            let headers = ctx.message().headers();
+            match channel::PublishList::of(headers) {
+                PublishList::Absent => return Ok(()),
+                PublishList::One(name) => {
+                    channel::check(name)?;
+                    ctx.connection().check_publish(std::iter::once(name))?;
+                }
+                PublishList::Other => {
+                    channel::check_list(headers.get_all(names::PUBLISH))?;
+                    ctx.connection()
+                        .check_publish(channel::names(headers.get_all(names::PUBLISH)))?;
+                }
+            }
+            ctx.set_handled();
+            return Ok(());
+        }
         let headers = ctx.message().headers();
         let subscribe = channel::parse_list(headers.get_all(names::SUBSCRIBE))?;
         let unsubscribe = channel::parse_list(headers.get_all(names::UNSUBSCRIBE))?;
@@ -248,12 +295,15 @@ impl Filter for PubSub {
     }
 
     fn after(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
-        if ctx.message().headers().contains(names::PUBLISH) {
+        if PublishList::of(ctx.message().headers()) != PublishList::Absent {
             if ctx.message().headers().contains(names::REPLY_TO) {
                 publish_request(ctx)?;
             } else {
                 ctx.server().publish(ctx.message())?;
             }
+        }
+        if !ctx.message().headers().contains(names::ACK) {
+            return Ok(());
         }
         // After the publish, so that a worker's reply goes out before its next piece of work.
         let acks = ack_ids(ctx)?;

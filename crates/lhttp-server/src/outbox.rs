@@ -41,10 +41,14 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Wraps encoded lhttp bytes in a text frame, or a binary frame when they are not UTF-8 (a
 /// binary body); the bytes are shared, not copied.
 pub(crate) fn frame(bytes: Bytes) -> WsMessage {
-    match tungstenite::Utf8Bytes::try_from(bytes.clone()) {
-        Ok(text) => WsMessage::Text(text),
-        Err(_) => WsMessage::Binary(bytes),
+    // Checked before the conversion, which consumes the bytes: cloning them to keep them for
+    // the binary case would allocate a shared header for bytes that are never shared.
+    if std::str::from_utf8(&bytes).is_err() {
+        return WsMessage::Binary(bytes);
     }
+    // SAFETY: the bytes were found to be UTF-8 just above (and `Bytes` is immutable); the
+    // checked conversion would scan them a second time.
+    WsMessage::Text(unsafe { tungstenite::Utf8Bytes::from_bytes_unchecked(bytes) })
 }
 
 /// A close frame with `code` and `reason`.

@@ -5,7 +5,7 @@
 //! `upstream` removed. The copy for a channel is encoded once and the same bytes are queued for
 //! every subscriber of that channel.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use lhttp_proto::{Message, PREFIX};
 use serde::Serialize;
 
@@ -31,18 +31,18 @@ fn is_zero(n: &usize) -> bool {
 /// Headers a subscriber never sees: they acted on the publisher's connection, or only the
 /// server may set them (a publisher must not be able to forge a queue delivery).
 pub(crate) fn is_stripped(name: &str) -> bool {
-    [
-        names::SUBSCRIBE,
-        names::UNSUBSCRIBE,
-        names::UPSTREAM,
-        names::QUEUE,
-        names::DELIVERY_ID,
-        names::CREDIT,
-        names::ACK,
-        names::DRAIN,
-    ]
-    .iter()
-    .any(|n| name.eq_ignore_ascii_case(n))
+    // By length first: this runs for every header of every published message, and most
+    // headers (`publish`, `request-id`, an application's own) have no candidate of their length.
+    let candidates: &[&str] = match name.len() {
+        3 => &[names::ACK],
+        5 => &[names::QUEUE, names::DRAIN],
+        6 => &[names::CREDIT],
+        8 => &[names::UPSTREAM],
+        9 => &[names::SUBSCRIBE],
+        11 => &[names::UNSUBSCRIBE, names::DELIVERY_ID],
+        _ => &[],
+    };
+    candidates.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// Encodes the copy of `message` that subscribers of `channel` receive.
@@ -57,44 +57,111 @@ pub(crate) fn encode_for_channel_with(
     channel: &str,
     extra: &[(&str, &str)],
 ) -> Bytes {
-    let extra_len: usize = extra.iter().map(|(n, v)| n.len() + v.len() + 3).sum();
-    let mut buf = BytesMut::with_capacity(message.encoded_len() + channel.len() + extra_len);
-    buf.put_slice(PREFIX);
-    buf.put_slice(message.command().as_bytes());
-    buf.put_slice(b"\r\n");
-    let mut wrote_publish = false;
-    for header in message.headers() {
-        let name = header.name();
-        if is_stripped(name) {
-            continue;
-        }
-        let value = if name.eq_ignore_ascii_case(names::PUBLISH) {
-            if wrote_publish {
-                continue;
-            }
-            wrote_publish = true;
-            channel
-        } else {
-            header.value()
-        };
-        buf.put_slice(name.as_bytes());
-        buf.put_u8(b':');
-        buf.put_slice(value.as_bytes());
-        buf.put_slice(b"\r\n");
+    // The exact length first: `Bytes` takes a buffer that is exactly full as it is, and must
+    // allocate a header of its own for one that is not.
+    let line = |name: &str, value: &str| name.len() + 1 + value.len() + 2;
+    let mut len = PREFIX.len() + message.command().len() + 2 + 2 + message.body().len();
+    let mut has_publish = false;
+    for (name, value, is_publish) in headers_for_channel(message, channel) {
+        has_publish |= is_publish;
+        len += line(name, value);
     }
-    if !wrote_publish {
-        buf.put_slice(names::PUBLISH.as_bytes());
-        buf.put_u8(b':');
-        buf.put_slice(channel.as_bytes());
-        buf.put_slice(b"\r\n");
+    if !has_publish {
+        len += line(names::PUBLISH, channel);
+    }
+    len += extra.iter().map(|(n, v)| line(n, v)).sum::<usize>();
+
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(PREFIX);
+    buf.extend_from_slice(message.command().as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    let mut put = |name: &str, value: &str| {
+        buf.extend_from_slice(name.as_bytes());
+        buf.push(b':');
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    };
+    for (name, value, _) in headers_for_channel(message, channel) {
+        put(name, value);
+    }
+    if !has_publish {
+        put(names::PUBLISH, channel);
     }
     for (name, value) in extra {
-        buf.put_slice(name.as_bytes());
-        buf.put_u8(b':');
-        buf.put_slice(value.as_bytes());
-        buf.put_slice(b"\r\n");
+        put(name, value);
     }
-    buf.put_slice(b"\r\n");
-    buf.put_slice(message.body());
-    buf.freeze()
+    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(message.body());
+    debug_assert_eq!(buf.len(), len);
+    Bytes::from(buf)
+}
+
+/// The headers of the copy for `channel`, in the publisher's order: stripped ones left out,
+/// the first `publish` header set to `channel` (and marked true), later ones left out.
+fn headers_for_channel<'a>(
+    message: &'a Message,
+    channel: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str, bool)> {
+    let mut wrote_publish = false;
+    message.headers().iter().filter_map(move |header| {
+        let name = header.name();
+        if is_stripped(name) {
+            return None;
+        }
+        if name.len() == names::PUBLISH.len() && name.eq_ignore_ascii_case(names::PUBLISH) {
+            if wrote_publish {
+                return None;
+            }
+            wrote_publish = true;
+            return Some((name, channel, true));
+        }
+        Some((name, header.value(), false))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_and_server_headers_are_stripped_in_any_case() {
+        for name in [
+            "subscribe",
+            "unsubscribe",
+            "upstream",
+            "queue",
+            "delivery-id",
+            "credit",
+            "ack",
+            "drain",
+            "Subscribe",
+            "DELIVERY-ID",
+            "aCk",
+        ] {
+            assert!(is_stripped(name), "{name} must be stripped");
+        }
+        for name in [
+            "publish",
+            "request-id",
+            "reply-to",
+            "acks",
+            "queues",
+            "x",
+            "",
+        ] {
+            assert!(!is_stripped(name), "{name} must be kept");
+        }
+    }
+
+    #[test]
+    fn the_copy_for_a_channel_names_only_that_channel() {
+        let message = Message::parse(Bytes::from_static(
+            b"LHTTP/1.0 chat\r\npublish:a b\r\nsubscribe:c\r\nk:v\r\n\r\nhi",
+        ))
+        .unwrap();
+        assert_eq!(
+            &encode_for_channel(&message, "b")[..],
+            b"LHTTP/1.0 chat\r\npublish:b\r\nk:v\r\n\r\nhi"
+        );
+    }
 }

@@ -63,7 +63,7 @@ pub(crate) struct Shared {
     pub(crate) gateway: Gateway,
     next_gateway_request: AtomicU64,
     /// Command -> processor. Read-only after build, so shared without a lock.
-    pub(crate) processors: HashMap<String, Arc<dyn Processor>>,
+    pub(crate) processors: HashMap<String, Arc<dyn Processor>, foldhash::quality::RandomState>,
     /// Every processor in registration order, for the open and close hooks.
     pub(crate) processor_order: Vec<Arc<dyn Processor>>,
     /// Built-in filters, then user filters in registration order. Read-only after build.
@@ -136,7 +136,7 @@ impl ServerBuilder {
         self.config.auth.validate().map_err(ServerError::Config)?;
         let verifier = Verifier::new(&self.config.auth).map_err(ServerError::Config)?;
         let permissions = Permissions::new(&self.config.auth).map_err(ServerError::Config)?;
-        let mut processors = HashMap::new();
+        let mut processors = HashMap::default();
         let mut processor_order = Vec::new();
         for (command, processor) in self.processors {
             // `auth` is answered by the server itself (see session.rs), before any processor.
@@ -345,6 +345,16 @@ impl ServerHandle {
     /// Fails with 400 when there is no `publish` header or a channel name is invalid; nothing
     /// is delivered then.
     pub fn publish(&self, message: &Message) -> Result<PublishReport, Rejection> {
+        // One channel, the usual case: no list to collect.
+        if let channel::PublishList::One(only) = channel::PublishList::of(message.headers()) {
+            channel::check(only)?;
+            let (deliveries, queued) = self.publish_checked(only, message);
+            return Ok(PublishReport {
+                channels: 1,
+                deliveries,
+                queued,
+            });
+        }
         let channels = channel::parse_list(message.headers().get_all(names::PUBLISH))?;
         if channels.is_empty() {
             return Err(Rejection::bad_request("no channel in a publish header"));
@@ -405,15 +415,13 @@ impl ServerHandle {
         } else {
             shared.queues.offer(channel, message, &Env::of(self)).0
         };
-        let local = shared.hub.has_subscribers(channel);
         let cluster = shared.cluster.as_ref().filter(|_| !local_groups_only);
         let Some(cluster) = cluster else {
-            if !local {
-                return (0, queued);
-            }
-            let frame = frame(encode_for_channel(message, channel));
-            return (shared.hub.publish(channel, &frame, metrics), queued);
+            // Encoded only when the channel has subscribers, found with one lookup.
+            let encode = || frame(encode_for_channel(message, channel));
+            return (shared.hub.publish_with(channel, encode, metrics), queued);
         };
+        let local = shared.hub.has_subscribers(channel);
         // Other nodes get the very bytes local subscribers get: encoded once, shared.
         let bytes = encode_for_channel(message, channel);
         let request = message
