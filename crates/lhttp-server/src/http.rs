@@ -20,7 +20,7 @@ use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
 };
 
-use crate::{ServerHandle, metrics::add, server::Shared, session};
+use crate::{ServerHandle, metrics::add, read_ahead::ReadAhead, server::Shared, session};
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
 /// (path, content type, content)
@@ -52,9 +52,10 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Bytes read from a socket per read call while a connection is idle-sized; tungstenite
-/// allocates this eagerly per connection, so it is kept small.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite's read buffer, allocated whole per connection when it opens (and grown only for
+/// a frame larger than it). It is small because most connections are idle: socket reads
+/// still take up to 16 KiB at once, through [`ReadAhead`]'s per-thread scratch buffer.
+const READ_BUFFER: usize = 256;
 
 /// Writes are gathered up to this size before going to the socket.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -217,7 +218,7 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    ReadAhead::new(TokioIo::new(upgraded)),
                     Role::Server,
                     Some(config),
                 )

@@ -42,10 +42,11 @@ use crate::{
     outbox::{Outbox, WriterEnd, close_frame},
     peers::IpSlot,
     rate::{MessageRate, Verdict},
+    read_ahead::ReadAhead,
     server::Shared,
 };
 
-pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub(crate) type Socket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
 type Sink = futures_util::stream::SplitSink<Socket, tungstenite::Message>;
 /// The writer task; it gives the sink back so the halves can be reunited for lingering.
 type Writer = tokio::task::JoinHandle<(WriterEnd, Sink)>;
