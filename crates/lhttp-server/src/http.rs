@@ -214,20 +214,31 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     };
     let config = websocket_config(&shared.config.limits);
     let tasks = shared.tasks.clone();
-    tasks.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    ReadAhead::new(TokioIo::new(upgraded)),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                session::run(shared, socket, peer, (permit, ip_slot), user).await;
-            }
-            Err(error) => tracing::debug!(%error, "upgrade failed"),
-        }
-    });
+    // The upgrade waits in a task of its own, which ends when the session task starts: the
+    // session, which lives as long as the connection, then holds none of what the upgrade
+    // needed (a task's memory is the largest state its future can be in, for its whole life).
+    let upgrading = async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => return tracing::debug!(%error, "upgrade failed"),
+        };
+        let socket = WebSocketStream::from_raw_socket(
+            ReadAhead::new(TokioIo::new(upgraded)),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        let tracker = shared.tasks.clone();
+        let session = session::run(
+            shared,
+            Box::new(socket),
+            peer,
+            (permit, ip_slot),
+            user.map(Box::new),
+        );
+        tracker.spawn(session);
+    };
+    tasks.spawn(upgrading);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
