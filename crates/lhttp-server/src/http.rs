@@ -20,7 +20,7 @@ use tokio_tungstenite::{
     tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
 };
 
-use crate::{ServerHandle, metrics::add, server::Shared, session};
+use crate::{ServerHandle, metrics::add, read_ahead::ReadAhead, server::Shared, session};
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
 /// (path, content type, content)
@@ -52,9 +52,10 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Bytes read from a socket per read call while a connection is idle-sized; tungstenite
-/// allocates this eagerly per connection, so it is kept small.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite's read buffer, allocated whole per connection when it opens (and grown only for
+/// a frame larger than it). It is small because most connections are idle: socket reads
+/// still take up to 16 KiB at once, through [`ReadAhead`]'s per-thread scratch buffer.
+const READ_BUFFER: usize = 256;
 
 /// Writes are gathered up to this size before going to the socket.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -213,20 +214,31 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     };
     let config = websocket_config(&shared.config.limits);
     let tasks = shared.tasks.clone();
-    tasks.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                session::run(shared, socket, peer, (permit, ip_slot), user).await;
-            }
-            Err(error) => tracing::debug!(%error, "upgrade failed"),
-        }
-    });
+    // The upgrade waits in a task of its own, which ends when the session task starts: the
+    // session, which lives as long as the connection, then holds none of what the upgrade
+    // needed (a task's memory is the largest state its future can be in, for its whole life).
+    let upgrading = async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(error) => return tracing::debug!(%error, "upgrade failed"),
+        };
+        let socket = WebSocketStream::from_raw_socket(
+            ReadAhead::new(TokioIo::new(upgraded)),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        let tracker = shared.tasks.clone();
+        let session = session::run(
+            shared,
+            Box::new(socket),
+            peer,
+            (permit, ip_slot),
+            user.map(Box::new),
+        );
+        tracker.spawn(session);
+    };
+    tasks.spawn(upgrading);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();

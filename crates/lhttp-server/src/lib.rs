@@ -67,6 +67,7 @@ mod processor;
 mod publish;
 mod queue;
 mod rate;
+mod read_ahead;
 mod rejection;
 mod request;
 mod server;
