@@ -6,7 +6,7 @@
 //! (parsing the URL with IDNA each time, its pool, header maps, a timer per request); this
 //! client writes a request head prepared once and reads the answer into a reused buffer.
 
-use std::time::Duration;
+use std::{mem::MaybeUninit, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use tokio::{
@@ -168,9 +168,13 @@ impl Connection {
 type Head = ((u16, bool), usize, usize);
 
 fn parse_head(buf: &[u8]) -> Result<Option<Head>> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf).context("malformed HTTP answer")? {
+    // Left uninitialised: zeroing room for MAX_HEADERS headers cost more than the parse.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut response, buf, &mut headers)
+        .context("malformed HTTP answer")?;
+    let head_len = match parsed {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => return Ok(None),
     };

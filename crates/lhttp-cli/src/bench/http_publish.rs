@@ -17,11 +17,14 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use super::{
     Output, connect,
     http1::{Connection, Target},
-    parse_digits, pattern, payload, progress, request,
+    parse_digits, payload, progress, request,
 };
 
 /// Width of the sequence number at the start of each body.
 const SEQ_WIDTH: usize = 12;
+
+/// Requests a worker counts before moving the progress bar.
+const BAR_STEP: u64 = 64;
 
 /// What `lhttp bench http-publish` was asked to do.
 #[derive(Debug, Clone)]
@@ -263,6 +266,8 @@ impl Worker {
         let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None::<String>);
         let mut connection = None;
         let mut body = Vec::with_capacity(self.head.len() + self.size);
+        // The bar is told in steps: it reads the clock on each call.
+        let (show, mut unshown) = (!bar.is_hidden(), 0u64);
         // One timer for the worker, moved forward for each request: arming a new one per
         // request costs the client more than the rest of its bookkeeping.
         let deadline = tokio::time::sleep(self.timeout);
@@ -275,7 +280,7 @@ impl Worker {
             body.clear();
             body.extend_from_slice(self.head.as_bytes());
             push_seq(&mut body, seq);
-            body.extend((0..self.size - SEQ_WIDTH).map(|i| pattern(seq, i)));
+            push_pattern(&mut body, seq, self.size - SEQ_WIDTH);
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.timeout);
@@ -288,7 +293,13 @@ impl Worker {
                     Err(format!("no answer within {:?}", self.timeout))
                 }
             };
-            bar.inc(1);
+            if show {
+                unshown += 1;
+                if unshown == BAR_STEP {
+                    bar.inc(unshown);
+                    unshown = 0;
+                }
+            }
             match outcome {
                 Ok(()) => ok += 1,
                 Err(error) => {
@@ -297,6 +308,7 @@ impl Worker {
                 }
             }
         }
+        bar.inc(unshown);
         (ok, failed, first_failure)
     }
 }
@@ -334,6 +346,20 @@ async fn post(
     }
 }
 
+/// Appends the `len` filler bytes of message `seq` (`pattern(seq, i)` for each `i`), a slice
+/// of the alphabet at a time rather than a byte at a time.
+fn push_pattern(out: &mut Vec<u8>, seq: u64, len: usize) {
+    const ALPHABET: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
+    let mut at = (seq % 26) as usize;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(26 - at);
+        out.extend_from_slice(&ALPHABET[at..at + n]);
+        left -= n;
+        at = 0;
+    }
+}
+
 /// Appends `seq` as SEQ_WIDTH zero-padded digits.
 fn push_seq(out: &mut Vec<u8>, mut seq: u64) {
     let mut digits = [b'0'; SEQ_WIDTH];
@@ -359,6 +385,17 @@ mod tests {
             "https://example.org/publish"
         );
         assert!(publish_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn filler_is_the_pattern_of_its_message() {
+        for seq in [0, 1, 25, 26, 77, 1_000_000_007] {
+            for len in [0, 1, 25, 26, 27, 52, 100] {
+                let mut out = Vec::new();
+                push_pattern(&mut out, seq, len);
+                assert!(super::super::filler_intact(&out, seq, len), "{seq} {len}");
+            }
+        }
     }
 
     #[test]
