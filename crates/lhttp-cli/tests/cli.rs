@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{WAIT, free_port_url, lhttp, run, spawn, start};
+use common::{WAIT, free_port_url, lhttp, run, spawn, start, start_with};
 use futures_util::StreamExt;
 use lhttp_client::{Client, Message};
 
@@ -389,6 +389,31 @@ async fn bench_latency_reports_percentiles_and_checks_every_delivery() {
     let rate = us("achieved_rate");
     assert!((250.0..=750.0).contains(&rate), "{report}");
     server.wait_subscribers("bench", 0).await;
+}
+
+/// A server that refuses the bench's POSTs (an API key it does not have) ends the run at once
+/// with the server's answer, not with a warm-up that waits for a probe that never comes.
+#[tokio::test]
+async fn bench_http_publish_reports_a_refusing_server() {
+    let mut config = lhttp_server::Config::default();
+    config.server.api_key = Some("0123456789abcdef-key".into());
+    let server = start_with(config).await;
+    let done = run(
+        lhttp(&[
+            "--url",
+            &server.url(),
+            "bench",
+            "http-publish",
+            "--count",
+            "10",
+            "--json",
+        ]),
+        b"",
+    )
+    .await;
+    assert_ne!(done.code, Some(0), "{done:?}");
+    assert!(done.stderr.contains("401"), "{done:?}");
+    assert!(done.stderr.contains("API key"), "{done:?}");
 }
 
 #[tokio::test]

@@ -16,14 +16,16 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::ConnectInfo};
+use axum::extract::ConnectInfo;
+use futures_util::{FutureExt as _, future::Either};
+use http_body_util::Either as EitherBody;
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::{config::Limits, metrics::add, server::Shared};
+use crate::{config::Limits, http::Routes, http_publish, metrics::add, server::Shared};
 
 /// hyper parses up to this many headers on the stack; any other limit costs one allocation
 /// per request.
@@ -47,11 +49,11 @@ pub(crate) fn http_builder(limits: &Limits) -> http1::Builder {
     builder
 }
 
-/// Accepts connections on `listener` until shutdown starts, serving `router` on each; every
+/// Accepts connections on `listener` until shutdown starts, serving `routes` on each; every
 /// connection task is tracked by `connections`, so that shutdown can wait for them.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    router: Router,
+    routes: Routes,
     shared: Arc<Shared>,
     builder: Arc<http1::Builder>,
     connections: TaskTracker,
@@ -84,7 +86,7 @@ pub(crate) async fn accept_loop(
         connections.spawn(serve_connection(
             tcp,
             peer,
-            router.clone(),
+            routes.clone(),
             shared.clone(),
             builder.clone(),
         ));
@@ -96,19 +98,27 @@ pub(crate) async fn accept_loop(
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    routes: Routes,
     shared: Arc<Shared>,
     builder: Arc<http1::Builder>,
 ) {
     let served = Arc::new(AtomicBool::new(false));
     let service = {
-        let served = served.clone();
+        let (served, shared) = (served.clone(), shared.clone());
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             served.store(true, Relaxed);
+            if routes.is_publish(&request) {
+                let serving = http_publish::serve(shared.clone(), Some(peer), request);
+                return Either::Left(serving.map(|answer| {
+                    Ok::<_, std::convert::Infallible>(answer.map(EitherBody::Left))
+                }));
+            }
             request.extensions_mut().insert(ConnectInfo(peer));
             // A Router is always ready: no poll_ready needed before call.
-            let mut router = router.clone();
-            async move { router.call(request).await }
+            let routing = routes.router.clone().call(request);
+            Either::Right(
+                routing.map(|routed| routed.map(|response| response.map(EitherBody::Right))),
+            )
         })
     };
     let connection = builder

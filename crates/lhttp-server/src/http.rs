@@ -13,14 +13,15 @@ use axum::{
     routing::{any, get, post},
 };
 use hyper_util::rt::TokioIo;
-use lhttp_proto::Message;
 use serde_json::json;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
 };
 
-use crate::{ServerHandle, metrics::add, read_ahead::ReadAhead, server::Shared, session};
+use crate::{
+    ServerHandle, http_publish, metrics::add, read_ahead::ReadAhead, server::Shared, session,
+};
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
 /// (path, content type, content)
@@ -60,9 +61,28 @@ const READ_BUFFER: usize = 256;
 /// Writes are gathered up to this size before going to the socket.
 const WRITE_BUFFER: usize = 64 * 1024;
 
+/// What one listening port serves: its router, and whether `POST /publish` is among its
+/// routes (the accept loop then serves that one itself: see [`http_publish`]).
+#[derive(Clone)]
+pub(crate) struct Routes {
+    pub(crate) router: Router,
+    pub(crate) publish: bool,
+}
+
+impl Routes {
+    /// Whether `request` is a `POST /publish` that [`http_publish::serve`] answers exactly as
+    /// the router would (a WebSocket upgrade on any path goes to the router's middleware).
+    pub(crate) fn is_publish<B>(&self, request: &hyper::Request<B>) -> bool {
+        self.publish
+            && request.method() == Method::POST
+            && request.uri().path() == "/publish"
+            && !wants_websocket(request.headers())
+    }
+}
+
 /// The main port: upgrades, `/publish`, the static files, and `/healthz` and `/metrics` unless
 /// they have a port of their own (`with_ops` false).
-pub(crate) fn router(shared: Arc<Shared>, with_ops: bool) -> Router {
+pub(crate) fn router(shared: Arc<Shared>, with_ops: bool) -> Routes {
     let mut router = Router::new();
     for &(path, content_type, body) in STATIC_FILES {
         router = router.route(path, get(move || static_file(content_type, body)));
@@ -84,12 +104,16 @@ pub(crate) fn router(shared: Arc<Shared>, with_ops: bool) -> Router {
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics));
     }
-    router
+    let router = router
         .layer(middleware::from_fn_with_state(
             shared.clone(),
             upgrade_any_path,
         ))
-        .with_state(shared)
+        .with_state(shared);
+    Routes {
+        router,
+        publish: true,
+    }
 }
 
 /// `/api/` -> `/api`: the prefix that axum's `{*rest}` and exact routes are written after.
@@ -98,11 +122,15 @@ fn route_prefix(path: &str) -> &str {
 }
 
 /// The metrics port (`server.metrics_listen`): `/healthz` and `/metrics` only.
-pub(crate) fn ops_router(shared: Arc<Shared>) -> Router {
-    Router::new()
+pub(crate) fn ops_router(shared: Arc<Shared>) -> Routes {
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .with_state(shared)
+        .with_state(shared);
+    Routes {
+        router,
+        publish: false,
+    }
 }
 
 /// The original clients connect to `/`, `/echo` and `/chat`: an upgrade request is accepted on
@@ -283,48 +311,6 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     }
 }
 
-/// `POST /publish` is open to loopback peers when no API key is configured, and to holders of
-/// the key (`Authorization: Bearer <key>`) when one is; anyone else gets this answer.
-fn publish_refusal(shared: &Shared, request: &Request) -> Option<Response> {
-    match &shared.config.server.api_key {
-        Some(key) => {
-            let presented = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
-                None
-            } else {
-                let mut response = json_error(401, "a valid API key is required");
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                Some(response)
-            }
-        }
-        None => {
-            let loopback = request
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|info| info.0.ip().is_loopback());
-            (!loopback).then(|| {
-                json_error(
-                    403,
-                    "POST /publish is open to loopback clients only unless server.api_key is set",
-                )
-            })
-        }
-    }
-}
-
-/// Compares without an early exit, so the time taken does not tell how much of a guess was
-/// right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn websocket_config(limits: &crate::config::Limits) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
@@ -380,53 +366,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-fn json_error(status: u16, reason: &str) -> Response {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    (code, Json(json!({"status": status, "reason": reason}))).into_response()
-}
-
-/// `POST /publish`: the body is an lhttp message; it is published to its `publish` channels.
-/// 200 `{"channels":N,"deliveries":M}`; 400 not a message or no `publish` header; 413 too large;
-/// 408 body not complete within `limits.http_body_timeout_ms`.
+/// `POST /publish` when it comes through the router: the accept loop serves it directly
+/// ([`http_publish::serve`]); the route stays so that other methods get 405 and both paths
+/// answer alike.
 async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    add(&shared.metrics.http_publish_requests, 1);
-    if let Some(refused) = publish_refusal(&shared, &request) {
-        return refused;
-    }
-    let max = shared.config.limits.max_message_size;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max as u64) {
-        return json_error(413, "message larger than limits.max_message_size");
-    }
-    // A client that sends its body slowly (or never) cannot hold the request open.
-    let reading = axum::body::to_bytes(request.into_body(), max);
-    let Ok(read) = tokio::time::timeout(shared.config.limits.http_body_timeout(), reading).await
-    else {
-        add(&shared.metrics.http_body_timeouts, 1);
-        return json_error(408, "the request body did not arrive in time");
-    };
-    let body = match read {
-        Ok(body) => body,
-        Err(error) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                json_error(413, "message larger than limits.max_message_size")
-            } else {
-                json_error(400, "could not read the request body")
-            };
-        }
-    };
-    let message = match Message::parse_with(body, &shared.parser_limits) {
-        Ok(message) => message,
-        Err(error) => return json_error(error.status(), &error.to_string()),
-    };
-    match ServerHandle::from_shared(shared).publish(&message) {
-        Ok(report) => Json(report).into_response(),
-        Err(rejection) => json_error(rejection.status(), rejection.reason()),
-    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    http_publish::serve(shared, peer, request)
+        .await
+        .map(Body::new)
 }

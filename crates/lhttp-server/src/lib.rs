@@ -58,6 +58,7 @@ mod extensions;
 mod filter;
 mod gateway;
 mod http;
+mod http_publish;
 mod hub;
 mod metrics;
 mod outbox;

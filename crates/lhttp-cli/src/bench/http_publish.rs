@@ -1,6 +1,6 @@
-//! `lhttp bench http-publish`: K tasks each doing keep-alive `POST /publish`; one WebSocket
-//! subscriber checks that every accepted message arrives exactly once (order is not checked: K
-//! requests race).
+//! `lhttp bench http-publish`: K tasks each doing keep-alive `POST /publish` on a connection
+//! of their own; one WebSocket subscriber checks that every accepted message arrives exactly
+//! once (order is not checked: K requests race).
 
 use std::{
     sync::{
@@ -14,10 +14,17 @@ use anyhow::{Context as _, Result, bail};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-use super::{Output, connect, parse_digits, pattern, payload, progress, request};
+use super::{
+    Output, connect,
+    http1::{Connection, Target},
+    parse_digits, payload, progress, request,
+};
 
 /// Width of the sequence number at the start of each body.
 const SEQ_WIDTH: usize = 12;
+
+/// Requests a worker counts before moving the progress bar.
+const BAR_STEP: u64 = 64;
 
 /// What `lhttp bench http-publish` was asked to do.
 #[derive(Debug, Clone)]
@@ -118,11 +125,7 @@ pub(crate) async fn http_publish(opts: HttpPublish) -> Result<HttpPublishReport>
         bail!("--size must be at least {SEQ_WIDTH} bytes");
     }
     let url = publish_url(&opts.url)?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(opts.concurrency.max(1))
-        .timeout(opts.timeout)
-        .build()
-        .context("cannot build the HTTP client")?;
+    let target = Target::parse(&url)?;
     let head = format!("LHTTP/1.0 bench\r\npublish:{}\r\n\r\n", opts.channel);
 
     // The checking subscriber.
@@ -178,74 +181,40 @@ pub(crate) async fn http_publish(opts: HttpPublish) -> Result<HttpPublishReport>
         })
     };
 
-    // Warm-up, over HTTP too: this also opens the first keep-alive connection.
+    // Warm-up, over HTTP too.
     let deadline = Instant::now() + opts.timeout;
+    let mut warm_up = None;
+    let probe = format!("{head}probe").into_bytes();
     while warmed.load(Relaxed) == 0 {
         if Instant::now() > deadline {
             bail!("warm-up: the subscriber received no probe in time");
         }
-        client
-            .post(&url)
-            .body(format!("{head}probe"))
-            .send()
-            .await
-            .with_context(|| format!("cannot POST to {url}"))?
-            .bytes()
-            .await?;
+        let posted = tokio::time::timeout(
+            opts.timeout,
+            post(&mut warm_up, &target, &probe, opts.timeout),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out"))
+        .and_then(|posted| posted.map_err(anyhow::Error::msg));
+        posted.with_context(|| format!("cannot POST to {url}"))?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    drop(warm_up);
 
     let next = Arc::new(AtomicU64::new(0));
     let bar = progress::bar(opts.output.progress, opts.count, "requests");
     let started = Instant::now();
     let mut workers = Vec::with_capacity(opts.concurrency);
     for _ in 0..opts.concurrency.max(1) {
-        let (bar, client, next, url, head, count, size) = (
-            bar.clone(),
-            client.clone(),
-            next.clone(),
-            url.clone(),
-            head.clone(),
-            opts.count,
-            opts.size,
-        );
-        workers.push(tokio::spawn(async move {
-            let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None::<String>);
-            loop {
-                let seq = next.fetch_add(1, Relaxed);
-                if seq >= count {
-                    break;
-                }
-                let mut body = Vec::with_capacity(head.len() + size);
-                body.extend_from_slice(head.as_bytes());
-                body.extend_from_slice(format!("{seq:0SEQ_WIDTH$}").as_bytes());
-                body.extend((0..size - SEQ_WIDTH).map(|i| pattern(seq, i)));
-                let outcome = match client.post(&url).body(body).send().await {
-                    Ok(response) => {
-                        let status = response.status();
-                        // Read the body to the end so that the connection is reused.
-                        match response.bytes().await {
-                            Ok(_) if status == reqwest::StatusCode::OK => Ok(()),
-                            Ok(answer) => Err(format!(
-                                "{status}: {}",
-                                String::from_utf8_lossy(&answer).trim()
-                            )),
-                            Err(error) => Err(error.to_string()),
-                        }
-                    }
-                    Err(error) => Err(error.to_string()),
-                };
-                bar.inc(1);
-                match outcome {
-                    Ok(()) => ok += 1,
-                    Err(error) => {
-                        failed += 1;
-                        first_failure.get_or_insert(error);
-                    }
-                }
-            }
-            (ok, failed, first_failure)
-        }));
+        let worker = Worker {
+            target: target.clone(),
+            head: head.clone(),
+            next: next.clone(),
+            count: opts.count,
+            size: opts.size,
+            timeout: opts.timeout,
+        };
+        workers.push(tokio::spawn(worker.run(bar.clone())));
     }
     let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None);
     for worker in workers {
@@ -279,6 +248,128 @@ pub(crate) async fn http_publish(opts: HttpPublish) -> Result<HttpPublishReport>
     })
 }
 
+/// One of the K request loops: takes the next sequence number, POSTs its message on the
+/// worker's own keep-alive connection, and counts the answer.
+struct Worker {
+    target: Target,
+    /// The lhttp head every body starts with.
+    head: String,
+    next: Arc<AtomicU64>,
+    count: u64,
+    size: usize,
+    timeout: Duration,
+}
+
+impl Worker {
+    /// Returns (ok, failed, first failure).
+    async fn run(self, bar: indicatif::ProgressBar) -> (u64, u64, Option<String>) {
+        let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None::<String>);
+        let mut connection = None;
+        let mut body = Vec::with_capacity(self.head.len() + self.size);
+        // The bar is told in steps: it reads the clock on each call.
+        let (show, mut unshown) = (!bar.is_hidden(), 0u64);
+        // One timer for the worker, moved forward for each request: arming a new one per
+        // request costs the client more than the rest of its bookkeeping.
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        loop {
+            let seq = self.next.fetch_add(1, Relaxed);
+            if seq >= self.count {
+                break;
+            }
+            body.clear();
+            body.extend_from_slice(self.head.as_bytes());
+            push_seq(&mut body, seq);
+            push_pattern(&mut body, seq, self.size - SEQ_WIDTH);
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.timeout);
+            let outcome = tokio::select! {
+                biased;
+                posted = post(&mut connection, &self.target, &body, self.timeout) => posted,
+                () = &mut deadline => {
+                    // The request may be half sent or half answered: start afresh.
+                    connection = None;
+                    Err(format!("no answer within {:?}", self.timeout))
+                }
+            };
+            if show {
+                unshown += 1;
+                if unshown == BAR_STEP {
+                    bar.inc(unshown);
+                    unshown = 0;
+                }
+            }
+            match outcome {
+                Ok(()) => ok += 1,
+                Err(error) => {
+                    failed += 1;
+                    first_failure.get_or_insert(error);
+                }
+            }
+        }
+        bar.inc(unshown);
+        (ok, failed, first_failure)
+    }
+}
+
+/// POSTs `body` on `connection` (opened first if there is none, or the last one was closed)
+/// and expects 200; on an error the connection is dropped, so the next request opens a new
+/// one.
+async fn post(
+    connection: &mut Option<Connection>,
+    target: &Target,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
+    if !connection.as_ref().is_some_and(Connection::reusable) {
+        *connection = Some(
+            Connection::open(target, timeout)
+                .await
+                .map_err(|error| format!("{error:#}"))?,
+        );
+    }
+    let Some(open) = connection.as_mut() else {
+        return Err("no connection".into());
+    };
+    match open.post(body).await {
+        Ok(answer) if answer.status == 200 => Ok(()),
+        Ok(answer) => Err(format!(
+            "{} {}",
+            answer.status,
+            String::from_utf8_lossy(answer.body).trim()
+        )),
+        Err(error) => {
+            *connection = None;
+            Err(format!("{error:#}"))
+        }
+    }
+}
+
+/// Appends the `len` filler bytes of message `seq` (`pattern(seq, i)` for each `i`), a slice
+/// of the alphabet at a time rather than a byte at a time.
+fn push_pattern(out: &mut Vec<u8>, seq: u64, len: usize) {
+    const ALPHABET: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
+    let mut at = (seq % 26) as usize;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(26 - at);
+        out.extend_from_slice(&ALPHABET[at..at + n]);
+        left -= n;
+        at = 0;
+    }
+}
+
+/// Appends `seq` as SEQ_WIDTH zero-padded digits.
+fn push_seq(out: &mut Vec<u8>, mut seq: u64) {
+    let mut digits = [b'0'; SEQ_WIDTH];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (seq % 10) as u8;
+        seq /= 10;
+    }
+    out.extend_from_slice(&digits);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +385,23 @@ mod tests {
             "https://example.org/publish"
         );
         assert!(publish_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn filler_is_the_pattern_of_its_message() {
+        for seq in [0, 1, 25, 26, 77, 1_000_000_007] {
+            for len in [0, 1, 25, 26, 27, 52, 100] {
+                let mut out = Vec::new();
+                push_pattern(&mut out, seq, len);
+                assert!(super::super::filler_intact(&out, seq, len), "{seq} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_are_zero_padded() {
+        let mut out = Vec::new();
+        push_seq(&mut out, 42);
+        assert_eq!(out, format!("{:0SEQ_WIDTH$}", 42).into_bytes());
     }
 }

@@ -8,6 +8,7 @@
 //! the SDK) to stay lean: on a small machine the load generator shares the CPU with the server.
 
 mod connections;
+mod http1;
 mod http_publish;
 mod latency;
 mod plot;
