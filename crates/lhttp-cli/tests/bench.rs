@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, lhttp, run, start};
+use common::{TestServer, lhttp, run, start_for_bench};
 
 /// Runs `lhttp --url URL bench ARGS... --json`, expects success, returns the report.
 async fn bench_json(server: &TestServer, args: &[&str]) -> serde_json::Value {
@@ -25,7 +25,7 @@ fn assert_every_delivery_clean(report: &serde_json::Value) {
 
 #[tokio::test]
 async fn bench_throughput_with_publishers_subscribers_and_channels() {
-    let server = start().await;
+    let server = start_for_bench().await;
     let report = bench_json(
         &server,
         &[
@@ -57,7 +57,7 @@ async fn bench_throughput_with_publishers_subscribers_and_channels() {
 
 #[tokio::test]
 async fn bench_throughput_for_a_duration_delivers_everything_published() {
-    let server = start().await;
+    let server = start_for_bench().await;
     let report = bench_json(
         &server,
         &[
@@ -90,7 +90,7 @@ async fn bench_throughput_for_a_duration_delivers_everything_published() {
 
 #[tokio::test]
 async fn bench_throughput_rejects_channels_without_subscribers() {
-    let server = start().await;
+    let server = start_for_bench().await;
     let done = run(
         lhttp(&[
             "--url",
@@ -131,7 +131,7 @@ fn assert_svg_with_a_line(path: &std::path::Path) {
 
 #[tokio::test]
 async fn bench_plots_are_svg_files_with_a_curve() {
-    let server = start().await;
+    let server = start_for_bench().await;
     let dir = std::env::temp_dir().join(format!("lhttp-plot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let throughput_svg = dir.join("throughput.svg");
@@ -172,7 +172,7 @@ async fn bench_plots_are_svg_files_with_a_curve() {
 
 #[tokio::test]
 async fn bench_connections_spread_over_source_addresses() {
-    let server = start().await;
+    let server = start_for_bench().await;
     let report = bench_json(
         &server,
         &[

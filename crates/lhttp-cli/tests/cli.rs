@@ -288,7 +288,7 @@ bogus
 
 #[tokio::test]
 async fn bench_throughput_checks_every_delivery() {
-    let server = start().await;
+    let server = common::start_for_bench().await;
     let done = run(
         lhttp(&[
             "--url",
@@ -323,7 +323,7 @@ async fn bench_throughput_checks_every_delivery() {
 
 #[tokio::test]
 async fn bench_connections_reports_memory_per_connection() {
-    let server = start().await;
+    let server = common::start_for_bench().await;
     // The server runs in this test process, so its memory is this process's.
     let pid = std::process::id().to_string();
     let done = run(
@@ -355,7 +355,7 @@ async fn bench_connections_reports_memory_per_connection() {
 
 #[tokio::test]
 async fn bench_latency_reports_percentiles_and_checks_every_delivery() {
-    let server = start().await;
+    let server = common::start_for_bench().await;
     let done = run(
         lhttp(&[
             "--url",
@@ -418,7 +418,7 @@ async fn bench_http_publish_reports_a_refusing_server() {
 
 #[tokio::test]
 async fn bench_http_publish_counts_requests_and_deliveries() {
-    let server = start().await;
+    let server = common::start_for_bench().await;
     let done = run(
         lhttp(&[
             "--url",

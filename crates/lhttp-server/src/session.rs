@@ -20,7 +20,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use futures_util::{FutureExt as _, StreamExt, stream::SplitStream};
+use futures_util::{StreamExt, stream::SplitStream};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use lhttp_proto::Message;
@@ -310,14 +310,31 @@ async fn read_loop(
         // (and drops) six futures, two of them cancellation tokens with a mutex each. A burst
         // is bounded so that shutdown, the timers and the overflow check still come round.
         for _ in 1..BURST {
-            let Some(next) = stream.next().now_or_never() else {
+            let Some(next) = ready_now(stream).await else {
                 break;
             };
             if let Some(end) = receive(shared, connection, sign_in, &mut rate, now, next).await {
                 return end;
             }
         }
+        // Frames served from buffers never reach the socket's own budget check: count them
+        // against the task's budget here, so that a connection that always has data ready
+        // still lets the other tasks of its thread run.
+        tokio::task::coop::consume_budget().await;
     }
+}
+
+/// The next item of `stream` if it is ready now, without waiting. Polled with the task's own
+/// waker (not a no-op one, as `now_or_never` would): a layer underneath may keep the waker of
+/// the last poll, and must not be left with one that wakes nobody.
+async fn ready_now(
+    stream: &mut SplitStream<Socket>,
+) -> Option<Option<Result<tungstenite::Message, tungstenite::Error>>> {
+    std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+        std::task::Poll::Ready(item) => std::task::Poll::Ready(Some(item)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// Most messages handled in one turn of the reading loop (see [`read_loop`]).

@@ -30,6 +30,16 @@ pub async fn start() -> TestServer {
     start_with(Config::default()).await
 }
 
+/// A server for load runs: the abuse limits off (a benchmark publishes faster than a client is
+/// allowed to by default, and opens many connections from one address), as docs/performance.md
+/// runs them.
+pub async fn start_for_bench() -> TestServer {
+    let mut config = Config::default();
+    config.limits.messages_per_second = 0;
+    config.limits.max_connections_per_ip = 0;
+    start_with(config).await
+}
+
 /// A server with `config` on a free port.
 pub async fn start_with(config: Config) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
