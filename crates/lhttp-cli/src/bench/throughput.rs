@@ -21,6 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
@@ -251,13 +252,22 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
         Arc::new((0..opts.subscribers).map(|_| Counter::default()).collect());
     let sent: Arc<Vec<Counter>> = Arc::new((0..channels).map(|_| Counter::default()).collect());
     let warmed = Arc::new(Counter::default());
+    let progress = Arc::new(Notify::new());
     let mut tasks = Vec::new();
     for (index, socket) in subscribers.into_iter().enumerate() {
         let (received, warmed) = (received.clone(), warmed.clone());
         let (size, idle) = (opts.size, opts.timeout);
-        tasks.push(tokio::spawn(subscriber(
-            socket, index, publishers, size, idle, received, warmed,
-        )));
+        let progress = progress.clone();
+        tasks.push(tokio::spawn(subscriber(Subscriber {
+            socket,
+            index,
+            publishers,
+            size,
+            idle,
+            received,
+            warmed,
+            progress,
+        })));
     }
 
     // Warm-up: probes until every subscriber got one, so that a subscription that still has to
@@ -337,6 +347,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
             heads: heads.clone(),
             received: received.clone(),
             sent: sent.clone(),
+            progress: progress.clone(),
         })));
     }
     // Messages sent by each publisher to each channel.
@@ -402,15 +413,17 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
 /// One subscriber: checks every frame until every publisher's end marker came (or `idle` of
 /// silence), and returns what it saw, the next sequence number it expected from each publisher
 /// (what was sent beyond that is lost) and when the last message arrived.
-async fn subscriber(
-    mut socket: Socket,
-    index: usize,
-    publishers: usize,
-    size: usize,
-    idle: Duration,
-    received: Arc<Vec<Counter>>,
-    warmed: Arc<Counter>,
-) -> (Seen, Vec<u64>, Instant) {
+async fn subscriber(s: Subscriber) -> (Seen, Vec<u64>, Instant) {
+    let Subscriber {
+        mut socket,
+        index,
+        publishers,
+        size,
+        idle,
+        received,
+        warmed,
+        progress,
+    } = s;
     let mut seen = Seen::default();
     let mut expected = vec![0u64; publishers];
     let mut ended = vec![false; publishers];
@@ -460,12 +473,32 @@ async fn subscriber(
                     seen.duplicated += 1;
                 }
                 received[index].0.fetch_add(1, Relaxed);
+                if seen.received % NOTIFY_EVERY == 0 {
+                    progress.notify_waiters();
+                }
             }
             Received::Garbage => seen.corrupted += 1,
         }
     }
     (seen, expected, last)
 }
+
+/// One subscribing connection and what it reports to.
+struct Subscriber {
+    socket: Socket,
+    index: usize,
+    publishers: usize,
+    size: usize,
+    idle: Duration,
+    received: Arc<Vec<Counter>>,
+    warmed: Arc<Counter>,
+    /// Woken as deliveries come in, so that a publisher with a full window resumes at once.
+    progress: Arc<Notify>,
+}
+
+/// A subscriber wakes the publishers every this many deliveries: often enough to keep the
+/// window full, seldom enough to cost nothing per message.
+const NOTIFY_EVERY: u64 = 256;
 
 /// One publishing connection and what it needs to pace itself.
 struct Publisher {
@@ -481,6 +514,7 @@ struct Publisher {
     heads: Arc<Vec<String>>,
     received: Arc<Vec<Counter>>,
     sent: Arc<Vec<Counter>>,
+    progress: Arc<Notify>,
 }
 
 /// Publishes until the quota or the deadline, then sends the end markers. Returns the messages
@@ -517,8 +551,10 @@ async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant)> {
                 // subscribers report what is missing.
                 break;
             }
-            // The window is full: let the subscribers (and the server) catch up.
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // The window is full: let the subscribers (and the server) catch up, and resume as
+            // soon as they report progress (the timeout covers a wake-up that came between
+            // reading their counts and waiting).
+            let _ = tokio::time::timeout(Duration::from_millis(1), p.progress.notified()).await;
             continue;
         }
         let mut batch = ((p.window - lag) / p.publishers as u64).clamp(1, 512);
