@@ -211,7 +211,7 @@ impl Outbox {
 
     /// Queues a close frame after everything already queued. It may exceed the limits by this
     /// one frame: a close must get through even to a full queue, and it is sent once.
-    pub(crate) async fn push_close(&self, message: WsMessage, _timeout: Duration) {
+    pub(crate) fn push_close(&self, message: WsMessage) {
         let mut queue = self.shared.queue();
         if queue.closed {
             return;

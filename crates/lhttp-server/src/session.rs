@@ -164,7 +164,7 @@ async fn finish(
     };
     match close_code {
         Some(close) => {
-            outbox.push_close(close, timeout).await;
+            outbox.push_close(close);
             drop(outbox);
             if let Ok(Ok((WriterEnd::Closed, sink))) =
                 tokio::time::timeout(timeout, &mut writer).await
