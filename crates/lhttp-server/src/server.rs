@@ -345,22 +345,24 @@ impl ServerHandle {
     /// Fails with 400 when there is no `publish` header or a channel name is invalid; nothing
     /// is delivered then.
     pub fn publish(&self, message: &Message) -> Result<PublishReport, Rejection> {
-        // One channel, the usual case: no list to collect.
-        if let channel::PublishList::One(only) = channel::PublishList::of(message.headers()) {
-            channel::check(only)?;
-            let (deliveries, queued) = self.publish_checked(only, message);
-            return Ok(PublishReport {
-                channels: 1,
-                deliveries,
-                queued,
-            });
-        }
-        let channels = channel::parse_list(message.headers().get_all(names::PUBLISH))?;
+        // One channel, the usual case, needs no list collected.
+        let (one, list);
+        let channels: &[&str] = match channel::PublishList::of(message.headers()) {
+            channel::PublishList::One(name) => {
+                channel::check(name)?;
+                one = [name];
+                &one
+            }
+            _ => {
+                list = channel::parse_list(message.headers().get_all(names::PUBLISH))?;
+                &list
+            }
+        };
         if channels.is_empty() {
             return Err(Rejection::bad_request("no channel in a publish header"));
         }
         let mut report = PublishReport::default();
-        for channel in channels {
+        for &channel in channels {
             report.channels += 1;
             let (deliveries, queued) = self.publish_checked(channel, message);
             report.deliveries += deliveries;
