@@ -15,9 +15,9 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Output, connect,
+    Filler, Output, connect,
     http1::{Connection, Target},
-    parse_digits, payload, progress, request,
+    parse_digits, payload, progress, push_padded, request,
 };
 
 /// Width of the sequence number at the start of each body.
@@ -266,6 +266,7 @@ impl Worker {
         let (mut ok, mut failed, mut first_failure) = (0u64, 0u64, None::<String>);
         let mut connection = None;
         let mut body = Vec::with_capacity(self.head.len() + self.size);
+        let filler = Filler::new(self.size - SEQ_WIDTH);
         // The bar is told in steps: it reads the clock on each call.
         let (show, mut unshown) = (!bar.is_hidden(), 0u64);
         // One timer for the worker, moved forward for each request: arming a new one per
@@ -279,8 +280,8 @@ impl Worker {
             }
             body.clear();
             body.extend_from_slice(self.head.as_bytes());
-            push_seq(&mut body, seq);
-            push_pattern(&mut body, seq, self.size - SEQ_WIDTH);
+            push_padded(&mut body, seq, SEQ_WIDTH);
+            body.extend_from_slice(filler.of(seq));
             deadline
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.timeout);
@@ -346,30 +347,6 @@ async fn post(
     }
 }
 
-/// Appends the `len` filler bytes of message `seq` (`pattern(seq, i)` for each `i`), a slice
-/// of the alphabet at a time rather than a byte at a time.
-fn push_pattern(out: &mut Vec<u8>, seq: u64, len: usize) {
-    const ALPHABET: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
-    let mut at = (seq % 26) as usize;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(26 - at);
-        out.extend_from_slice(&ALPHABET[at..at + n]);
-        left -= n;
-        at = 0;
-    }
-}
-
-/// Appends `seq` as SEQ_WIDTH zero-padded digits.
-fn push_seq(out: &mut Vec<u8>, mut seq: u64) {
-    let mut digits = [b'0'; SEQ_WIDTH];
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + (seq % 10) as u8;
-        seq /= 10;
-    }
-    out.extend_from_slice(&digits);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,23 +362,5 @@ mod tests {
             "https://example.org/publish"
         );
         assert!(publish_url("ftp://x").is_err());
-    }
-
-    #[test]
-    fn filler_is_the_pattern_of_its_message() {
-        for seq in [0, 1, 25, 26, 77, 1_000_000_007] {
-            for len in [0, 1, 25, 26, 27, 52, 100] {
-                let mut out = Vec::new();
-                push_pattern(&mut out, seq, len);
-                assert!(super::super::filler_intact(&out, seq, len), "{seq} {len}");
-            }
-        }
-    }
-
-    #[test]
-    fn sequence_numbers_are_zero_padded() {
-        let mut out = Vec::new();
-        push_seq(&mut out, 42);
-        assert_eq!(out, format!("{:0SEQ_WIDTH$}", 42).into_bytes());
     }
 }

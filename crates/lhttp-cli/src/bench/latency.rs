@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Output, connect, filler_intact, parse_digits, pattern, payload, plot, progress, request,
+    Filler, Output, connect, parse_digits, payload_sized, plot, progress, push_padded, request,
 };
 
 /// Width of the send timestamp (nanoseconds) at the start of each latency body.
@@ -113,26 +113,22 @@ impl LatencyReport {
 
 /// The body of message `seq` sent at `sent_ns`: the time, the number, then a pattern derived
 /// from the number (to detect corruption).
-fn latency_body(sent_ns: u64, seq: u64, size: usize, out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    let _ = write!(
-        out,
-        "{sent_ns:0tw$}{seq:0sw$}",
-        tw = TIME_WIDTH,
-        sw = SEQ_WIDTH
-    );
-    out.extend((0..size.saturating_sub(MIN_LATENCY_SIZE)).map(|i| pattern(seq, i)));
+fn latency_body(sent_ns: u64, seq: u64, filler: &Filler, out: &mut Vec<u8>) {
+    push_padded(out, sent_ns, TIME_WIDTH);
+    push_padded(out, seq, SEQ_WIDTH);
+    out.extend_from_slice(filler.of(seq));
 }
 
-/// A received latency frame: `Ok(None)` for a probe, else (sent_ns, seq, intact).
-fn check_latency(data: &[u8], size: usize) -> Result<Option<(u64, u64, bool)>, ()> {
-    let payload = payload(data).ok_or(())?;
+/// A received latency frame, for bodies of `MIN_LATENCY_SIZE` + `filler` bytes: `Ok(None)`
+/// for a probe, else (sent_ns, seq, intact).
+fn check_latency(data: &[u8], filler: &Filler) -> Result<Option<(u64, u64, bool)>, ()> {
+    let payload = payload_sized(data, MIN_LATENCY_SIZE + filler.len()).ok_or(())?;
     if payload.starts_with(b"probe") {
         return Ok(None);
     }
     let sent = parse_digits(payload.get(..TIME_WIDTH)).ok_or(())?;
     let seq = parse_digits(payload.get(TIME_WIDTH..MIN_LATENCY_SIZE)).ok_or(())?;
-    let intact = filler_intact(&payload[MIN_LATENCY_SIZE..], seq, size - MIN_LATENCY_SIZE);
+    let intact = filler.is_intact(&payload[MIN_LATENCY_SIZE..], seq);
     Ok(Some((sent, seq, intact)))
 }
 
@@ -161,8 +157,9 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
 
     let base = Instant::now();
     let warmed = Arc::new(AtomicU64::new(0));
-    let size = opts.size;
+    let filler = Arc::new(Filler::new(opts.size - MIN_LATENCY_SIZE));
     let task = {
+        let filler = filler.clone();
         let warmed = warmed.clone();
         tokio::spawn(async move {
             // 1 us .. 60 s, 3 significant digits.
@@ -179,7 +176,7 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
                 if !matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
                     continue;
                 }
-                match check_latency(&frame.into_data(), size) {
+                match check_latency(&frame.into_data(), &filler) {
                     Ok(None) => warmed.store(1, Relaxed),
                     Ok(Some((sent, seq, intact))) => {
                         received += 1;
@@ -231,7 +228,12 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
         while sent < due {
             let mut message = Vec::with_capacity(head.len() + opts.size);
             message.extend_from_slice(head.as_bytes());
-            latency_body(base.elapsed().as_nanos() as u64, sent, size, &mut message);
+            latency_body(
+                base.elapsed().as_nanos() as u64,
+                sent,
+                &filler,
+                &mut message,
+            );
             publisher.feed(Frame::binary(message)).await?;
             sent += 1;
         }
@@ -276,16 +278,20 @@ mod tests {
 
     #[test]
     fn latency_bodies_round_trip_and_damage_is_caught() {
+        let filler = &Filler::new(64 - MIN_LATENCY_SIZE);
         let mut frame = b"LHTTP/1.0 bench\r\npublish:b\r\n\r\n".to_vec();
-        latency_body(123_456_789, 42, 64, &mut frame);
-        assert_eq!(check_latency(&frame, 64), Ok(Some((123_456_789, 42, true))));
+        latency_body(123_456_789, 42, filler, &mut frame);
+        assert_eq!(
+            check_latency(&frame, filler),
+            Ok(Some((123_456_789, 42, true)))
+        );
         let last = frame.len() - 1;
         frame[last] ^= 1;
         assert_eq!(
-            check_latency(&frame, 64),
+            check_latency(&frame, filler),
             Ok(Some((123_456_789, 42, false)))
         );
-        assert_eq!(check_latency(&frame[..50], 64), Err(()));
-        assert_eq!(check_latency(b"LHTTP/1.0 b\r\n\r\nprobe", 64), Ok(None));
+        assert_eq!(check_latency(&frame[..50], filler), Err(()));
+        assert_eq!(check_latency(b"LHTTP/1.0 b\r\n\r\nprobe", filler), Ok(None));
     }
 }

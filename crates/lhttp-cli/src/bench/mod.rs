@@ -128,6 +128,17 @@ pub(crate) fn payload(data: &[u8]) -> Option<&[u8]> {
     memchr::memmem::find(data, b"\r\n\r\n").map(|at| &data[at + 4..])
 }
 
+/// The body of a received message that should carry `size` body bytes: its last `size` bytes
+/// when the blank line sits right before them (checked in place, the common case), else
+/// whatever [`payload`] finds. Bench bodies never contain a blank line, and a head holds only
+/// the one that ends it, so the shortcut finds the same body as the search.
+pub(crate) fn payload_sized(data: &[u8], size: usize) -> Option<&[u8]> {
+    match data.len().checked_sub(size + 4) {
+        Some(head) if &data[head..head + 4] == b"\r\n\r\n" => Some(&data[head + 4..]),
+        _ => payload(data),
+    }
+}
+
 /// Parses a fixed-width decimal number (all digits), without allocating.
 pub(crate) fn parse_digits(digits: Option<&[u8]>) -> Option<u64> {
     let digits = digits?;
@@ -141,19 +152,54 @@ pub(crate) fn parse_digits(digits: Option<&[u8]>) -> Option<u64> {
     Some(value)
 }
 
-/// The filler byte `i` of the body of message `seq`: derived from both, so that a byte moved,
-/// dropped or swapped between messages is caught.
-pub(crate) fn pattern(seq: u64, i: usize) -> u8 {
-    b'a' + ((seq as usize).wrapping_add(i) % 26) as u8
+/// Appends `value` in exactly `width` decimal digits, zero-padded (the caller keeps `value`
+/// below `10^width`). Bodies are numbered this way per message, where `format!` machinery
+/// would cost the publisher more than the rest of the message.
+pub(crate) fn push_padded(out: &mut Vec<u8>, mut value: u64, width: usize) {
+    debug_assert!(width >= 20 || value < 10u64.pow(width as u32));
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for digit in out[start..].iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
 }
 
-/// Whether `filler` is exactly the `len` pattern bytes of message `seq`.
-pub(crate) fn filler_intact(filler: &[u8], seq: u64, len: usize) -> bool {
-    filler.len() == len
-        && filler
-            .iter()
-            .enumerate()
-            .all(|(i, &b)| b == pattern(seq, i))
+/// The filler that pads every bench body to its size: byte `i` of message `seq` is
+/// `'a' + (seq + i) mod 26`, so that a byte moved, dropped or swapped between messages is
+/// caught. The cycle is laid out once, so that writing and checking a filler are one copy and
+/// one comparison rather than a division per byte.
+pub(crate) struct Filler {
+    /// The alphabet repeated over `len + 26` bytes: every filler is a window of it.
+    cycle: Vec<u8>,
+    len: usize,
+}
+
+impl Filler {
+    /// The filler of bodies with `len` filler bytes.
+    pub(crate) fn new(len: usize) -> Filler {
+        let cycle = (0..len + 26).map(|i| b'a' + (i % 26) as u8).collect();
+        Filler { cycle, len }
+    }
+
+    /// The filler of message `seq`.
+    pub(crate) fn of(&self, seq: u64) -> &[u8] {
+        let start = (seq % 26) as usize;
+        &self.cycle[start..start + self.len]
+    }
+
+    /// The number of filler bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether `filler` is exactly the filler of message `seq`.
+    pub(crate) fn is_intact(&self, filler: &[u8], seq: u64) -> bool {
+        filler == self.of(seq)
+    }
 }
 
 /// Rounds to two decimals, for JSON reports.
@@ -171,5 +217,34 @@ mod tests {
         assert_eq!(parse_digits(Some(b"00a042")), None);
         assert_eq!(parse_digits(None), None);
         assert_eq!(parse_digits(Some(b"99999999999999999999999")), None);
+    }
+
+    #[test]
+    fn padded_numbers_have_their_width() {
+        let mut out = b"x".to_vec();
+        push_padded(&mut out, 42, 6);
+        push_padded(&mut out, 0, 3);
+        push_padded(&mut out, u64::MAX, 20);
+        assert_eq!(out, b"x00004200018446744073709551615");
+    }
+
+    #[test]
+    fn fillers_follow_the_alphabet_from_their_sequence_number() {
+        let filler = Filler::new(30);
+        assert_eq!(filler.of(0), b"abcdefghijklmnopqrstuvwxyzabcd");
+        assert_eq!(filler.of(27), b"bcdefghijklmnopqrstuvwxyzabcde");
+        assert!(filler.is_intact(b"bcdefghijklmnopqrstuvwxyzabcde", 1));
+        assert!(!filler.is_intact(b"bcdefghijklmnopqrstuvwxyzabcde", 2));
+        assert!(!filler.is_intact(b"bcdefghijklmnopqrstuvwxyzabcd", 1));
+        assert_eq!(Filler::new(0).of(5), b"");
+    }
+
+    #[test]
+    fn a_sized_payload_is_found_in_place_or_by_search() {
+        let data = b"LHTTP/1.0 bench\r\npublish:b\r\n\r\n0123456789";
+        assert_eq!(payload_sized(data, 10), Some(&b"0123456789"[..]));
+        assert_eq!(payload_sized(data, 4), Some(&b"0123456789"[..]));
+        assert_eq!(payload_sized(data, 400), Some(&b"0123456789"[..]));
+        assert_eq!(payload_sized(b"no blank line", 4), None);
     }
 }

@@ -25,8 +25,8 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Counter, Output, Socket, connect, filler_intact, parse_digits, pattern, payload, plot,
-    progress, request, round2,
+    Counter, Filler, Output, Socket, connect, parse_digits, payload_sized, plot, progress,
+    push_padded, request, round2,
 };
 
 /// Width of the publisher number at the start of each body.
@@ -151,11 +151,11 @@ impl Report {
     }
 }
 
-/// The body of message `seq` of publisher `publisher`.
-fn body(publisher: usize, seq: u64, size: usize, out: &mut Vec<u8>) {
-    use std::io::Write as _;
-    let _ = write!(out, "{publisher:0PUB_WIDTH$}{seq:0SEQ_WIDTH$}");
-    out.extend((0..size - MIN_SIZE).map(|i| pattern(seq, i)));
+/// The body of message `seq` of publisher `publisher`, whose filler is `filler`.
+fn body(publisher: usize, seq: u64, filler: &Filler, out: &mut Vec<u8>) {
+    push_padded(out, publisher as u64, PUB_WIDTH);
+    push_padded(out, seq, SEQ_WIDTH);
+    out.extend_from_slice(filler.of(seq));
 }
 
 /// What a received frame is.
@@ -171,8 +171,9 @@ enum Received {
     Garbage,
 }
 
-fn classify(data: &[u8], size: usize) -> Received {
-    let Some(payload) = payload(data) else {
+/// What `data` is, for bodies of `MIN_SIZE` + `filler` bytes.
+fn classify(data: &[u8], filler: &Filler) -> Received {
+    let Some(payload) = payload_sized(data, MIN_SIZE + filler.len()) else {
         return Received::Garbage;
     };
     if payload.starts_with(b"probe") {
@@ -190,7 +191,7 @@ fn classify(data: &[u8], size: usize) -> Received {
         (Some(publisher), Some(seq)) => Received::Data(
             publisher as usize,
             seq,
-            filler_intact(&payload[MIN_SIZE..], seq, size - MIN_SIZE),
+            filler.is_intact(&payload[MIN_SIZE..], seq),
         ),
         _ => Received::Garbage,
     }
@@ -425,6 +426,7 @@ async fn subscriber(s: Subscriber) -> (Seen, Vec<u64>, Instant) {
         warmed,
         progress,
     } = s;
+    let filler = Filler::new(size - MIN_SIZE);
     let mut seen = Seen::default();
     let mut expected = vec![0u64; publishers];
     let mut ended = vec![false; publishers];
@@ -458,7 +460,7 @@ async fn subscriber(s: Subscriber) -> (Seen, Vec<u64>, Instant) {
         if !matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
             continue;
         }
-        match classify(&frame.into_data(), size) {
+        match classify(&frame.into_data(), &filler) {
             Received::Probe => {
                 if !warm {
                     warm = true;
@@ -547,6 +549,7 @@ struct Publisher {
 async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant)> {
     let channels = p.heads.len();
     let subscribers = p.received.len();
+    let filler = Filler::new(p.size - MIN_SIZE);
     let mut seq = vec![0u64; channels];
     let mut batch_counts = vec![0u64; channels];
     let mut total = 0u64;
@@ -592,7 +595,7 @@ async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant)> {
             let head = &p.heads[c];
             let mut message = Vec::with_capacity(head.len() + p.size);
             message.extend_from_slice(head.as_bytes());
-            body(p.index, seq[c], p.size, &mut message);
+            body(p.index, seq[c], &filler, &mut message);
             seq[c] += 1;
             batch_counts[c] += 1;
             p.socket.feed(Frame::binary(message)).await?;
@@ -625,31 +628,35 @@ mod tests {
 
     fn frame(publisher: usize, seq: u64, size: usize) -> Vec<u8> {
         let mut data = b"LHTTP/1.0 bench\r\npublish:b\r\n\r\n".to_vec();
-        body(publisher, seq, size, &mut data);
+        body(publisher, seq, &Filler::new(size - MIN_SIZE), &mut data);
         data
     }
 
     #[test]
     fn intact_messages_pass_and_damaged_ones_are_caught() {
-        assert_eq!(classify(&frame(3, 42, 64), 64), Received::Data(3, 42, true));
+        let filler = &Filler::new(64 - MIN_SIZE);
+        assert_eq!(
+            classify(&frame(3, 42, 64), filler),
+            Received::Data(3, 42, true)
+        );
         let mut damaged = frame(3, 42, 64);
         let last = damaged.len() - 1;
         damaged[last] ^= 1;
-        assert_eq!(classify(&damaged, 64), Received::Data(3, 42, false));
+        assert_eq!(classify(&damaged, filler), Received::Data(3, 42, false));
         assert_eq!(
-            classify(&frame(3, 42, 64)[..50], 64),
+            classify(&frame(3, 42, 64)[..50], filler),
             Received::Data(3, 42, false)
         );
-        assert_eq!(classify(&frame(3, 42, 64)[..40], 64), Received::Garbage);
+        assert_eq!(classify(&frame(3, 42, 64)[..40], filler), Received::Garbage);
         assert_eq!(
-            classify(b"LHTTP/1.0 bench\r\n\r\nprobe", 64),
+            classify(b"LHTTP/1.0 bench\r\n\r\nprobe", filler),
             Received::Probe
         );
         assert_eq!(
-            classify(b"LHTTP/1.0 bench\r\n\r\nend0007", 64),
+            classify(b"LHTTP/1.0 bench\r\n\r\nend0007", filler),
             Received::End(7)
         );
-        assert_eq!(classify(b"garbage", 64), Received::Garbage);
+        assert_eq!(classify(b"garbage", filler), Received::Garbage);
     }
 
     #[test]
