@@ -6,9 +6,9 @@
 //! Layout, following a message from the socket to its subscribers:
 //! - [`http`](crate::Server::run): one port for WebSocket upgrades (any path), `POST /publish`,
 //!   `/healthz`, `/metrics` and the chat page.
-//! - `session`: one task per connection reads messages, parses them (`lhttp-proto`), and runs
-//!   the filter chain and the processor ([`Context`]); a writer task per connection drains
-//!   its bounded `outbox`, several frames per write.
+//! - `session`: one task per connection reads messages, parses them (`lhttp-proto`), runs
+//!   the filter chain and the processor ([`Context`]), and drains the connection's bounded
+//!   `outbox` into the same socket, several frames per write.
 //! - `builtin`: the `subscribe`, `unsubscribe`, `publish`, `upstream` and `multipart` headers,
 //!   as the first filters of the chain.
 //! - [`Hub`]: channel -> subscribers; a published message is encoded once per channel and the

@@ -1,11 +1,11 @@
 //! [`Outbox`]: the bounded queue of messages waiting to be written to one client, and the
-//! writer task that drains it.
+//! [`Writer`] that drains it into the socket.
 //!
 //! Every producer (the hub's fan-out, replies, other tasks holding a
 //! [`crate::ConnectionHandle`]) pushes without waiting. When a client reads too slowly and its
 //! queue reaches `limits.outbound_queue` messages or `limits.outbound_queue_bytes` bytes, the
-//! push fails, the connection is marked overflowed, and the writer closes it with code 1008
-//! ("slow consumer"). A slow client therefore costs at most its queue, and never blocks a
+//! push fails, the connection is marked overflowed, and its task closes it with code 1008
+//! ("slow consumer", [`close_slow`]). A slow client therefore costs at most its queue, and never blocks a
 //! publisher or the other subscribers.
 
 use std::{
@@ -14,7 +14,7 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
-    task::{Poll, Waker},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -121,7 +121,7 @@ pub(crate) struct Outbox {
     shared: Arc<Shared>,
 }
 
-/// The consuming side, owned by the writer task.
+/// The consuming side, which becomes the connection's [`Writer`].
 pub(crate) struct OutboxReceiver {
     shared: Arc<Shared>,
 }
@@ -241,10 +241,8 @@ impl Outbox {
 pub(crate) enum WriterEnd {
     /// It wrote a close frame that was queued.
     Closed,
-    /// Every producer is gone.
+    /// Every producer is gone and everything queued was written.
     Drained,
-    /// The queue overflowed; it sent (or tried to send) close 1008.
-    SlowConsumer,
     /// Writing to the socket failed: the client is gone.
     Failed,
 }
@@ -262,143 +260,182 @@ impl OutboxReceiver {
         queue.frames.drain(..).count()
     }
 
-    /// Waits until frames are queued and swaps them into `batch` (which must be empty), after
-    /// releasing the `written` bytes of the previous batch; `false` once every producer is gone
-    /// and nothing is left.
-    async fn next_batch(&mut self, batch: &mut VecDeque<WsMessage>, mut written: usize) -> bool {
-        std::future::poll_fn(|cx| {
-            let mut queue = self.shared.queue();
-            queue.bytes = queue.bytes.saturating_sub(std::mem::take(&mut written));
-            if !queue.frames.is_empty() {
-                std::mem::swap(&mut queue.frames, batch);
-                return Poll::Ready(true);
-            }
-            if queue.senders == 0 {
-                return Poll::Ready(false);
-            }
-            if batch.capacity() > IDLE_CAPACITY {
-                *batch = VecDeque::new();
-            }
-            if queue.frames.capacity() > IDLE_CAPACITY {
-                queue.frames = VecDeque::new();
-            }
-            queue.writer = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
+    /// The writing side of the connection, fed from this queue.
+    pub(crate) fn into_writer(self) -> Writer {
+        Writer {
+            receiver: self,
+            ended: None,
+            batch: VecDeque::new(),
+            fed: Fed::default(),
+            yielded: false,
+        }
     }
+}
 
-    /// Frames queued right now, swapped into `batch` (which must be empty); releases `written`.
-    fn try_batch(&mut self, batch: &mut VecDeque<WsMessage>, written: usize) {
-        let mut queue = self.shared.queue();
-        queue.bytes = queue.bytes.saturating_sub(written);
-        std::mem::swap(&mut queue.frames, batch);
-    }
+/// What was fed to the socket since its last flush.
+#[derive(Debug, Default)]
+struct Fed {
+    messages: u64,
+    bytes: usize,
+    /// A close frame was among them: nothing may follow it.
+    close: bool,
+}
 
-    /// Writes queued messages to `sink`, several per flush, until a close frame is written,
-    /// the producers are gone, the socket fails, or the queue overflows.
-    pub(crate) async fn write_to<S>(mut self, mut sink: S, metrics: &Metrics) -> WriterEnd
+/// Drains one connection's outbox into its socket, several frames per flush.
+///
+/// It is polled by the connection's own task beside the reading side (see `session`), never
+/// awaited on its own, so everything it is in the middle of lives here rather than in a
+/// future: dropping a poll loses no frame.
+pub(crate) struct Writer {
+    receiver: OutboxReceiver,
+    /// How writing ended, once it has: every later poll says the same.
+    ended: Option<WriterEnd>,
+    /// Frames taken from the queue and not yet fed to the socket.
+    batch: VecDeque<WsMessage>,
+    fed: Fed,
+    /// The producers were given one turn to add to the current batch before its flush.
+    yielded: bool,
+}
+
+impl Writer {
+    /// Feeds queued frames to `sink` and flushes them, until nothing is queued (`Pending`,
+    /// woken by the next push) or writing is over: a close frame was written, every producer
+    /// is gone and everything is written, or the socket failed. An overflow is not noticed
+    /// here: the connection's task checks for it and ends with [`close_slow`].
+    pub(crate) fn poll_write<S>(
+        &mut self,
+        sink: &mut S,
+        cx: &mut Context<'_>,
+        metrics: &Metrics,
+    ) -> Poll<WriterEnd>
     where
         S: Sink<WsMessage, Error = tungstenite::Error> + Unpin,
     {
-        let overflowed = self.shared.overflowed.clone();
-        let mut batch = VecDeque::new();
-        let mut written = 0;
+        if let Some(end) = self.ended {
+            return Poll::Ready(end);
+        }
+        let poll = self.write(sink, cx, metrics);
+        if let Poll::Ready(end) = poll {
+            self.ended = Some(end);
+        }
+        poll
+    }
+
+    /// True once writing is over.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    fn write<S>(&mut self, sink: &mut S, cx: &mut Context<'_>, metrics: &Metrics) -> Poll<WriterEnd>
+    where
+        S: Sink<WsMessage, Error = tungstenite::Error> + Unpin,
+    {
         loop {
-            tokio::select! {
-                biased;
-                _ = overflowed.cancelled() => return close_slow(&mut sink, metrics).await,
-                more = self.next_batch(&mut batch, written) => if !more {
-                    return WriterEnd::Drained;
-                },
+            while !self.fed.close && (self.fed.messages as usize) < MAX_BATCH {
+                if self.batch.is_empty() {
+                    self.take_queued();
+                    if self.batch.is_empty() {
+                        break;
+                    }
+                }
+                match sink.poll_ready_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let Some(message) = self.batch.pop_front() else {
+                    break;
+                };
+                self.fed.messages += 1;
+                self.fed.bytes += message.len();
+                self.fed.close = message.is_close();
+                if sink.start_send_unpin(message).is_err() {
+                    return Poll::Ready(WriterEnd::Failed);
+                }
             }
-            let write = write_batch(&mut sink, &mut self, &mut batch);
-            let outcome = tokio::select! {
-                biased;
-                _ = overflowed.cancelled() => return close_slow(&mut sink, metrics).await,
-                outcome = write => outcome,
-            };
-            written = outcome.unreleased;
-            add(&metrics.messages_sent, outcome.count);
-            add(&metrics.bytes_sent, outcome.bytes as u64);
-            match outcome.result {
-                Err(_) => return WriterEnd::Failed,
-                Ok(()) if outcome.closed => return WriterEnd::Closed,
-                Ok(()) => {}
+            if self.fed.messages == 0 {
+                match self.receiver.poll_wait(&mut self.batch, cx) {
+                    Poll::Ready(None) => continue,
+                    Poll::Ready(Some(end)) => return Poll::Ready(end),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.yielded && !self.fed.close && (self.fed.messages as usize) < MAX_BATCH {
+                // The socket has no Nagle delay: each flush is a packet. Letting the producers
+                // run once before flushing gathers a burst into one write.
+                self.yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match sink.poll_flush_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
+                Poll::Ready(Ok(())) => {}
+            }
+            let fed = std::mem::take(&mut self.fed);
+            self.yielded = false;
+            self.receiver.release(fed.bytes);
+            add(&metrics.messages_sent, fed.messages);
+            add(&metrics.bytes_sent, fed.bytes as u64);
+            if fed.close {
+                return Poll::Ready(WriterEnd::Closed);
             }
         }
     }
-}
 
-struct Batch {
-    count: u64,
-    bytes: usize,
-    /// Bytes written but still counted in the queue, released with the next batch.
-    unreleased: usize,
-    closed: bool,
-    result: Result<(), tungstenite::Error>,
-}
-
-/// Feeds `batch` and whatever is queued meanwhile (up to [`MAX_BATCH`] messages), then
-/// flushes once.
-async fn write_batch<S>(
-    sink: &mut S,
-    receiver: &mut OutboxReceiver,
-    batch: &mut VecDeque<WsMessage>,
-) -> Batch
-where
-    S: Sink<WsMessage, Error = tungstenite::Error> + Unpin,
-{
-    let mut outcome = Batch {
-        count: 0,
-        bytes: 0,
-        unreleased: 0,
-        closed: false,
-        result: Ok(()),
-    };
-    let mut yielded = false;
-    loop {
-        while let Some(message) = batch.pop_front() {
-            outcome.count += 1;
-            outcome.bytes += message.len();
-            outcome.unreleased += message.len();
-            outcome.closed = message.is_close();
-            if let Err(e) = sink.feed(message).await {
-                outcome.result = Err(e);
-                return outcome;
-            }
-            if outcome.closed {
-                break;
-            }
-        }
-        if outcome.closed || outcome.count as usize >= MAX_BATCH {
-            break;
-        }
-        // Release what was fed so far and take what arrived meanwhile.
-        receiver.try_batch(batch, std::mem::take(&mut outcome.unreleased));
-        if batch.is_empty() && !yielded {
-            // The socket has no Nagle delay: each flush is a packet. Letting the producers
-            // run once before flushing gathers a burst into one write.
-            yielded = true;
-            tokio::task::yield_now().await;
-            receiver.try_batch(batch, 0);
-        }
-        if batch.is_empty() {
-            break;
-        }
+    /// Moves what is queued now into the batch.
+    fn take_queued(&mut self) {
+        let mut queue = self.receiver.shared.queue();
+        std::mem::swap(&mut queue.frames, &mut self.batch);
     }
-    outcome.result = sink.flush().await;
-    outcome
 }
 
-async fn close_slow<S>(sink: &mut S, metrics: &Metrics) -> WriterEnd
+impl OutboxReceiver {
+    /// Frees `written` bytes of the queue's byte limit.
+    fn release(&self, written: usize) {
+        let mut queue = self.shared.queue();
+        queue.bytes = queue.bytes.saturating_sub(written);
+    }
+
+    /// With nothing to write: takes the frames queued meanwhile into `batch` (`Ready(None)`),
+    /// ends the writer when every producer is gone, or waits for the next push (giving back
+    /// large buffers first).
+    fn poll_wait(
+        &self,
+        batch: &mut VecDeque<WsMessage>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<WriterEnd>> {
+        let mut queue = self.shared.queue();
+        if !queue.frames.is_empty() {
+            std::mem::swap(&mut queue.frames, batch);
+            return Poll::Ready(None);
+        }
+        if queue.senders == 0 {
+            return Poll::Ready(Some(WriterEnd::Drained));
+        }
+        if batch.capacity() > IDLE_CAPACITY {
+            *batch = VecDeque::new();
+        }
+        if queue.frames.capacity() > IDLE_CAPACITY {
+            queue.frames = VecDeque::new();
+        }
+        match &queue.writer {
+            Some(writer) if writer.will_wake(cx.waker()) => {}
+            _ => queue.writer = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+/// Sends close 1008 "slow consumer" after what the socket already took, giving up after
+/// [`CLOSE_WRITE_TIMEOUT`] (a slow consumer may not read it at all).
+pub(crate) async fn close_slow<S>(sink: &mut S, metrics: &Metrics)
 where
     S: Sink<WsMessage, Error = tungstenite::Error> + Unpin,
 {
     add(&metrics.slow_consumers, 1);
     let close = close_frame(1008, "slow consumer");
     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(close)).await;
-    WriterEnd::SlowConsumer
 }
 
 #[cfg(test)]
@@ -420,6 +457,16 @@ mod tests {
             Ok::<_, tungstenite::Error>(seen)
         });
         (Box::pin(sink), seen)
+    }
+
+    /// Writes until the writer ends, as a connection's task would between messages.
+    async fn write_all(
+        receiver: OutboxReceiver,
+        mut sink: impl Sink<WsMessage, Error = tungstenite::Error> + Unpin,
+        metrics: &Metrics,
+    ) -> WriterEnd {
+        let mut writer = receiver.into_writer();
+        std::future::poll_fn(|cx| writer.poll_write(&mut sink, cx, metrics)).await
     }
 
     #[test]
@@ -461,7 +508,7 @@ mod tests {
                 }
             }
         });
-        let writer = tokio::spawn(async move { receiver.write_to(sink, &metrics).await });
+        let writer = tokio::spawn(async move { write_all(receiver, sink, &metrics).await });
         producer.await.unwrap();
         drop(outbox);
         assert_eq!(writer.await.unwrap(), WriterEnd::Drained);
@@ -479,7 +526,7 @@ mod tests {
         let (sink, seen) = collector();
         let writer = tokio::spawn(async move {
             let metrics = Metrics::default();
-            receiver.write_to(sink, &metrics).await
+            write_all(receiver, sink, &metrics).await
         });
         for _ in 0..3000 {
             outbox.push(text("burst")).unwrap();

@@ -1,5 +1,6 @@
-//! One WebSocket connection from handshake to close: the reading task that runs the filter
-//! chain and processors, and the writer task that drains the connection's outbox.
+//! One WebSocket connection from handshake to close, in one task: it reads messages and runs
+//! the filter chain and processors on them, and between and during them it drives the
+//! connection's [`Writer`], which drains the outbox into the same socket.
 //!
 //! How a connection ends, and what the client sees:
 //! - the client closes or disconnects: close hooks run, subscriptions are removed;
@@ -20,7 +21,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use futures_util::{StreamExt, stream::SplitStream};
+use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use lhttp_proto::Message;
@@ -30,7 +31,7 @@ use tokio_tungstenite::{
     tungstenite::{self, error::CapacityError},
 };
 
-use std::pin::Pin;
+use std::{future::Future, pin::Pin, task::Poll};
 
 use tokio::time::{Instant, Sleep};
 
@@ -38,8 +39,8 @@ use crate::{
     Connection, Context, Rejection, ServerHandle, User,
     builtin::names,
     connection::ConnectionId,
-    metrics::add,
-    outbox::{Outbox, WriterEnd, close_frame},
+    metrics::{Metrics, add},
+    outbox::{Outbox, Writer, WriterEnd, close_frame, close_slow},
     peers::IpSlot,
     rate::{MessageRate, Verdict},
     read_ahead::ReadAhead,
@@ -47,9 +48,6 @@ use crate::{
 };
 
 pub(crate) type Socket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
-type Sink = futures_util::stream::SplitSink<Socket, tungstenite::Message>;
-/// The writer task; it gives the sink back so the halves can be reunited for lingering.
-type Writer = tokio::task::JoinHandle<(WriterEnd, Sink)>;
 
 /// How long the server keeps reading after it sent a close frame, so that the client's close
 /// reply (and any data it was still sending) is consumed rather than answered with a TCP reset.
@@ -65,7 +63,7 @@ enum End {
     Peer,
     /// The server is shutting down.
     Shutdown,
-    /// The outbox overflowed; the writer is closing with 1008.
+    /// The outbox overflowed: close with 1008 "slow consumer".
     SlowConsumer,
     /// The writer could not write: the socket is dead.
     WriterGone,
@@ -96,18 +94,10 @@ pub(crate) async fn run(
     tracing::debug!(connection = %id, %peer, "connected");
     // Moved out whole, so that the boxes are freed now: a value only partly moved out of a
     // box keeps the allocation until the end of the function.
-    let (socket, user) = (*socket, user.map(|user| *user));
-    let (sink, mut stream) = socket.split();
+    let (mut socket, user) = (*socket, user.map(|user| *user));
     let limits = &shared.config.limits;
     let (outbox, receiver) = Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes);
-    let mut writer = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut sink = sink;
-            let end = receiver.write_to(&mut sink, &shared.metrics).await;
-            (end, sink)
-        })
-    };
+    let mut writer = receiver.into_writer();
     let mut connection = Connection::new(
         id,
         peer,
@@ -118,7 +108,11 @@ pub(crate) async fn run(
     let mut sign_in = SignIn::new(&shared, user.as_ref());
     connection.set_user(user);
 
-    let end = match open(&shared, &mut connection).await {
+    let opened = {
+        let opening = std::pin::pin!(open(&shared, &mut connection));
+        while_writing(&mut socket, &mut writer, metrics, opening).await
+    };
+    let end = match opened {
         Err(rejection) => {
             connection.send_rejection(&rejection, None);
             End::Close(1008, "connection refused")
@@ -128,7 +122,7 @@ pub(crate) async fn run(
                 &shared,
                 &mut connection,
                 &mut sign_in,
-                &mut stream,
+                &mut socket,
                 &mut writer,
             )
             .await
@@ -142,45 +136,56 @@ pub(crate) async fn run(
     let timeout = shared.config.server.shutdown_timeout();
     // Boxed: the closing states (close frame, writer wait, linger) would otherwise widen the
     // task of every connection, idle or not, for its whole life.
-    let finishing = finish(end, outbox, writer, stream, timeout);
+    let finishing = finish(end, outbox, writer, socket, metrics, timeout);
     Box::pin(finishing).await;
     add(&metrics.connections_closed, 1);
     tracing::debug!(connection = %id, "closed");
 }
 
-/// Ends the connection after its hooks ran: queues the close frame `end` calls for, waits for
-/// the writer to send it, then lingers for the client's reply.
+/// Ends the connection after its hooks ran: queues the close frame `end` calls for, lets the
+/// writer send it after what is queued, then lingers for the client's reply.
 async fn finish(
     end: End,
     outbox: Outbox,
     mut writer: Writer,
-    stream: SplitStream<Socket>,
+    mut socket: Socket,
+    metrics: &Metrics,
     timeout: Duration,
 ) {
-    let close_code = match end {
-        End::Shutdown => Some(close_frame(1001, "server shutting down")),
-        End::Close(code, reason) => Some(close_frame(code, reason)),
-        End::Peer | End::SlowConsumer | End::WriterGone => None,
+    let close = match end {
+        End::Shutdown => close_frame(1001, "server shutting down"),
+        End::Close(code, reason) => close_frame(code, reason),
+        End::SlowConsumer => return close_slow(&mut socket, metrics).await,
+        End::Peer | End::WriterGone => return,
     };
-    match close_code {
-        Some(close) => {
-            outbox.push_close(close);
-            drop(outbox);
-            if let Ok(Ok((WriterEnd::Closed, sink))) =
-                tokio::time::timeout(timeout, &mut writer).await
-            {
-                linger(stream, sink).await;
-            } else {
-                writer.abort();
-            }
-        }
-        None if end == End::SlowConsumer => {
-            drop(outbox);
-            let _ = tokio::time::timeout(timeout, &mut writer).await;
-            writer.abort();
-        }
-        None => writer.abort(),
+    outbox.push_close(close);
+    drop(outbox);
+    let written = std::future::poll_fn(|cx| writer.poll_write(&mut socket, cx, metrics));
+    if let Ok(WriterEnd::Closed) = tokio::time::timeout(timeout, written).await {
+        linger(socket).await;
     }
+}
+
+/// Runs `work` (hooks, a received message) to its end while the writer goes on writing: a
+/// processor that awaits must not stop this connection's deliveries. The writer is polled only
+/// when `work` is not ready, so work that never waits costs nothing more. `work` comes pinned
+/// by the caller: held here by value, it would take its size twice in the connection's task.
+fn while_writing<'a, F: Future>(
+    socket: &'a mut Socket,
+    writer: &'a mut Writer,
+    metrics: &'a Metrics,
+    mut work: Pin<&'a mut F>,
+) -> impl Future<Output = F::Output> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(output) = work.as_mut().poll(cx) {
+            return Poll::Ready(output);
+        }
+        // A writer that ended (a dead socket) is noticed by the reading loop afterwards.
+        if !writer.has_ended() {
+            let _ = writer.poll_write(socket, cx, metrics);
+        }
+        Poll::Pending
+    })
 }
 
 /// Runs the open hooks: filters (which may refuse), then processors.
@@ -258,14 +263,37 @@ async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
     }
 }
 
+/// What woke the reading loop on the socket.
+enum SocketEvent {
+    /// The next item of the WebSocket stream.
+    Received(Option<Result<tungstenite::Message, tungstenite::Error>>),
+    /// The writer cannot write any more: the socket is dead.
+    WriterEnded,
+}
+
+/// Writes what is queued, and waits for the next received item.
+fn socket_event<'a>(
+    socket: &'a mut Socket,
+    writer: &'a mut Writer,
+    metrics: &'a Metrics,
+) -> impl Future<Output = SocketEvent> + 'a {
+    std::future::poll_fn(move |cx| {
+        if writer.poll_write(socket, cx, metrics).is_ready() {
+            return Poll::Ready(SocketEvent::WriterEnded);
+        }
+        socket.poll_next_unpin(cx).map(SocketEvent::Received)
+    })
+}
+
 async fn read_loop(
     shared: &Shared,
     connection: &mut Connection,
     sign_in: &mut SignIn,
-    stream: &mut SplitStream<Socket>,
+    socket: &mut Socket,
     writer: &mut Writer,
 ) -> End {
     let outbox = connection.outbox().clone();
+    let metrics = &shared.metrics;
     // Keepalive: a ping every interval; a client silent for the idle timeout (no data, no pong)
     // is closed, so dead peers and half-open TCP connections do not hold resources forever.
     let server_config = &shared.config.server;
@@ -280,7 +308,6 @@ async fn read_loop(
             biased;
             _ = shared.shutdown.cancelled() => return End::Shutdown,
             _ = outbox.overflowed() => return End::SlowConsumer,
-            _ = &mut *writer => return End::WriterGone,
             _ = fired(&mut sign_in.required_by) => {
                 connection.send_rejection(&Rejection::new(401, "authentication timeout"), None);
                 return End::Close(1008, "authentication timeout");
@@ -289,7 +316,10 @@ async fn read_loop(
                 connection.send_rejection(&Rejection::new(401, "token expired"), None);
                 return End::Close(1008, "token expired");
             }
-            next = stream.next() => next,
+            event = socket_event(socket, writer, metrics) => match event {
+                SocketEvent::Received(next) => next,
+                SocketEvent::WriterEnded => return End::WriterGone,
+            },
             _ = ping.tick() => {
                 if last_seen.elapsed() >= idle_timeout {
                     return End::Close(1001, "idle timeout");
@@ -302,18 +332,23 @@ async fn read_loop(
         if let Some(Ok(_)) = &next {
             last_seen = now;
         }
-        if let Some(end) = receive(shared, connection, sign_in, &mut rate, now, next).await {
-            return end;
-        }
         // Messages that arrived together are handled together: what the socket already holds
         // is read without going back through the `select!` above, whose every round polls
         // (and drops) six futures, two of them cancellation tokens with a mutex each. A burst
-        // is bounded so that shutdown, the timers and the overflow check still come round.
-        for _ in 1..BURST {
-            let Some(next) = ready_now(stream).await else {
-                break;
+        // is bounded so that shutdown, the timers, the overflow check and the writer still
+        // come round.
+        let mut next = Some(next);
+        for _ in 0..BURST {
+            let item = match next.take() {
+                Some(item) => item,
+                None => match ready_now(socket).await {
+                    Some(item) => item,
+                    None => break,
+                },
             };
-            if let Some(end) = receive(shared, connection, sign_in, &mut rate, now, next).await {
+            let received =
+                std::pin::pin!(receive(shared, connection, sign_in, &mut rate, now, item));
+            if let Some(end) = while_writing(socket, writer, metrics, received).await {
                 return end;
             }
         }
@@ -328,9 +363,9 @@ async fn read_loop(
 /// waker (not a no-op one, as `now_or_never` would): a layer underneath may keep the waker of
 /// the last poll, and must not be left with one that wakes nobody.
 async fn ready_now(
-    stream: &mut SplitStream<Socket>,
+    socket: &mut Socket,
 ) -> Option<Option<Result<tungstenite::Message, tungstenite::Error>>> {
-    std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+    std::future::poll_fn(|cx| match socket.poll_next_unpin(cx) {
         std::task::Poll::Ready(item) => std::task::Poll::Ready(Some(item)),
         std::task::Poll::Pending => std::task::Poll::Ready(None),
     })
@@ -539,10 +574,10 @@ fn ok_message(request_id: lhttp_proto::Text) -> Message {
 /// stream ends; if the WebSocket layer already gave up on the stream (after a violation), drain
 /// the raw socket briefly so the client can read the close frame before the TCP connection
 /// closes.
-async fn linger(mut stream: SplitStream<Socket>, sink: Sink) {
+async fn linger(mut socket: Socket) {
     let handshake_done = tokio::time::timeout(LINGER, async {
         loop {
-            match stream.next().await {
+            match socket.next().await {
                 Some(Ok(tungstenite::Message::Close(_))) => return true,
                 Some(Ok(_)) => continue,
                 _ => return false,
@@ -554,13 +589,11 @@ async fn linger(mut stream: SplitStream<Socket>, sink: Sink) {
     if handshake_done {
         return;
     }
-    if let Ok(mut socket) = stream.reunite(sink) {
-        let raw = socket.get_mut();
-        let mut discard = tokio::io::sink();
-        let _ = tokio::time::timeout(
-            LINGER,
-            tokio::io::copy(&mut raw.take(LINGER_BYTES), &mut discard),
-        )
-        .await;
-    }
+    let raw = socket.get_mut();
+    let mut discard = tokio::io::sink();
+    let _ = tokio::time::timeout(
+        LINGER,
+        tokio::io::copy(&mut raw.take(LINGER_BYTES), &mut discard),
+    )
+    .await;
 }
