@@ -221,9 +221,10 @@ impl Filter for PubSub {
             let headers = ctx.message().headers();
             match channel::PublishList::of(headers) {
                 PublishList::Absent => return Ok(()),
-                PublishList::One(name) => {
+                PublishList::One { name, at } => {
                     channel::check(name)?;
                     ctx.connection().check_publish(std::iter::once(name))?;
+                    ctx.set_checked_publish(at);
                 }
                 PublishList::Other => {
                     channel::check_list(headers.get_all(names::PUBLISH))?;
@@ -295,6 +296,12 @@ impl Filter for PubSub {
     }
 
     fn after(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+        if let Some(channel) = ctx.checked_publish() {
+            // Found before the processor and unchanged since: one checked channel, and no
+            // `reply-to` or `ack` (it publishes only), so nothing else to look for.
+            ctx.server().publish_checked(channel, ctx.message());
+            return Ok(());
+        }
         if PublishList::of(ctx.message().headers()) != PublishList::Absent {
             if ctx.message().headers().contains(names::REPLY_TO) {
                 publish_request(ctx)?;

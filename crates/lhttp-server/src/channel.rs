@@ -93,8 +93,8 @@ pub(crate) enum PublishList<'a> {
     /// No `publish` header.
     Absent,
     /// One `publish` header naming one channel (not yet checked): the usual case, which
-    /// needs no list.
-    One(&'a str),
+    /// needs no list. `at` is the header's position among the message's headers.
+    One { name: &'a str, at: usize },
     /// Anything else: read the headers with [`names`] or [`parse_list`].
     Other,
 }
@@ -103,7 +103,7 @@ impl<'a> PublishList<'a> {
     /// Looks at `headers` once.
     pub(crate) fn of(headers: &'a lhttp_proto::Headers) -> Self {
         let mut list = PublishList::Absent;
-        for header in headers {
+        for (at, header) in headers.iter().enumerate() {
             let name = header.name();
             if name.len() != PUBLISH.len() || !name.eq_ignore_ascii_case(PUBLISH) {
                 continue;
@@ -114,7 +114,7 @@ impl<'a> PublishList<'a> {
                 PublishList::Absent
                     if !value.is_empty() && !value.bytes().any(|b| b.is_ascii_whitespace()) =>
                 {
-                    PublishList::One(value)
+                    PublishList::One { name: value, at }
                 }
                 _ => return PublishList::Other,
             };
@@ -201,12 +201,12 @@ mod tests {
             let message = lhttp_proto::Message::parse(text.into()).unwrap();
             match PublishList::of(message.headers()) {
                 PublishList::Absent => "absent".to_owned(),
-                PublishList::One(name) => format!("one {name}"),
+                PublishList::One { name, at } => format!("one {name} at {at}"),
                 PublishList::Other => "other".to_owned(),
             }
         };
         assert_eq!(list("k:v"), "absent");
-        assert_eq!(list("k:v\r\nPublish: room "), "one room");
+        assert_eq!(list("k:v\r\nPublish: room "), "one room at 1");
         assert_eq!(list("publish:a b"), "other");
         assert_eq!(list("publish:a\tb"), "other");
         assert_eq!(list("publish:a\r\npublish:b"), "other");

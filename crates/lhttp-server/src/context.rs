@@ -15,6 +15,11 @@ pub struct Context<'c> {
     request_id: Option<Text>,
     handled: bool,
     replied: bool,
+    /// Position of the message's one `publish` header when the publish built-in found, before
+    /// the processor, that the message is a plain publish to one valid, permitted channel.
+    /// Cleared when the message is changed, so the publish after the processor only trusts
+    /// it for the message it was found in.
+    checked_publish: Option<usize>,
 }
 
 impl<'c> Context<'c> {
@@ -26,6 +31,7 @@ impl<'c> Context<'c> {
             request_id,
             handled: false,
             replied: false,
+            checked_publish: None,
         }
     }
 
@@ -37,6 +43,7 @@ impl<'c> Context<'c> {
 
     /// The message, to change it.
     pub fn message_mut(&mut self) -> &mut Message {
+        self.checked_publish = None;
         &mut self.message
     }
 
@@ -100,5 +107,18 @@ impl<'c> Context<'c> {
 
     pub(crate) fn request_id_text(&self) -> Option<&Text> {
         self.request_id.as_ref()
+    }
+
+    /// Records that the message is a plain publish whose `publish` header, the `at`-th
+    /// header, names one channel that was checked and permitted.
+    pub(crate) fn set_checked_publish(&mut self, at: usize) {
+        self.checked_publish = Some(at);
+    }
+
+    /// The channel recorded by [`Context::set_checked_publish`], if the message was not
+    /// changed since.
+    pub(crate) fn checked_publish(&self) -> Option<&str> {
+        let at = self.checked_publish?;
+        self.message.headers().iter().nth(at).map(|h| h.value())
     }
 }

@@ -348,7 +348,7 @@ impl ServerHandle {
         // One channel, the usual case, needs no list collected.
         let (one, list);
         let channels: &[&str] = match channel::PublishList::of(message.headers()) {
-            channel::PublishList::One(name) => {
+            channel::PublishList::One { name, .. } => {
                 channel::check(name)?;
                 one = [name];
                 &one
@@ -379,8 +379,9 @@ impl ServerHandle {
         Ok(deliveries + queued)
     }
 
-    /// Returns (local subscribers it was queued for, queue groups that took it).
-    fn publish_checked(&self, channel: &str, message: &Message) -> (usize, usize) {
+    /// Publishes to `channel`, a name already checked. Returns (local subscribers it was
+    /// queued for, queue groups that took it).
+    pub(crate) fn publish_checked(&self, channel: &str, message: &Message) -> (usize, usize) {
         self.publish_routed(channel, message, false)
     }
 

@@ -252,6 +252,42 @@ async fn filters_can_veto_and_change_messages_before_publish() {
     assert_eq!(body(&m), "yes");
 }
 
+/// Moves every `chat` message to channels `moved` and `copy`, whatever its `publish` header
+/// said.
+struct Redirect;
+
+#[async_trait]
+impl Processor for Redirect {
+    async fn on_message(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+        ctx.message_mut()
+            .headers_mut()
+            .set("publish", "moved copy")
+            .unwrap();
+        Ok(())
+    }
+}
+
+/// The publish built-in checks a plain publish before the processor and publishes after it:
+/// what it publishes is the message as the processor left it, not what it checked.
+#[tokio::test]
+async fn a_processor_that_changes_the_publish_header_moves_the_message() {
+    let server = start_with(Server::builder(Config::default()).processor("chat", Redirect)).await;
+    let mut old = server.client().await;
+    old.subscribe("room").await;
+    let mut moved = server.client().await;
+    moved.subscribe("moved").await;
+    let mut copy = server.client().await;
+    copy.subscribe("copy").await;
+    let mut c = server.client().await;
+    c.send("LHTTP/1.0 chat\r\npublish:room\r\n\r\nhi").await;
+    for (sub, channel) in [(&mut moved, "moved"), (&mut copy, "copy")] {
+        let m = sub.recv().await;
+        assert_eq!(m.header("publish"), Some(channel));
+        assert_eq!(body(&m), "hi");
+    }
+    old.expect_silence(150).await;
+}
+
 /// Counts messages per connection in connection data; answers with the count, the connection's
 /// id and peer address.
 struct Counter;
