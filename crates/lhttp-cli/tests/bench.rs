@@ -204,3 +204,44 @@ async fn bench_connections_spread_over_source_addresses() {
     assert!(report["open_files_limit"].as_u64().unwrap() > 0, "{report}");
     server.wait_subscribers("idle-0", 0).await;
 }
+
+/// Against a server that keeps its per-connection rate limit, the refused messages are
+/// reported as such (with what to do about it), not only as lost.
+#[tokio::test]
+async fn bench_reports_messages_the_rate_limit_refused() {
+    let mut config = lhttp_server::Config::default();
+    config.limits.max_connections_per_ip = 0;
+    config.limits.messages_per_second = 100;
+    config.limits.message_burst = 100;
+    config.limits.rate_limit_close_after = 1_000_000;
+    let server = common::start_with(config).await;
+    let url = server.url();
+    let args = [
+        "--url",
+        &url,
+        "--timeout",
+        "1",
+        "bench",
+        "throughput",
+        "-n",
+        "400",
+        "--window",
+        "400",
+    ];
+    let done = run(lhttp(&args), b"").await;
+    assert_ne!(done.code, Some(0), "messages were lost: {done:?}");
+    assert!(
+        done.stdout.contains("LHTTPD_LIMITS__MESSAGES_PER_SECOND=0"),
+        "{done:?}"
+    );
+    let mut json = args.to_vec();
+    json.push("--json");
+    let done = run(lhttp(&json), b"").await;
+    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("a report");
+    let refused = report["rate_limited"].as_u64().expect("a count");
+    // The burst lets about 100 through; every message lost was refused, and so may be the
+    // publisher's end marker.
+    let lost = report["lost"].as_u64().expect("a count");
+    assert!(lost > 200, "{report}");
+    assert!((lost..=lost + 1).contains(&refused), "{report}");
+}

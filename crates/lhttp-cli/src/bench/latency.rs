@@ -17,7 +17,8 @@ use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Filler, Output, connect, parse_digits, payload_sized, plot, progress, push_padded, request,
+    Filler, Output, REFUSED_HINT, connect, drain_refusals, parse_digits, payload_sized, plot,
+    progress, push_padded, request, take_refusals,
 };
 
 /// Width of the send timestamp (nanoseconds) at the start of each latency body.
@@ -51,6 +52,8 @@ pub(crate) struct LatencyReport {
     pub duplicated: u64,
     pub out_of_order: u64,
     pub corrupted: u64,
+    /// Messages the server refused with 429 (its per-connection rate limit).
+    pub refused: u64,
     /// Nanoseconds.
     pub histogram: Histogram<u64>,
 }
@@ -79,6 +82,7 @@ impl LatencyReport {
             "duplicated": self.duplicated,
             "out_of_order": self.out_of_order,
             "corrupted": self.corrupted,
+            "rate_limited": self.refused,
             "p50_us": self.quantile_us(0.5),
             "p90_us": self.quantile_us(0.9),
             "p99_us": self.quantile_us(0.99),
@@ -89,6 +93,17 @@ impl LatencyReport {
     }
 
     pub(crate) fn table(&self) -> String {
+        let mut table = self.counts();
+        if self.refused > 0 {
+            table.push_str(&format!(
+                "\nrefused    {:>12}  {REFUSED_HINT}",
+                self.refused
+            ));
+        }
+        table
+    }
+
+    fn counts(&self) -> String {
         format!(
             "rate       {:>12} msg/s requested, {:.0} achieved\n\
              published  {:>12}\ndeliveries {:>12}\n\
@@ -221,6 +236,7 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
     let bar = progress::bar(opts.output.progress, count, "published");
     let started = Instant::now();
     let mut sent = 0u64;
+    let mut refused = 0;
     while sent < count {
         ticks.tick().await;
         bar.set_position(sent);
@@ -238,9 +254,11 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
             sent += 1;
         }
         publisher.flush().await?;
+        refused += take_refusals(&mut publisher);
     }
     let published = started.elapsed();
     bar.finish_and_clear();
+    refused += drain_refusals(&mut publisher, Duration::from_millis(50)).await;
 
     let (histogram, [received, lost, duplicated, out_of_order, corrupted]) =
         tokio::time::timeout(opts.timeout, task)
@@ -255,6 +273,7 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
         duplicated,
         out_of_order,
         corrupted,
+        refused,
         histogram,
     };
     if let Some(path) = &opts.output.plot {

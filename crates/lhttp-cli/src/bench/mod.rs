@@ -123,6 +123,43 @@ pub(crate) async fn request(
     }
 }
 
+/// Counts the server's 429 answers among the frames `socket` has received, without waiting
+/// for more. A publisher over the server's per-connection rate limit gets one per refused
+/// message; read as they come, they also never pile up unread on the connection.
+pub(crate) fn take_refusals(socket: &mut Socket) -> u64 {
+    use futures_util::FutureExt as _;
+    let mut refused = 0;
+    while let Some(Some(Ok(frame))) = socket.next().now_or_never() {
+        if is_rate_refusal(&frame.into_data()) {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+/// [`take_refusals`] until the socket has been silent for `quiet`: the answers to the last
+/// messages published are still on their way when publishing ends.
+pub(crate) async fn drain_refusals(socket: &mut Socket, quiet: Duration) -> u64 {
+    let mut refused = 0;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout(quiet, socket.next()).await {
+        if is_rate_refusal(&frame.into_data()) {
+            refused += 1;
+        }
+    }
+    refused
+}
+
+/// Whether `data` is the server's `error` answer with status 429.
+fn is_rate_refusal(data: &[u8]) -> bool {
+    let head = payload(data).map_or(data, |body| &data[..data.len() - body.len()]);
+    head.starts_with(b"LHTTP/1.0 error\r\n")
+        && memchr::memmem::find(head, b"\nstatus:429\r").is_some()
+}
+
+/// What the reports say when the server refused messages for its rate limit.
+pub(crate) const REFUSED_HINT: &str = "the server's per-connection rate limit refused them (429): \
+     benchmark a server started with LHTTPD_LIMITS__MESSAGES_PER_SECOND=0";
+
 /// The body of a received message: what follows the blank line.
 pub(crate) fn payload(data: &[u8]) -> Option<&[u8]> {
     memchr::memmem::find(data, b"\r\n\r\n").map(|at| &data[at + 4..])
@@ -217,6 +254,19 @@ mod tests {
         assert_eq!(parse_digits(Some(b"00a042")), None);
         assert_eq!(parse_digits(None), None);
         assert_eq!(parse_digits(Some(b"99999999999999999999999")), None);
+    }
+
+    #[test]
+    fn rate_refusals_are_told_from_other_answers() {
+        assert!(is_rate_refusal(
+            b"LHTTP/1.0 error\r\nstatus:429\r\nreason:message rate limit exceeded\r\n\r\n"
+        ));
+        assert!(!is_rate_refusal(
+            b"LHTTP/1.0 error\r\nstatus:403\r\nreason:forbidden\r\n\r\n"
+        ));
+        assert!(!is_rate_refusal(
+            b"LHTTP/1.0 bench\r\npublish:b\r\n\r\nstatus:429\r\n"
+        ));
     }
 
     #[test]

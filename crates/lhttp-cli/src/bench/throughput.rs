@@ -25,8 +25,8 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Counter, Filler, Output, Socket, connect, parse_digits, payload_sized, plot, progress,
-    push_padded, request, round2,
+    Counter, Filler, Output, REFUSED_HINT, Socket, connect, drain_refusals, parse_digits,
+    payload_sized, plot, progress, push_padded, request, round2, take_refusals,
 };
 
 /// Width of the publisher number at the start of each body.
@@ -99,6 +99,8 @@ pub(crate) struct Report {
     pub duplicated: u64,
     pub out_of_order: u64,
     pub corrupted: u64,
+    /// Messages the server refused with 429 (its per-connection rate limit).
+    pub refused: u64,
     /// (seconds since the start, deliveries per second over the sample before).
     pub samples: Vec<(f64, f64)>,
 }
@@ -124,10 +126,22 @@ impl Report {
             "duplicated": self.duplicated,
             "out_of_order": self.out_of_order,
             "corrupted": self.corrupted,
+            "rate_limited": self.refused,
         })
     }
 
     pub(crate) fn table(&self) -> String {
+        let mut table = self.counts();
+        if self.refused > 0 {
+            table.push_str(&format!(
+                "\nrefused    {:>12}  {REFUSED_HINT}",
+                self.refused
+            ));
+        }
+        table
+    }
+
+    fn counts(&self) -> String {
         format!(
             "setup      {} publisher(s) -> {} subscriber(s) on {} channel(s)\n\
              published  {:>12.0} msg/s  ({} messages)\n\
@@ -354,10 +368,12 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
     // Messages sent by each publisher to each channel.
     let mut sent_by = Vec::with_capacity(publishers);
     let mut published_at = started;
+    let mut refused = 0;
     for task in publishing {
-        let (per_channel, at) = task.await??;
+        let (per_channel, at, refusals) = task.await??;
         sent_by.push(per_channel);
         published_at = published_at.max(at);
+        refused += refusals;
     }
     let published: u64 = sent_by.iter().flatten().sum();
 
@@ -396,6 +412,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
         duplicated: total.duplicated,
         out_of_order: total.out_of_order,
         corrupted: total.corrupted,
+        refused,
         samples,
     };
     if let Some(path) = &opts.output.plot {
@@ -545,8 +562,9 @@ struct Publisher {
 }
 
 /// Publishes until the quota or the deadline, then sends the end markers. Returns the messages
-/// published to each channel and when the last one was flushed.
-async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant)> {
+/// published to each channel, when the last one was flushed, and how many the server refused
+/// for its rate limit.
+async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant, u64)> {
     let channels = p.heads.len();
     let subscribers = p.received.len();
     let filler = Filler::new(p.size - MIN_SIZE);
@@ -555,6 +573,7 @@ async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant)> {
     let mut total = 0u64;
     let mut next_channel = p.index % channels;
     let mut progress_at = (Instant::now(), 0u64);
+    let mut refused = 0;
     loop {
         if p.quota.is_some_and(|q| total >= q) || p.until.is_some_and(|u| Instant::now() >= u) {
             break;
@@ -608,6 +627,7 @@ async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant)> {
             }
         }
         p.socket.flush().await?;
+        refused += take_refusals(&mut p.socket);
     }
     let done = Instant::now();
     for head in p.heads.iter() {
@@ -616,10 +636,10 @@ async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant)> {
             .await?;
     }
     p.socket.flush().await?;
-    // Keep the connection open until the server has taken the markers: closing at once could
-    // drop them with the connection.
-    let _ = tokio::time::timeout(Duration::from_millis(50), p.socket.next()).await;
-    Ok((seq, done))
+    // Keep the connection open until the server has taken the markers (closing at once could
+    // drop them with the connection), and count the last refusals as they arrive.
+    refused += drain_refusals(&mut p.socket, Duration::from_millis(50)).await;
+    Ok((seq, done, refused))
 }
 
 #[cfg(test)]
