@@ -245,3 +245,33 @@ async fn bench_reports_messages_the_rate_limit_refused() {
     assert!(lost > 200, "{report}");
     assert!((lost..=lost + 1).contains(&refused), "{report}");
 }
+
+/// A server closes a connection that keeps publishing over its rate limit; the bench says why
+/// its publisher failed.
+#[tokio::test]
+async fn bench_explains_a_publisher_closed_for_its_rate() {
+    let mut config = lhttp_server::Config::default();
+    config.limits.max_connections_per_ip = 0;
+    config.limits.messages_per_second = 100;
+    config.limits.message_burst = 100;
+    config.limits.rate_limit_close_after = 50;
+    let server = common::start_with(config).await;
+    let url = server.url();
+    let args = [
+        "--url",
+        &url,
+        "--timeout",
+        "1",
+        "bench",
+        "throughput",
+        "-n",
+        "5000",
+    ];
+    let done = run(lhttp(&args), b"").await;
+    assert_ne!(done.code, Some(0), "{done:?}");
+    assert!(
+        done.stderr
+            .contains("closed the publisher's connection after refusing"),
+        "{done:?}"
+    );
+}

@@ -565,6 +565,25 @@ struct Publisher {
 /// published to each channel, when the last one was flushed, and how many the server refused
 /// for its rate limit.
 async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant, u64)> {
+    let mut refused = 0;
+    match publish_all(&mut p, &mut refused).await {
+        Ok((seq, done)) => Ok((seq, done, refused)),
+        Err(error) => {
+            // A server closes a connection that keeps going over its rate limit: say so.
+            refused += take_refusals(&mut p.socket);
+            if refused == 0 {
+                return Err(error);
+            }
+            Err(error.context(format!(
+                "the server closed the publisher's connection after refusing {refused} of its \
+                 messages; {REFUSED_HINT}"
+            )))
+        }
+    }
+}
+
+/// The work of [`publisher`]; counts refusals into `refused` as they arrive.
+async fn publish_all(p: &mut Publisher, refused: &mut u64) -> Result<(Vec<u64>, Instant)> {
     let channels = p.heads.len();
     let subscribers = p.received.len();
     let filler = Filler::new(p.size - MIN_SIZE);
@@ -573,7 +592,6 @@ async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant, u64)> {
     let mut total = 0u64;
     let mut next_channel = p.index % channels;
     let mut progress_at = (Instant::now(), 0u64);
-    let mut refused = 0;
     loop {
         if p.quota.is_some_and(|q| total >= q) || p.until.is_some_and(|u| Instant::now() >= u) {
             break;
@@ -627,7 +645,7 @@ async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant, u64)> {
             }
         }
         p.socket.flush().await?;
-        refused += take_refusals(&mut p.socket);
+        *refused += take_refusals(&mut p.socket);
     }
     let done = Instant::now();
     for head in p.heads.iter() {
@@ -638,8 +656,8 @@ async fn publisher(mut p: Publisher) -> Result<(Vec<u64>, Instant, u64)> {
     p.socket.flush().await?;
     // Keep the connection open until the server has taken the markers (closing at once could
     // drop them with the connection), and count the last refusals as they arrive.
-    refused += drain_refusals(&mut p.socket, Duration::from_millis(50)).await;
-    Ok((seq, done, refused))
+    *refused += drain_refusals(&mut p.socket, Duration::from_millis(50)).await;
+    Ok((seq, done))
 }
 
 #[cfg(test)]
