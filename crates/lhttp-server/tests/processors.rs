@@ -370,6 +370,26 @@ async fn slow_processor_does_not_stall_others() {
     assert_eq!(body(&slow.recv().await), "slow done");
 }
 
+/// While a connection's processor awaits, what is published to that connection's own channels
+/// still reaches it: its writing does not wait for its reading.
+#[tokio::test]
+async fn a_connection_busy_in_its_processor_still_receives_deliveries() {
+    let server = start_with(Server::builder(Config::default()).processor("slow", Slow)).await;
+    let mut busy = server.client().await;
+    busy.subscribe("news").await;
+    busy.send("LHTTP/1.0 slow\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    let mut other = server.client().await;
+    other.publish("c", "news", "meanwhile").await;
+    assert_eq!(body(&busy.recv().await), "meanwhile");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "the delivery waited for the connection's own processor"
+    );
+    assert_eq!(body(&busy.recv().await), "slow done");
+}
+
 /// Reports how many parts its message has.
 struct Parts;
 
