@@ -205,16 +205,22 @@ async fn bench_connections_spread_over_source_addresses() {
     server.wait_subscribers("idle-0", 0).await;
 }
 
-/// Against a server that keeps its per-connection rate limit, the refused messages are
-/// reported as such (with what to do about it), not only as lost.
-#[tokio::test]
-async fn bench_reports_messages_the_rate_limit_refused() {
+/// A server that lets a connection publish 100 messages a second (burst 100), and closes it
+/// after `close_after` refusals.
+async fn rate_limited_server(close_after: u64) -> TestServer {
     let mut config = lhttp_server::Config::default();
     config.limits.max_connections_per_ip = 0;
     config.limits.messages_per_second = 100;
     config.limits.message_burst = 100;
-    config.limits.rate_limit_close_after = 1_000_000;
-    let server = common::start_with(config).await;
+    config.limits.rate_limit_close_after = close_after;
+    common::start_with(config).await
+}
+
+/// Against a server that keeps its per-connection rate limit, the refused messages are
+/// reported as such (with what to do about it), not only as lost.
+#[tokio::test]
+async fn bench_reports_messages_the_rate_limit_refused() {
+    let server = rate_limited_server(1_000_000).await;
     let url = server.url();
     let args = [
         "--url",
@@ -250,12 +256,7 @@ async fn bench_reports_messages_the_rate_limit_refused() {
 /// its publisher failed.
 #[tokio::test]
 async fn bench_explains_a_publisher_closed_for_its_rate() {
-    let mut config = lhttp_server::Config::default();
-    config.limits.max_connections_per_ip = 0;
-    config.limits.messages_per_second = 100;
-    config.limits.message_burst = 100;
-    config.limits.rate_limit_close_after = 50;
-    let server = common::start_with(config).await;
+    let server = rate_limited_server(50).await;
     let url = server.url();
     let args = [
         "--url",

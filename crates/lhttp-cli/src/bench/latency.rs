@@ -17,8 +17,8 @@ use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Filler, Output, REFUSED_HINT, connect, drain_refusals, parse_digits, payload_sized, plot,
-    progress, push_padded, request, take_refusals,
+    Filler, Output, connect, drain_refusals, parse_digits, payload_sized, plot, progress,
+    push_padded, request, take_refusals, with_refusals,
 };
 
 /// Width of the send timestamp (nanoseconds) at the start of each latency body.
@@ -93,14 +93,7 @@ impl LatencyReport {
     }
 
     pub(crate) fn table(&self) -> String {
-        let mut table = self.counts();
-        if self.refused > 0 {
-            table.push_str(&format!(
-                "\nrefused    {:>12}  {REFUSED_HINT}",
-                self.refused
-            ));
-        }
-        table
+        with_refusals(self.counts(), self.refused)
     }
 
     fn counts(&self) -> String {

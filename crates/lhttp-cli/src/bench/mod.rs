@@ -156,6 +156,14 @@ fn is_rate_refusal(data: &[u8]) -> bool {
         && memchr::memmem::find(head, b"\nstatus:429\r").is_some()
 }
 
+/// `table` with a line for the messages the server's rate limit refused, if any.
+pub(crate) fn with_refusals(mut table: String, refused: u64) -> String {
+    if refused > 0 {
+        table.push_str(&format!("\nrefused    {refused:>12}  {REFUSED_HINT}"));
+    }
+    table
+}
+
 /// What the reports say when the server refused messages for its rate limit.
 pub(crate) const REFUSED_HINT: &str = "the server's per-connection rate limit refused them (429): \
      benchmark a server started with LHTTPD_LIMITS__MESSAGES_PER_SECOND=0";

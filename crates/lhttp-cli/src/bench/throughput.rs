@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
     Counter, Filler, Output, REFUSED_HINT, Socket, connect, drain_refusals, parse_digits,
-    payload_sized, plot, progress, push_padded, request, round2, take_refusals,
+    payload_sized, plot, progress, push_padded, request, round2, take_refusals, with_refusals,
 };
 
 /// Width of the publisher number at the start of each body.
@@ -131,14 +131,7 @@ impl Report {
     }
 
     pub(crate) fn table(&self) -> String {
-        let mut table = self.counts();
-        if self.refused > 0 {
-            table.push_str(&format!(
-                "\nrefused    {:>12}  {REFUSED_HINT}",
-                self.refused
-            ));
-        }
-        table
+        with_refusals(self.counts(), self.refused)
     }
 
     fn counts(&self) -> String {
