@@ -216,33 +216,27 @@ async fn rate_limited_server(close_after: u64) -> TestServer {
     common::start_with(config).await
 }
 
+/// Runs `lhttp bench throughput ARGS...` against `server`, giving up after 1 s of silence.
+async fn throughput_with_one_second_timeout(server: &TestServer, args: &[&str]) -> common::Run {
+    let url = server.url();
+    let mut all = vec!["--url", &url, "--timeout", "1", "bench", "throughput"];
+    all.extend_from_slice(args);
+    run(lhttp(&all), b"").await
+}
+
 /// Against a server that keeps its per-connection rate limit, the refused messages are
 /// reported as such (with what to do about it), not only as lost.
 #[tokio::test]
 async fn bench_reports_messages_the_rate_limit_refused() {
     let server = rate_limited_server(1_000_000).await;
-    let url = server.url();
-    let args = [
-        "--url",
-        &url,
-        "--timeout",
-        "1",
-        "bench",
-        "throughput",
-        "-n",
-        "400",
-        "--window",
-        "400",
-    ];
-    let done = run(lhttp(&args), b"").await;
+    let done = throughput_with_one_second_timeout(&server, &["-n", "400", "--window", "400"]).await;
     assert_ne!(done.code, Some(0), "messages were lost: {done:?}");
     assert!(
         done.stdout.contains("LHTTPD_LIMITS__MESSAGES_PER_SECOND=0"),
         "{done:?}"
     );
-    let mut json = args.to_vec();
-    json.push("--json");
-    let done = run(lhttp(&json), b"").await;
+    let json = ["-n", "400", "--window", "400", "--json"];
+    let done = throughput_with_one_second_timeout(&server, &json).await;
     let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("a report");
     let refused = report["rate_limited"].as_u64().expect("a count");
     // The burst lets about 100 through; every message lost was refused, and so may be the
@@ -257,18 +251,7 @@ async fn bench_reports_messages_the_rate_limit_refused() {
 #[tokio::test]
 async fn bench_explains_a_publisher_closed_for_its_rate() {
     let server = rate_limited_server(50).await;
-    let url = server.url();
-    let args = [
-        "--url",
-        &url,
-        "--timeout",
-        "1",
-        "bench",
-        "throughput",
-        "-n",
-        "5000",
-    ];
-    let done = run(lhttp(&args), b"").await;
+    let done = throughput_with_one_second_timeout(&server, &["-n", "5000"]).await;
     assert_ne!(done.code, Some(0), "{done:?}");
     assert!(
         done.stderr
