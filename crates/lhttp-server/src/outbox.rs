@@ -267,6 +267,7 @@ impl OutboxReceiver {
             ended: None,
             batch: VecDeque::new(),
             fed: Fed::default(),
+            written: 0,
             yielded: false,
         }
     }
@@ -293,6 +294,9 @@ pub(crate) struct Writer {
     /// Frames taken from the queue and not yet fed to the socket.
     batch: VecDeque<WsMessage>,
     fed: Fed,
+    /// Bytes flushed but still counted against the queue's byte limit: given back under the
+    /// queue lock the writer takes next anyway, rather than under a lock of their own.
+    written: usize,
     /// The producers were given one turn to add to the current batch before its flush.
     yielded: bool,
 }
@@ -354,7 +358,8 @@ impl Writer {
                 }
             }
             if self.fed.messages == 0 {
-                match self.receiver.poll_wait(&mut self.batch, cx) {
+                let written = std::mem::take(&mut self.written);
+                match self.receiver.poll_wait(&mut self.batch, written, cx) {
                     Poll::Ready(None) => continue,
                     Poll::Ready(Some(end)) => return Poll::Ready(end),
                     Poll::Pending => return Poll::Pending,
@@ -374,7 +379,7 @@ impl Writer {
             }
             let fed = std::mem::take(&mut self.fed);
             self.yielded = false;
-            self.receiver.release(fed.bytes);
+            self.written += fed.bytes;
             add(&metrics.messages_sent, fed.messages);
             add(&metrics.bytes_sent, fed.bytes as u64);
             if fed.close {
@@ -383,29 +388,28 @@ impl Writer {
         }
     }
 
-    /// Moves what is queued now into the batch.
+    /// Moves what is queued now into the batch, giving back the bytes written since.
     fn take_queued(&mut self) {
         let mut queue = self.receiver.shared.queue();
+        queue.bytes = queue
+            .bytes
+            .saturating_sub(std::mem::take(&mut self.written));
         std::mem::swap(&mut queue.frames, &mut self.batch);
     }
 }
 
 impl OutboxReceiver {
-    /// Frees `written` bytes of the queue's byte limit.
-    fn release(&self, written: usize) {
-        let mut queue = self.shared.queue();
-        queue.bytes = queue.bytes.saturating_sub(written);
-    }
-
-    /// With nothing to write: takes the frames queued meanwhile into `batch` (`Ready(None)`),
-    /// ends the writer when every producer is gone, or waits for the next push (giving back
-    /// large buffers first).
+    /// With nothing to write: gives back the `written` bytes, then takes the frames queued
+    /// meanwhile into `batch` (`Ready(None)`), ends the writer when every producer is gone, or
+    /// waits for the next push (giving back large buffers first).
     fn poll_wait(
         &self,
         batch: &mut VecDeque<WsMessage>,
+        written: usize,
         cx: &mut Context<'_>,
     ) -> Poll<Option<WriterEnd>> {
         let mut queue = self.shared.queue();
+        queue.bytes = queue.bytes.saturating_sub(written);
         if !queue.frames.is_empty() {
             std::mem::swap(&mut queue.frames, batch);
             return Poll::Ready(None);
