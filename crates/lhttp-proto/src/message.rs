@@ -12,12 +12,23 @@ pub const PREFIX: &[u8] = b"LHTTP/1.0 ";
 /// A parsed message shares the received buffer: command, header names and values, and body are
 /// views into it. A message is always valid: [`Message::encode`] produces bytes that
 /// [`Message::parse`] turns back into an equal message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Message {
     pub(crate) command: Text,
     pub(crate) headers: Headers,
     pub(crate) body: Bytes,
+    /// The bytes a parsed message came from (see [`Message::as_received`]); `None` for a built
+    /// one. Not part of the message's value: equality ignores it.
+    pub(crate) raw: Option<Bytes>,
 }
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Message) -> bool {
+        self.command == other.command && self.headers == other.headers && self.body == other.body
+    }
+}
+
+impl Eq for Message {}
 
 impl Message {
     /// Starts building a message with `command`.
@@ -113,6 +124,38 @@ impl Message {
         self.encode(&mut buf);
         buf.freeze()
     }
+
+    /// The bytes this message was parsed from, when they are exactly what [`Message::encode`]
+    /// would write for it now: nothing was changed since parsing, and the sender used the
+    /// canonical form (CRLF line ends, no spaces around header values). Forwarding them spares
+    /// encoding a copy. Checked region by region: a part still viewing its place in the bytes
+    /// costs a pointer comparison, any other a byte comparison.
+    ///
+    /// ```
+    /// use lhttp_proto::Message;
+    /// let canonical = Message::parse("LHTTP/1.0 chat\r\npublish:room\r\n\r\nhi".into()).unwrap();
+    /// assert_eq!(canonical.as_received().map(|b| &b[..]), Some(&b"LHTTP/1.0 chat\r\npublish:room\r\n\r\nhi"[..]));
+    /// let spaced = Message::parse("LHTTP/1.0 chat\npublish: room\n\nhi".into()).unwrap();
+    /// assert_eq!(spaced.as_received(), None);
+    /// let mut changed = canonical.clone();
+    /// changed.set_body("bye");
+    /// assert_eq!(changed.as_received(), None);
+    /// ```
+    pub fn as_received(&self) -> Option<&Bytes> {
+        let raw = self.raw.as_ref()?;
+        // Parsing checked that the bytes start with the prefix, and they cannot have changed.
+        let mut at = PREFIX.len();
+        let mut fits = place(raw, &mut at, self.command.as_bytes()) && line_end(raw, &mut at);
+        for header in &self.headers {
+            fits = fits
+                && place(raw, &mut at, header.name().as_bytes())
+                && place(raw, &mut at, b":")
+                && place(raw, &mut at, header.value().as_bytes())
+                && line_end(raw, &mut at);
+        }
+        (fits && line_end(raw, &mut at) && place(raw, &mut at, &self.body) && at == raw.len())
+            .then_some(raw)
+    }
 }
 
 /// Builds a [`Message`], checking the command and every header; the first invalid part is
@@ -155,6 +198,25 @@ impl MessageBuilder {
             command: self.command,
             headers: self.headers,
             body: self.body,
+            raw: None,
         })
     }
+}
+
+/// Whether `part` is what `raw` holds at `at` (by address when it is a view of that very place,
+/// else by content); moves `at` past it.
+#[inline]
+fn place(raw: &[u8], at: &mut usize, part: &[u8]) -> bool {
+    let start = *at;
+    *at += part.len();
+    raw.get(start..*at)
+        .is_some_and(|found| found.as_ptr() == part.as_ptr() || found == part)
+}
+
+/// Whether `raw` holds CRLF at `at`; moves `at` past it.
+#[inline]
+fn line_end(raw: &[u8], at: &mut usize) -> bool {
+    let start = *at;
+    *at += 2;
+    raw.get(start) == Some(&b'\r') && raw.get(start + 1) == Some(&b'\n')
 }

@@ -83,6 +83,7 @@ impl Message {
             command: Text::slice_checked(&bytes, rest, command_end),
             headers,
             body: bytes.slice(pos..),
+            raw: Some(bytes),
         })
     }
 }

@@ -84,11 +84,15 @@ fn build(command: &str, headers: &[(String, String)], body: &[u8]) -> Message {
         .expect("valid by construction")
 }
 
-/// A parsed message re-encodes to bytes that parse to an equal message, and `encoded_len`
-/// tells the truth.
+/// A parsed message re-encodes to bytes that parse to an equal message, `encoded_len` tells
+/// the truth, and the received bytes are offered for forwarding only when they are exactly
+/// that encoding.
 fn check_reencode(msg: &Message) -> Result<(), TestCaseError> {
     let again = msg.to_bytes();
     prop_assert_eq!(again.len(), msg.encoded_len());
+    if let Some(received) = msg.as_received() {
+        prop_assert_eq!(received, &again);
+    }
     let reparsed = Message::parse(again);
     prop_assert_eq!(reparsed.as_ref(), Ok(msg));
     Ok(())
@@ -106,8 +110,11 @@ proptest! {
         let msg = build(&command, &headers, &body);
         let wire = msg.to_bytes();
         prop_assert_eq!(wire.len(), msg.encoded_len());
-        let parsed = Message::parse(wire).unwrap();
+        let parsed = Message::parse(wire.clone()).unwrap();
         prop_assert_eq!(&parsed, &msg);
+        // Canonical bytes are forwarded as they came, unless trimming changed a value.
+        prop_assert_eq!(parsed.as_received().is_some(), parsed.to_bytes() == wire);
+        check_reencode(&parsed)?;
         prop_assert_eq!(parsed.command(), command.as_str());
         prop_assert_eq!(&parsed.body()[..], &body[..]);
         let got: Vec<(&str, &str)> =
@@ -138,7 +145,9 @@ proptest! {
         }
         wire.extend(eol.as_bytes());
         wire.extend(&body);
-        prop_assert_eq!(Message::parse(Bytes::from(wire)), Ok(msg));
+        let parsed = Message::parse(Bytes::from(wire));
+        prop_assert_eq!(parsed.as_ref(), Ok(&msg));
+        check_reencode(&parsed.unwrap())?;
     }
 
     #[test]

@@ -14,13 +14,10 @@ use axum::{
 };
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{handshake::derive_accept_key, protocol::Role, protocol::WebSocketConfig},
-};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::{
-    ServerHandle, http_publish, metrics::add, read_ahead::ReadAhead, server::Shared, session,
+    ServerHandle, http_publish, metrics::add, server::Shared, session, websocket::WebSocket,
 };
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
@@ -52,14 +49,6 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
         include_str!("../../../sdk/js/lhttp.d.ts"),
     ),
 ];
-
-/// tungstenite's read buffer, allocated whole per connection when it opens (and grown only for
-/// a frame larger than it). It is small because most connections are idle: socket reads
-/// still take up to 16 KiB at once, through [`ReadAhead`]'s per-thread scratch buffer.
-const READ_BUFFER: usize = 256;
-
-/// Writes are gathered up to this size before going to the socket.
-const WRITE_BUFFER: usize = 64 * 1024;
 
 /// What one listening port serves: its router, and whether `POST /publish` is among its
 /// routes (the accept loop then serves that one itself: see [`http_publish`]).
@@ -240,7 +229,7 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
             "this connection cannot be upgraded\n",
         );
     };
-    let config = websocket_config(&shared.config.limits);
+    let max_message = shared.config.limits.max_message_size;
     let tasks = shared.tasks.clone();
     // The upgrade waits in a task of its own, which ends when the session task starts: the
     // session, which lives as long as the connection, then holds none of what the upgrade
@@ -250,12 +239,7 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
             Ok(upgraded) => upgraded,
             Err(error) => return tracing::debug!(%error, "upgrade failed"),
         };
-        let socket = WebSocketStream::from_raw_socket(
-            ReadAhead::new(TokioIo::new(upgraded)),
-            Role::Server,
-            Some(config),
-        )
-        .await;
+        let socket = WebSocket::new(TokioIo::new(upgraded), max_message);
         let tracker = shared.tasks.clone();
         let session = session::run(
             shared,
@@ -309,16 +293,6 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
         Some(Ok(origin)) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
         Some(Err(_)) => false,
     }
-}
-
-fn websocket_config(limits: &crate::config::Limits) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        // Room for a full batch of maximum-size messages; the outbox bounds what waits beyond.
-        .max_write_buffer_size(WRITE_BUFFER + 2 * limits.max_message_size + 1024)
-        .max_message_size(Some(limits.max_message_size))
-        .max_frame_size(Some(limits.max_message_size))
 }
 
 async fn static_file(content_type: &'static str, body: &'static str) -> Response {

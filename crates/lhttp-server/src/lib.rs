@@ -56,6 +56,8 @@ mod connection;
 mod context;
 mod extensions;
 mod filter;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod gateway;
 mod http;
 mod http_publish;
@@ -68,12 +70,12 @@ mod processor;
 mod publish;
 mod queue;
 mod rate;
-mod read_ahead;
 mod rejection;
 mod request;
 mod server;
 mod session;
 pub mod upstream;
+mod websocket;
 
 pub use async_trait::async_trait;
 pub use auth::{AuthError, User};

@@ -19,21 +19,23 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::{Sink, SinkExt};
-use tokio_tungstenite::tungstenite::{
-    self,
-    protocol::{CloseFrame, frame::coding::CloseCode},
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, add};
+use crate::{
+    metrics::{Metrics, add},
+    websocket::{Outgoing, WebSocket},
+};
 
-/// A WebSocket message as the writer sends it.
-pub(crate) type WsMessage = tungstenite::Message;
+/// A WebSocket frame as the writer sends it.
+pub(crate) type WsMessage = Outgoing;
 
 /// Most messages written per flush: enough to turn a burst into few syscalls, few enough to
 /// return to the overflow check regularly.
 const MAX_BATCH: usize = 256;
+
+/// Encoded bytes beyond which the writer stops adding frames and writes: one write's worth.
+const WRITE_CHUNK: usize = 64 * 1024;
 
 /// How long a close frame may take to reach a client that is not reading.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -41,22 +43,15 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Wraps encoded lhttp bytes in a text frame, or a binary frame when they are not UTF-8 (a
 /// binary body); the bytes are shared, not copied.
 pub(crate) fn frame(bytes: Bytes) -> WsMessage {
-    // Checked before the conversion, which consumes the bytes: cloning them to keep them for
-    // the binary case would allocate a shared header for bytes that are never shared.
     if std::str::from_utf8(&bytes).is_err() {
         return WsMessage::Binary(bytes);
     }
-    // SAFETY: the bytes were found to be UTF-8 just above (and `Bytes` is immutable); the
-    // checked conversion would scan them a second time.
-    WsMessage::Text(unsafe { tungstenite::Utf8Bytes::from_bytes_unchecked(bytes) })
+    WsMessage::Text(bytes)
 }
 
 /// A close frame with `code` and `reason`.
 pub(crate) fn close_frame(code: u16, reason: &'static str) -> WsMessage {
-    WsMessage::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: tungstenite::Utf8Bytes::from_static(reason),
-    }))
+    WsMessage::Close(code, reason)
 }
 
 /// Why a push did not queue the message.
@@ -308,17 +303,17 @@ impl Writer {
     /// here: the connection's task checks for it and ends with [`close_slow`].
     pub(crate) fn poll_write<S>(
         &mut self,
-        sink: &mut S,
+        socket: &mut WebSocket<S>,
         cx: &mut Context<'_>,
         metrics: &Metrics,
     ) -> Poll<WriterEnd>
     where
-        S: Sink<WsMessage, Error = tungstenite::Error> + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         if let Some(end) = self.ended {
             return Poll::Ready(end);
         }
-        let poll = self.write(sink, cx, metrics);
+        let poll = self.write(socket, cx, metrics);
         if let Poll::Ready(end) = poll {
             self.ended = Some(end);
         }
@@ -330,22 +325,22 @@ impl Writer {
         self.ended.is_some()
     }
 
-    fn write<S>(&mut self, sink: &mut S, cx: &mut Context<'_>, metrics: &Metrics) -> Poll<WriterEnd>
+    fn write<S>(
+        &mut self,
+        socket: &mut WebSocket<S>,
+        cx: &mut Context<'_>,
+        metrics: &Metrics,
+    ) -> Poll<WriterEnd>
     where
-        S: Sink<WsMessage, Error = tungstenite::Error> + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
-            while !self.fed.close && (self.fed.messages as usize) < MAX_BATCH {
+            while !self.fed.close
+                && (self.fed.messages as usize) < MAX_BATCH
+                && socket.unwritten() < WRITE_CHUNK
+            {
                 if self.batch.is_empty() {
                     self.take_queued();
-                    if self.batch.is_empty() {
-                        break;
-                    }
-                }
-                match sink.poll_ready_unpin(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
-                    Poll::Ready(Ok(())) => {}
                 }
                 let Some(message) = self.batch.pop_front() else {
                     break;
@@ -353,26 +348,35 @@ impl Writer {
                 self.fed.messages += 1;
                 self.fed.bytes += message.len();
                 self.fed.close = message.is_close();
-                if sink.start_send_unpin(message).is_err() {
-                    return Poll::Ready(WriterEnd::Failed);
-                }
+                socket.feed(&message);
             }
-            if self.fed.messages == 0 {
+            if self.fed.messages == 0 && self.batch.is_empty() {
                 let written = std::mem::take(&mut self.written);
                 match self.receiver.poll_wait(&mut self.batch, written, cx) {
                     Poll::Ready(None) => continue,
                     Poll::Ready(Some(end)) => return Poll::Ready(end),
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {}
                 }
+                // Bytes the reading side queued (a pong) may still be unwritten.
+                match socket.poll_flush(cx) {
+                    Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
+                    Poll::Ready(Ok(())) => socket.release_write_buffer(),
+                    Poll::Pending => {}
+                }
+                return Poll::Pending;
             }
-            if !self.yielded && !self.fed.close && (self.fed.messages as usize) < MAX_BATCH {
-                // The socket has no Nagle delay: each flush is a packet. Letting the producers
-                // run once before flushing gathers a burst into one write.
+            if !self.yielded
+                && !self.fed.close
+                && (self.fed.messages as usize) < MAX_BATCH
+                && socket.unwritten() < WRITE_CHUNK
+            {
+                // The socket has no Nagle delay: each write is a packet. Letting the producers
+                // run once before writing gathers a burst into one write.
                 self.yielded = true;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            match sink.poll_flush_unpin(cx) {
+            match socket.poll_flush(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
                 Poll::Ready(Ok(())) => {}
@@ -433,44 +437,58 @@ impl OutboxReceiver {
 
 /// Sends close 1008 "slow consumer" after what the socket already took, giving up after
 /// [`CLOSE_WRITE_TIMEOUT`] (a slow consumer may not read it at all).
-pub(crate) async fn close_slow<S>(sink: &mut S, metrics: &Metrics)
+pub(crate) async fn close_slow<S>(socket: &mut WebSocket<S>, metrics: &Metrics)
 where
-    S: Sink<WsMessage, Error = tungstenite::Error> + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     add(&metrics.slow_consumers, 1);
-    let close = close_frame(1008, "slow consumer");
-    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(close)).await;
+    socket.feed(&close_frame(1008, "slow consumer"));
+    let written = std::future::poll_fn(|cx| socket.poll_flush(cx));
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, written).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::{
+        WebSocketStream,
+        tungstenite::{self, protocol::Role},
+    };
 
     fn text(s: &'static str) -> WsMessage {
-        WsMessage::Text(tungstenite::Utf8Bytes::from_static(s))
+        WsMessage::Text(Bytes::from_static(s.as_bytes()))
     }
 
-    /// A sink that collects what the writer sends.
-    fn collector() -> (
-        impl Sink<WsMessage, Error = tungstenite::Error> + Unpin,
-        Arc<Mutex<Vec<WsMessage>>>,
-    ) {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = futures_util::sink::unfold(seen.clone(), |seen, m: WsMessage| async move {
-            seen.lock().unwrap().push(m);
-            Ok::<_, tungstenite::Error>(seen)
-        });
-        (Box::pin(sink), seen)
+    /// The server's socket over an in-memory pipe, and the client's end, read with tungstenite
+    /// as a real client library would.
+    async fn pipe() -> (WebSocket<DuplexStream>, WebSocketStream<DuplexStream>) {
+        let (server, client) = tokio::io::duplex(64 * 1024);
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (WebSocket::new(server, 64 * 1024), client)
+    }
+
+    /// The text of the next `n` messages the client reads.
+    async fn read_texts(client: &mut WebSocketStream<DuplexStream>, n: usize) -> Vec<String> {
+        let mut seen = Vec::with_capacity(n);
+        while seen.len() < n {
+            match client.next().await {
+                Some(Ok(tungstenite::Message::Text(text))) => seen.push(text.to_string()),
+                other => panic!("expected a text message, got {other:?}"),
+            }
+        }
+        seen
     }
 
     /// Writes until the writer ends, as a connection's task would between messages.
     async fn write_all(
         receiver: OutboxReceiver,
-        mut sink: impl Sink<WsMessage, Error = tungstenite::Error> + Unpin,
+        mut socket: WebSocket<DuplexStream>,
         metrics: &Metrics,
     ) -> WriterEnd {
         let mut writer = receiver.into_writer();
-        std::future::poll_fn(|cx| writer.poll_write(&mut sink, cx, metrics)).await
+        std::future::poll_fn(|cx| writer.poll_write(&mut socket, cx, metrics)).await
     }
 
     #[test]
@@ -500,7 +518,7 @@ mod tests {
     #[tokio::test]
     async fn the_writer_sends_everything_in_order_then_ends_when_producers_are_gone() {
         let (outbox, receiver) = Outbox::new(10_000, 1 << 20);
-        let (sink, seen) = collector();
+        let (socket, mut client) = pipe().await;
         let metrics = Metrics::default();
         let other = outbox.clone();
         let producer = tokio::spawn(async move {
@@ -512,32 +530,32 @@ mod tests {
                 }
             }
         });
-        let writer = tokio::spawn(async move { write_all(receiver, sink, &metrics).await });
+        let writer = tokio::spawn(async move { write_all(receiver, socket, &metrics).await });
+        let seen = read_texts(&mut client, 5000).await;
         producer.await.unwrap();
         drop(outbox);
         assert_eq!(writer.await.unwrap(), WriterEnd::Drained);
-        let seen = seen.lock().unwrap();
-        let numbers: Vec<u32> = seen
-            .iter()
-            .map(|m| m.to_text().unwrap().parse().unwrap())
-            .collect();
+        let numbers: Vec<u32> = seen.iter().map(|m| m.parse().unwrap()).collect();
         assert_eq!(numbers, (0..5000).collect::<Vec<_>>());
     }
 
     #[tokio::test]
     async fn a_burst_leaves_no_big_buffer_behind_and_no_bytes_counted() {
         let (outbox, receiver) = Outbox::new(10_000, 1 << 20);
-        let (sink, seen) = collector();
+        let (socket, mut client) = pipe().await;
         let writer = tokio::spawn(async move {
             let metrics = Metrics::default();
-            write_all(receiver, sink, &metrics).await
+            write_all(receiver, socket, &metrics).await
         });
         for _ in 0..3000 {
             outbox.push(text("burst")).unwrap();
         }
-        while seen.lock().unwrap().len() < 3000 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        assert!(
+            read_texts(&mut client, 3000)
+                .await
+                .iter()
+                .all(|t| t == "burst")
+        );
         // The writer is idle again: its next wait released the queue's capacity and bytes.
         tokio::time::sleep(Duration::from_millis(20)).await;
         {

@@ -57,6 +57,13 @@ pub(crate) fn encode_for_channel_with(
     channel: &str,
     extra: &[(&str, &str)],
 ) -> Bytes {
+    if extra.is_empty() && is_copy_for(message, channel) {
+        // The usual case: a client published to one channel, in the canonical form. The bytes
+        // it sent are the copy, shared rather than encoded again.
+        if let Some(received) = message.as_received() {
+            return received.clone();
+        }
+    }
     // The exact length first: `Bytes` takes a buffer that is exactly full as it is, and must
     // allocate a header of its own for one that is not.
     let line = |name: &str, value: &str| name.len() + 1 + value.len() + 2;
@@ -96,6 +103,29 @@ pub(crate) fn encode_for_channel_with(
     Bytes::from(buf)
 }
 
+/// True when the copy for `channel` is `message` itself: one `publish` header, naming just
+/// `channel`, and no header a subscriber must not see.
+fn is_copy_for(message: &Message, channel: &str) -> bool {
+    let mut publish_headers = 0;
+    for header in message.headers().iter() {
+        let name = header.name();
+        if is_stripped(name) {
+            return false;
+        }
+        if is_publish(name) {
+            publish_headers += 1;
+            if publish_headers > 1 || header.value() != channel {
+                return false;
+            }
+        }
+    }
+    publish_headers == 1
+}
+
+fn is_publish(name: &str) -> bool {
+    name.len() == names::PUBLISH.len() && name.eq_ignore_ascii_case(names::PUBLISH)
+}
+
 /// The headers of the copy for `channel`, in the publisher's order: stripped ones left out,
 /// the first `publish` header set to `channel` (and marked true), later ones left out.
 fn headers_for_channel<'a>(
@@ -108,7 +138,7 @@ fn headers_for_channel<'a>(
         if is_stripped(name) {
             return None;
         }
-        if name.len() == names::PUBLISH.len() && name.eq_ignore_ascii_case(names::PUBLISH) {
+        if is_publish(name) {
             if wrote_publish {
                 return None;
             }
@@ -151,6 +181,46 @@ mod tests {
         ] {
             assert!(!is_stripped(name), "{name} must be kept");
         }
+    }
+
+    #[test]
+    fn a_canonical_message_to_one_channel_is_forwarded_as_it_came() {
+        let wire = Bytes::from_static(b"LHTTP/1.0 chat\r\npublish:room\r\nk:v\r\n\r\nhi");
+        let message = Message::parse(wire.clone()).unwrap();
+        let copy = encode_for_channel(&message, "room");
+        assert_eq!(copy, wire);
+        assert_eq!(
+            copy.as_ptr(),
+            wire.as_ptr(),
+            "the received bytes are shared, not copied"
+        );
+        // Anything that makes the copy differ is encoded: a header only the server may set, a
+        // second channel, a sloppy form, extra headers.
+        for (input, channel, expected) in [
+            (
+                &b"LHTTP/1.0 chat\r\npublish:room\r\ndelivery-id:7\r\n\r\nhi"[..],
+                "room",
+                &b"LHTTP/1.0 chat\r\npublish:room\r\n\r\nhi"[..],
+            ),
+            (
+                b"LHTTP/1.0 chat\r\npublish:room other\r\n\r\nhi",
+                "room",
+                b"LHTTP/1.0 chat\r\npublish:room\r\n\r\nhi",
+            ),
+            (
+                b"LHTTP/1.0 chat\npublish: room\n\nhi",
+                "room",
+                b"LHTTP/1.0 chat\r\npublish:room\r\n\r\nhi",
+            ),
+        ] {
+            let message = Message::parse(Bytes::from_static(input)).unwrap();
+            assert_eq!(&encode_for_channel(&message, channel)[..], expected);
+        }
+        let with_extra = encode_for_channel_with(&message, "room", &[("queue", "g")]);
+        assert_eq!(
+            &with_extra[..],
+            b"LHTTP/1.0 chat\r\npublish:room\r\nk:v\r\nqueue:g\r\n\r\nhi"
+        );
     }
 
     #[test]

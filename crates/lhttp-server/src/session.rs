@@ -21,15 +21,10 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use lhttp_proto::Message;
 use tokio::{io::AsyncReadExt, sync::OwnedSemaphorePermit};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{self, error::CapacityError},
-};
 
 use std::{future::Future, pin::Pin, task::Poll};
 
@@ -43,11 +38,14 @@ use crate::{
     outbox::{Outbox, Writer, WriterEnd, close_frame, close_slow},
     peers::IpSlot,
     rate::{MessageRate, Verdict},
-    read_ahead::ReadAhead,
     server::Shared,
+    websocket::{Outgoing, ReadError, Received, WebSocket},
 };
 
-pub(crate) type Socket = WebSocketStream<ReadAhead<TokioIo<Upgraded>>>;
+pub(crate) type Socket = WebSocket<TokioIo<Upgraded>>;
+
+/// What the socket gave the reading loop: an item, or `None` at the end of the stream.
+type Next = Option<Result<Received, ReadError>>;
 
 /// How long the server keeps reading after it sent a close frame, so that the client's close
 /// reply (and any data it was still sending) is consumed rather than answered with a TCP reset.
@@ -266,7 +264,7 @@ async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
 /// What woke the reading loop on the socket.
 enum SocketEvent {
     /// The next item of the WebSocket stream.
-    Received(Option<Result<tungstenite::Message, tungstenite::Error>>),
+    Received(Next),
     /// The writer cannot write any more: the socket is dead.
     WriterEnded,
 }
@@ -281,7 +279,7 @@ fn socket_event<'a>(
         if writer.poll_write(socket, cx, metrics).is_ready() {
             return Poll::Ready(SocketEvent::WriterEnded);
         }
-        socket.poll_next_unpin(cx).map(SocketEvent::Received)
+        socket.poll_next(cx).map(SocketEvent::Received)
     })
 }
 
@@ -324,7 +322,7 @@ async fn read_loop(
                 if last_seen.elapsed() >= idle_timeout {
                     return End::Close(1001, "idle timeout");
                 }
-                let _ = outbox.push(tungstenite::Message::Ping(Bytes::new()));
+                let _ = outbox.push(Outgoing::Ping);
                 continue;
             }
         };
@@ -362,10 +360,8 @@ async fn read_loop(
 /// The next item of `stream` if it is ready now, without waiting. Polled with the task's own
 /// waker (not a no-op one, as `now_or_never` would): a layer underneath may keep the waker of
 /// the last poll, and must not be left with one that wakes nobody.
-async fn ready_now(
-    socket: &mut Socket,
-) -> Option<Option<Result<tungstenite::Message, tungstenite::Error>>> {
-    std::future::poll_fn(|cx| match socket.poll_next_unpin(cx) {
+async fn ready_now(socket: &mut Socket) -> Option<Next> {
+    std::future::poll_fn(|cx| match socket.poll_next(cx) {
         std::task::Poll::Ready(item) => std::task::Poll::Ready(Some(item)),
         std::task::Poll::Pending => std::task::Poll::Ready(None),
     })
@@ -382,14 +378,14 @@ async fn receive(
     sign_in: &mut SignIn,
     rate: &mut MessageRate,
     now: Instant,
-    next: Option<Result<tungstenite::Message, tungstenite::Error>>,
+    next: Next,
 ) -> Option<End> {
     let data = match next {
         None => return Some(End::Peer),
-        Some(Ok(tungstenite::Message::Text(text))) => Bytes::from(text),
-        Some(Ok(tungstenite::Message::Binary(data))) => data,
-        // The close reply is sent by the protocol layer on the next read.
-        Some(Ok(_)) => return None,
+        Some(Ok(Received::Message(data))) => data,
+        // Pings were answered by the WebSocket layer; all that matters here is that the client
+        // is alive, noted by the caller.
+        Some(Ok(Received::Control)) => return None,
         Some(Err(error)) => return Some(protocol_error(shared, &error)),
     };
     add(&shared.metrics.messages_received, 1);
@@ -417,15 +413,14 @@ fn refuse_for_rate(shared: &Shared, connection: &Connection, data: &Bytes) {
 }
 
 /// Maps a WebSocket-level error to the close the client gets.
-fn protocol_error(shared: &Shared, error: &tungstenite::Error) -> End {
-    let end = match error {
-        tungstenite::Error::Capacity(CapacityError::MessageTooLong { .. }) => {
-            End::Close(1009, "message too big")
-        }
-        tungstenite::Error::Capacity(_) => End::Close(1009, "message too big"),
-        tungstenite::Error::Utf8(_) => End::Close(1007, "invalid UTF-8 in a text frame"),
-        tungstenite::Error::Protocol(_) => End::Close(1002, "WebSocket protocol violation"),
-        _ => return End::Peer,
+fn protocol_error(shared: &Shared, error: &ReadError) -> End {
+    let ReadError::Violation(violation) = error else {
+        return End::Peer;
+    };
+    let end = match violation.close_code() {
+        1009 => End::Close(1009, "message too big"),
+        1007 => End::Close(1007, "invalid UTF-8 in a text frame"),
+        code => End::Close(code, "WebSocket protocol violation"),
     };
     add(&shared.metrics.protocol_closes, 1);
     tracing::debug!(%error, "WebSocket violation");
@@ -575,18 +570,13 @@ fn ok_message(request_id: lhttp_proto::Text) -> Message {
 /// the raw socket briefly so the client can read the close frame before the TCP connection
 /// closes.
 async fn linger(mut socket: Socket) {
-    let handshake_done = tokio::time::timeout(LINGER, async {
-        loop {
-            match socket.next().await {
-                Some(Ok(tungstenite::Message::Close(_))) => return true,
-                Some(Ok(_)) => continue,
-                _ => return false,
-            }
-        }
-    })
-    .await
-    .unwrap_or(false);
-    if handshake_done {
+    let reading = std::future::poll_fn(|cx| {
+        // Anything the client still sends is read and dropped, up to its close frame.
+        while std::task::ready!(socket.poll_next(cx)).is_some() {}
+        Poll::Ready(())
+    });
+    let _ = tokio::time::timeout(LINGER, reading).await;
+    if socket.close_received() {
         return;
     }
     let raw = socket.get_mut();

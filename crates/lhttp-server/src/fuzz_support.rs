@@ -1,0 +1,81 @@
+//! Entry points for the fuzz targets in `fuzz/`. Not a public API.
+
+use crate::websocket::frame::{Decoder, Incoming, Violation};
+
+/// The default `limits.max_message_size`: the fuzzer drives the decoder a default server runs.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Largest payload of a control frame (RFC 6455, section 5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+/// Decodes `data[1..]` as the bytes a WebSocket client sent, read the way a connection reads
+/// its socket: `data[0]` bytes at a time (all at once for 0), the bytes a decode did not use
+/// kept in front of the next read. Panics if the decoder breaks its contract: it uses more
+/// bytes than it has, yields an item out of no bytes, yields nothing while a whole frame
+/// waits, yields a message over the limit, a control payload over 125 bytes or a close code
+/// no client may send, or decodes differently from the same bytes read all at once.
+pub fn websocket_frames(data: &[u8]) {
+    let Some((&read_size, stream)) = data.split_first() else {
+        return;
+    };
+    let read_size = match read_size {
+        0 => stream.len().max(1),
+        n => usize::from(n),
+    };
+    let read_in_chunks = decode(stream.chunks(read_size));
+    let read_at_once = decode([stream]);
+    assert_eq!(
+        read_in_chunks, read_at_once,
+        "{read_size}-byte reads decode differently"
+    );
+}
+
+/// What a decoder made of `chunks` read one after another: the items, then the violation
+/// that ended the connection or the number of bytes left undecoded.
+fn decode<'a>(
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> (Vec<Incoming>, Result<usize, Violation>) {
+    let mut decoder = Decoder::new(MAX_MESSAGE);
+    let mut pending = Vec::new();
+    let mut items = Vec::new();
+    for chunk in chunks {
+        pending.extend_from_slice(chunk);
+        loop {
+            let (item, used) = match decoder.decode(&pending) {
+                Ok(decoded) => decoded,
+                // The connection is closed: nothing after a violation is read.
+                Err(violation) => return (items, Err(violation)),
+            };
+            assert!(
+                used <= pending.len(),
+                "used {used} of {} bytes",
+                pending.len()
+            );
+            pending.drain(..used);
+            let Some(item) = item else {
+                // What is left is the start of a frame, which yields nothing until more bytes
+                // arrive: otherwise the connection would wait for bytes it already has.
+                assert_eq!(decoder.decode(&pending), Ok((None, 0)), "{pending:02x?}");
+                break;
+            };
+            assert!(used > 0, "{item:?} out of no bytes");
+            check(&item);
+            items.push(item);
+        }
+    }
+    (items, Ok(pending.len()))
+}
+
+/// Checks what RFC 6455 and the limit say of one decoded item.
+fn check(item: &Incoming) {
+    match item {
+        Incoming::Data(message) => assert!(message.len() <= MAX_MESSAGE, "{}", message.len()),
+        Incoming::Ping(payload) => assert!(payload.len() <= MAX_CONTROL_PAYLOAD),
+        Incoming::Pong | Incoming::Close(None) => {}
+        // Section 7.4: registered codes a client may send, and the private range.
+        Incoming::Close(Some(code)) => assert!(
+            matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999),
+            "close code {code}"
+        ),
+    }
+}

@@ -1,0 +1,416 @@
+//! [`WebSocket`]: one upgraded connection's byte stream, read as client frames and written
+//! with server frames, holding no buffer at all while the connection is quiet.
+//!
+//! Reading: while a connection holds no unread bytes, a socket read goes into a per-thread
+//! scratch buffer of [`SCRATCH`] bytes and is decoded there; only bytes left over (the next
+//! frames, or the start of one) are copied into a buffer of the connection's own. While bytes
+//! keep coming, reads go straight into that buffer; the first read that finds the socket empty
+//! gives it back. Each message's payload is copied out of the read buffer once, unmasked, into
+//! an allocation of its own size, so a message kept for a long time (queued, retained) never
+//! holds a whole read buffer with it.
+//!
+//! Writing: frames are encoded one after another into a write buffer and written with one
+//! syscall per batch; the writer gives the buffer back when it has nothing left to write.
+
+use std::{
+    cell::RefCell,
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::frame::{Decoder, Incoming, Outgoing, Violation};
+
+/// Bytes read from the socket per syscall (at most).
+const SCRATCH: usize = 16 * 1024;
+
+/// Encoded bytes waiting to be written beyond which the connection stops reading: a client
+/// that sends pings and never reads the pongs is slowed down, not buffered for.
+const MAX_UNWRITTEN: usize = 64 * 1024;
+
+thread_local! {
+    /// One scratch buffer per runtime thread; used only inside one poll, never across an await,
+    /// so connections on the same thread never see each other's bytes.
+    static SCRATCH_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// What [`WebSocket::poll_next`] received.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// A whole text or binary message.
+    Message(Bytes),
+    /// A ping (already answered) or a pong: the client is alive.
+    Control,
+}
+
+/// Why reading stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// The client broke the protocol; the connection should be closed with the violation's
+    /// code.
+    #[error(transparent)]
+    Violation(#[from] Violation),
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The server's end of one WebSocket connection; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct WebSocket<S> {
+    io: S,
+    decoder: Decoder,
+    /// Bytes read and not yet decoded; unallocated while the client is quiet.
+    read: BytesMut,
+    /// Encoded frames, of which the first `written` bytes are written.
+    write: Vec<u8>,
+    written: usize,
+    /// Nothing more will be read: the client closed, the stream ended, or it broke the
+    /// protocol.
+    read_ended: bool,
+    /// A close frame came from the client.
+    close_received: bool,
+    /// A close frame was queued to the client: no frame may follow it.
+    close_sent: bool,
+}
+
+impl<S> WebSocket<S> {
+    /// Takes over `io`, an upgraded connection, for messages of at most `max_message` bytes.
+    pub(crate) fn new(io: S, max_message: usize) -> WebSocket<S> {
+        WebSocket {
+            io,
+            decoder: Decoder::new(max_message),
+            read: BytesMut::new(),
+            write: Vec::new(),
+            written: 0,
+            read_ended: false,
+            close_received: false,
+            close_sent: false,
+        }
+    }
+
+    /// The connection underneath, for draining it after the WebSocket layer gave up on it.
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    /// True once the client sent a close frame.
+    pub(crate) fn close_received(&self) -> bool {
+        self.close_received
+    }
+
+    /// Encoded bytes not yet written.
+    pub(crate) fn unwritten(&self) -> usize {
+        self.write.len() - self.written
+    }
+
+    /// Encodes `frame` after what waits to be written; [`WebSocket::poll_flush`] writes it.
+    /// Once a close frame was queued, later frames are dropped: RFC 6455 allows nothing after
+    /// it.
+    pub(crate) fn feed(&mut self, frame: &Outgoing) {
+        if self.close_sent {
+            return;
+        }
+        self.close_sent = frame.is_close();
+        frame.encode(&mut self.write);
+    }
+
+    /// Gives back the write buffer if everything in it was written: the writer has nothing more
+    /// for now, and an idle connection should hold no buffer.
+    pub(crate) fn release_write_buffer(&mut self) {
+        if self.write.is_empty() {
+            self.write = Vec::new();
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// Writes everything fed so far.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.write.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        // Keeps the capacity: more frames are likely to follow while the writer is busy.
+        self.write.clear();
+        self.written = 0;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// The next message or control frame from the client; `None` once nothing more will be
+    /// read (after the client's close frame, which is answered first, the end of the stream, or
+    /// an error). Pings are answered with a pong here.
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Received, ReadError>>> {
+        if self.read_ended {
+            return self.poll_ended(cx);
+        }
+        if self.unwritten() > MAX_UNWRITTEN {
+            if let Err(error) = ready!(self.poll_flush(cx)) {
+                return self.fail(error.into());
+            }
+        }
+        loop {
+            let (item, used) = match self.decoder.decode(&self.read) {
+                Ok(decoded) => decoded,
+                Err(violation) => return self.fail(violation.into()),
+            };
+            self.read.advance(used);
+            match item {
+                Some(item) => return self.received(item, cx),
+                None => match ready!(self.poll_read(cx)) {
+                    Ok(Some(item)) => return self.received(item, cx),
+                    Ok(None) => {}
+                    Err(error) => return self.fail(error),
+                },
+            }
+        }
+    }
+
+    /// Reads more bytes. A connection without unread bytes reads into the thread's scratch
+    /// buffer and decodes straight from there (its first item is returned); what is left over
+    /// is kept in the connection's own buffer, which takes later reads directly while bytes keep
+    /// coming, and is given back when the socket has nothing more.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Incoming>, ReadError>> {
+        if self.read.capacity() == 0 {
+            return self.poll_read_via_scratch(cx);
+        }
+        self.read.reserve(SCRATCH);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
+            Poll::Ready(Ok(0)) => {
+                Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())))
+            }
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+            Poll::Pending => {
+                if self.read.is_empty() {
+                    // The client has gone quiet, perhaps for a long time: the buffer goes back.
+                    self.read = BytesMut::new();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_read_via_scratch(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Incoming>, ReadError>> {
+        let via_scratch = SCRATCH_BUFFER.try_with(|scratch| {
+            // Never re-entered within one thread; if it were, the read below goes direct.
+            let mut scratch = scratch.try_borrow_mut().ok()?;
+            let mut filled = ReadBuf::new(&mut scratch[..]);
+            Some(match Pin::new(&mut self.io).poll_read(cx, &mut filled) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+                Poll::Ready(Ok(())) if filled.filled().is_empty() => {
+                    Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())))
+                }
+                Poll::Ready(Ok(())) => {
+                    let bytes = filled.filled();
+                    let decoded = self.decoder.decode(bytes);
+                    let used = decoded.as_ref().map_or(0, |(_, used)| *used);
+                    if used < bytes.len() {
+                        let mut rest = BytesMut::with_capacity(SCRATCH.max(bytes.len() - used));
+                        rest.extend_from_slice(&bytes[used..]);
+                        self.read = rest;
+                    }
+                    Poll::Ready(decoded.map(|(item, _)| item).map_err(ReadError::from))
+                }
+            })
+        });
+        match via_scratch {
+            Ok(Some(poll)) => poll,
+            // The thread is exiting (or a read re-entered): read into a buffer of our own.
+            Ok(None) | Err(_) => {
+                self.read.reserve(SCRATCH);
+                Poll::Ready(Ok(None))
+            }
+        }
+    }
+
+    /// Turns a decoded item into what the caller sees, answering pings and close frames.
+    fn received(
+        &mut self,
+        item: Incoming,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Received, ReadError>>> {
+        match item {
+            Incoming::Data(data) => Poll::Ready(Some(Ok(Received::Message(data)))),
+            Incoming::Pong => Poll::Ready(Some(Ok(Received::Control))),
+            Incoming::Ping(payload) => {
+                self.feed(&Outgoing::Pong(payload));
+                // Written now if the socket takes it; otherwise with the writer's next flush.
+                if let Poll::Ready(Err(error)) = self.poll_flush(cx) {
+                    return self.fail(error.into());
+                }
+                Poll::Ready(Some(Ok(Received::Control)))
+            }
+            Incoming::Close(code) => {
+                self.close_received = true;
+                self.end_reading();
+                // The reply echoes the client's code (section 5.5.1); after our own close, the
+                // client's is the reply and needs none.
+                self.feed(&Outgoing::Close(code.unwrap_or(1000), ""));
+                self.poll_ended(cx)
+            }
+        }
+    }
+
+    /// After reading ended: writes what is queued (a close reply above all), then ends.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Received, ReadError>>> {
+        // A failed write changes nothing: the connection is ending either way.
+        let _ = ready!(self.poll_flush(cx));
+        Poll::Ready(None)
+    }
+
+    fn fail(&mut self, error: ReadError) -> Poll<Option<Result<Received, ReadError>>> {
+        self.end_reading();
+        Poll::Ready(Some(Err(error)))
+    }
+
+    fn end_reading(&mut self) {
+        self.read_ended = true;
+        self.read = BytesMut::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{future::poll_fn, time::Duration};
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::{
+        WebSocketStream,
+        tungstenite::{
+            Message,
+            protocol::{CloseFrame, Role, frame::coding::CloseCode},
+        },
+    };
+
+    use super::*;
+
+    /// The server's socket and a real client library's, over an in-memory pipe that holds
+    /// `capacity` bytes each way.
+    async fn pair(capacity: usize) -> (WebSocket<DuplexStream>, WebSocketStream<DuplexStream>) {
+        let (server, client) = tokio::io::duplex(capacity);
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (WebSocket::new(server, 64 * 1024), client)
+    }
+
+    async fn next(socket: &mut WebSocket<DuplexStream>) -> Option<Result<Received, ReadError>> {
+        poll_fn(|cx| socket.poll_next(cx)).await
+    }
+
+    #[tokio::test]
+    async fn messages_arrive_whole_and_a_quiet_connection_holds_no_buffer() {
+        let (mut socket, mut client) = pair(256 * 1024).await;
+        let sizes = [0, 1, 125, 126, 5000, 65535, 65536];
+        for (i, &n) in sizes.iter().enumerate() {
+            client
+                .feed(Message::Binary(vec![i as u8; n].into()))
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        for (i, &n) in sizes.iter().enumerate() {
+            match next(&mut socket).await {
+                Some(Ok(Received::Message(m))) => assert_eq!(m, vec![i as u8; n]),
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(20), next(&mut socket)).await;
+        assert!(waiting.is_err(), "nothing more was sent");
+        assert_eq!(socket.read.capacity(), 0, "a quiet connection holds no read buffer");
+
+        socket.feed(&Outgoing::Text(Bytes::from_static(b"hello")));
+        socket.feed(&Outgoing::Binary(Bytes::from(vec![7; 70_000])));
+        poll_fn(|cx| socket.poll_flush(cx)).await.unwrap();
+        socket.release_write_buffer();
+        assert_eq!(socket.write.capacity(), 0, "nor a write buffer once written");
+        assert_eq!(client.next().await.unwrap().unwrap(), Message::text("hello"));
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Binary(vec![7; 70_000].into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ping_is_answered_with_its_payload() {
+        let (mut socket, mut client) = pair(64 * 1024).await;
+        client
+            .send(Message::Ping(Bytes::from_static(b"are you there")))
+            .await
+            .unwrap();
+        assert!(matches!(next(&mut socket).await, Some(Ok(Received::Control))));
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::Pong(Bytes::from_static(b"are you there"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_is_answered_with_its_code_and_ends_reading() {
+        let (mut socket, mut client) = pair(64 * 1024).await;
+        let close = CloseFrame {
+            code: CloseCode::Away,
+            reason: "bye".into(),
+        };
+        client.send(Message::Close(Some(close))).await.unwrap();
+        assert!(next(&mut socket).await.is_none());
+        assert!(socket.close_received());
+        match client.next().await {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+            other => panic!("expected the close reply, got {other:?}"),
+        }
+        // Nothing may follow a close frame.
+        socket.feed(&Outgoing::Text(Bytes::from_static(b"late")));
+        assert_eq!(socket.unwritten(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_violation_ends_reading_with_its_close_code() {
+        let (mut socket, mut client) = pair(256 * 1024).await;
+        client
+            .send(Message::Binary(vec![0; 64 * 1024 + 1].into()))
+            .await
+            .unwrap();
+        match next(&mut socket).await {
+            Some(Err(ReadError::Violation(violation))) => assert_eq!(violation.close_code(), 1009),
+            other => panic!("expected a violation, got {other:?}"),
+        }
+        assert!(next(&mut socket).await.is_none(), "nothing is read after it");
+        assert_eq!(socket.read.capacity(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_pings_without_reading_is_slowed_not_buffered() {
+        let (mut socket, mut client) = pair(4096).await;
+        let pinging = tokio::spawn(async move {
+            for _ in 0..10_000 {
+                if client.send(Message::Ping(vec![1; 100].into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut answered = 0;
+        while let Ok(Some(Ok(Received::Control))) =
+            tokio::time::timeout(Duration::from_millis(100), next(&mut socket)).await
+        {
+            answered += 1;
+            assert!(socket.unwritten() <= MAX_UNWRITTEN + 2 + 100);
+        }
+        pinging.abort();
+        assert!(answered < 10_000, "reading stopped while the pongs piled up");
+        assert!(socket.unwritten() > MAX_UNWRITTEN - 1000, "{}", socket.unwritten());
+    }
+}
