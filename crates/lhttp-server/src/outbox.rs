@@ -358,11 +358,14 @@ impl Writer {
                     Poll::Pending => {}
                 }
                 // Bytes the reading side queued (a pong) may still be unwritten.
-                match socket.poll_flush(cx) {
-                    Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
-                    Poll::Ready(Ok(())) => socket.release_write_buffer(),
-                    Poll::Pending => {}
+                if socket.unwritten() > 0 {
+                    match socket.poll_flush(cx) {
+                        Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Pending => return Poll::Pending,
+                    }
                 }
+                socket.release_write_buffer();
                 return Poll::Pending;
             }
             if !self.yielded

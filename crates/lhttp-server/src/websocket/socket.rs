@@ -330,14 +330,25 @@ mod tests {
         }
         let waiting = tokio::time::timeout(Duration::from_millis(20), next(&mut socket)).await;
         assert!(waiting.is_err(), "nothing more was sent");
-        assert_eq!(socket.read.capacity(), 0, "a quiet connection holds no read buffer");
+        assert_eq!(
+            socket.read.capacity(),
+            0,
+            "a quiet connection holds no read buffer"
+        );
 
         socket.feed(&Outgoing::Text(Bytes::from_static(b"hello")));
         socket.feed(&Outgoing::Binary(Bytes::from(vec![7; 70_000])));
         poll_fn(|cx| socket.poll_flush(cx)).await.unwrap();
         socket.release_write_buffer();
-        assert_eq!(socket.write.capacity(), 0, "nor a write buffer once written");
-        assert_eq!(client.next().await.unwrap().unwrap(), Message::text("hello"));
+        assert_eq!(
+            socket.write.capacity(),
+            0,
+            "nor a write buffer once written"
+        );
+        assert_eq!(
+            client.next().await.unwrap().unwrap(),
+            Message::text("hello")
+        );
         assert_eq!(
             client.next().await.unwrap().unwrap(),
             Message::Binary(vec![7; 70_000].into())
@@ -351,7 +362,10 @@ mod tests {
             .send(Message::Ping(Bytes::from_static(b"are you there")))
             .await
             .unwrap();
-        assert!(matches!(next(&mut socket).await, Some(Ok(Received::Control))));
+        assert!(matches!(
+            next(&mut socket).await,
+            Some(Ok(Received::Control))
+        ));
         assert_eq!(
             client.next().await.unwrap().unwrap(),
             Message::Pong(Bytes::from_static(b"are you there"))
@@ -388,7 +402,10 @@ mod tests {
             Some(Err(ReadError::Violation(violation))) => assert_eq!(violation.close_code(), 1009),
             other => panic!("expected a violation, got {other:?}"),
         }
-        assert!(next(&mut socket).await.is_none(), "nothing is read after it");
+        assert!(
+            next(&mut socket).await.is_none(),
+            "nothing is read after it"
+        );
         assert_eq!(socket.read.capacity(), 0);
     }
 
@@ -397,7 +414,11 @@ mod tests {
         let (mut socket, mut client) = pair(4096).await;
         let pinging = tokio::spawn(async move {
             for _ in 0..10_000 {
-                if client.send(Message::Ping(vec![1; 100].into())).await.is_err() {
+                if client
+                    .send(Message::Ping(vec![1; 100].into()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -410,7 +431,14 @@ mod tests {
             assert!(socket.unwritten() <= MAX_UNWRITTEN + 2 + 100);
         }
         pinging.abort();
-        assert!(answered < 10_000, "reading stopped while the pongs piled up");
-        assert!(socket.unwritten() > MAX_UNWRITTEN - 1000, "{}", socket.unwritten());
+        assert!(
+            answered < 10_000,
+            "reading stopped while the pongs piled up"
+        );
+        assert!(
+            socket.unwritten() > MAX_UNWRITTEN - 1000,
+            "{}",
+            socket.unwritten()
+        );
     }
 }
