@@ -10,6 +10,13 @@ use clap::{ArgAction, Parser};
 use lhttp_server::Server;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's allocator: a message's buffers are allocated by the thread that
+/// reads it and freed by the one that writes it to a subscriber, which overflows glibc's
+/// per-thread caches into its locked arenas. 13% fewer instructions per message one to one,
+/// for 0.4 KiB more per idle connection (docs/performance.md, "Fifth session").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The lhttp real-time messaging server.
 #[derive(Debug, Parser)]
 #[command(name = "lhttpd", version, about)]
