@@ -22,20 +22,22 @@ pub fn websocket_frames(data: &[u8]) {
         0 => stream.len().max(1),
         n => usize::from(n),
     };
-    let read_in_chunks = decode(stream.chunks(read_size));
-    let read_at_once = decode([stream]);
+    let read_in_chunks = feed(&mut Decoder::new(MAX_MESSAGE), stream.chunks(read_size));
+    let read_at_once = feed(&mut Decoder::new(MAX_MESSAGE), [stream]);
     assert_eq!(
         read_in_chunks, read_at_once,
         "{read_size}-byte reads decode differently"
     );
 }
 
-/// What a decoder made of `chunks` read one after another: the items, then the violation
-/// that ended the connection or the number of bytes left undecoded.
-fn decode<'a>(
+/// What `decoder` made of `chunks` read one after another, the bytes a decode did not use kept
+/// in front of the next chunk as the socket keeps them: the items, then the violation that
+/// ended the connection or the number of bytes left undecoded. Checks the contract of
+/// [`Decoder::decode`] on every call (also used by the decoder's unit tests).
+pub(crate) fn feed<'a>(
+    decoder: &mut Decoder,
     chunks: impl IntoIterator<Item = &'a [u8]>,
 ) -> (Vec<Incoming>, Result<usize, Violation>) {
-    let mut decoder = Decoder::new(MAX_MESSAGE);
     let mut pending = Vec::new();
     let mut items = Vec::new();
     for chunk in chunks {
@@ -59,7 +61,7 @@ fn decode<'a>(
                 break;
             };
             assert!(used > 0, "{item:?} out of no bytes");
-            check(&item);
+            check(&item, decoder.max_message());
             items.push(item);
         }
     }
@@ -67,9 +69,9 @@ fn decode<'a>(
 }
 
 /// Checks what RFC 6455 and the limit say of one decoded item.
-fn check(item: &Incoming) {
+fn check(item: &Incoming, max_message: usize) {
     match item {
-        Incoming::Data(message) => assert!(message.len() <= MAX_MESSAGE, "{}", message.len()),
+        Incoming::Data(message) => assert!(message.len() <= max_message, "{}", message.len()),
         Incoming::Ping(payload) => assert!(payload.len() <= MAX_CONTROL_PAYLOAD),
         Incoming::Pong | Incoming::Close(None) => {}
         // Section 7.4: registered codes a client may send, and the private range.

@@ -93,6 +93,11 @@ impl Decoder {
         }
     }
 
+    /// The largest message it accepts.
+    pub(crate) fn max_message(&self) -> usize {
+        self.max_message
+    }
+
     /// Decodes from the front of `buf`: the first whole message or control frame, and how many
     /// bytes of `buf` were used. Frames that only continue a fragmented message are used up
     /// too (their payload is kept here), so the count can be non-zero with no item. With no

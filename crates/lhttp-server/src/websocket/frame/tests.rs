@@ -1,4 +1,5 @@
 use super::*;
+use crate::fuzz_support::feed;
 
 use std::{
     io::Cursor,
@@ -71,41 +72,6 @@ fn data(payload: impl AsRef<[u8]>) -> Incoming {
 
 fn ping(payload: impl AsRef<[u8]>) -> Incoming {
     Incoming::Ping(Bytes::copy_from_slice(payload.as_ref()))
-}
-
-/// Feeds `chunks` to `decoder` one after another the way the socket does: the bytes a decode
-/// did not use stay in front of the next chunk. Returns the items, then the violation or the
-/// number of bytes left undecoded. Checks the contract of [`Decoder::decode`] on every call.
-fn feed<'a>(
-    decoder: &mut Decoder,
-    chunks: impl IntoIterator<Item = &'a [u8]>,
-) -> (Vec<Incoming>, Result<usize, Violation>) {
-    let mut pending = Vec::new();
-    let mut items = Vec::new();
-    for chunk in chunks {
-        pending.extend_from_slice(chunk);
-        loop {
-            let (item, used) = match decoder.decode(&pending) {
-                Ok(decoded) => decoded,
-                Err(violation) => return (items, Err(violation)),
-            };
-            assert!(
-                used <= pending.len(),
-                "used {used} of {} bytes",
-                pending.len()
-            );
-            pending.drain(..used);
-            let Some(item) = item else {
-                // What is left is the start of a frame: nothing comes out of it until more
-                // bytes arrive, or the socket would wait for bytes it already has.
-                assert_eq!(decoder.decode(&pending), Ok((None, 0)));
-                break;
-            };
-            assert!(used > 0, "{item:?} out of no bytes");
-            items.push(item);
-        }
-    }
-    (items, Ok(pending.len()))
 }
 
 /// The items of `bytes`, which must end with a whole frame and break no rule.
