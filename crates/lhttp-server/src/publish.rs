@@ -103,23 +103,20 @@ pub(crate) fn encode_for_channel_with(
     Bytes::from(buf)
 }
 
-/// True when the copy for `channel` is `message` itself: one `publish` header, naming just
-/// `channel`, and no header a subscriber must not see.
+/// True when the copy for `channel` is `message` itself: [`headers_for_channel`] keeps every
+/// header as it is (none stripped, the one `publish` header already naming just `channel`) and
+/// has a `publish` header, so none is added.
 fn is_copy_for(message: &Message, channel: &str) -> bool {
-    let mut publish_headers = 0;
-    for header in message.headers().iter() {
-        let name = header.name();
-        if is_stripped(name) {
-            return false;
+    let mut has_publish = false;
+    let mut copy = headers_for_channel(message, channel);
+    let unchanged = message.headers().iter().all(|header| match copy.next() {
+        Some((name, value, is_publish)) => {
+            has_publish |= is_publish;
+            std::ptr::eq(name, header.name()) && value == header.value()
         }
-        if is_publish(name) {
-            publish_headers += 1;
-            if publish_headers > 1 || header.value() != channel {
-                return false;
-            }
-        }
-    }
-    publish_headers == 1
+        None => false,
+    });
+    unchanged && has_publish
 }
 
 fn is_publish(name: &str) -> bool {

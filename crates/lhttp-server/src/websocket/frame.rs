@@ -206,20 +206,17 @@ impl Decoder {
                 close(&unmasked(masked, header)).map(|code| Some(Incoming::Close(code)))
             }
             opcode::CONTINUATION => {
-                let fragments = self.fragments.as_mut().ok_or(Violation::Protocol(
+                let mut fragments = self.fragments.take().ok_or(Violation::Protocol(
                     "continuation frame with nothing to continue",
                 ))?;
                 let start = fragments.payload.len();
                 fragments.payload.extend_from_slice(masked);
                 unmask(&mut fragments.payload[start..], header.mask);
                 if !header.fin {
+                    self.fragments = Some(fragments);
                     return Ok(None);
                 }
-                let Fragments { text, payload } = self
-                    .fragments
-                    .take()
-                    .unwrap_or_else(|| unreachable!("the fragments were found just above"));
-                message(text, payload).map(Some)
+                message(fragments.text, fragments.payload).map(Some)
             }
             text_or_binary => {
                 let text = text_or_binary == opcode::TEXT;
