@@ -31,7 +31,7 @@ use std::{future::Future, pin::Pin, task::Poll};
 use tokio::time::{Instant, Sleep};
 
 use crate::{
-    Connection, Context, Rejection, ServerHandle, User,
+    Connection, Context, Processor, Rejection, ServerHandle, User,
     builtin::names,
     connection::ConnectionId,
     metrics::{Metrics, add},
@@ -346,9 +346,16 @@ async fn read_loop(
                     None => break,
                 },
             };
-            let received =
-                std::pin::pin!(receive(shared, connection, sign_in, &mut rate, now, item));
-            if let Some(end) = while_writing(socket, writer, metrics, received).await {
+            // Most messages need no processor and are handled by plain calls; only one that
+            // does builds the (large) future of the chain around it.
+            let end = match receive(shared, connection, sign_in, &mut rate, now, item) {
+                Step::Done(end) => end,
+                Step::Process(ctx, processor) => {
+                    let processing = std::pin::pin!(process(shared, ctx, processor));
+                    while_writing(socket, writer, metrics, processing).await
+                }
+            };
+            if let Some(end) = end {
                 return end;
             }
             since_yield += 1;
@@ -388,34 +395,49 @@ const BURST: usize = 64;
 /// messages was worse than not yielding (a write per few messages).
 const YIELD_AFTER: usize = 1024;
 
-/// Handles one item of the WebSocket stream, received at `now`; `Some` ends the connection.
-async fn receive(
-    shared: &Shared,
-    connection: &mut Connection,
+/// What is left to do with a received item once [`receive`] returns.
+enum Step<'c, 's> {
+    /// Handled; `Some` ends the connection.
+    Done(Option<End>),
+    /// The before-filters passed and a processor is registered for the command: [`process`]
+    /// runs it and the rest of the chain.
+    Process(Context<'c>, &'s dyn Processor),
+}
+
+/// Handles one item of the WebSocket stream, received at `now`, as far as it can without
+/// waiting.
+fn receive<'c, 's>(
+    shared: &'s Shared,
+    connection: &'c mut Connection,
     sign_in: &mut SignIn,
     rate: &mut MessageRate,
     now: Instant,
     next: Next,
-) -> Option<End> {
+) -> Step<'c, 's> {
     let data = match next {
-        None => return Some(End::Peer),
+        None => return Step::Done(Some(End::Peer)),
         Some(Ok(Received::Message(data))) => data,
         // Pings were answered by the WebSocket layer; all that matters here is that the client
         // is alive, noted by the caller.
-        Some(Ok(Received::Control)) => return None,
-        Some(Err(error)) => return Some(protocol_error(shared, &error)),
+        Some(Ok(Received::Control)) => return Step::Done(None),
+        Some(Err(error)) => return Step::Done(Some(protocol_error(shared, &error))),
     };
     add(&shared.metrics.messages_received, 1);
     add(&shared.metrics.bytes_received, data.len() as u64);
     match rate.check(now) {
-        Verdict::Accept => dispatch(shared, connection, sign_in, data).await,
+        Verdict::Accept => return dispatch(shared, connection, sign_in, data),
         Verdict::Refuse => refuse_for_rate(shared, connection, &data),
         Verdict::Close => {
             refuse_for_rate(shared, connection, &data);
             add(&shared.metrics.rate_limit_closes, 1);
-            return Some(End::Close(1008, "message rate limit exceeded"));
+            return Step::Done(Some(End::Close(1008, "message rate limit exceeded")));
         }
     }
+    Step::Done(overflowed(connection))
+}
+
+/// Ends the connection when the message just handled overflowed its own outbox.
+fn overflowed(connection: &Connection) -> Option<End> {
     connection
         .outbox()
         .is_overflowed()
@@ -446,8 +468,14 @@ fn protocol_error(shared: &Shared, error: &ReadError) -> End {
 
 /// Parses one received message and runs it through the chain, answering every outcome that is
 /// not a success the client can see: malformed (400/413), refused by a filter or processor,
-/// unknown command (404), and, for a message with a `request-id`, success (`ok`).
-async fn dispatch(shared: &Shared, connection: &mut Connection, sign_in: &mut SignIn, data: Bytes) {
+/// unknown command (404), and, for a message with a `request-id`, success (`ok`). Stops before
+/// a processor, which may wait: the caller runs it with [`process`].
+fn dispatch<'c, 's>(
+    shared: &'s Shared,
+    connection: &'c mut Connection,
+    sign_in: &mut SignIn,
+    data: Bytes,
+) -> Step<'c, 's> {
     // A cheap reference-counted copy, to look for a request-id if parsing fails.
     let data_copy = data.clone();
     let message = match Message::parse_with(data, &shared.parser_limits) {
@@ -455,7 +483,7 @@ async fn dispatch(shared: &Shared, connection: &mut Connection, sign_in: &mut Si
         Err(error) => {
             let request_id = salvage_request_id(&data_copy);
             connection.send_rejection(&Rejection::from(error), request_id.as_ref());
-            return;
+            return Step::Done(overflowed(connection));
         }
     };
     // `auth` is answered here, before any filter, so no filter or processor sees the token.
@@ -469,7 +497,7 @@ async fn dispatch(shared: &Shared, connection: &mut Connection, sign_in: &mut Si
             }
             Err(rejection) => connection.send_rejection(&rejection, request_id.as_ref()),
         }
-        return;
+        return Step::Done(overflowed(connection));
     }
     if sign_in.required_by.is_some() {
         let request_id = message.headers().get_text(names::REQUEST_ID).cloned();
@@ -478,10 +506,32 @@ async fn dispatch(shared: &Shared, connection: &mut Connection, sign_in: &mut Si
             "authentication required: send auth with a token header first",
         );
         connection.send_rejection(&rejection, request_id.as_ref());
-        return;
+        return Step::Done(overflowed(connection));
     }
     let mut ctx = Context::new(connection, message);
-    let outcome = run_chain(shared, &mut ctx).await;
+    if let Err(rejection) = run_before(shared, &mut ctx) {
+        return Step::Done(answer(&ctx, Err(rejection)));
+    }
+    if let Some(processor) = shared.processors.get(ctx.message().command()) {
+        return Step::Process(ctx, processor.as_ref());
+    }
+    let outcome = run_after(shared, &mut ctx);
+    Step::Done(answer(&ctx, outcome))
+}
+
+/// The rest of the chain for a message that has a processor: the processor, then the
+/// after-filters; `Some` when the connection must end.
+async fn process(shared: &Shared, mut ctx: Context<'_>, processor: &dyn Processor) -> Option<End> {
+    ctx.set_handled();
+    let outcome = match processor.on_message(&mut ctx).await {
+        Ok(()) => run_after(shared, &mut ctx),
+        Err(rejection) => Err(rejection),
+    };
+    answer(&ctx, outcome)
+}
+
+/// Answers the outcome of the chain (see [`dispatch`]); `Some` when the connection must end.
+fn answer(ctx: &Context<'_>, outcome: Result<(), Rejection>) -> Option<End> {
     let request_id = ctx.request_id_text().cloned();
     let outcome = match outcome {
         Ok(()) if !ctx.is_handled() => Err(Rejection::not_found(
@@ -499,6 +549,7 @@ async fn dispatch(shared: &Shared, connection: &mut Connection, sign_in: &mut Si
             }
         }
     }
+    overflowed(ctx.connection())
 }
 
 /// The command that authenticates a connection or refreshes its token.
@@ -558,19 +609,22 @@ fn salvage_request_id(data: &Bytes) -> Option<lhttp_proto::Text> {
         })
 }
 
-/// Before-filters in order, the processor, after-filters in reverse order.
-async fn run_chain(shared: &Shared, ctx: &mut Context<'_>) -> Result<(), Rejection> {
-    for filter in &shared.filters {
-        filter.before(ctx)?;
-    }
-    if let Some(processor) = shared.processors.get(ctx.message().command()) {
-        ctx.set_handled();
-        processor.on_message(ctx).await?;
-    }
-    for filter in shared.filters.iter().rev() {
-        filter.after(ctx)?;
-    }
-    Ok(())
+/// The chain is the before-filters in order, the processor, the after-filters in reverse
+/// order. This is its first part.
+fn run_before(shared: &Shared, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+    shared
+        .filters
+        .iter()
+        .try_for_each(|filter| filter.before(ctx))
+}
+
+/// The last part of the chain (see [`run_before`]).
+fn run_after(shared: &Shared, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+    shared
+        .filters
+        .iter()
+        .rev()
+        .try_for_each(|filter| filter.after(ctx))
 }
 
 /// The answer to a successful message that carried a `request-id` and got no other reply.
