@@ -246,6 +246,19 @@ pub(crate) enum WriterEnd {
 /// burst does not leave an idle connection holding a big buffer.
 const IDLE_CAPACITY: usize = 64;
 
+/// Makes room in the socket's write buffer for what the writer will feed it from `batch`
+/// (at most one write's worth) in one allocation, rather than doubling towards it frame by
+/// frame: an idle connection's buffer is given back, so every burst starts from nothing.
+fn reserve_for<S>(socket: &mut WebSocket<S>, batch: &VecDeque<WsMessage>) {
+    // 10 bytes: the largest header of a frame the server sends (unmasked).
+    let bytes = batch
+        .iter()
+        .take(MAX_BATCH)
+        .map(|frame| frame.len() + 10)
+        .sum::<usize>();
+    socket.reserve(bytes.min(WRITE_CHUNK + 10));
+}
+
 impl OutboxReceiver {
     /// Takes everything queued without writing it anywhere; returns how many messages.
     #[doc(hidden)]
@@ -341,6 +354,7 @@ impl Writer {
             {
                 if self.batch.is_empty() {
                     self.take_queued();
+                    reserve_for(socket, &self.batch);
                 }
                 let Some(message) = self.batch.pop_front() else {
                     break;
@@ -353,7 +367,10 @@ impl Writer {
             if self.fed.messages == 0 && self.batch.is_empty() {
                 let written = std::mem::take(&mut self.written);
                 match self.receiver.poll_wait(&mut self.batch, written, cx) {
-                    Poll::Ready(None) => continue,
+                    Poll::Ready(None) => {
+                        reserve_for(socket, &self.batch);
+                        continue;
+                    }
                     Poll::Ready(Some(end)) => return Poll::Ready(end),
                     Poll::Pending => {}
                 }

@@ -236,7 +236,13 @@ fn message(text: bool, payload: Vec<u8>) -> Result<Incoming, Violation> {
     if text && std::str::from_utf8(&payload).is_err() {
         return Err(Violation::InvalidUtf8);
     }
-    Ok(Incoming::Data(Bytes::from(payload)))
+    if payload.is_empty() {
+        return Ok(Incoming::Data(Bytes::new()));
+    }
+    // Parsing takes views of the payload at once. Owned from the start, it has its reference
+    // count from the start; from a plain `Vec`, the first view would have to promote it (an
+    // allocation and a compare-and-swap in the middle of parsing).
+    Ok(Incoming::Data(Bytes::from_owner(payload)))
 }
 
 /// A close frame's status code, checked with its reason (section 7.4).

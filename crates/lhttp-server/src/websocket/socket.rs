@@ -118,6 +118,11 @@ impl<S> WebSocket<S> {
         frame.encode(&mut self.write);
     }
 
+    /// Makes room for `additional` more bytes of frames.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.write.reserve(additional);
+    }
+
     /// Gives back the write buffer if everything in it was written: the writer has nothing more
     /// for now, and an idle connection should hold no buffer.
     pub(crate) fn release_write_buffer(&mut self) {
