@@ -417,9 +417,24 @@ fn receive<'c, 's>(
     let data = match next {
         None => return Step::Done(Some(End::Peer)),
         Some(Ok(Received::Message(data))) => data,
-        // Pings were answered by the WebSocket layer; all that matters here is that the client
-        // is alive, noted by the caller.
-        Some(Ok(Received::Control)) => return Step::Done(None),
+        // Pings were answered by the WebSocket layer; the client is alive (noted by the
+        // caller). A ping or pong takes a token like a message, so that a flood of them meets
+        // the rate limit too: over the rate there is nothing to answer 429 to, but it counts
+        // towards closing the connection.
+        Some(Ok(Received::Control)) => {
+            return Step::Done(match rate.check(now) {
+                Verdict::Accept => None,
+                Verdict::Refuse => {
+                    add(&shared.metrics.rate_limited, 1);
+                    None
+                }
+                Verdict::Close => {
+                    add(&shared.metrics.rate_limited, 1);
+                    add(&shared.metrics.rate_limit_closes, 1);
+                    Some(End::Close(1008, "message rate limit exceeded"))
+                }
+            });
+        }
         Some(Err(error)) => return Step::Done(Some(protocol_error(shared, &error))),
     };
     add(&shared.metrics.messages_received, 1);

@@ -75,6 +75,39 @@ async fn messages_over_the_rate_get_429_and_are_not_processed() {
     assert_eq!(server.handle.connection_count(), 2);
 }
 
+/// Pings take tokens too: a client flooding them (no message at all) is closed with 1008 like
+/// a message flooder, without a 429 for any of them (a ping has nothing to answer to).
+#[tokio::test]
+async fn a_ping_flood_meets_the_rate_limit() {
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.limits.messages_per_second = 1;
+        c.limits.message_burst = 1;
+        c.limits.rate_limit_close_after = 20;
+        c.limits.rate_limit_window_ms = 60_000;
+    })))
+    .await;
+    let mut flooder = server.client().await;
+    for _ in 0..100 {
+        let ping = tokio_tungstenite::tungstenite::Message::Ping(b"x".to_vec().into());
+        if futures_util::SinkExt::send(&mut flooder.ws, ping)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    match flooder.event().await {
+        Event::Close(Some(frame)) => assert_eq!(
+            (u16::from(frame.code), frame.reason.as_str()),
+            (1008, "message rate limit exceeded")
+        ),
+        other => panic!("expected the rate limit's close, got {other:?}"),
+    }
+    let metrics = server.get("/metrics").await.1;
+    assert_eq!(metric(&metrics, "lhttp_rate_limit_closes_total"), 1);
+    assert!(metric(&metrics, "lhttp_rate_limited_messages_total") >= 20);
+}
+
 /// A client that keeps sending whatever the 429 answers say is closed with 1008; the other
 /// clients do not notice.
 #[tokio::test]
