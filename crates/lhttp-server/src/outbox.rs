@@ -246,10 +246,14 @@ pub(crate) enum WriterEnd {
 /// burst does not leave an idle connection holding a big buffer.
 const IDLE_CAPACITY: usize = 64;
 
-/// Makes room in the socket's write buffer for what the writer will feed it from `batch`
-/// (at most one write's worth) in one allocation, rather than doubling towards it frame by
-/// frame: an idle connection's buffer is given back, so every burst starts from nothing.
+/// Makes room in an empty write buffer for what the writer will feed it from `batch` (at most
+/// one write's worth) in one allocation, rather than doubling towards it frame by frame: an
+/// idle connection's buffer is given back, so every burst starts from nothing. A buffer that
+/// still holds bytes grows as usual: reserving there would move those bytes for nothing.
 fn reserve_for<S>(socket: &mut WebSocket<S>, batch: &VecDeque<WsMessage>) {
+    if socket.unwritten() > 0 {
+        return;
+    }
     // 10 bytes: the largest header of a frame the server sends (unmasked).
     let bytes = batch
         .iter()
