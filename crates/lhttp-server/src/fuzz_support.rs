@@ -73,7 +73,7 @@ fn check(item: &Incoming, max_message: usize) {
     match item {
         Incoming::Data(message) => assert!(message.len() <= max_message, "{}", message.len()),
         Incoming::Ping(payload) => assert!(payload.len() <= MAX_CONTROL_PAYLOAD),
-        Incoming::Pong | Incoming::Close(None) => {}
+        Incoming::Pong | Incoming::Close(None) | Incoming::Fragment => {}
         // Section 7.4: registered codes a client may send, and the private range.
         Incoming::Close(Some(code)) => assert!(
             matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999),

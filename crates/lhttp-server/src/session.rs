@@ -418,9 +418,9 @@ fn receive<'c, 's>(
         None => return Step::Done(Some(End::Peer)),
         Some(Ok(Received::Message(data))) => data,
         // Pings were answered by the WebSocket layer; the client is alive (noted by the
-        // caller). A ping or pong takes a token like a message, so that a flood of them meets
-        // the rate limit too: over the rate there is nothing to answer 429 to, but it counts
-        // towards closing the connection.
+        // caller). A ping, a pong or a fragment takes a token like a message, so that a flood
+        // of them meets the rate limit too: over the rate there is nothing to answer 429 to,
+        // but it counts towards closing the connection.
         Some(Ok(Received::Control)) => {
             return Step::Done(match rate.check(now) {
                 Verdict::Accept => None,

@@ -108,6 +108,45 @@ async fn a_ping_flood_meets_the_rate_limit() {
     assert!(metric(&metrics, "lhttp_rate_limited_messages_total") >= 20);
 }
 
+/// So do fragments: a message that never ends, sent as empty continuation frames for ever,
+/// grows nothing, so no size limit stops it; the rate limit does, one token per frame.
+#[tokio::test]
+async fn endless_empty_fragments_meet_the_rate_limit() {
+    use tokio_tungstenite::tungstenite::{
+        Message as Frame,
+        protocol::frame::{
+            Frame as RawFrame,
+            coding::{Data, OpCode},
+        },
+    };
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.limits.messages_per_second = 1;
+        c.limits.message_burst = 1;
+        c.limits.rate_limit_close_after = 20;
+        c.limits.rate_limit_window_ms = 60_000;
+    })))
+    .await;
+    let mut flooder = server.client().await;
+    let fragment = |kind| Frame::Frame(RawFrame::message(Vec::new(), OpCode::Data(kind), false));
+    let mut frames = vec![fragment(Data::Text)];
+    frames.extend((0..100).map(|_| fragment(Data::Continue)));
+    for frame in frames {
+        if futures_util::SinkExt::send(&mut flooder.ws, frame)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    match flooder.event().await {
+        Event::Close(Some(frame)) => assert_eq!(
+            (u16::from(frame.code), frame.reason.as_str()),
+            (1008, "message rate limit exceeded")
+        ),
+        other => panic!("expected the rate limit's close, got {other:?}"),
+    }
+}
+
 /// A client that keeps sending whatever the 429 answers say is closed with 1008; the other
 /// clients do not notice.
 #[tokio::test]

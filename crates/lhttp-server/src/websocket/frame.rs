@@ -31,6 +31,10 @@ pub(crate) enum Incoming {
     Pong,
     /// A close frame, with its status code if it had one.
     Close(Option<u16>),
+    /// A frame of a message that is not complete yet (its payload is kept by the decoder).
+    /// Nothing to hand on, but a frame all the same: the rate limit counts it, or a client could
+    /// send empty fragments for ever at the cost of none.
+    Fragment,
 }
 
 /// Why a client's bytes are not a WebSocket stream the server will go on reading: the
@@ -98,30 +102,22 @@ impl Decoder {
         self.max_message
     }
 
-    /// Decodes from the front of `buf`: the first whole message or control frame, and how many
-    /// bytes of `buf` were used. Frames that only continue a fragmented message are used up
-    /// too (their payload is kept here), so the count can be non-zero with no item. With no
-    /// item, the bytes after the count are an incomplete frame: decode again once more arrived.
+    /// Decodes the frame at the front of `buf`: what it brings (a whole message, a control
+    /// frame, or a fragment of a message still incomplete) and how many bytes of `buf` it used.
+    /// With no item, `buf` holds no whole frame: decode again once more arrived.
     pub(crate) fn decode(&mut self, buf: &[u8]) -> Result<(Option<Incoming>, usize), Violation> {
-        let mut used = 0;
-        loop {
-            let rest = &buf[used..];
-            let Some(header) = self.header(rest)? else {
-                return Ok((None, used));
-            };
-            let end = header
-                .len
-                .checked_add(header.payload_len)
-                .ok_or(Violation::TooBig(self.max_message))?;
-            if rest.len() < end {
-                return Ok((None, used));
-            }
-            let payload = &rest[header.len..end];
-            used += end;
-            if let Some(item) = self.frame(&header, payload)? {
-                return Ok((Some(item), used));
-            }
+        let Some(header) = self.header(buf)? else {
+            return Ok((None, 0));
+        };
+        let end = header
+            .len
+            .checked_add(header.payload_len)
+            .ok_or(Violation::TooBig(self.max_message))?;
+        if buf.len() < end {
+            return Ok((None, 0));
         }
+        let item = self.frame(&header, &buf[header.len..end])?;
+        Ok((Some(item), end))
     }
 
     /// The header at the front of `buf`, checked against everything it alone can break.
@@ -198,13 +194,11 @@ impl Decoder {
     }
 
     /// Handles one whole frame whose header passed [`Decoder::header`].
-    fn frame(&mut self, header: &Header, masked: &[u8]) -> Result<Option<Incoming>, Violation> {
+    fn frame(&mut self, header: &Header, masked: &[u8]) -> Result<Incoming, Violation> {
         match header.opcode {
-            opcode::PING => Ok(Some(Incoming::Ping(Bytes::from(unmasked(masked, header))))),
-            opcode::PONG => Ok(Some(Incoming::Pong)),
-            opcode::CLOSE => {
-                close(&unmasked(masked, header)).map(|code| Some(Incoming::Close(code)))
-            }
+            opcode::PING => Ok(Incoming::Ping(Bytes::from(unmasked(masked, header)))),
+            opcode::PONG => Ok(Incoming::Pong),
+            opcode::CLOSE => close(&unmasked(masked, header)).map(Incoming::Close),
             opcode::CONTINUATION => {
                 let mut fragments = self.fragments.take().ok_or(Violation::Protocol(
                     "continuation frame with nothing to continue",
@@ -214,18 +208,18 @@ impl Decoder {
                 unmask(&mut fragments.payload[start..], header.mask);
                 if !header.fin {
                     self.fragments = Some(fragments);
-                    return Ok(None);
+                    return Ok(Incoming::Fragment);
                 }
-                message(fragments.text, fragments.payload).map(Some)
+                message(fragments.text, fragments.payload)
             }
             text_or_binary => {
                 let text = text_or_binary == opcode::TEXT;
                 let payload = unmasked(masked, header);
                 if header.fin {
-                    return message(text, payload).map(Some);
+                    return message(text, payload);
                 }
                 self.fragments = Some(Fragments { text, payload });
-                Ok(None)
+                Ok(Incoming::Fragment)
             }
         }
     }

@@ -42,7 +42,8 @@ thread_local! {
 pub(crate) enum Received {
     /// A whole text or binary message.
     Message(Bytes),
-    /// A ping (already answered) or a pong: the client is alive.
+    /// A ping (already answered), a pong, or a fragment of a message not complete yet: the
+    /// client is alive.
     Control,
 }
 
@@ -245,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     ) -> Poll<Option<Result<Received, ReadError>>> {
         match item {
             Incoming::Data(data) => Poll::Ready(Some(Ok(Received::Message(data)))),
-            Incoming::Pong => Poll::Ready(Some(Ok(Received::Control))),
+            Incoming::Pong | Incoming::Fragment => Poll::Ready(Some(Ok(Received::Control))),
             Incoming::Ping(payload) => {
                 // A client that pings and does not read gets no more pongs once this many
                 // bytes wait (RFC 6455 lets a pong answer only the latest ping): its pings

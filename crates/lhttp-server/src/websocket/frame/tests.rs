@@ -173,7 +173,10 @@ fn session() -> Vec<(Vec<u8>, Option<Incoming>)> {
             Some(ping("are you there")),
         ),
         (frame(true, opcode::BINARY, &binary), Some(data(&binary))),
-        (frame(false, opcode::TEXT, "frag".as_bytes()), None),
+        (
+            frame(false, opcode::TEXT, "frag".as_bytes()),
+            Some(Incoming::Fragment),
+        ),
         (frame(true, opcode::PONG, b"p"), Some(Incoming::Pong)),
         (
             frame(true, opcode::CONTINUATION, "mënted".as_bytes()),
@@ -211,7 +214,7 @@ fn every_prefix_of_a_stream_yields_only_its_complete_frames() {
         }
         let (items, end) = feed(&mut Decoder::new(MAX), [&stream[..k]]);
         assert_eq!(items, expected, "first {k} bytes");
-        // A frame that only continues a message is used up even though it yields nothing.
+        // Every whole frame is used up, a fragment of a message included.
         assert_eq!(end, Ok(k - complete), "first {k} bytes");
     }
 }
@@ -286,6 +289,9 @@ impl Sent {
                 &self.payload[start..end],
                 self.mask,
             ));
+            if !last {
+                expected.push(Incoming::Fragment);
+            }
             if self.ping_between && !last {
                 out.extend(masked_frame(true, opcode::PING, &[i as u8], self.mask));
                 expected.push(ping([i as u8]));
@@ -351,6 +357,7 @@ fn text_in_one_to_eight_fragments_with_pings_and_pongs_between_reassembles() {
             if last {
                 break;
             }
+            expected.push(Incoming::Fragment);
             if i % 2 == 0 {
                 wire.extend(tungstenite_client(Frame::ping(vec![i as u8; i]), mask));
                 expected.push(ping(vec![i as u8; i]));
@@ -371,7 +378,11 @@ fn a_character_cut_between_two_fragments_is_accepted() {
     for at in 0..=bytes.len() {
         let mut wire = frame(false, opcode::TEXT, &bytes[..at]);
         wire.extend(frame(true, opcode::CONTINUATION, &bytes[at..]));
-        assert_eq!(decode_all(&wire), [data(text)], "cut at {at}");
+        assert_eq!(
+            decode_all(&wire),
+            [Incoming::Fragment, data(text)],
+            "cut at {at}"
+        );
     }
 }
 
@@ -501,7 +512,7 @@ fn fragments_over_the_limit_are_1009_when_the_fragment_crossing_it_starts() {
     wire.extend(frame(true, opcode::CONTINUATION, b"ghij"));
     assert_eq!(
         feed(&mut Decoder::new(10), [&wire[..]]),
-        (vec![data("abcdefghij")], Ok(0))
+        (vec![Incoming::Fragment, data("abcdefghij")], Ok(0))
     );
 }
 
