@@ -75,34 +75,49 @@ async fn messages_over_the_rate_get_429_and_are_not_processed() {
     assert_eq!(server.handle.connection_count(), 2);
 }
 
-/// Pings take tokens too: a client flooding them (no message at all) is closed with 1008 like
-/// a message flooder, without a 429 for any of them (a ping has nothing to answer to).
-#[tokio::test]
-async fn a_ping_flood_meets_the_rate_limit() {
-    let server = start_with(Server::builder(config(|c: &mut Config| {
+/// A server allowing one message a second, closing a connection after 20 refusals.
+async fn strict_rate_server() -> TestServer {
+    start_with(Server::builder(config(|c: &mut Config| {
         c.limits.messages_per_second = 1;
         c.limits.message_burst = 1;
         c.limits.rate_limit_close_after = 20;
         c.limits.rate_limit_window_ms = 60_000;
     })))
-    .await;
-    let mut flooder = server.client().await;
-    for _ in 0..100 {
-        let ping = tokio_tungstenite::tungstenite::Message::Ping(b"x".to_vec().into());
-        if futures_util::SinkExt::send(&mut flooder.ws, ping)
+    .await
+}
+
+/// Sends `frames` as fast as the connection takes them (until the server closes it), then
+/// expects the rate limit's close with nothing before it: none of these frames is a message,
+/// so none has a 429 to answer.
+async fn flood_until_closed(
+    client: &mut Client,
+    frames: impl IntoIterator<Item = tokio_tungstenite::tungstenite::Message>,
+) {
+    for frame in frames {
+        if futures_util::SinkExt::send(&mut client.ws, frame)
             .await
             .is_err()
         {
             break;
         }
     }
-    match flooder.event().await {
+    match client.event().await {
         Event::Close(Some(frame)) => assert_eq!(
             (u16::from(frame.code), frame.reason.as_str()),
             (1008, "message rate limit exceeded")
         ),
         other => panic!("expected the rate limit's close, got {other:?}"),
     }
+}
+
+/// Pings take tokens too: a client flooding them (no message at all) is closed with 1008 like
+/// a message flooder, without a 429 for any of them (a ping has nothing to answer to).
+#[tokio::test]
+async fn a_ping_flood_meets_the_rate_limit() {
+    let server = strict_rate_server().await;
+    let mut flooder = server.client().await;
+    let ping = || tokio_tungstenite::tungstenite::Message::Ping(b"x".to_vec().into());
+    flood_until_closed(&mut flooder, (0..100).map(|_| ping())).await;
     let metrics = server.get("/metrics").await.1;
     assert_eq!(metric(&metrics, "lhttp_rate_limit_closes_total"), 1);
     assert!(metric(&metrics, "lhttp_rate_limited_messages_total") >= 20);
@@ -119,45 +134,22 @@ async fn endless_empty_fragments_meet_the_rate_limit() {
             coding::{Data, OpCode},
         },
     };
-    let server = start_with(Server::builder(config(|c: &mut Config| {
-        c.limits.messages_per_second = 1;
-        c.limits.message_burst = 1;
-        c.limits.rate_limit_close_after = 20;
-        c.limits.rate_limit_window_ms = 60_000;
-    })))
-    .await;
+    let server = strict_rate_server().await;
     let mut flooder = server.client().await;
     let fragment = |kind| Frame::Frame(RawFrame::message(Vec::new(), OpCode::Data(kind), false));
-    let mut frames = vec![fragment(Data::Text)];
-    frames.extend((0..100).map(|_| fragment(Data::Continue)));
-    for frame in frames {
-        if futures_util::SinkExt::send(&mut flooder.ws, frame)
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    match flooder.event().await {
-        Event::Close(Some(frame)) => assert_eq!(
-            (u16::from(frame.code), frame.reason.as_str()),
-            (1008, "message rate limit exceeded")
-        ),
-        other => panic!("expected the rate limit's close, got {other:?}"),
-    }
+    let continued = (0..100).map(|_| fragment(Data::Continue));
+    flood_until_closed(
+        &mut flooder,
+        std::iter::once(fragment(Data::Text)).chain(continued),
+    )
+    .await;
 }
 
 /// A client that keeps sending whatever the 429 answers say is closed with 1008; the other
 /// clients do not notice.
 #[tokio::test]
 async fn persistent_flooding_closes_the_connection_with_1008() {
-    let server = start_with(Server::builder(config(|c: &mut Config| {
-        c.limits.messages_per_second = 1;
-        c.limits.message_burst = 1;
-        c.limits.rate_limit_close_after = 20;
-        c.limits.rate_limit_window_ms = 60_000;
-    })))
-    .await;
+    let server = strict_rate_server().await;
     let mut other = server.client().await;
     other.subscribe("calm").await;
     let mut flooder = server.client().await;
