@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::{Metrics, add},
-    websocket::{Outgoing, WebSocket},
+    websocket::{MAX_SERVER_HEADER, Outgoing, WebSocket},
 };
 
 /// A WebSocket frame as the writer sends it.
@@ -246,21 +246,20 @@ pub(crate) enum WriterEnd {
 /// burst does not leave an idle connection holding a big buffer.
 const IDLE_CAPACITY: usize = 64;
 
-/// Makes room in an empty write buffer for what the writer will feed it from `batch` (at most
-/// one write's worth) in one allocation, rather than doubling towards it frame by frame: an
+/// Makes room in an empty write buffer, when a batch was just taken from the queue, for what
+/// the writer will feed it from `batch` (at most one write's worth) in one allocation, rather than doubling towards it frame by frame: an
 /// idle connection's buffer is given back, so every burst starts from nothing. A buffer that
 /// still holds bytes grows as usual: reserving there would move those bytes for nothing.
 fn reserve_for<S>(socket: &mut WebSocket<S>, batch: &VecDeque<WsMessage>) {
     if socket.unwritten() > 0 {
         return;
     }
-    // 10 bytes: the largest header of a frame the server sends (unmasked).
     let bytes = batch
         .iter()
         .take(MAX_BATCH)
-        .map(|frame| frame.len() + 10)
+        .map(|frame| frame.len() + MAX_SERVER_HEADER)
         .sum::<usize>();
-    socket.reserve(bytes.min(WRITE_CHUNK + 10));
+    socket.reserve(bytes.min(WRITE_CHUNK + MAX_SERVER_HEADER));
 }
 
 impl OutboxReceiver {

@@ -348,15 +348,17 @@ async fn read_loop(
             };
             // Most messages need no processor and are handled by plain calls; only one that
             // does builds the (large) future of the chain around it.
-            let end = match receive(shared, connection, sign_in, &mut rate, now, item) {
-                Step::Done(end) => end,
+            match receive(shared, connection, sign_in, &mut rate, now, item) {
+                Step::Done(Some(end)) => return end,
+                Step::Done(None) => {}
                 Step::Process(ctx, processor) => {
                     let processing = std::pin::pin!(process(shared, ctx, processor));
-                    while_writing(socket, writer, metrics, processing).await
+                    while_writing(socket, writer, metrics, processing).await;
                 }
-            };
-            if let Some(end) = end {
-                return end;
+            }
+            // Answers to this very connection (an error, a reply) may have overflowed it.
+            if connection.outbox().is_overflowed() {
+                return End::SlowConsumer;
             }
             since_yield += 1;
         }
@@ -416,54 +418,36 @@ fn receive<'c, 's>(
 ) -> Step<'c, 's> {
     let data = match next {
         None => return Step::Done(Some(End::Peer)),
-        Some(Ok(Received::Message(data))) => data,
-        // Pings were answered by the WebSocket layer; the client is alive (noted by the
-        // caller). A ping, a pong or a fragment takes a token like a message, so that a flood
-        // of them meets the rate limit too: over the rate there is nothing to answer 429 to,
-        // but it counts towards closing the connection.
-        Some(Ok(Received::Control)) => {
-            return Step::Done(match rate.check(now) {
-                Verdict::Accept => None,
-                Verdict::Refuse => {
-                    add(&shared.metrics.rate_limited, 1);
-                    None
-                }
-                Verdict::Close => {
-                    add(&shared.metrics.rate_limited, 1);
-                    add(&shared.metrics.rate_limit_closes, 1);
-                    Some(End::Close(1008, "message rate limit exceeded"))
-                }
-            });
+        Some(Ok(Received::Message(data))) => {
+            add(&shared.metrics.messages_received, 1);
+            add(&shared.metrics.bytes_received, data.len() as u64);
+            Some(data)
         }
+        // A ping (answered by the WebSocket layer), a pong or a fragment: the client is alive,
+        // noted by the caller.
+        Some(Ok(Received::Control)) => None,
         Some(Err(error)) => return Step::Done(Some(protocol_error(shared, &error))),
     };
-    add(&shared.metrics.messages_received, 1);
-    add(&shared.metrics.bytes_received, data.len() as u64);
-    match rate.check(now) {
-        Verdict::Accept => return dispatch(shared, connection, sign_in, data),
-        Verdict::Refuse => refuse_for_rate(shared, connection, &data),
-        Verdict::Close => {
-            refuse_for_rate(shared, connection, &data);
+    // Every frame takes a token, not only messages: floods of pings or of empty fragments
+    // meet the limit too. Over the rate, a message is answered 429 unread; a control frame has
+    // nothing to answer, but counts towards closing the connection all the same.
+    let verdict = rate.check(now);
+    if verdict != Verdict::Accept {
+        add(&shared.metrics.rate_limited, 1);
+        if let Some(data) = &data {
+            let rejection = Rejection::limited("message rate limit exceeded: slow down");
+            connection.send_rejection(&rejection, salvage_request_id(data).as_ref());
+        }
+        if verdict == Verdict::Close {
             add(&shared.metrics.rate_limit_closes, 1);
             return Step::Done(Some(End::Close(1008, "message rate limit exceeded")));
         }
+        return Step::Done(None);
     }
-    Step::Done(overflowed(connection))
-}
-
-/// Ends the connection when the message just handled overflowed its own outbox.
-fn overflowed(connection: &Connection) -> Option<End> {
-    connection
-        .outbox()
-        .is_overflowed()
-        .then_some(End::SlowConsumer)
-}
-
-/// Answers a message over the connection's rate with 429, without parsing or processing it.
-fn refuse_for_rate(shared: &Shared, connection: &Connection, data: &Bytes) {
-    add(&shared.metrics.rate_limited, 1);
-    let rejection = Rejection::limited("message rate limit exceeded: slow down");
-    connection.send_rejection(&rejection, salvage_request_id(data).as_ref());
+    match data {
+        Some(data) => dispatch(shared, connection, sign_in, data),
+        None => Step::Done(None),
+    }
 }
 
 /// Maps a WebSocket-level error to the close the client gets.
@@ -498,7 +482,7 @@ fn dispatch<'c, 's>(
         Err(error) => {
             let request_id = salvage_request_id(&data_copy);
             connection.send_rejection(&Rejection::from(error), request_id.as_ref());
-            return Step::Done(overflowed(connection));
+            return Step::Done(None);
         }
     };
     // `auth` is answered here, before any filter, so no filter or processor sees the token.
@@ -512,7 +496,7 @@ fn dispatch<'c, 's>(
             }
             Err(rejection) => connection.send_rejection(&rejection, request_id.as_ref()),
         }
-        return Step::Done(overflowed(connection));
+        return Step::Done(None);
     }
     if sign_in.required_by.is_some() {
         let request_id = message.headers().get_text(names::REQUEST_ID).cloned();
@@ -521,32 +505,34 @@ fn dispatch<'c, 's>(
             "authentication required: send auth with a token header first",
         );
         connection.send_rejection(&rejection, request_id.as_ref());
-        return Step::Done(overflowed(connection));
+        return Step::Done(None);
     }
     let mut ctx = Context::new(connection, message);
     if let Err(rejection) = run_before(shared, &mut ctx) {
-        return Step::Done(answer(&ctx, Err(rejection)));
+        answer(&ctx, Err(rejection));
+        return Step::Done(None);
     }
     if let Some(processor) = shared.processors.get(ctx.message().command()) {
         return Step::Process(ctx, processor.as_ref());
     }
     let outcome = run_after(shared, &mut ctx);
-    Step::Done(answer(&ctx, outcome))
+    answer(&ctx, outcome);
+    Step::Done(None)
 }
 
 /// The rest of the chain for a message that has a processor: the processor, then the
-/// after-filters; `Some` when the connection must end.
-async fn process(shared: &Shared, mut ctx: Context<'_>, processor: &dyn Processor) -> Option<End> {
+/// after-filters.
+async fn process(shared: &Shared, mut ctx: Context<'_>, processor: &dyn Processor) {
     ctx.set_handled();
     let outcome = match processor.on_message(&mut ctx).await {
         Ok(()) => run_after(shared, &mut ctx),
         Err(rejection) => Err(rejection),
     };
-    answer(&ctx, outcome)
+    answer(&ctx, outcome);
 }
 
-/// Answers the outcome of the chain (see [`dispatch`]); `Some` when the connection must end.
-fn answer(ctx: &Context<'_>, outcome: Result<(), Rejection>) -> Option<End> {
+/// Answers the outcome of the chain (see [`dispatch`]).
+fn answer(ctx: &Context<'_>, outcome: Result<(), Rejection>) {
     let request_id = ctx.request_id_text().cloned();
     let outcome = match outcome {
         Ok(()) if !ctx.is_handled() => Err(Rejection::not_found(
@@ -564,7 +550,6 @@ fn answer(ctx: &Context<'_>, outcome: Result<(), Rejection>) -> Option<End> {
             }
         }
     }
-    overflowed(ctx.connection())
 }
 
 /// The command that authenticates a connection or refreshes its token.

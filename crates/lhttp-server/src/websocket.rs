@@ -12,5 +12,5 @@
 pub(crate) mod frame;
 pub(crate) mod socket;
 
-pub(crate) use frame::Outgoing;
+pub(crate) use frame::{MAX_SERVER_HEADER, Outgoing};
 pub(crate) use socket::{ReadError, Received, WebSocket};

@@ -19,6 +19,9 @@ mod opcode {
 /// Largest payload of a control frame.
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
+/// Largest header of a frame the server sends: 2 bytes and a 64-bit length, no mask.
+pub(crate) const MAX_SERVER_HEADER: usize = 10;
+
 /// What a client's frames decoded to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Incoming {
@@ -70,7 +73,8 @@ struct Fragments {
     payload: Vec<u8>,
 }
 
-/// Reads client frames off the front of a byte buffer, one whole message at a time.
+/// Reads client frames off the front of a byte buffer, one frame at a time, reassembling
+/// fragmented messages.
 #[derive(Debug)]
 pub(crate) struct Decoder {
     max_message: usize,
@@ -334,7 +338,7 @@ impl Outgoing {
 /// Appends one final, unmasked frame whose payload is `parts` one after another.
 fn encode(out: &mut Vec<u8>, opcode: u8, parts: &[&[u8]]) {
     let len: usize = parts.iter().map(|part| part.len()).sum();
-    out.reserve(10 + len);
+    out.reserve(MAX_SERVER_HEADER + len);
     out.push(0x80 | opcode);
     if len <= 125 {
         out.push(len as u8);
