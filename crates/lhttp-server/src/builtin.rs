@@ -349,6 +349,14 @@ fn ack_ids(ctx: &Context<'_>) -> Result<Vec<u64>, Rejection> {
     Ok(ids)
 }
 
+/// The reply address a message hands on: its `reply-to` names a reply address (one the sender
+/// was given with a request), so the message forwards that request rather than starting one.
+fn forwarded(message: &Message) -> Option<&str> {
+    message
+        .header(names::REPLY_TO)
+        .filter(|address| request::is_reply_address(address))
+}
+
 /// A request must say where it goes and how its answer is matched.
 fn check_request(ctx: &Context<'_>) -> Result<(), Rejection> {
     let message = ctx.message();
@@ -356,6 +364,10 @@ fn check_request(ctx: &Context<'_>) -> Result<(), Rejection> {
         return Err(Rejection::bad_request(
             "a request (reply-to) needs a publish header",
         ));
+    }
+    if forwarded(message).is_some() {
+        // The original request has its id, timeout and requester already.
+        return Ok(());
     }
     if ctx.request_id().is_none() {
         return Err(Rejection::bad_request(
@@ -373,6 +385,9 @@ fn check_request(ctx: &Context<'_>) -> Result<(), Rejection> {
 /// inbox, and the request then gets exactly one terminal answer (see [`crate::request`]).
 fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
     check_request(ctx)?;
+    if forwarded(ctx.message()).is_some() {
+        return forward_request(ctx);
+    }
     let server = ctx.server().clone();
     let shared = server.shared();
     let timeout = shared
@@ -420,4 +435,29 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
             Err(rejection)
         }
     }
+}
+
+/// Hands a request on: the message keeps the reply address its sender was given, so whoever
+/// takes it answers the original requester, within the original deadline. The sender learns
+/// only whether somebody took it (`ok`, or 503 when nobody did, or 404 when the request has
+/// already ended): the answer itself goes to the requester.
+fn forward_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
+    let server = ctx.server().clone();
+    let requests = &server.shared().requests;
+    let address = forwarded(ctx.message()).expect("checked by the caller");
+    // A request of another node cannot be checked here; that node drops answers to one that
+    // ended.
+    if !requests.may_be_pending(address) {
+        return Err(Rejection::new(
+            404,
+            "the request to forward has already had its answer, or never existed",
+        ));
+    }
+    let report = server.publish(ctx.message())?;
+    if report.deliveries + report.queued == 0 && server.shared().cluster.is_none() {
+        return Err(Rejection::unavailable(
+            "no responders: nobody is subscribed and no queue group took the forwarded request",
+        ));
+    }
+    Ok(())
 }

@@ -102,7 +102,7 @@ pub(crate) struct Cluster {
     subject_base: String,
     /// `<prefix>.inbox.`: followed by a node's id, where replies for that node's inboxes go.
     inbox_base: String,
-    /// `<prefix>.noresp.`: followed by `<node>.<token>.<n>`, where NATS says that a request
+    /// `<prefix>.noresp.`: followed by `<node>.<replies>.<key>`, where NATS says that a request
     /// reached no node.
     noresp_base: String,
     /// `<prefix>.sync`: a subject no node ever subscribes to, requested to learn that NATS has
@@ -669,7 +669,7 @@ async fn receive_for_inboxes(
     let Some(cluster) = shared.cluster.as_ref() else {
         return;
     };
-    // `<prefix>.noresp.<node>.<token>.<n>` -> `_inbox.<node>.<token>.<n>`.
+    // `<prefix>.noresp.<node>.<replies>.<key>` -> `_inbox.<node>.<replies>.<key>`.
     let noresp_prefix = cluster.noresp_base.as_str();
     loop {
         tokio::select! {

@@ -16,6 +16,9 @@ use crate::{
     request::Inbox,
 };
 
+/// The command of the message that tells a client the server ended one of its subscriptions.
+const UNSUBSCRIBED: &str = "unsubscribed";
+
 /// A connection's number, unique for the life of the server process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(pub(crate) u64);
@@ -122,6 +125,12 @@ impl Connection {
             .iter()
             .map(|name| Channel::new(name))
             .collect::<Result<Vec<_>, _>>()?;
+        for channel in &channels {
+            self.server
+                .shared()
+                .gateway
+                .check_subscribe(channel.as_str(), Some(group))?;
+        }
         // Taking work from a channel is reading it: the subscribe rules apply.
         if let Some(grants) = &self.grants {
             permissions::check_subscribe(grants, channels.iter().map(Channel::as_str))
@@ -228,17 +237,45 @@ impl Connection {
             None => permissions.anonymous(),
         };
         self.user = user.map(Box::new);
-        if let Some(grants) = self.grants.clone() {
-            let lost: Vec<Channel> = self
-                .subscriptions
-                .iter()
-                .filter(|c| !grants.may_subscribe(c.as_str()))
-                .cloned()
-                .collect();
-            for channel in lost {
-                self.unsubscribe(channel.as_str());
-            }
+        let Some(grants) = self.grants.clone() else {
+            return;
+        };
+        let lost: Vec<Channel> = self
+            .subscriptions
+            .iter()
+            .filter(|c| !grants.may_subscribe(c.as_str()))
+            .cloned()
+            .collect();
+        for channel in lost {
+            self.unsubscribe(channel.as_str());
+            self.tell_unsubscribed(channel.as_str(), None);
         }
+        // Taking a group's work is reading its channel: a membership the new rights do not
+        // cover ends too (what the member holds is handed on as when it leaves).
+        let lost: Vec<(Channel, Box<str>)> = self
+            .groups
+            .iter()
+            .filter(|g| !grants.may_subscribe(g.channel()))
+            .map(|g| (g.channel_name().clone(), g.name().into()))
+            .collect();
+        for (channel, group) in lost {
+            self.leave_queue(channel.as_str(), Some(&group));
+            self.tell_unsubscribed(channel.as_str(), Some(&group));
+        }
+    }
+
+    /// Tells the client that the server ended its subscription to `channel` (or its membership
+    /// of `group` there) because its rights no longer cover it.
+    fn tell_unsubscribed(&self, channel: &str, group: Option<&str>) {
+        let mut builder = Message::builder(UNSUBSCRIBED).header("channel", channel.to_owned());
+        if let Some(group) = group {
+            builder = builder.header(crate::builtin::names::QUEUE, group.to_owned());
+        }
+        let notice = builder
+            .header("reason", "not allowed by the connection's new token")
+            .build()
+            .expect("channel and group names are valid header values");
+        let _ = self.outbox.push(frame(notice.to_bytes()));
     }
 
     /// The authenticated user, or `None` for an anonymous connection.
@@ -261,16 +298,21 @@ impl Connection {
         self.grants.as_ref().is_none_or(|g| g.may_publish(channel))
     }
 
-    /// Refuses (403) the whole list when the rules deny any channel of it.
+    /// Refuses (403) the whole list when the rules deny any channel of it, or when it names a
+    /// channel only the HTTP gateway publishes to.
     pub(crate) fn check_publish<'a>(
         &self,
         channels: impl Iterator<Item = &'a str>,
     ) -> Result<(), Rejection> {
-        match &self.grants {
-            None => Ok(()),
-            Some(grants) => {
-                permissions::check_publish(grants, channels).inspect_err(|_| self.count_denial())
-            }
+        let gateway = &self.server.shared().gateway;
+        match (&self.grants, gateway.has_channels()) {
+            (None, false) => Ok(()),
+            (None, true) => gateway.check_publish(channels),
+            (Some(grants), _) => channels.into_iter().try_for_each(|channel| {
+                gateway.check_publish(std::iter::once(channel))?;
+                permissions::check_publish(grants, std::iter::once(channel))
+                    .inspect_err(|_| self.count_denial())
+            }),
         }
     }
 
@@ -352,6 +394,7 @@ impl Connection {
             if !self.subscriptions.contains(name)
                 && !new.iter().any(|c: &Channel| c.as_str() == name)
             {
+                self.server.shared().gateway.check_subscribe(name, None)?;
                 new.push(Channel::new(name)?);
             }
         }

@@ -12,12 +12,16 @@
 //! remote-addr:127.0.0.1
 //! http-accept:*/*                  (every request header, `http-` + its lowercase name)
 //! request-id:<n>
-//! reply-to:_inbox.<node>.<token>.<n>
+//! reply-to:_inbox.<node>.<replies>.<key>
 //! timeout:<ms>
 //! publish:http.api
 //! ```
 //!
-//! with the HTTP body as body. The worker answers by publishing to the `reply-to` address:
+//! with the HTTP body as body; `path` is normalised (dot segments resolved, unreserved
+//! escapes decoded) and the path as sent, when different, comes in `raw-path`. Only the
+//! route's queue group receives it: a plain subscription to the channel, another group there
+//! and clients' publishes to it are refused (403), because the request carries the HTTP
+//! client's credentials. The worker answers by publishing to the `reply-to` address:
 //! `status` (default 200), `http-<name>` headers for the response, and the body. An answer
 //! with `partial:true` starts a streamed response; the following ones add to it, and the first
 //! without `partial:true` ends it. Replies may come back in any order: each HTTP request has
@@ -25,7 +29,7 @@
 //! request waits (within its timeout) for a worker to come back: 503 if none joined in time,
 //! 504 if workers were busy or did not answer in time.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
@@ -42,6 +46,7 @@ use crate::{
     GatewayRoute, Rejection, ServerHandle,
     builtin::names,
     metrics::add,
+    queue::{Env, Offer},
     request::{AnswerTo, Inbox, is_partial},
     server::Shared,
 };
@@ -72,13 +77,68 @@ fn is_hop_by_hop(name: &str) -> bool {
     .contains(&name)
 }
 
-/// The gateway's inbox, opened at the first gateway request.
-#[derive(Default)]
+/// The gateway's inbox, opened at the first gateway request, and the channels of its routes.
 pub(crate) struct Gateway {
     inbox: std::sync::OnceLock<Arc<Inbox>>,
+    /// Channel -> the queue groups of the routes on it. Read-only after build. Requests on
+    /// these channels carry HTTP clients' credentials (`http-authorization`, `http-cookie`), so
+    /// only the routes' groups receive them, and only the gateway publishes there.
+    channels: HashMap<Box<str>, Vec<Box<str>>>,
 }
 
 impl Gateway {
+    pub(crate) fn new(routes: &[GatewayRoute]) -> Self {
+        let mut channels: HashMap<Box<str>, Vec<Box<str>>> = HashMap::new();
+        for route in routes {
+            channels
+                .entry(route.channel.as_str().into())
+                .or_default()
+                .push(route.queue.as_str().into());
+        }
+        Gateway {
+            inbox: std::sync::OnceLock::new(),
+            channels,
+        }
+    }
+
+    /// Refuses (403) a plain subscription to a gateway channel, and a queue group other than
+    /// its routes' (`group`): they would receive HTTP requests no route sends them.
+    pub(crate) fn check_subscribe(
+        &self,
+        channel: &str,
+        group: Option<&str>,
+    ) -> Result<(), Rejection> {
+        let Some(groups) = self.channels.get(channel) else {
+            return Ok(());
+        };
+        match group {
+            Some(group) if groups.iter().any(|g| &**g == group) => Ok(()),
+            _ => Err(Rejection::forbidden(format!(
+                "channel {channel} carries HTTP gateway requests: only its queue group ({}) takes them",
+                groups.join(", ")
+            ))),
+        }
+    }
+
+    /// True when some route is configured.
+    pub(crate) fn has_channels(&self) -> bool {
+        !self.channels.is_empty()
+    }
+
+    /// Refuses (403) a client's publish to a gateway channel: workers there trust that what
+    /// they receive came from the gateway (method, path, the client's address).
+    pub(crate) fn check_publish<'a>(
+        &self,
+        mut channels: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Rejection> {
+        match channels.find(|c| self.channels.contains_key(*c)) {
+            None => Ok(()),
+            Some(channel) => Err(Rejection::forbidden(format!(
+                "only the HTTP gateway publishes to channel {channel}"
+            ))),
+        }
+    }
+
     fn inbox(&self, shared: &Shared) -> Arc<Inbox> {
         self.inbox
             .get_or_init(|| {
@@ -109,7 +169,7 @@ pub(crate) async fn serve(
     request: Request,
 ) -> Response {
     add(&shared.metrics.gateway_requests, 1);
-    let message = match to_message(&shared, peer, request).await {
+    let message = match to_message(&shared, &route, peer, request).await {
         Ok(message) => message,
         Err(rejection) => return error_response(&rejection),
     };
@@ -150,9 +210,14 @@ pub(crate) async fn serve(
             .append(name, value)
             .expect("generated headers are valid");
     }
-    // The route's group is served by the workers connected to this node.
-    let (deliveries, queued) = server.publish_routed(&route.channel, &message, true);
-    if deliveries + queued == 0 {
+    // Only the route's group receives it, from the workers connected to this node: never a
+    // plain subscriber, which would read the client's credentials.
+    add(&shared.metrics.messages_published, 1);
+    let offer =
+        shared
+            .queues
+            .offer_to_group(&route.channel, &route.queue, &message, &Env::of(&server));
+    if offer == Offer::Refused {
         shared.requests.fail(
             &address,
             &Rejection::unavailable("the gateway's queue group is full"),
@@ -168,6 +233,7 @@ pub(crate) async fn serve(
 /// The lhttp message for an HTTP request (without the routing headers).
 async fn to_message(
     shared: &Shared,
+    route: &GatewayRoute,
     peer: SocketAddr,
     request: Request,
 ) -> Result<Message, Rejection> {
@@ -177,9 +243,18 @@ async fn to_message(
     if parts.headers.len() + 10 > limits.max_headers {
         return Err(Rejection::new(431, "too many request headers"));
     }
-    let mut builder = Message::builder(HTTP_REQUEST)
-        .header("method", parts.method.as_str().to_owned())
-        .header("path", parts.uri.path().to_owned());
+    let raw_path = parts.uri.path();
+    let path = normalise_path(raw_path)?;
+    // Routed on the raw path, which may climb out of the route (`/api/../admin`).
+    if !path.starts_with(&route.path) {
+        return Err(Rejection::new(404, "no gateway route for this path"));
+    }
+    let mut builder =
+        Message::builder(HTTP_REQUEST).header("method", parts.method.as_str().to_owned());
+    if path != raw_path {
+        builder = builder.header("raw-path", raw_path.to_owned());
+    }
+    let mut builder = builder.header("path", path);
     if let Some(query) = parts.uri.query() {
         builder = builder.header("query", query.to_owned());
     }
@@ -206,6 +281,53 @@ async fn to_message(
         ));
     }
     Ok(message)
+}
+
+/// The path a worker may route on safely: percent-escapes of unreserved characters decoded
+/// (`%2e` is `.`, `%7E` is `~`), other escapes kept with upper-case digits (`%2F` stays an
+/// escaped slash, not a separator), repeated slashes merged, and `.` and `..` segments
+/// resolved (RFC 3986, 5.2.4 and 6.2.2), never above the root. 400 for a broken escape.
+fn normalise_path(raw: &str) -> Result<String, Rejection> {
+    let bad = || Rejection::bad_request("malformed percent-escape in the request path");
+    let mut segments: Vec<String> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in raw.split('/').skip(1) {
+        let mut decoded = String::with_capacity(segment.len());
+        let mut bytes = segment.bytes();
+        while let Some(b) = bytes.next() {
+            if b != b'%' {
+                decoded.push(char::from(b));
+                continue;
+            }
+            let (Some(hi), Some(lo)) = (bytes.next(), bytes.next()) else {
+                return Err(bad());
+            };
+            let hex = |d: u8| char::from(d).to_digit(16).ok_or_else(bad);
+            let value = u8::try_from(hex(hi)? * 16 + hex(lo)?).map_err(|_| bad())?;
+            if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(char::from(value));
+            } else {
+                decoded.push_str(&format!("%{value:02X}"));
+            }
+        }
+        trailing_slash = matches!(decoded.as_str(), "" | "." | "..");
+        match decoded.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(decoded),
+        }
+    }
+    let mut path = String::with_capacity(raw.len());
+    for segment in &segments {
+        path.push('/');
+        path.push_str(segment);
+    }
+    if trailing_slash || segments.is_empty() {
+        path.push('/');
+    }
+    Ok(path)
 }
 
 /// The HTTP response for the first answer; later answers of a streamed one follow as body
@@ -307,4 +429,33 @@ fn error_response(rejection: &Rejection) -> Response {
         format!("{}\n", rejection.reason()),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise_path;
+
+    #[test]
+    fn paths_are_normalised_before_workers_see_them() {
+        for (raw, expected) in [
+            ("/api/users/7", "/api/users/7"),
+            ("/api/", "/api/"),
+            ("/api/../admin", "/admin"),
+            ("/api/%2e%2e/admin", "/admin"),
+            ("/api/%2E%2e/%2e/admin/", "/admin/"),
+            ("/api/./x/.", "/api/x/"),
+            ("/api//x", "/api/x"),
+            ("/../../etc", "/etc"),
+            ("/api/a%2Fb", "/api/a%2Fb"),
+            ("/api/a%2fb", "/api/a%2Fb"),
+            ("/api/%7euser", "/api/~user"),
+            ("/api/x/..", "/api/"),
+            ("/", "/"),
+        ] {
+            assert_eq!(normalise_path(raw).unwrap(), expected, "{raw}");
+        }
+        for raw in ["/api/%", "/api/%2", "/api/%zz"] {
+            assert_eq!(normalise_path(raw).unwrap_err().status(), 400, "{raw}");
+        }
+    }
 }

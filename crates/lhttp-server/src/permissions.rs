@@ -281,9 +281,12 @@ pub(crate) fn check_publish<'a>(
     grants: &Grants,
     mut channels: impl Iterator<Item = &'a str>,
 ) -> Result<(), Rejection> {
-    // Inboxes and reply addresses are capabilities: whoever knows one may answer there,
-    // whatever the rules say (see `crate::request`).
-    match channels.find(|c| !crate::request::is_inbox(c) && !grants.may_publish(c)) {
+    // A reply address is the right to answer one request, handed over with the request:
+    // whoever holds one may answer there, whatever the rules say. A connection's own inbox is
+    // not: a plain message to it needs a rule like any channel (e.g. `_inbox.>`), so an
+    // address handed out cannot be used against its owner where rules are in force (see
+    // `crate::request`).
+    match channels.find(|c| !crate::request::is_reply_address(c) && !grants.may_publish(c)) {
         None => Ok(()),
         Some(c) => Err(denied("publish to", c)),
     }

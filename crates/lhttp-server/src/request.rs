@@ -3,14 +3,25 @@
 //! An *inbox* is a private address, `_inbox.<node>.<token>`, that delivers to one owner only:
 //! a WebSocket connection or the HTTP gateway. `<node>` names the server process (8 hex digits,
 //! random at start), so that in a cluster any node can route a reply to the node that holds
-//! the inbox (see [`crate::cluster`]); the token is random (64 bits), so knowing an inbox is
-//! the capability to write to it; nobody can subscribe to one. A connection gets its inbox the
-//! first time it needs one, so idle connections pay nothing.
+//! the inbox (see [`crate::cluster`]); the token is random (128 bits); nobody can subscribe to
+//! one. Only its owner learns the address (the `inbox` command) and may hand it out; when
+//! channel rules are configured, a plain message to an inbox also needs a rule that lets the
+//! sender publish there (see [`crate::permissions`]). A connection gets its inbox the first
+//! time it needs one, so idle connections pay nothing.
 //!
 //! A *request* is a published message with a `reply-to` header. The server, not the client,
 //! decides where answers go: it replaces `reply-to` with a fresh reply address
-//! `_inbox.<node>.<token>.<n>` and records a [`Pending`] entry for it. From then on exactly one
-//! terminal answer reaches the requester, whichever comes first:
+//! `_inbox.<node>.<replies>.<key>` and records a [`Pending`] entry for it. `<replies>` is a
+//! second random token of the inbox, unrelated to its address, and `<key>` is 64 random bits
+//! drawn for this request alone: a reply address is the right to answer that one request. It
+//! reaches only those the request is delivered to (its subscribers, or the one queue-group
+//! member that takes it), who may hand it on (a *forward*: a request published with
+//! `reply-to` set to a reply address it holds keeps that address, so the next handler answers
+//! the original requester), and it tells nothing of the inbox or of the requester's other
+//! requests, so it cannot be guessed from another one. A reply may itself be a request (it
+//! carries `reply-to`): the server gives it a reply address of the responder's inbox, and the
+//! requester receives it with that `reply-to`, to answer in turn (*nested* requests). From
+//! then on exactly one terminal answer reaches the requester, whichever comes first:
 //! - a reply published to the reply address without `partial:true` (partial replies are
 //!   relayed too, and each pushes the deadline back by the request's timeout);
 //! - `503` when the message reached nobody, or still waited in a queue group without members
@@ -25,10 +36,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, Weak},
     time::Duration,
 };
 
@@ -52,6 +60,15 @@ pub(crate) const INBOX_PREFIX: &str = "_inbox.";
 /// True when `channel` is an inbox or a reply address (never subscribable).
 pub(crate) fn is_inbox(channel: &str) -> bool {
     channel.starts_with(INBOX_PREFIX)
+}
+
+/// True when `channel` is a reply address, `_inbox.<node>.<replies>.<key>`: the right to
+/// answer one request, which no channel rule needs to grant. A connection's own inbox
+/// (`_inbox.<node>.<token>`, one part fewer) is not one.
+pub(crate) fn is_reply_address(channel: &str) -> bool {
+    channel
+        .strip_prefix(INBOX_PREFIX)
+        .is_some_and(|rest| rest.bytes().filter(|&b| b == b'.').count() == 2)
 }
 
 /// Headers of a reply that the requester does not get: those no subscriber gets, and those
@@ -116,12 +133,16 @@ struct Pending {
 
 /// A private address and the requests answered through it.
 pub(crate) struct Inbox {
+    /// `<node>.<random>`: the inbox's own address, after `_inbox.`.
     token: Box<str>,
+    /// `<node>.<random>`: the first part of every reply address of this inbox, drawn apart
+    /// from `token` so that a reply address tells nothing of the inbox's own address.
+    replies: Box<str>,
     /// Where plain messages to `_inbox.<token>` go; `None` for the gateway's inbox, which only
     /// takes replies.
     owner: Option<Outbox>,
+    /// By the random key that ends each reply address.
     pending: Mutex<HashMap<u64, Pending>>,
-    next_request: AtomicU64,
     /// Most requests waiting at once (429 beyond it).
     max_pending: usize,
 }
@@ -148,7 +169,10 @@ impl Inbox {
 pub(crate) struct Requests {
     /// This process's part of every inbox address.
     node: String,
+    /// By the inbox's own token.
     inboxes: DashMap<Box<str>, Arc<Inbox>>,
+    /// By the token of the inbox's reply addresses.
+    replies: DashMap<Box<str>, Arc<Inbox>>,
     config: RequestsConfig,
 }
 
@@ -166,6 +190,7 @@ impl Requests {
         Requests {
             node: random_hex(4),
             inboxes: DashMap::new(),
+            replies: DashMap::new(),
             config,
         }
     }
@@ -183,13 +208,14 @@ impl Requests {
     /// Opens an inbox; plain messages to it go to `owner`.
     pub(crate) fn open_inbox(&self, owner: Option<Outbox>, max_pending: usize) -> Arc<Inbox> {
         let inbox = Arc::new(Inbox {
-            token: format!("{}.{}", self.node, random_hex(8)).into_boxed_str(),
+            token: format!("{}.{}", self.node, random_hex(16)).into_boxed_str(),
+            replies: format!("{}.{}", self.node, random_hex(16)).into_boxed_str(),
             owner,
             pending: Mutex::new(HashMap::new()),
-            next_request: AtomicU64::new(1),
             max_pending,
         });
         self.inboxes.insert(inbox.token.clone(), inbox.clone());
+        self.replies.insert(inbox.replies.clone(), inbox.clone());
         inbox
     }
 
@@ -197,6 +223,7 @@ impl Requests {
     /// and their timers stop.
     pub(crate) fn close_inbox(&self, inbox: &Inbox) {
         self.inboxes.remove(&inbox.token);
+        self.replies.remove(&inbox.replies);
         inbox.pending.lock().expect("pending lock").clear();
     }
 
@@ -235,9 +262,8 @@ impl Requests {
         answer_to: AnswerTo,
         metrics: Arc<Metrics>,
     ) -> Result<String, Rejection> {
-        let n = inbox.next_request.fetch_add(1, Ordering::Relaxed);
         let deadline = Instant::now() + timeout;
-        {
+        let n = {
             let mut pending = inbox.pending.lock().expect("pending lock");
             if pending.len() >= inbox.max_pending {
                 return Err(Rejection::limited(format!(
@@ -245,6 +271,14 @@ impl Requests {
                     pending.len()
                 )));
             }
+            // 64 random bits per request: knowing every other reply address of the inbox
+            // does not help to find this one.
+            let n = loop {
+                let n = random_key();
+                if !pending.contains_key(&n) {
+                    break n;
+                }
+            };
             pending.insert(
                 n,
                 Pending {
@@ -257,21 +291,28 @@ impl Requests {
                     no_responders: 0,
                 },
             );
-        }
+            n
+        };
         add(&metrics.requests, 1);
         tokio::spawn(expire(Arc::downgrade(inbox), n, deadline, metrics));
-        Ok(format!("{INBOX_PREFIX}{}.{n}", inbox.token))
+        Ok(format!("{INBOX_PREFIX}{}.{n:016x}", inbox.replies))
     }
 
     fn find(&self, address: &str) -> Option<(Arc<Inbox>, Option<u64>)> {
         let rest = address.strip_prefix(INBOX_PREFIX)?;
-        // `<node>.<token>` or `<node>.<token>.<n>`.
-        let (token, n) = match rest.match_indices('.').nth(1) {
-            Some((at, _)) => (&rest[..at], Some(rest[at + 1..].parse().ok()?)),
-            None => (rest, None),
-        };
-        let inbox = self.inboxes.get(token)?.value().clone();
-        Some((inbox, n))
+        // `<node>.<token>` (an inbox) or `<node>.<replies>.<key>` (a reply address).
+        match rest.match_indices('.').nth(1) {
+            Some((at, _)) => {
+                let key = &rest[at + 1..];
+                if key.len() != 16 {
+                    return None;
+                }
+                let n = u64::from_str_radix(key, 16).ok()?;
+                let inbox = self.replies.get(&rest[..at])?.value().clone();
+                Some((inbox, Some(n)))
+            }
+            None => Some((self.inboxes.get(rest)?.value().clone(), None)),
+        }
     }
 
     /// In a cluster: the request at `address` reached nothing on this node and went to
@@ -411,12 +452,18 @@ fn answer(inbox: &Inbox, n: u64, reply: &Message) -> bool {
 }
 
 /// The copy of a reply the requester gets: the responder's command, headers and body, without
-/// the headers that routed it, and with the request's `request-id`.
+/// the headers that routed it, and with the request's `request-id`. A reply that is itself a
+/// request keeps its `reply-to` (set by the server to a reply address of the responder) and
+/// `timeout`, so the requester can answer it.
 fn answer_message(reply: &Message, request_id: Text) -> Message {
     let mut answer = reply.clone();
-    answer
-        .headers_mut()
-        .retain(|header| !is_reply_routing(header.name()));
+    let nested = reply.header(names::REPLY_TO).is_some_and(is_reply_address);
+    answer.headers_mut().retain(|header| {
+        let name = header.name();
+        let asks_back =
+            name.eq_ignore_ascii_case(names::REPLY_TO) || name.eq_ignore_ascii_case(names::TIMEOUT);
+        (nested && asks_back) || !is_reply_routing(name)
+    });
     answer
         .headers_mut()
         .append(names::REQUEST_ID, request_id)
@@ -474,6 +521,12 @@ async fn expire(inbox: Weak<Inbox>, n: u64, mut deadline: Instant, metrics: Arc<
         answer_failure(entry, &rejection, &metrics);
         return;
     }
+}
+
+/// The random key of one reply address.
+fn random_key() -> u64 {
+    // As for `random_hex`: a predictable key would let others answer requests.
+    getrandom::u64().expect("the operating system's random generator")
 }
 
 /// `n` random bytes, hex: inbox tokens nobody can guess.

@@ -174,6 +174,7 @@ impl ServerBuilder {
                 Channel::new(&route.channel).map_err(|e| ServerError::Config(e.to_string()))?;
             queues.declare(&channel, &route.queue);
         }
+        let gateway = Gateway::new(&self.config.gateway);
         let shared = Shared {
             verifier,
             permissions,
@@ -187,7 +188,7 @@ impl ServerBuilder {
             metrics: Arc::default(),
             requests: Requests::new(requests_config),
             queues,
-            gateway: Gateway::default(),
+            gateway,
             next_gateway_request: AtomicU64::new(1),
             processors,
             processor_order,

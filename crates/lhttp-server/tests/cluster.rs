@@ -684,3 +684,62 @@ async fn queue_groups_span_nodes_and_each_message_goes_to_one_worker() {
     assert_eq!(answer.header("request-id"), Some("x1"));
     assert_eq!(body(&answer), "from b");
 }
+
+/// The right to answer crosses nodes with the request: a worker on node B forwards a request
+/// made on node A to a worker on A, who answers the requester; a reply from B that is itself a
+/// request is answered from A; and replies sprayed at addresses near one seen go nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_and_nested_requests_cross_nodes_and_guesses_do_not() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url()).await;
+    let b = node(&nats.url()).await;
+    for server in [&a, &b] {
+        wait_connected(server, true).await;
+    }
+    let mut front = b.client().await;
+    front.subscribe("front").await;
+    wait_interest(&b, "front").await;
+    let mut back = a.client().await;
+    back.subscribe("back").await;
+    wait_interest(&a, "back").await;
+    let mut requester = a.client().await;
+
+    requester
+        .send("LHTTP/1.0 ask\r\npublish:front\r\nreply-to:\r\nrequest-id:r1\r\n\r\nq")
+        .await;
+    let request = front.recv().await;
+    let address = request.header("reply-to").unwrap().to_owned();
+    let (prefix, _) = address.rsplit_once('.').unwrap();
+    for n in 0..100 {
+        front
+            .send(&format!(
+                "LHTTP/1.0 forged\r\npublish:{prefix}.{n}\r\n\r\nforged"
+            ))
+            .await;
+    }
+    front
+        .send(&format!(
+            "LHTTP/1.0 ask\r\npublish:back\r\nreply-to:{address}\r\n\r\nq, forwarded"
+        ))
+        .await;
+    let forwarded = back.recv().await;
+    assert_eq!(forwarded.header("reply-to"), Some(address.as_str()));
+    // The answer is itself a request, made on node A, answered by the requester (also on A).
+    back.send(&format!(
+        "LHTTP/1.0 which\r\npublish:{address}\r\nreply-to:\r\nrequest-id:n1\r\n\r\nwhich one?"
+    ))
+    .await;
+    let question = requester.recv().await;
+    assert_eq!(question.header("request-id"), Some("r1"));
+    assert_eq!(body(&question), "which one?");
+    let nested = question.header("reply-to").unwrap();
+    requester
+        .send(&format!(
+            "LHTTP/1.0 this\r\npublish:{nested}\r\n\r\nthis one"
+        ))
+        .await;
+    let choice = back.recv().await;
+    assert_eq!(choice.header("request-id"), Some("n1"));
+    assert_eq!(body(&choice), "this one");
+    requester.expect_silence(300).await;
+}

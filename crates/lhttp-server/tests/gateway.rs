@@ -314,3 +314,188 @@ fn gateway_routes_are_checked() {
         );
     }
 }
+
+/// A server with two routes: `/public/` (channel `http.public`, group `pub`) and `/bank/`
+/// (channel `http.bank`, group `bank`).
+async fn two_routes() -> TestServer {
+    let mut config = Config::default();
+    for (path, channel, queue) in [
+        ("/public/", "http.public", "pub"),
+        ("/bank/", "http.bank", "bank"),
+    ] {
+        config.gateway.push(GatewayRoute {
+            path: path.into(),
+            channel: channel.into(),
+            queue: queue.into(),
+            timeout_ms: 10_000,
+            at_least_once: false,
+        });
+    }
+    start_with(Server::builder(config)).await
+}
+
+#[tokio::test]
+async fn an_http_response_comes_only_from_the_worker_that_received_the_request() {
+    let server = two_routes().await;
+    let mut mallory = server.client().await;
+    let (ok, _) = mallory
+        .request("LHTTP/1.0 sub\r\nsubscribe:http.public\r\nqueue:pub\r\n\r\n")
+        .await;
+    assert_eq!(ok.command(), "ok");
+    let mut bank = server.client().await;
+    let (ok, _) = bank
+        .request("LHTTP/1.0 sub\r\nsubscribe:http.bank\r\nqueue:bank\r\ncredit:3\r\n\r\n")
+        .await;
+    assert_eq!(ok.command(), "ok");
+
+    // Mallory serves one public page and so learns a reply address of the gateway.
+    let http = reqwest::Client::new();
+    let public = http.get(server.http("/public/page")).send();
+    let serve_public = async {
+        let request = mallory.recv().await;
+        let seen = request.header("reply-to").unwrap().to_owned();
+        mallory
+            .send(&format!(
+                "LHTTP/1.0 r\r\npublish:{seen}\r\nack:{}\r\n\r\npublic page",
+                request.header("delivery-id").unwrap()
+            ))
+            .await;
+        seen
+    };
+    let (response, seen) = tokio::join!(public, serve_public);
+    assert_eq!(response.unwrap().text().await.unwrap(), "public page");
+
+    // Three bank requests wait in the bank worker; Mallory sprays guesses at them.
+    let calls = futures_util::future::join_all((0..3).map(|i| {
+        http.get(server.http(&format!("/bank/account/{i}")))
+            .header("cookie", "session=victim")
+            .send()
+    }));
+    let spray_then_answer = async {
+        let mut requests = Vec::new();
+        for _ in 0..3 {
+            requests.push(bank.recv().await);
+        }
+        let (prefix, _) = seen.rsplit_once('.').unwrap();
+        let guesses =
+            (0..200).flat_map(|n| [format!("{prefix}.{n}"), format!("{prefix}.{n:016x}")]);
+        for guess in guesses {
+            mallory
+                .send(&format!(
+                    "LHTTP/1.0 r\r\npublish:{guess}\r\nhttp-set-cookie:session=mallory\r\n\r\nforged page"
+                ))
+                .await;
+        }
+        let (ok, _) = mallory
+            .request("LHTTP/1.0 ping\r\npublish:elsewhere\r\n\r\n")
+            .await;
+        assert_eq!(ok.command(), "ok");
+        for request in &requests {
+            assert_eq!(request.header("http-cookie"), Some("session=victim"));
+            let reply_to = request.header("reply-to").unwrap();
+            bank.send(&format!(
+                "LHTTP/1.0 r\r\npublish:{reply_to}\r\nack:{}\r\n\r\nbank page {}",
+                request.header("delivery-id").unwrap(),
+                request.header("path").unwrap()
+            ))
+            .await;
+        }
+    };
+    let (responses, ()) = tokio::join!(calls, spray_then_answer);
+    for (i, response) in responses.into_iter().enumerate() {
+        let response = response.unwrap();
+        assert!(response.headers().get("set-cookie").is_none());
+        assert_eq!(
+            response.text().await.unwrap(),
+            format!("bank page /bank/account/{i}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn gateway_requests_reach_only_the_routes_queue_group() {
+    let server = gateway(route(5_000, false)).await;
+    let mut spy = server.client().await;
+    for (text, what) in [
+        (
+            "LHTTP/1.0 sub\r\nsubscribe:http.api\r\n\r\n",
+            "a plain subscription",
+        ),
+        (
+            "LHTTP/1.0 sub\r\nsubscribe:http.api\r\nqueue:spies\r\n\r\n",
+            "another queue group",
+        ),
+        (
+            "LHTTP/1.0 http-request\r\npublish:http.api\r\nmethod:GET\r\npath:/api/admin\r\n\r\n",
+            "a forged gateway request",
+        ),
+    ] {
+        let (answer, _) = spy.request(text).await;
+        assert_eq!(answer.command(), "error", "{what}: {answer:?}");
+        assert_eq!(answer.header("status"), Some("403"), "{what}");
+    }
+    let (mut worker, _) = worker(&server, 1).await;
+    let call = reqwest::Client::new()
+        .get(server.http("/api/me"))
+        .header("authorization", "Bearer victim-token")
+        .send();
+    let handling = async {
+        let request = worker.recv().await;
+        assert_eq!(
+            request.header("http-authorization"),
+            Some("Bearer victim-token")
+        );
+        assert_eq!(request.header("path"), Some("/api/me"));
+        answer(&mut worker, &request, "").await;
+    };
+    let (response, ()) = tokio::join!(call, handling);
+    assert_eq!(response.unwrap().status().as_u16(), 201);
+    spy.expect_silence(300).await;
+}
+
+/// Sends `GET <target>` on a raw TCP connection (HTTP clients resolve `..` themselves) and
+/// returns the status code.
+async fn raw_get(server: &TestServer, target: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut response = Vec::new();
+    tcp.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+}
+
+#[tokio::test]
+async fn workers_get_the_normalised_path_and_the_raw_one_apart() {
+    let server = gateway(route(5_000, false)).await;
+    let (mut worker, _) = worker(&server, 1).await;
+    for raw in ["/api/%2e%2e/api/./users//7", "/api/x/../users/7"] {
+        let call = raw_get(&server, raw);
+        let handling = async {
+            let request = worker.recv().await;
+            assert_eq!(request.header("path"), Some("/api/users/7"), "{raw}");
+            assert_eq!(request.header("raw-path"), Some(raw));
+            answer(&mut worker, &request, "").await;
+        };
+        let (status, ()) = tokio::join!(call, handling);
+        assert_eq!(status, 201, "{raw}");
+    }
+    // Out of the route once normalised: no worker sees it.
+    for raw in [
+        "/api/../admin",
+        "/api/%2e%2e/admin",
+        "/api/%2E%2E/%2e%2e/etc/passwd",
+    ] {
+        assert_eq!(raw_get(&server, raw).await, 404, "{raw}");
+    }
+    assert_eq!(raw_get(&server, "/api/%zz").await, 400);
+    worker.expect_silence(200).await;
+}

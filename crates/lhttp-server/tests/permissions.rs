@@ -282,3 +282,93 @@ async fn authenticating_drops_subscriptions_the_user_may_not_hold() {
     assert_eq!(server.handle.hub().subscriber_count("public.a"), 1);
     assert_eq!(server.handle.hub().subscriber_count("public.b"), 0);
 }
+
+#[tokio::test]
+async fn a_token_refresh_that_narrows_the_channels_ends_group_memberships_and_says_so() {
+    let server = server().await;
+    let admin = json!({"sub": "ops", "roles": ["admin"]});
+    let mut worker = as_user(&server, admin.clone()).await;
+    let (ok, _) = worker
+        .request("LHTTP/1.0 sub\r\nsubscribe:admin.jobs\r\nqueue:workers\r\n\r\n")
+        .await;
+    assert_eq!(ok.command(), "ok", "{ok:?}");
+    worker.subscribe("admin.news").await;
+    assert_eq!(server.handle.queue_member_count(), 1);
+
+    // The same user, no longer an admin.
+    let (answer, notices) = worker
+        .request(&format!(
+            "LHTTP/1.0 auth\r\ntoken:{}\r\n\r\n",
+            token(json!({"sub": "ops"}))
+        ))
+        .await;
+    assert_eq!(answer.command(), "ok", "{answer:?}");
+    let mut ended: Vec<(String, Option<String>)> = notices
+        .iter()
+        .map(|n| {
+            assert_eq!(n.command(), "unsubscribed", "{n:?}");
+            assert!(n.header("reason").is_some());
+            (
+                n.header("channel").unwrap().to_owned(),
+                n.header("queue").map(str::to_owned),
+            )
+        })
+        .collect();
+    ended.sort();
+    assert_eq!(
+        ended,
+        [
+            ("admin.jobs".to_owned(), Some("workers".to_owned())),
+            ("admin.news".to_owned(), None)
+        ]
+    );
+    assert_eq!(server.handle.queue_member_count(), 0);
+
+    let mut boss = as_user(&server, admin).await;
+    boss.publish("job", "admin.jobs admin.news", "secret work")
+        .await;
+    worker.expect_silence(300).await;
+}
+
+#[tokio::test]
+async fn where_rules_apply_a_plain_message_to_an_inbox_needs_a_rule_but_answers_do_not() {
+    for inbox_rule in [false, true] {
+        let mut config = Config::default();
+        config.auth.hs256_secret = Some(SECRET.into());
+        config.auth.rules = vec![ChannelRule {
+            anonymous: true,
+            ..rule("public.*", true, true)
+        }];
+        if inbox_rule {
+            config.auth.rules.push(rule("_inbox.>", false, true));
+        }
+        let server = start_with(Server::builder(config)).await;
+        let mut alice = as_user(&server, json!({"sub": "alice"})).await;
+        let mut bob = as_user(&server, json!({"sub": "bob"})).await;
+        let (answer, _) = alice.request("LHTTP/1.0 inbox\r\n\r\n").await;
+        let inbox = answer.header("inbox").unwrap().to_owned();
+
+        let note = format!("LHTTP/1.0 note\r\npublish:{inbox}\r\n\r\nhi alice");
+        if inbox_rule {
+            bob.publish("note", &inbox, "hi alice").await;
+            assert_eq!(alice.recv().await.body().as_ref(), b"hi alice");
+        } else {
+            let (status, reason) = refused(&mut bob, &note).await;
+            assert_eq!(status, 403, "{reason}");
+            alice.expect_silence(200).await;
+        }
+
+        // Answers need no rule: the reply address is the right to answer.
+        bob.subscribe("public.svc").await;
+        alice
+            .send("LHTTP/1.0 ask\r\npublish:public.svc\r\nreply-to:\r\nrequest-id:q\r\n\r\n?")
+            .await;
+        let request = bob.recv().await;
+        let reply_to = request.header("reply-to").unwrap();
+        bob.send(&format!("LHTTP/1.0 a\r\npublish:{reply_to}\r\n\r\n!"))
+            .await;
+        let reply = alice.recv().await;
+        assert_eq!(reply.header("request-id"), Some("q"));
+        assert_eq!(reply.body().as_ref(), b"!");
+    }
+}

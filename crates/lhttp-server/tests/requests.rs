@@ -262,3 +262,166 @@ async fn wait_until(mut done: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Reply addresses an attacker who saw `seen` would try next: the same prefix with counters,
+/// in decimal and as 16 hex digits, and its last digit changed.
+fn guesses_from(seen: &str) -> Vec<String> {
+    let (prefix, last) = seen.rsplit_once('.').expect("a reply address has parts");
+    let mut guesses: Vec<String> = (0..300)
+        .flat_map(|n| [format!("{prefix}.{n}"), format!("{prefix}.{n:016x}")])
+        .collect();
+    for digit in "0123456789abcdef".chars() {
+        guesses.push(format!("{prefix}.{}{digit}", &last[..last.len() - 1]));
+    }
+    guesses.retain(|g| g != seen);
+    guesses
+}
+
+#[tokio::test]
+async fn a_reply_address_cannot_be_guessed_from_another_one() {
+    // The attacker reads a public channel the victim also asks on, and learns one of the
+    // victim's reply addresses; the victim's next requests go to a service it cannot read.
+    let server = start().await;
+    let mut attacker = server.client().await;
+    subscribe(&mut attacker, "public.svc").await;
+    let mut bank = server.client().await;
+    subscribe(&mut bank, "svc.bank").await;
+    let mut victim = server.client().await;
+
+    ask(&mut victim, "public.svc", "p1", "", "hello").await;
+    let seen = attacker.recv().await;
+    let seen = seen.header("reply-to").unwrap().to_owned();
+
+    for i in 0..3 {
+        ask(&mut victim, "svc.bank", &format!("b{i}"), "", "balance?").await;
+    }
+    let mut requests = Vec::new();
+    for _ in 0..3 {
+        requests.push(bank.recv().await);
+    }
+    // Every guess, before the bank answers.
+    for guess in guesses_from(&seen) {
+        attacker
+            .send(&format!(
+                "LHTTP/1.0 answer\r\npublish:{guess}\r\n\r\nforged: send money to mallory"
+            ))
+            .await;
+    }
+    let (ok, _) = attacker
+        .request("LHTTP/1.0 ping\r\npublish:public.other\r\n\r\n")
+        .await;
+    assert_eq!(
+        ok.command(),
+        "ok",
+        "the attacker's replies were all handled"
+    );
+    for request in &requests {
+        let reply_to = request.header("reply-to").unwrap();
+        assert!(
+            !guesses_from(&seen).iter().any(|g| g == reply_to),
+            "{reply_to}"
+        );
+        answer(&mut bank, request, "", "genuine balance").await;
+    }
+    for i in 0..3 {
+        let reply = victim.recv().await;
+        assert_eq!(reply.header("request-id"), Some(format!("b{i}").as_str()));
+        assert_eq!(reply.body().as_ref(), b"genuine balance");
+    }
+    victim.expect_silence(200).await;
+}
+
+#[tokio::test]
+async fn a_reply_address_tells_nothing_of_the_requesters_inbox() {
+    let server = start().await;
+    let mut victim = server.client().await;
+    let (inbox_answer, _) = victim.request("LHTTP/1.0 inbox\r\n\r\n").await;
+    let inbox = inbox_answer.header("inbox").unwrap().to_owned();
+    let mut responder = server.client().await;
+    subscribe(&mut responder, "svc").await;
+    ask(&mut victim, "svc", "r1", "timeout:60000\r\n", "x").await;
+    let request = responder.recv().await;
+    let reply_to = request.header("reply-to").unwrap();
+    assert!(!reply_to.starts_with(&inbox), "{reply_to} names {inbox}");
+    // The reply address without its key is no inbox either.
+    let (stem, _) = reply_to.rsplit_once('.').unwrap();
+    responder
+        .send(&format!("LHTTP/1.0 spam\r\npublish:{stem}\r\n\r\nspam"))
+        .await;
+    victim.expect_silence(300).await;
+}
+
+#[tokio::test]
+async fn a_worker_forwards_a_request_and_the_next_one_answers_the_requester() {
+    let server = start().await;
+    let mut front = server.client().await;
+    subscribe(&mut front, "front").await;
+    let mut back = server.client().await;
+    subscribe(&mut back, "back").await;
+    let mut requester = server.client().await;
+    ask(&mut requester, "front", "r1", "", "question").await;
+
+    let request = front.recv().await;
+    let address = request.header("reply-to").unwrap().to_owned();
+    // The front worker hands the request on, with the right to answer it.
+    let (ok, _) = front
+        .request(&format!(
+            "LHTTP/1.0 ask\r\npublish:back\r\nreply-to:{address}\r\n\r\nquestion, via front"
+        ))
+        .await;
+    assert_eq!(ok.command(), "ok", "{ok:?}");
+    let forwarded = back.recv().await;
+    assert_eq!(forwarded.header("reply-to"), Some(address.as_str()));
+    assert_eq!(forwarded.body().as_ref(), b"question, via front");
+    answer(&mut back, &forwarded, "", "answer from back").await;
+
+    let reply = requester.recv().await;
+    assert_eq!(reply.header("request-id"), Some("r1"));
+    assert_eq!(reply.body().as_ref(), b"answer from back");
+    front.expect_silence(200).await;
+
+    // Once answered, the request cannot be handed on again.
+    let (gone, _) = front
+        .request(&format!(
+            "LHTTP/1.0 ask\r\npublish:back\r\nreply-to:{address}\r\n\r\nagain"
+        ))
+        .await;
+    assert_eq!(gone.command(), "error");
+    assert_eq!(gone.header("status"), Some("404"));
+    back.expect_silence(200).await;
+}
+
+#[tokio::test]
+async fn a_reply_may_itself_be_a_request() {
+    let server = start().await;
+    let mut responder = server.client().await;
+    subscribe(&mut responder, "shop").await;
+    let mut requester = server.client().await;
+    ask(&mut requester, "shop", "r1", "", "one shirt").await;
+    let request = responder.recv().await;
+
+    // The responder answers with a question of its own.
+    let reply_to = request.header("reply-to").unwrap();
+    responder
+        .send(&format!(
+            "LHTTP/1.0 which\r\npublish:{reply_to}\r\nreply-to:\r\nrequest-id:q1\r\n\r\nwhich colour?"
+        ))
+        .await;
+    let question = requester.recv().await;
+    assert_eq!(question.command(), "which");
+    assert_eq!(question.header("request-id"), Some("r1"));
+    assert_eq!(question.body().as_ref(), b"which colour?");
+    let back = question
+        .header("reply-to")
+        .expect("the nested request can be answered")
+        .to_owned();
+    assert!(back.starts_with("_inbox.") && back != reply_to, "{back}");
+
+    requester
+        .send(&format!("LHTTP/1.0 colour\r\npublish:{back}\r\n\r\nblue"))
+        .await;
+    let colour = responder.recv().await;
+    assert_eq!(colour.command(), "colour");
+    assert_eq!(colour.header("request-id"), Some("q1"));
+    assert_eq!(colour.body().as_ref(), b"blue");
+}
