@@ -198,10 +198,22 @@ export class LhttpEvent extends Event {
   /** error */
   error?: unknown;
   source?: 'transport' | 'server' | 'decode' | 'subscribe' | 'auth' | 'handler';
+  /** error, unsubscribed */
   channel?: string;
+  /** unsubscribed: the queue group, for a membership */
+  queue?: string;
+  /** unsubscribed */
+  reason?: string;
 }
 
-export type ClientEventType = 'open' | 'close' | 'error' | 'reconnect' | 'reconnecting' | 'message';
+export type ClientEventType =
+  | 'open'
+  | 'close'
+  | 'error'
+  | 'reconnect'
+  | 'reconnecting'
+  | 'message'
+  | 'unsubscribed';
 
 /** A connection that reconnects with jittered backoff and restores its subscriptions. */
 export class LhttpClient extends EventTarget {

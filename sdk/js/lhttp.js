@@ -635,6 +635,20 @@ export class LhttpClient extends EventTarget {
       this.#emit('error', { error, source: 'decode' });
       return;
     }
+    // The server ended a subscription or a queue-group membership (a new token no longer
+    // allows it): forget it, so that a reconnection does not ask for it again.
+    if (message.command === 'unsubscribed' && message.header('publish') === undefined) {
+      const channel = message.header('channel');
+      const queue = message.header('queue');
+      if (queue !== undefined) {
+        const worker = this.#workers.get(workerKey(channel, queue));
+        if (worker) this.#forgetWorker(worker);
+      } else {
+        this.#subscriptions.delete(channel);
+      }
+      this.#emit('unsubscribed', { channel, queue, reason: message.header('reason') });
+      return;
+    }
     // An answer carries our request-id and no `publish` header; a published copy of someone's
     // request carries its request-id too, but also the channel it came through.
     const id = message.header('request-id');

@@ -32,6 +32,9 @@ pub(crate) const REQUEST_ID: &str = "request-id";
 const PUBLISH: &str = "publish";
 /// On a queue-group delivery: the group it came through.
 const QUEUE: &str = "queue";
+/// The server ended a subscription (`channel`) or a queue-group membership (`channel` and
+/// `queue`) because the connection's rights no longer cover it.
+const UNSUBSCRIBED: &str = "unsubscribed";
 
 /// Channels per `subscribe` message when restoring after a reconnect, so that one message
 /// stays far below the server's size limit (256 channels of 256 bytes would be 64 KiB).
@@ -757,6 +760,10 @@ impl Registry {
     /// Routes a received message: a delivery to the subscriptions of its channel, an answer to
     /// its request, anything else to the `Incoming` streams.
     fn dispatch(&mut self, message: Message) {
+        if message.command() == UNSUBSCRIBED && message.header(PUBLISH).is_none() {
+            // Then on to the `Incoming` streams, so the application hears of it.
+            self.forget_ended(&message);
+        }
         if let (Some(channel), Some(group)) = (message.header(PUBLISH), message.header(QUEUE)) {
             let key = (channel.to_owned(), group.to_owned());
             if let Some(worker) = self.by_queue.get(&key).and_then(|id| self.workers.get(id)) {
@@ -788,6 +795,32 @@ impl Registry {
         for id in &self.incoming {
             if let Some(listener) = self.listeners.get(id) {
                 listener.sink.deliver(&message);
+            }
+        }
+    }
+
+    /// The server ended a subscription or a queue-group membership (the connection's new token
+    /// no longer allows it): its subscriptions stop receiving that channel, a worker's stream
+    /// ends, and a reconnection does not ask for it again.
+    fn forget_ended(&mut self, notice: &Message) {
+        let Some(channel) = notice.header("channel") else {
+            return;
+        };
+        match notice.header(QUEUE) {
+            Some(group) => {
+                if let Some(id) = self
+                    .by_queue
+                    .remove(&(channel.to_owned(), group.to_owned()))
+                {
+                    self.workers.remove(&id);
+                }
+            }
+            None => {
+                for id in self.by_channel.remove(channel).unwrap_or_default() {
+                    if let Some(listener) = self.listeners.get_mut(&id) {
+                        listener.channels.retain(|c| c != channel);
+                    }
+                }
             }
         }
     }

@@ -90,3 +90,78 @@ async fn a_refused_token_fails_the_connection_with_the_reason() {
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_refresh_that_narrows_the_rights_ends_subscriptions_and_worker_streams() {
+    let mut config = Config::default();
+    config.auth.hs256_secret = Some(SECRET.into());
+    config.auth.rules = vec![lhttp_server::ChannelRule {
+        channels: "admin.>".into(),
+        subscribe: true,
+        publish: true,
+        roles: vec!["admin".into()],
+        ..Default::default()
+    }];
+    let server = Server::builder(config).build().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let _server = tokio::spawn(async move {
+        server.run(listener, std::future::pending()).await.unwrap();
+    });
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signed = |roles: &[&str]| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": "ops", "roles": roles, "exp": now + 60}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let client = Client::builder(&url)
+        .token(signed(&["admin"]))
+        .connect()
+        .await
+        .unwrap();
+    let mut news = client.subscribe(["admin.news"]).await.unwrap();
+    let mut jobs = client.join_queue("admin.jobs", "workers", 1).await.unwrap();
+    let mut incoming = client.incoming().await.unwrap();
+
+    let auth = lhttp_server::proto::Message::builder("auth")
+        .header("token", signed(&[]))
+        .build()
+        .unwrap();
+    let answer = client.request(auth).await.unwrap();
+    assert_eq!(answer.command(), "ok");
+    let wait = std::time::Duration::from_secs(5);
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        let notice = tokio::time::timeout(wait, incoming.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(notice.command(), "unsubscribed");
+        ended.push((
+            notice.header("channel").unwrap().to_owned(),
+            notice.header("queue").map(str::to_owned),
+        ));
+    }
+    ended.sort();
+    assert_eq!(
+        ended,
+        [
+            ("admin.jobs".to_owned(), Some("workers".to_owned())),
+            ("admin.news".to_owned(), None)
+        ]
+    );
+    // The worker's stream ends: no more work will come through it.
+    let end = tokio::time::timeout(wait, jobs.next()).await.unwrap();
+    assert!(end.is_none(), "{end:?}");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), news.next())
+            .await
+            .is_err()
+    );
+}

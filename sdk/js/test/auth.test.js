@@ -90,3 +90,56 @@ describe('token authentication against lhttpd', () => {
     assert.deepEqual(received, ['after restart']);
   });
 });
+
+describe('a token refresh that narrows the rights', () => {
+  let server;
+  const clients = [];
+  before(async () => {
+    server = await startLhttpd({
+      env: ENV,
+      config: [
+        '[[auth.rules]]',
+        'channels = "admin.>"',
+        'subscribe = true',
+        'publish = true',
+        'roles = ["admin"]',
+        '',
+      ].join('\n'),
+    });
+  });
+  after(async () => {
+    await Promise.all(clients.map((client) => client.close()));
+    await server?.stop();
+  });
+
+  /** An HS256 JWT for `sub` with `roles`. */
+  function tokenWithRoles(sub, roles) {
+    const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+    const claims = { sub, roles, exp: Math.floor(Date.now() / 1000) + 300 };
+    const head = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+    return `${head}.${createHmac('sha256', SECRET).update(head).digest('base64url')}`;
+  }
+
+  test('ends what the new token does not allow, with an unsubscribed event each', async () => {
+    const client = await connect(server.url, { token: tokenWithRoles('ops', ['admin']) });
+    clients.push(client);
+    await client.subscribe('admin.news', () => {});
+    const work = [];
+    await client.serve('admin.jobs', 'workers', (delivery) => {
+      work.push(delivery.body);
+      return 'done';
+    });
+    const ended = [];
+    client.on('unsubscribed', (event) => ended.push([event.channel, event.queue ?? null]));
+    await client.authenticate(tokenWithRoles('ops', []));
+    await waitFor(() => ended.length === 2, { what: 'two unsubscribed events' });
+    assert.deepEqual(ended.sort(), [['admin.jobs', 'workers'], ['admin.news', null]]);
+    assert.deepEqual(client.channels, []);
+
+    const boss = await connect(server.url, { token: tokenWithRoles('boss', ['admin']) });
+    clients.push(boss);
+    await boss.publish('admin.jobs', 'secret work', { ack: true });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.deepEqual(work, []);
+  });
+});
