@@ -357,8 +357,17 @@ fn forwarded(message: &Message) -> Option<&str> {
         .filter(|address| request::is_reply_address(address))
 }
 
+/// What a message with `reply-to` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestKind {
+    /// A new request: the server gives it a reply address.
+    New,
+    /// A request handed on with the reply address its sender holds.
+    Forward,
+}
+
 /// A request must say where it goes and how its answer is matched.
-fn check_request(ctx: &Context<'_>) -> Result<(), Rejection> {
+fn check_request(ctx: &Context<'_>) -> Result<RequestKind, Rejection> {
     let message = ctx.message();
     if !message.headers().contains(names::PUBLISH) {
         return Err(Rejection::bad_request(
@@ -367,7 +376,7 @@ fn check_request(ctx: &Context<'_>) -> Result<(), Rejection> {
     }
     if forwarded(message).is_some() {
         // The original request has its id, timeout and requester already.
-        return Ok(());
+        return Ok(RequestKind::Forward);
     }
     if ctx.request_id().is_none() {
         return Err(Rejection::bad_request(
@@ -378,14 +387,13 @@ fn check_request(ctx: &Context<'_>) -> Result<(), Rejection> {
         .shared()
         .requests
         .timeout_for(message.header(names::TIMEOUT))?;
-    Ok(())
+    Ok(RequestKind::New)
 }
 
 /// Publishes a request: the server sets `reply-to` to a fresh reply address of the sender's
 /// inbox, and the request then gets exactly one terminal answer (see [`crate::request`]).
 fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
-    check_request(ctx)?;
-    if forwarded(ctx.message()).is_some() {
+    if check_request(ctx)? == RequestKind::Forward {
         return forward_request(ctx);
     }
     let server = ctx.server().clone();

@@ -169,10 +169,11 @@ impl Inbox {
 pub(crate) struct Requests {
     /// This process's part of every inbox address.
     node: String,
-    /// By the inbox's own token.
-    inboxes: DashMap<Box<str>, Arc<Inbox>>,
+    /// By the inbox's own token. Hashed with foldhash (randomly seeded per map), as the hub:
+    /// every reply looks its address up here.
+    inboxes: DashMap<Box<str>, Arc<Inbox>, foldhash::quality::RandomState>,
     /// By the token of the inbox's reply addresses.
-    replies: DashMap<Box<str>, Arc<Inbox>>,
+    replies: DashMap<Box<str>, Arc<Inbox>, foldhash::quality::RandomState>,
     config: RequestsConfig,
 }
 
@@ -189,8 +190,8 @@ impl Requests {
     pub(crate) fn new(config: RequestsConfig) -> Self {
         Requests {
             node: random_hex(4),
-            inboxes: DashMap::new(),
-            replies: DashMap::new(),
+            inboxes: DashMap::default(),
+            replies: DashMap::default(),
             config,
         }
     }
@@ -209,7 +210,9 @@ impl Requests {
     pub(crate) fn open_inbox(&self, owner: Option<Outbox>, max_pending: usize) -> Arc<Inbox> {
         let inbox = Arc::new(Inbox {
             token: format!("{}.{}", self.node, random_hex(16)).into_boxed_str(),
-            replies: format!("{}.{}", self.node, random_hex(16)).into_boxed_str(),
+            // Only a key to find the inbox by, shown in every reply address: the reply's own
+            // key is what cannot be guessed, so 64 bits keep addresses (and their checks) short.
+            replies: format!("{}.{}", self.node, random_hex(8)).into_boxed_str(),
             owner,
             pending: Mutex::new(HashMap::new()),
             max_pending,
@@ -303,11 +306,7 @@ impl Requests {
         // `<node>.<token>` (an inbox) or `<node>.<replies>.<key>` (a reply address).
         match rest.match_indices('.').nth(1) {
             Some((at, _)) => {
-                let key = &rest[at + 1..];
-                if key.len() != 16 {
-                    return None;
-                }
-                let n = u64::from_str_radix(key, 16).ok()?;
+                let n = parse_key(&rest[at + 1..])?;
                 let inbox = self.replies.get(&rest[..at])?.value().clone();
                 Some((inbox, Some(n)))
             }
@@ -523,6 +522,22 @@ async fn expire(inbox: Weak<Inbox>, n: u64, mut deadline: Instant, metrics: Arc<
     }
 }
 
+/// The key of a reply address: exactly 16 lower-case hex digits, as `start` writes it (a
+/// loop of its own: `u64::from_str_radix` costs several times more, once per reply).
+fn parse_key(key: &str) -> Option<u64> {
+    if key.len() != 16 {
+        return None;
+    }
+    key.bytes().try_fold(0u64, |n, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u64::from(digit))
+    })
+}
+
 /// The random key of one reply address.
 fn random_key() -> u64 {
     // As for `random_hex`: a predictable key would let others answer requests.
@@ -553,4 +568,38 @@ pub(crate) fn inbox_answer(address: &str, request_id: Option<&Text>) -> Message 
         .body(Bytes::new())
         .build()
         .expect("an inbox address is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_keys_are_sixteen_lower_case_hex_digits() {
+        for n in [0, 1, 0xdead_beef, u64::MAX] {
+            assert_eq!(parse_key(&format!("{n:016x}")), Some(n));
+        }
+        for bad in [
+            "",
+            "1",
+            "000000000000000g",
+            "00000000000000000",
+            "DEADBEEFDEADBEEF",
+            "+00000000000000f",
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_addresses_of_three_parts_are_reply_addresses() {
+        assert!(is_reply_address(
+            "_inbox.0a1b2c3d.0011223344556677.8899aabbccddeeff"
+        ));
+        assert!(!is_reply_address(
+            "_inbox.0a1b2c3d.00112233445566778899aabbccddeeff"
+        ));
+        assert!(!is_reply_address("_inbox.a.b.c.d"));
+        assert!(!is_reply_address("inbox.a.b.c"));
+    }
 }
