@@ -76,9 +76,10 @@ pub struct AuthConfig {
     pub es256_public_key_file: Option<PathBuf>,
     /// Environment variable holding the ES256 public key, PEM.
     pub es256_public_key_env: Option<String>,
-    /// When set, a token's `iss` claim must equal it.
+    /// When set, a token must have an `iss` claim equal to it.
     pub issuer: Option<String>,
-    /// When set, a token's `aud` claim must contain it; when unset, `aud` is not checked.
+    /// When set, a token must have an `aud` claim that contains it; when unset, `aud` is not
+    /// checked.
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds. A connection is closed for an
     /// expired token this long after its `exp`.
