@@ -380,6 +380,24 @@ fn anonymous_off_without_a_key_is_a_config_error() {
 }
 
 #[test]
+fn validating_a_config_reads_its_keys_as_building_the_server_does() {
+    let mut config = Config::default();
+    config.auth.rs256_public_key_file = Some(format!("{FIXTURES}/no-such-key.pem").into());
+    let validated = config.validate().expect_err("refused").to_string();
+    let built = Server::builder(config).build().err().expect("refused");
+    assert!(
+        validated.contains("auth.rs256_public_key_file"),
+        "{validated}"
+    );
+    assert_eq!(validated, built.to_string());
+    // The placeholder that lhttpd --check-config prints for a secret is not a secret.
+    let mut config = Config::default();
+    config.auth.hs256_secret = Some(lhttp_server::config::REDACTED.into());
+    let error = config.validate().expect_err("refused").to_string();
+    assert!(error.contains("auth.hs256_secret holds"), "{error}");
+}
+
+#[test]
 fn auth_is_reserved_for_the_server() {
     let error = Server::builder(Config::default())
         .processor("auth", WhoAmI)
