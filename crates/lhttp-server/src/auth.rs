@@ -2,8 +2,9 @@
 //!
 //! A token is accepted when it is signed with one of the configured keys (HS256 secret, RS256
 //! or ES256 public key) under that key's algorithm only — a token cannot choose to be checked
-//! as HS256 against a public key — and its `exp` is in the future (`nbf`, `iss` and `aud` are
-//! checked too when present or configured). Claims used by lhttp:
+//! as HS256 against a public key — its `exp` is in the future, its `nbf` (when present) is not,
+//! and, when an issuer or audience is configured, its `iss` equals the issuer and its `aud`
+//! names the audience (a token without the claim is refused). Claims used by lhttp:
 //!
 //! - `sub` (required, a string): the user id;
 //! - `exp` (required): expiry, seconds since the epoch; the connection is closed then;
@@ -186,14 +187,22 @@ impl Verifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken compares `aud` and `iss` only when the token carries them: a configured
+        // audience or issuer must also be required, or a token without the claim (minted for
+        // another service with the same key) would pass.
+        let mut required = vec!["exp", "sub"];
         match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(
             |e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::Signature,
@@ -208,6 +217,13 @@ impl Verifier {
                 _ => AuthError::Malformed,
             },
         )?;
+        // `iss` names one issuer (RFC 7519, 4.1.1); jsonwebtoken also accepts an array that
+        // merely contains the configured one.
+        if let Some(issuer) = &self.issuer {
+            if data.claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
+                return Err(AuthError::Issuer);
+            }
+        }
         user_from_claims(data.claims)
     }
 }
@@ -403,6 +419,14 @@ mod tests {
         ));
         assert_eq!(v.verify("not.a.token"), Err(AuthError::Malformed));
         assert_eq!(v.verify(""), Err(AuthError::Malformed));
+        for claim in ["aud", "iss"] {
+            let mut without = good.clone();
+            without.as_object_mut().unwrap().remove(claim);
+            assert_eq!(
+                v.verify(&hs(without)),
+                Err(AuthError::Claim(format!("{claim} missing")))
+            );
+        }
         let mut no_exp = good.clone();
         no_exp.as_object_mut().unwrap().remove("exp");
         assert!(matches!(v.verify(&hs(no_exp)), Err(AuthError::Claim(_))));

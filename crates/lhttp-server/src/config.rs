@@ -5,12 +5,27 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::{ServerError, auth::Verifier, cluster::Cluster, permissions::Permissions};
 
 /// Largest count that sizes a queue or a semaphore (connections, queued messages, calls in
 /// flight). The runtime's own ceiling is far above any real use but below what a TOML integer
 /// can say; beyond it building the server would panic instead of reporting the value.
 pub const MAX_COUNT: usize = u32::MAX as usize;
+
+/// `url` with its user information (`nats://user:password@host`) replaced by [`REDACTED`], as
+/// error messages and printed configurations show it: a password must not reach the logs.
+pub fn url_without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://{REDACTED}{}", &rest[at..]).into(),
+        None => url.into(),
+    }
+}
 
 /// Refuses `value` for `name` when it is above [`MAX_COUNT`].
 fn check_count(name: &str, value: usize) -> Result<(), String> {
@@ -22,7 +37,7 @@ fn check_count(name: &str, value: usize) -> Result<(), String> {
 
 /// Server configuration. Every field has a default; unknown keys are errors, so that a typo in
 /// a config file is reported instead of silently ignored.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where to listen and how to stop.
@@ -51,7 +66,7 @@ pub struct Config {
 /// docs/security.md says what to set before a server faces the internet.
 ///
 /// Its `Debug` output hides `hs256_secret`, so printing a configuration never prints the secret.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Accept connections that present no token. When false, a connection that brought no
@@ -76,9 +91,10 @@ pub struct AuthConfig {
     pub es256_public_key_file: Option<PathBuf>,
     /// Environment variable holding the ES256 public key, PEM.
     pub es256_public_key_env: Option<String>,
-    /// When set, a token's `iss` claim must equal it.
+    /// When set, a token must have an `iss` claim equal to it.
     pub issuer: Option<String>,
-    /// When set, a token's `aud` claim must contain it; when unset, `aud` is not checked.
+    /// When set, a token must have an `aud` claim that contains it; when unset, `aud` is not
+    /// checked.
     pub audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds. A connection is closed for an
     /// expired token this long after its `exp`.
@@ -207,7 +223,7 @@ impl AuthConfig {
 /// Rules only allow; a channel is allowed when any rule that applies to the connection allows
 /// it. A rule applies to a connection when: `roles` is empty and (`anonymous` is true or the
 /// connection is authenticated), or the connection's token lists one of `roles`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelRule {
     /// Channel pattern: tokens separated by `.`; `*` matches one token, `>` (last) matches one
@@ -227,7 +243,7 @@ pub struct ChannelRule {
 /// `[cluster]`: several nodes share channels through NATS.
 ///
 /// With an empty `nats` list (the default) the node runs alone and no NATS code runs at all.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// NATS server URLs (`nats://host:4222`, `tls://host:4222`); several are tried in turn, and
@@ -288,7 +304,7 @@ impl ClusterConfig {
     pub fn validate(&self) -> Result<(), String> {
         for url in &self.nats {
             url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| format!("cluster.nats URL {url:?}: {e}"))?;
+                .map_err(|e| format!("cluster.nats URL {:?}: {e}", url_without_credentials(url)))?;
         }
         let prefix = &self.subject_prefix;
         let token_ok = |t: &str| {
@@ -319,7 +335,7 @@ impl ClusterConfig {
 ///
 /// Closed by default: with no `allow` prefix and no route, every `upstream` header is refused
 /// with 403, so no client can make the server call a URL of its choosing.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// URL prefixes a client may name (`upstream:POST http://127.0.0.1:9000/record`). A URL is
@@ -370,7 +386,7 @@ impl UpstreamConfig {
         )?;
         for prefix in self.allow.iter().chain(self.routes.values()) {
             crate::upstream::Target::parse(prefix)
-                .map_err(|e| format!("upstream URL {prefix:?}: {e}"))?;
+                .map_err(|e| format!("upstream URL {:?}: {e}", url_without_credentials(prefix)))?;
         }
         for name in self.routes.keys() {
             if name.is_empty() || name.contains(['/', ':', ' ']) {
@@ -382,7 +398,7 @@ impl UpstreamConfig {
 }
 
 /// `[server]`: the listening socket and shutdown.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address of the one port that serves WebSocket, `/publish`, `/healthz`, `/metrics` and
@@ -445,7 +461,7 @@ impl ServerConfig {
 
 /// `[limits]`: bounds on everything a client controls. What happens at each limit is in
 /// docs/protocol.md.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest lhttp message, in bytes, over WebSocket (close 1009 beyond it) and in
@@ -572,7 +588,7 @@ impl Limits {
 }
 
 /// `[requests]`: messages with a `reply-to` header, which get exactly one terminal answer.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RequestsConfig {
     /// Timeout of a request that sets no `timeout` header, in milliseconds (504 after it).
@@ -598,7 +614,7 @@ impl Default for RequestsConfig {
 }
 
 /// `[queues]`: queue groups (`subscribe` with `queue`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueuesConfig {
     /// Most messages waiting in one group for a member with credit (503 to a request beyond
@@ -623,7 +639,7 @@ impl Default for QueuesConfig {
 
 /// One `[[gateway]]` route: HTTP requests whose path starts with `path` become `http-request`
 /// messages on `channel` for queue group `queue`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayRoute {
     /// Path prefix, starting and ending with `/` (`/api/`).
@@ -647,7 +663,44 @@ fn default_gateway_timeout_ms() -> u64 {
     30_000
 }
 
+/// Printed by `lhttpd --check-config` in place of a secret. A configuration that holds it
+/// anywhere is refused by [`Config::validate`]: a printed configuration fed back as it is must
+/// not start a server whose secret is the placeholder's text.
+pub const REDACTED: &str = "<redacted>";
+
+/// What validating a configuration built and [`crate::ServerBuilder::build`] keeps.
+pub(crate) struct Checked {
+    pub(crate) verifier: Verifier,
+    pub(crate) permissions: Permissions,
+    pub(crate) cluster: Option<Cluster>,
+}
+
 impl Config {
+    /// Checks the whole configuration as building a server does (building it calls this): the
+    /// values of every section, and the keys the server will read — key files and environment
+    /// variables are read and parsed, NATS credentials and TLS files must exist. `lhttpd
+    /// --check-config` runs this same check.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        self.checked().map(drop)
+    }
+
+    pub(crate) fn checked(&self) -> Result<Checked, ServerError> {
+        refuse_placeholder(self)?;
+        self.limits.validate().map_err(ServerError::Config)?;
+        self.server.validate().map_err(ServerError::Config)?;
+        self.upstream.validate().map_err(ServerError::Config)?;
+        self.cluster.validate().map_err(ServerError::Config)?;
+        self.validate_messaging().map_err(ServerError::Config)?;
+        self.auth.validate().map_err(ServerError::Config)?;
+        Ok(Checked {
+            verifier: Verifier::new(&self.auth).map_err(ServerError::Config)?,
+            permissions: Permissions::new(&self.auth).map_err(ServerError::Config)?,
+            cluster: (self.cluster.enabled())
+                .then(|| Cluster::new(&self.cluster))
+                .transpose()?,
+        })
+    }
+
     /// Checks the request, queue and gateway settings.
     pub fn validate_messaging(&self) -> Result<(), String> {
         let r = &self.requests;
@@ -702,4 +755,37 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Refuses [`REDACTED`] in any text setting, naming the setting.
+fn refuse_placeholder(config: &Config) -> Result<(), ServerError> {
+    fn find(value: &serde_json::Value, path: &mut String) -> bool {
+        match value {
+            serde_json::Value::String(text) => text.contains(REDACTED),
+            serde_json::Value::Array(items) => items.iter().any(|item| find(item, path)),
+            serde_json::Value::Object(fields) => fields.iter().any(|(key, field)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                let found = find(field, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let value = serde_json::to_value(config)
+        .map_err(|e| ServerError::Config(format!("cannot inspect the configuration: {e}")))?;
+    let mut path = String::new();
+    if find(&value, &mut path) {
+        return Err(ServerError::Config(format!(
+            "{path} holds {REDACTED:?}, the placeholder lhttpd --check-config prints for a \
+             secret: put the real value back, or give it with the _file or _env form"
+        )));
+    }
+    Ok(())
 }

@@ -128,14 +128,13 @@ impl ServerBuilder {
 
     /// Checks the configuration and the registrations.
     pub fn build(self) -> Result<Server, ServerError> {
-        self.config.limits.validate().map_err(ServerError::Config)?;
-        self.config.server.validate().map_err(ServerError::Config)?;
-        self.config
-            .validate_messaging()
-            .map_err(ServerError::Config)?;
-        self.config.auth.validate().map_err(ServerError::Config)?;
-        let verifier = Verifier::new(&self.config.auth).map_err(ServerError::Config)?;
-        let permissions = Permissions::new(&self.config.auth).map_err(ServerError::Config)?;
+        // The one validation, shared with `lhttpd --check-config`; it builds the key verifier,
+        // the permissions and the cluster client on the way.
+        let crate::config::Checked {
+            verifier,
+            permissions,
+            cluster,
+        } = self.config.checked()?;
         let mut processors = HashMap::default();
         let mut processor_order = Vec::new();
         for (command, processor) in self.processors {
@@ -162,11 +161,6 @@ impl ServerBuilder {
             limits.max_message_size.saturating_sub(1024),
         )
         .map_err(ServerError::Config)?;
-        let cluster = if self.config.cluster.enabled() {
-            Some(Cluster::new(&self.config.cluster)?)
-        } else {
-            None
-        };
         let requests_config = self.config.requests.clone();
         let queues = Queues::new(self.config.queues.clone());
         for route in &self.config.gateway {

@@ -199,6 +199,68 @@ async fn bad_tokens_at_the_upgrade_get_401_with_the_reason() {
 }
 
 #[tokio::test]
+async fn a_configured_issuer_and_audience_must_be_in_the_token() {
+    let server = server(|c| {
+        c.auth.anonymous = false;
+        c.auth.issuer = Some("https://issuer.example".into());
+        c.auth.audience = Some("lhttp".into());
+    })
+    .await;
+    let url = server.url("/");
+    let token = |change: &dyn Fn(&mut Value)| {
+        let mut c = json!({"sub": "alice", "exp": now() + 60,
+            "iss": "https://issuer.example", "aud": "lhttp"});
+        change(&mut c);
+        hs256(&c)
+    };
+    let without = |claim: &'static str| {
+        token(&move |c: &mut Value| {
+            c.as_object_mut().unwrap().remove(claim);
+        })
+    };
+    let refused = [
+        (without("aud"), "token claim aud missing"),
+        (without("iss"), "token claim iss missing"),
+        (
+            token(&|c| c["aud"] = json!("other")),
+            "wrong token audience",
+        ),
+        (token(&|c| c["iss"] = json!("evil")), "wrong token issuer"),
+        // An issuer list that merely includes ours is not our issuer.
+        (
+            token(&|c| c["iss"] = json!(["evil", "https://issuer.example"])),
+            "wrong token issuer",
+        ),
+    ];
+    for (token, reason) in &refused {
+        let (status, body) = connect_bearer(&url, token).await.err().expect("refused");
+        assert_eq!((status, body.trim()), (401, *reason));
+    }
+    // The same tokens through the `auth` message.
+    let mut c = server.client().await;
+    for (token, reason) in &refused {
+        let (answer, _) = c
+            .request(&format!("LHTTP/1.0 auth\r\ntoken:{token}\r\n\r\n"))
+            .await;
+        assert_eq!(
+            (answer.header("status"), answer.header("reason")),
+            (Some("401"), Some(*reason))
+        );
+    }
+    // An audience list that includes ours is fine (RFC 7519, 4.1.3).
+    let good = token(&|c| c["aud"] = json!(["other", "lhttp"]));
+    let (answer, _) = c
+        .request(&format!("LHTTP/1.0 auth\r\ntoken:{good}\r\n\r\n"))
+        .await;
+    assert_eq!(answer.command(), "ok", "{answer:?}");
+    assert_eq!(whoami(&mut c).await, "alice roles=");
+    let mut upgraded = connect_bearer(&url, &token(&|_| {}))
+        .await
+        .expect("accepted");
+    assert_eq!(whoami(&mut upgraded).await, "alice roles=");
+}
+
+#[tokio::test]
 async fn without_anonymous_only_auth_is_accepted_until_a_valid_token_arrives() {
     let server = server(|c| c.auth.anonymous = false).await;
     let mut c = server.client().await;
@@ -315,6 +377,24 @@ fn anonymous_off_without_a_key_is_a_config_error() {
     config.auth.anonymous = false;
     let error = Server::builder(config).build().err().expect("refused");
     assert!(error.to_string().contains("needs a key"), "{error}");
+}
+
+#[test]
+fn validating_a_config_reads_its_keys_as_building_the_server_does() {
+    let mut config = Config::default();
+    config.auth.rs256_public_key_file = Some(format!("{FIXTURES}/no-such-key.pem").into());
+    let validated = config.validate().expect_err("refused").to_string();
+    let built = Server::builder(config).build().err().expect("refused");
+    assert!(
+        validated.contains("auth.rs256_public_key_file"),
+        "{validated}"
+    );
+    assert_eq!(validated, built.to_string());
+    // The placeholder that lhttpd --check-config prints for a secret is not a secret.
+    let mut config = Config::default();
+    config.auth.hs256_secret = Some(lhttp_server::config::REDACTED.into());
+    let error = config.validate().expect_err("refused").to_string();
+    assert!(error.contains("auth.hs256_secret holds"), "{error}");
 }
 
 #[test]

@@ -3,10 +3,15 @@
 
 mod settings;
 
-use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{
+    io::{IsTerminal, Write as _},
+    net::SocketAddr,
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, CommandFactory as _, Parser};
 use lhttp_server::Server;
 use tracing_subscriber::EnvFilter;
 
@@ -48,7 +53,8 @@ struct Args {
     #[arg(long)]
     print_config: bool,
 
-    /// Check the configuration, print the effective values, and exit.
+    /// Check the configuration as start-up does (keys and files included), print the effective
+    /// configuration as TOML with secrets shown as "<redacted>", and exit.
     #[arg(long)]
     check_config: bool,
 
@@ -59,17 +65,31 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.print_config {
-        print!("{}", settings::DEFAULT_CONFIG);
-        return ExitCode::SUCCESS;
-    }
-    init_logging(args.verbose);
-    match run(args) {
+    let result = if args.print_config {
+        print_stdout(settings::DEFAULT_CONFIG)
+    } else {
+        init_logging(args.verbose);
+        run(args)
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("lhttpd: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes `text` to standard output. A reader that stops early (`lhttpd --check-config | head`)
+/// is not an error: what it wanted, it has.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to standard output"),
     }
 }
 
@@ -90,7 +110,18 @@ fn init_logging(verbose: u8) {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let mut config = settings::load(args.config.as_deref(), std::env::vars())?;
+    // Variables that flags read (`LHTTPD_LISTEN`) are valid without being settings.
+    let command = Args::command();
+    let flag_variables: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env()?.to_str().map(str::to_owned))
+        .collect();
+    let flag_variables: Vec<&str> = flag_variables.iter().map(String::as_str).collect();
+    let mut config = settings::load(
+        args.config.as_deref(),
+        settings::environment()?,
+        &flag_variables,
+    )?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
     }
@@ -101,14 +132,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     if !args.nats.is_empty() {
         config.cluster.nats = args.nats;
     }
-    config.limits.validate().map_err(anyhow::Error::msg)?;
-    config.server.validate().map_err(anyhow::Error::msg)?;
-    config.upstream.validate().map_err(anyhow::Error::msg)?;
-    config.cluster.validate().map_err(anyhow::Error::msg)?;
-    config.auth.validate().map_err(anyhow::Error::msg)?;
+    // The same check as building the server makes, before binding, so that a configuration
+    // error is reported as such rather than as whatever the listener meets first.
+    config.validate()?;
     if args.check_config {
-        println!("{config:#?}");
-        return Ok(());
+        return print_stdout(&settings::effective_toml(&config)?);
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(serve(config))
