@@ -1,5 +1,7 @@
-//! [`ConnectionsPerIp`]: how many WebSocket connections each client address holds, so that one
-//! machine cannot take every connection slot (`limits.max_connections_per_ip`).
+//! [`ConnectionsPerIp`]: how many connections each client address holds, so that one machine
+//! cannot take every connection slot. The server keeps two counts: WebSocket connections
+//! (`limits.max_connections_per_ip`) and TCP connections still speaking HTTP
+//! (`limits.max_http_connections_per_ip`), which a connection leaves when it upgrades.
 //!
 //! IPv6 clients are counted per /64 network, the block one subscriber usually gets: counting
 //! single addresses would let one host use 2^64 of them. IPv4-mapped IPv6 addresses count as
@@ -12,7 +14,7 @@ use std::{
 
 use dashmap::{DashMap, mapref::entry::Entry};
 
-/// Open WebSocket connections per client address.
+/// Open connections (of one kind) per client address.
 #[derive(Debug)]
 pub(crate) struct ConnectionsPerIp {
     /// 0: no limit, and nothing is counted.

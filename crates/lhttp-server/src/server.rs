@@ -76,6 +76,11 @@ pub(crate) struct Shared {
     pub(crate) connection_slots: Arc<Semaphore>,
     /// WebSocket connections per client address (`limits.max_connections_per_ip`).
     pub(crate) connections_per_ip: Arc<ConnectionsPerIp>,
+    /// One permit per TCP connection still speaking HTTP (`limits.max_http_connections`),
+    /// taken at accept and given back when it ends or becomes a WebSocket.
+    pub(crate) http_connection_slots: Arc<Semaphore>,
+    /// The same per client address (`limits.max_http_connections_per_ip`).
+    pub(crate) http_connections_per_ip: Arc<ConnectionsPerIp>,
     pub(crate) next_connection_id: AtomicU64,
     pub(crate) upstream: Upstream,
     /// The broker seam: `None` on a single node, where publishing is local fan-out only and
@@ -182,6 +187,10 @@ impl ServerBuilder {
             parser_limits: limits.parser(),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             connections_per_ip: Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip)),
+            http_connection_slots: Arc::new(Semaphore::new(limits.max_http_connections)),
+            http_connections_per_ip: Arc::new(ConnectionsPerIp::new(
+                limits.max_http_connections_per_ip,
+            )),
             config: self.config,
             hub: Hub::default(),
             metrics: Arc::default(),
@@ -511,6 +520,13 @@ impl ServerHandle {
         self.shared.connections_per_ip.count(ip)
     }
 
+    /// Open TCP connections that speak HTTP (not upgraded), as counted for
+    /// `limits.max_http_connections`.
+    pub fn http_connection_count(&self) -> usize {
+        self.shared.config.limits.max_http_connections
+            - self.shared.http_connection_slots.available_permits()
+    }
+
     /// Client addresses (IPv6: /64 networks) with open WebSocket connections, as counted for
     /// `limits.max_connections_per_ip`; 0 when that limit is off.
     pub fn connected_addresses(&self) -> usize {
@@ -537,6 +553,7 @@ impl ServerHandle {
         let hub = &self.shared.hub;
         let mut out = self.shared.metrics.render(&Gauges {
             connections: self.connection_count() as u64,
+            http_connections: self.http_connection_count() as u64,
             channels: hub.channel_count() as u64,
             subscriptions: hub.subscription_count() as u64,
             inboxes: self.shared.requests.inbox_count() as u64,
