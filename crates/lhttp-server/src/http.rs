@@ -1,7 +1,10 @@
 //! The HTTP side of the one port: WebSocket upgrades on any path, `POST /publish`,
 //! `GET /healthz`, `GET /metrics` and the chat page at `GET /`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
@@ -14,10 +17,12 @@ use axum::{
 };
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::{
-    ServerHandle, http_publish, metrics::add, server::Shared, session, websocket::WebSocket,
+    ServerHandle, User, auth_throttle::Refusal, http_publish, metrics::add, server::Shared,
+    session, websocket::WebSocket,
 };
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
@@ -183,30 +188,21 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     if !origin_allowed(&shared.config.server.allowed_origins, headers) {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
     let user = match bearer_token(&request) {
         None => None,
-        Some(token) => match shared.verifier.verify(token) {
+        Some(token) => match verify_token(&shared, peer.ip(), token) {
             Ok(user) => Some(user),
-            Err(error) => {
-                add(&shared.metrics.auth_failures, 1);
-                tracing::debug!(%error, "upgrade with a refused token");
-                let mut response = (StatusCode::UNAUTHORIZED, format!("{error}\n")).into_response();
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-                return response;
-            }
+            Err(response) => return *response,
         },
     };
     let accept_key = derive_accept_key(key.as_bytes());
     if shared.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
     }
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
     // Per address first: a refused client must not take one of the server's slots, even
     // briefly.
     let Some(ip_slot) = shared.connections_per_ip.try_acquire(peer.ip()) else {
@@ -260,6 +256,35 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
+}
+
+/// Verifies the token of an upgrade request from `ip`, unless that address failed too often
+/// lately (429, unverified) or the token is too long (401, unparsed).
+fn verify_token(shared: &Shared, ip: IpAddr, token: &str) -> Result<User, Box<Response>> {
+    let refused = match shared.auth_throttle.admit(ip, token, Instant::now()) {
+        Err(Refusal::Throttled) => {
+            add(&shared.metrics.auth_throttled, 1);
+            let reason = Refusal::Throttled.reason();
+            let response = (StatusCode::TOO_MANY_REQUESTS, format!("{reason}\n"));
+            return Err(Box::new(response.into_response()));
+        }
+        Err(Refusal::TooLong) => Refusal::TooLong.reason().to_owned(),
+        Ok(()) => match shared.verifier.verify(token) {
+            Ok(user) => return Ok(user),
+            Err(error) => {
+                shared.auth_throttle.failed(ip, Instant::now());
+                error.to_string()
+            }
+        },
+    };
+    add(&shared.metrics.auth_failures, 1);
+    tracing::debug!(error = %refused, "upgrade with a refused token");
+    let mut response = (StatusCode::UNAUTHORIZED, format!("{refused}\n")).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    Err(Box::new(response))
 }
 
 /// The token of an upgrade request: `Authorization: Bearer <token>`, else the `token` query

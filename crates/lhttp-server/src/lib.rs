@@ -46,6 +46,7 @@
 
 mod accept;
 mod auth;
+mod auth_throttle;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod builtin;

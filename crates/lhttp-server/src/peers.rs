@@ -44,7 +44,7 @@ impl ConnectionsPerIp {
         if self.max == 0 {
             return Some(IpSlot { owner: None });
         }
-        let key = key(ip);
+        let key = address_key(ip);
         match self.counts.entry(key) {
             Entry::Occupied(mut entry) => {
                 if *entry.get() >= self.max {
@@ -63,7 +63,7 @@ impl ConnectionsPerIp {
 
     /// Connections counted for `ip` (its /64 for IPv6).
     pub(crate) fn count(&self, ip: IpAddr) -> usize {
-        self.counts.get(&key(ip)).map_or(0, |count| *count)
+        self.counts.get(&address_key(ip)).map_or(0, |count| *count)
     }
 
     /// Addresses with at least one counted connection.
@@ -90,8 +90,8 @@ impl Drop for IpSlot {
     }
 }
 
-/// The address a connection is counted under.
-fn key(ip: IpAddr) -> IpAddr {
+/// The address a connection is counted under (also the one failed authentications are).
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -14,6 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection, accept,
     auth::Verifier,
+    auth_throttle::AuthThrottle,
     builtin::{self, names},
     channel,
     cluster::Cluster,
@@ -88,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) cluster: Option<Cluster>,
     /// Token verification keys, read once at build.
     pub(crate) verifier: Verifier,
+    /// Failed authentications per address, and the token size limit.
+    pub(crate) auth_throttle: AuthThrottle,
     /// The compiled `[[auth.rules]]`.
     pub(crate) permissions: Permissions,
 }
@@ -187,6 +190,7 @@ impl ServerBuilder {
             parser_limits: limits.parser(),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             connections_per_ip: Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip)),
+            auth_throttle: AuthThrottle::new(limits),
             http_connection_slots: Arc::new(Semaphore::new(limits.max_http_connections)),
             http_connections_per_ip: Arc::new(ConnectionsPerIp::new(
                 limits.max_http_connections_per_ip,

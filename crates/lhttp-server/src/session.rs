@@ -14,6 +14,8 @@
 //!   (401) and 1008 "authentication timeout";
 //! - the connection's token expires without a refresh: an `error` (401 "token expired"), then
 //!   1008 "token expired".
+//! - the client's `auth` messages are refused `limits.auth_failures_per_connection` times:
+//!   the last refusal, then 1008 "too many failed authentications";
 //! - the client keeps sending over its message rate (`limits.rate_limit_close_after` refusals
 //!   within `limits.rate_limit_window_ms`): a last 429 `error`, then 1008 "message rate limit
 //!   exceeded".
@@ -32,6 +34,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::{
     Connection, Context, Processor, Rejection, ServerHandle, User,
+    auth_throttle::Refusal,
     builtin::names,
     connection::ConnectionId,
     metrics::{Metrics, add},
@@ -217,6 +220,8 @@ struct SignIn {
     required_by: Option<Pin<Box<Sleep>>>,
     /// Fires at the token's `exp` plus the leeway, unless a refresh moved it.
     expires: Option<Pin<Box<Sleep>>>,
+    /// `auth` messages refused so far (`limits.auth_failures_per_connection`).
+    failures: u32,
 }
 
 impl SignIn {
@@ -226,6 +231,7 @@ impl SignIn {
         SignIn {
             required_by,
             expires: user.map(|u| Box::pin(tokio::time::sleep_until(expiry(shared, u)))),
+            failures: 0,
         }
     }
 
@@ -494,7 +500,17 @@ fn dispatch<'c, 's>(
                     let _ = connection.send(&ok_message(id));
                 }
             }
-            Err(rejection) => connection.send_rejection(&rejection, request_id.as_ref()),
+            Err(rejection) => {
+                connection.send_rejection(&rejection, request_id.as_ref());
+                // A client that keeps presenting bad tokens makes the server verify each one
+                // (or, throttled, answer each): after a few it has no reason to stay.
+                sign_in.failures = sign_in.failures.saturating_add(1);
+                let limit = shared.config.limits.auth_failures_per_connection;
+                if limit != 0 && sign_in.failures >= limit {
+                    add(&shared.metrics.auth_failure_closes, 1);
+                    return Step::Done(Some(End::Close(1008, "too many failed authentications")));
+                }
+            }
         }
         return Step::Done(None);
     }
@@ -567,8 +583,21 @@ fn authenticate(
     let token = message
         .header("token")
         .ok_or_else(|| Rejection::new(401, "auth needs a token header"))?;
+    let ip = connection.peer_addr().ip();
+    shared
+        .auth_throttle
+        .admit(ip, token, Instant::now())
+        .map_err(|refusal| {
+            let counter = match refusal {
+                Refusal::Throttled => &shared.metrics.auth_throttled,
+                Refusal::TooLong => &shared.metrics.auth_failures,
+            };
+            add(counter, 1);
+            Rejection::new(refusal.status(), refusal.reason())
+        })?;
     let user = shared.verifier.verify(token).map_err(|e| {
         add(&shared.metrics.auth_failures, 1);
+        shared.auth_throttle.failed(ip, Instant::now());
         Rejection::new(401, e.to_string())
     })?;
     // A new identity on a live connection would inherit subscriptions and state made for

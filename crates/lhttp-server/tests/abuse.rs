@@ -115,3 +115,170 @@ async fn http_connections_are_bounded_server_wide() {
     let metrics = server.handle.render_metrics();
     assert_eq!(metric(&metrics, "lhttp_http_connections"), 2);
 }
+
+const SECRET: &str = "test-only hs256 secret, 32+ bytes long!";
+
+/// A token signed with [`SECRET`] for `sub`, valid for a minute.
+fn token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": sub, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token whose signature is wrong (as a forger's is).
+fn forged(sub: &str) -> String {
+    let good = token(sub);
+    let (signed, _) = good.rsplit_once('.').unwrap();
+    format!("{signed}.{}", "A".repeat(43))
+}
+
+/// A server that verifies HS256 tokens, with `change` applied.
+async fn auth_server(change: impl FnOnce(&mut Config)) -> TestServer {
+    start_with(Server::builder(config(|c: &mut Config| {
+        c.auth.hs256_secret = Some(SECRET.into());
+        change(c);
+    })))
+    .await
+}
+
+/// Opens a WebSocket from `source`, with `Authorization: Bearer <token>` if one is given.
+async fn upgrade_from(
+    server: &TestServer,
+    source: [u8; 4],
+    token: Option<&str>,
+) -> Result<Client, (u16, String)> {
+    use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+    let mut request = server.url("/").into_client_request().unwrap();
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().unwrap();
+        request.headers_mut().insert("authorization", value);
+    }
+    let tcp = tcp_from(server, source).await;
+    match tokio_tungstenite::client_async(request, tcp).await {
+        Ok((ws, _)) => Ok(Client {
+            ws: tokio_tungstenite::WebSocketStream::from_raw_socket(
+                tokio_tungstenite::MaybeTlsStream::Plain(ws.into_inner()),
+                tungstenite::protocol::Role::Client,
+                None,
+            )
+            .await,
+            next_id: 0,
+        }),
+        Err(tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        )),
+        Err(other) => panic!("upgrade: {other}"),
+    }
+}
+
+/// Sends `auth` with `token`; the answer's status and reason (200 for `ok`).
+async fn auth(client: &mut Client, token: &str) -> (u16, String) {
+    let (answer, _) = client
+        .request(&format!("LHTTP/1.0 auth\r\ntoken:{token}\r\n\r\n"))
+        .await;
+    if answer.command() == "ok" {
+        return (200, String::new());
+    }
+    let status = answer.header("status").unwrap().parse().unwrap();
+    (status, answer.header("reason").unwrap().to_owned())
+}
+
+/// A socket that sends bad token after bad token is answered 401 a few times, then closed:
+/// it cannot make the server verify signatures for ever.
+#[tokio::test]
+async fn a_connection_that_keeps_failing_to_authenticate_is_closed() {
+    let server = auth_server(|_| {}).await;
+    let mut attacker = server.client().await;
+    for _ in 0..4 {
+        let (status, reason) = auth(&mut attacker, &forged("mallory")).await;
+        assert_eq!((status, reason.as_str()), (401, "invalid token signature"));
+    }
+    attacker
+        .send(&format!(
+            "LHTTP/1.0 auth\r\ntoken:{}\r\n\r\n",
+            forged("mallory")
+        ))
+        .await;
+    let (status, _, _) = attacker.recv_error().await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        attacker.recv_close().await,
+        (1008, "too many failed authentications".to_owned())
+    );
+    assert_eq!(server.metric("auth_failure_closes_total"), 1);
+    // A client with a good token is not affected.
+    let mut user = server.client().await;
+    assert_eq!(auth(&mut user, &token("alice")).await.0, 200);
+}
+
+/// An address with many recent failures gets 429, unverified, for every token it presents, on
+/// any connection and at the upgrade; it may still connect without a token, and other
+/// addresses are served as usual.
+#[tokio::test]
+async fn an_address_with_many_failed_authentications_is_refused_for_a_while() {
+    let server = auth_server(|c| {
+        c.limits.auth_failures_per_ip = 3;
+        c.limits.auth_failures_per_connection = 0;
+    })
+    .await;
+    let mut attacker = server.client().await;
+    for _ in 0..3 {
+        assert_eq!(auth(&mut attacker, &forged("mallory")).await.0, 401);
+    }
+    let (status, reason) = auth(&mut attacker, &forged("mallory")).await;
+    assert_eq!(status, 429);
+    assert!(
+        reason.contains("too many failed authentications"),
+        "{reason}"
+    );
+    // Not even a good token is verified from there now.
+    assert_eq!(auth(&mut attacker, &token("mallory")).await.0, 429);
+    let mut second = server.client().await;
+    assert_eq!(auth(&mut second, &token("alice")).await.0, 429);
+    match upgrade_from(&server, [127, 0, 0, 1], Some(&token("alice"))).await {
+        Err((429, body)) => assert!(body.contains("too many failed"), "{body}"),
+        Err(other) => panic!("expected 429, got {other:?}"),
+        Ok(_) => panic!("a token from a throttled address was accepted"),
+    }
+    assert!(upgrade_from(&server, [127, 0, 0, 1], None).await.is_ok());
+    // Another address authenticates, at the upgrade and with `auth`.
+    assert!(
+        upgrade_from(&server, [127, 0, 0, 2], Some(&token("bob")))
+            .await
+            .is_ok()
+    );
+    let mut other = upgrade_from(&server, [127, 0, 0, 2], None).await.unwrap();
+    assert_eq!(auth(&mut other, &token("bob")).await.0, 200);
+    assert_eq!(server.metric("auth_failures_total"), 3);
+    assert_eq!(server.metric("auth_throttled_total"), 4);
+}
+
+/// A token longer than `limits.max_token_bytes` is refused before it is decoded, at the
+/// upgrade and in `auth`.
+#[tokio::test]
+async fn oversized_tokens_are_refused_unparsed() {
+    let server = auth_server(|_| {}).await;
+    let (signed, signature) = token("alice")
+        .rsplit_once('.')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .unwrap();
+    let long = format!("{signed}.{signature}{}", "A".repeat(8 * 1024));
+    let mut client = server.client().await;
+    assert_eq!(
+        auth(&mut client, &long).await,
+        (401, "token too long".to_owned())
+    );
+    match upgrade_from(&server, [127, 0, 0, 1], Some(&long)).await {
+        Err((401, body)) => assert_eq!(body, "token too long\n"),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+}
