@@ -235,7 +235,8 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
             Ok(upgraded) => upgraded,
             Err(error) => return tracing::debug!(%error, "upgrade failed"),
         };
-        let socket = WebSocket::new(TokioIo::new(upgraded), max_message);
+        let socket = WebSocket::new(TokioIo::new(upgraded), max_message)
+            .with_budget(shared.unfinished.clone());
         let tracker = shared.tasks.clone();
         let session = session::run(
             shared,

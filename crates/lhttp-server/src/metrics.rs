@@ -59,6 +59,7 @@ pub struct Metrics {
 pub(crate) struct Gauges {
     pub connections: u64,
     pub http_connections: u64,
+    pub unfinished_message_bytes: u64,
     pub channels: u64,
     pub subscriptions: u64,
     pub inboxes: u64,
@@ -90,6 +91,11 @@ impl Metrics {
             "http_connections",
             "Open TCP connections speaking HTTP (not upgraded to WebSocket).",
             gauges.http_connections,
+        );
+        gauge(
+            "unfinished_message_bytes",
+            "Bytes held for large WebSocket messages that have not fully arrived (limits.unfinished_message_bytes).",
+            gauges.unfinished_message_bytes,
         );
         gauge(
             "channels",

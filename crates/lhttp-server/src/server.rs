@@ -28,6 +28,7 @@ use crate::{
     queue::{Env, Queues},
     request::{InboxDelivery, Requests, is_inbox},
     upstream::Upstream,
+    websocket::UnfinishedBudget,
 };
 
 /// Why a server could not be built or run.
@@ -89,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) cluster: Option<Cluster>,
     /// Token verification keys, read once at build.
     pub(crate) verifier: Verifier,
+    /// Bytes held for large unfinished WebSocket messages (`limits.unfinished_message_bytes`).
+    pub(crate) unfinished: Arc<UnfinishedBudget>,
     /// Failed authentications per address, and the token size limit.
     pub(crate) auth_throttle: AuthThrottle,
     /// The compiled `[[auth.rules]]`.
@@ -191,6 +194,7 @@ impl ServerBuilder {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             connections_per_ip: Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip)),
             auth_throttle: AuthThrottle::new(limits),
+            unfinished: Arc::new(UnfinishedBudget::new(limits.unfinished_message_bytes)),
             http_connection_slots: Arc::new(Semaphore::new(limits.max_http_connections)),
             http_connections_per_ip: Arc::new(ConnectionsPerIp::new(
                 limits.max_http_connections_per_ip,
@@ -558,6 +562,7 @@ impl ServerHandle {
         let mut out = self.shared.metrics.render(&Gauges {
             connections: self.connection_count() as u64,
             http_connections: self.http_connection_count() as u64,
+            unfinished_message_bytes: self.shared.unfinished.held() as u64,
             channels: hub.channel_count() as u64,
             subscriptions: hub.subscription_count() as u64,
             inboxes: self.shared.requests.inbox_count() as u64,

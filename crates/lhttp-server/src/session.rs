@@ -16,6 +16,10 @@
 //!   1008 "token expired".
 //! - the client's `auth` messages are refused `limits.auth_failures_per_connection` times:
 //!   the last refusal, then 1008 "too many failed authentications";
+//! - a message the client began is not complete within `limits.message_timeout_ms`: 1008
+//!   "message not completed in time";
+//! - a large unfinished message would take the server over `limits.unfinished_message_bytes`:
+//!   1013 "server busy: too many unfinished messages";
 //! - the client keeps sending over its message rate (`limits.rate_limit_close_after` refusals
 //!   within `limits.rate_limit_window_ms`): a last 429 `error`, then 1008 "message rate limit
 //!   exceeded".
@@ -259,6 +263,71 @@ fn expiry(shared: &Shared, user: &User) -> Instant {
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+/// The deadline of a message the client has begun and not finished
+/// (`limits.message_timeout_ms`), on a clock of its own: a client that stops in the middle of a
+/// frame sends nothing that would wake the reading loop.
+///
+/// Cheap on the normal path: checked only when the socket has nothing more to give (once per
+/// wake-up, not per message), where it compares two integers. The clock is read when a new
+/// message is found unfinished (a read that ended in the middle of a frame). The timer is
+/// created then if there is none, and left running when the message completes; when it fires
+/// it is reset for the message unfinished then, if any, or dropped. So a connection whose
+/// messages span reads all the time resets its timer at most once per timeout, and one with
+/// nothing unfinished holds none.
+struct Unfinished {
+    timeout: Option<Duration>,
+    /// When the message unfinished now was first seen so, and the socket's count of completed
+    /// items then (another count means another message).
+    since: Option<(Instant, u32)>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Unfinished {
+    fn new(limits: &crate::config::Limits) -> Unfinished {
+        Unfinished {
+            timeout: limits.message_timeout(),
+            since: None,
+            timer: None,
+        }
+    }
+
+    /// After the socket had nothing more to give: notes the message it holds unfinished, if
+    /// any, and completes if that message is overdue.
+    fn poll_overdue(&mut self, socket: &Socket, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let Some(timeout) = self.timeout else {
+            return Poll::Pending;
+        };
+        if !socket.unfinished() {
+            self.since = None;
+        } else if self.since.map(|(_, mark)| mark) != Some(socket.completed()) {
+            let now = Instant::now();
+            self.since = Some((now, socket.completed()));
+            if self.timer.is_none() {
+                self.timer = Some(Box::pin(tokio::time::sleep_until(now + timeout)));
+            }
+        }
+        loop {
+            let Some(timer) = &mut self.timer else {
+                return Poll::Pending;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let Some((since, _)) = self.since else {
+                self.timer = None;
+                return Poll::Pending;
+            };
+            let due = since + timeout;
+            if Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            // Set for a message that has since completed: again, for the one unfinished now
+            // (polled once more to be woken).
+            timer.as_mut().reset(due);
+        }
+    }
+}
+
 /// Completes when `timer` fires; never when there is none.
 async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
@@ -273,19 +342,28 @@ enum SocketEvent {
     Received(Next),
     /// The writer cannot write any more: the socket is dead.
     WriterEnded,
+    /// A message the client began is not complete by its deadline.
+    MessageOverdue,
 }
 
-/// Writes what is queued, and waits for the next received item.
+/// Writes what is queued, and waits for the next received item (or the deadline of the
+/// message the socket holds unfinished).
 fn socket_event<'a>(
     socket: &'a mut Socket,
     writer: &'a mut Writer,
     metrics: &'a Metrics,
+    unfinished: &'a mut Unfinished,
 ) -> impl Future<Output = SocketEvent> + 'a {
     std::future::poll_fn(move |cx| {
         if writer.poll_write(socket, cx, metrics).is_ready() {
             return Poll::Ready(SocketEvent::WriterEnded);
         }
-        socket.poll_next(cx).map(SocketEvent::Received)
+        if let Poll::Ready(next) = socket.poll_next(cx) {
+            return Poll::Ready(SocketEvent::Received(next));
+        }
+        unfinished
+            .poll_overdue(socket, cx)
+            .map(|()| SocketEvent::MessageOverdue)
     })
 }
 
@@ -307,6 +385,7 @@ async fn read_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = tokio::time::Instant::now();
     let mut rate = MessageRate::new(&shared.config.limits, last_seen);
+    let mut unfinished = Unfinished::new(&shared.config.limits);
     // Messages handled since this task last gave its thread away (see `YIELD_AFTER`).
     let mut since_yield = 0;
     loop {
@@ -322,9 +401,13 @@ async fn read_loop(
                 connection.send_rejection(&Rejection::new(401, "token expired"), None);
                 return End::Close(1008, "token expired");
             }
-            event = socket_event(socket, writer, metrics) => match event {
+            event = socket_event(socket, writer, metrics, &mut unfinished) => match event {
                 SocketEvent::Received(next) => next,
                 SocketEvent::WriterEnded => return End::WriterGone,
+                SocketEvent::MessageOverdue => {
+                    add(&metrics.message_timeouts, 1);
+                    return End::Close(1008, "message not completed in time");
+                }
             },
             _ = ping.tick() => {
                 if last_seen.elapsed() >= idle_timeout {
@@ -458,8 +541,14 @@ fn receive<'c, 's>(
 
 /// Maps a WebSocket-level error to the close the client gets.
 fn protocol_error(shared: &Shared, error: &ReadError) -> End {
-    let ReadError::Violation(violation) = error else {
-        return End::Peer;
+    let violation = match error {
+        ReadError::Violation(violation) => violation,
+        ReadError::Busy => {
+            add(&shared.metrics.unfinished_budget_closes, 1);
+            tracing::debug!("unfinished messages over the server's budget");
+            return End::Close(1013, "server busy: too many unfinished messages");
+        }
+        ReadError::Io(_) => return End::Peer,
     };
     let end = match violation.close_code() {
         1009 => End::Close(1009, "message too big"),

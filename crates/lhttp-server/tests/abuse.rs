@@ -282,3 +282,218 @@ async fn oversized_tokens_are_refused_unparsed() {
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
 }
+
+/// A WebSocket connection over a raw TCP stream, for writing frames a client library would
+/// never send: a frame cut short, fragments that never end.
+async fn raw_websocket(server: &TestServer, source: [u8; 4]) -> TcpStream {
+    let mut stream = tcp_from(server, source).await;
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        let read = tokio::time::timeout(WAIT, stream.read_exact(&mut byte)).await;
+        read.expect("the server answers the handshake").unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    stream
+}
+
+const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+/// The header of a masked client frame announcing `len` payload bytes.
+fn frame_header(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
+    let mut header = vec![u8::from(fin) << 7 | opcode];
+    match len {
+        0..=125 => header.push(0x80 | len as u8),
+        126..=65535 => {
+            header.push(0x80 | 126);
+            header.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            header.push(0x80 | 127);
+            header.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    header.extend_from_slice(&MASK);
+    header
+}
+
+/// `payload` masked as the `offset`-th byte onwards of a frame's payload.
+fn masked(payload: &[u8], offset: usize) -> Vec<u8> {
+    payload
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ MASK[(offset + i) % 4])
+        .collect()
+}
+
+/// A whole masked client frame.
+fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = frame_header(fin, opcode, payload.len());
+    frame.extend(masked(payload, 0));
+    frame
+}
+
+/// Reads server frames until a close frame; its code and reason. Panics if none comes within
+/// [`WAIT`].
+async fn read_close(stream: &mut (impl AsyncReadExt + Unpin)) -> (u16, String) {
+    let reading = async {
+        loop {
+            let mut head = [0u8; 2];
+            stream.read_exact(&mut head).await.expect("a close frame");
+            let len = match head[1] & 0x7F {
+                126 => {
+                    let mut len = [0u8; 2];
+                    stream.read_exact(&mut len).await.unwrap();
+                    u16::from_be_bytes(len) as usize
+                }
+                127 => {
+                    let mut len = [0u8; 8];
+                    stream.read_exact(&mut len).await.unwrap();
+                    u64::from_be_bytes(len) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            if head[0] & 0x0F == 0x8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, reading)
+        .await
+        .expect("the server closed the connection in time")
+}
+
+/// A message that began and never ended is closed at its deadline, whether the client stalls
+/// in the middle of a frame or between fragments while it keeps pinging; a client whose
+/// messages are slow to come but each complete is not.
+#[tokio::test]
+async fn an_unfinished_message_is_closed_at_its_deadline() {
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.limits.message_timeout_ms = 300;
+    })))
+    .await;
+
+    let mut stalled = raw_websocket(&server, [127, 0, 0, 1]).await;
+    let mut start = frame_header(true, 0x1, 1000);
+    start.extend(masked(b"LHTTP/1.0 chat\r\n", 0));
+    stalled.write_all(&start).await.unwrap();
+
+    let fragments = raw_websocket(&server, [127, 0, 0, 1]).await;
+    let (mut fragments_in, mut fragments_out) = fragments.into_split();
+    fragments_out
+        .write_all(&frame(false, 0x1, b"LHTTP/1.0 chat\r\n"))
+        .await
+        .unwrap();
+    // Pings between fragments keep the connection alive, not the message.
+    let pinging = tokio::spawn(async move {
+        for _ in 0..40 {
+            if fragments_out
+                .write_all(&frame(true, 0x9, b""))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    assert_eq!(
+        read_close(&mut fragments_in).await,
+        (1008, "message not completed in time".to_owned())
+    );
+    pinging.abort();
+
+    // A slow but honest client: complete messages, some split across writes, for longer than
+    // the deadline in all.
+    let mut honest = server.client().await;
+    for _ in 0..4 {
+        honest.subscribe("slow").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut split = raw_websocket(&server, [127, 0, 0, 1]).await;
+    let message = frame(true, 0x1, b"LHTTP/1.0 sub\r\nsubscribe:split\r\n\r\n");
+    split.write_all(&message[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    split.write_all(&message[10..]).await.unwrap();
+    wait_subscribers(&server, "split", 1).await;
+
+    assert_eq!(
+        read_close(&mut stalled).await,
+        (1008, "message not completed in time".to_owned())
+    );
+    honest.subscribe("still-open").await;
+    assert_eq!(server.metric("message_timeouts_total"), 2);
+}
+
+/// Large messages announced and left unfinished hold at most
+/// `limits.unfinished_message_bytes` between them; each holds its own size, not twice it; the
+/// connection that would go over is closed with 1013, others are served, and the bytes come
+/// back when the connections go.
+#[tokio::test]
+async fn unfinished_large_messages_share_a_budget() {
+    const FRAME: usize = 65_000;
+    // The frame's header: 2 bytes, a 16-bit length and the mask.
+    const FRAME_BYTES: usize = FRAME + 2 + 2 + 4;
+    let server = start_with(Server::builder(config(|c: &mut Config| {
+        c.limits.unfinished_message_bytes = 3 * FRAME_BYTES + 1000;
+    })))
+    .await;
+    let held_bytes = || {
+        metric(
+            &server.handle.render_metrics(),
+            "lhttp_unfinished_message_bytes",
+        )
+    };
+    let wait_held = |expected: usize| async move {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while held_bytes() != expected as u64 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {expected} bytes held, the server holds {}",
+                held_bytes()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    // Each sends more than half of a 65,000-byte frame and stops.
+    let mut stalled = Vec::new();
+    for source in 1..=3u8 {
+        let mut stream = raw_websocket(&server, [127, 0, 0, source]).await;
+        let mut start = frame_header(true, 0x2, FRAME);
+        start.extend(masked(&vec![b'a'; 40_000], 0));
+        stream.write_all(&start).await.unwrap();
+        wait_held(source as usize * FRAME_BYTES).await;
+        stalled.push(stream);
+    }
+    let mut refused = raw_websocket(&server, [127, 0, 0, 4]).await;
+    let mut start = frame_header(true, 0x2, FRAME);
+    start.extend(masked(&vec![b'a'; 40_000], 0));
+    refused.write_all(&start).await.unwrap();
+    assert_eq!(
+        read_close(&mut refused).await,
+        (1013, "server busy: too many unfinished messages".to_owned())
+    );
+    assert_eq!(server.metric("unfinished_budget_closes_total"), 1);
+    // Small messages need no budget.
+    let mut chat = server.client().await;
+    chat.subscribe("room").await;
+
+    drop(stalled.pop());
+    wait_held(2 * FRAME_BYTES).await;
+    // With room again, a whole large message goes through.
+    let body = "b".repeat(FRAME - 100);
+    chat.publish("chat", "room", &body).await;
+    drop(stalled);
+    wait_held(0).await;
+}
