@@ -162,7 +162,7 @@ async fn serve_connection(
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             served.store(true, Relaxed);
             if routes.is_publish(&request) {
-                let serving = http_publish::serve(shared.clone(), Some(peer), request);
+                let serving = http_publish::serve(shared.clone(), Some(peer), routes.site, request);
                 return Either::Left(serving.map(|answer| {
                     Ok::<_, std::convert::Infallible>(answer.map(EitherBody::Left))
                 }));

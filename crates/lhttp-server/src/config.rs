@@ -394,9 +394,12 @@ pub struct ServerConfig {
     /// Key that `POST /publish` requires as `Authorization: Bearer <key>`. Without a key,
     /// `POST /publish` is accepted from loopback addresses only.
     pub api_key: Option<String>,
-    /// Origins (`https://chat.example.com`) whose pages may open WebSocket connections. Empty:
-    /// any origin, as for a local demo; set it when browsers reach the server from the web, so
-    /// that another site cannot open connections with its visitors' cookies.
+    /// Origins (`https://chat.example.com`) whose pages may open WebSocket connections and
+    /// `POST /publish` from a browser, besides the server's own origin (the page it served);
+    /// `"*"` allows every origin. Empty: the server's own origin, and, while it listens on
+    /// loopback only, pages on loopback (`http://localhost:*`, `http://127.0.0.1:*`,
+    /// `http://[::1]:*`). Requests without an `Origin` header (clients that are not browsers)
+    /// are always accepted.
     pub allowed_origins: Vec<String>,
     /// The server pings each client this often, in milliseconds.
     pub ping_interval_ms: u64,

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::{
-    ServerHandle, User, auth_throttle::Refusal, http_publish, metrics::add, server::Shared,
-    session, websocket::WebSocket,
+    ServerHandle, User, auth_throttle::Refusal, http_publish, metrics::add, origin::Site,
+    server::Shared, session, websocket::WebSocket,
 };
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
@@ -61,6 +61,8 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
 pub(crate) struct Routes {
     pub(crate) router: Router,
     pub(crate) publish: bool,
+    /// The listener's address, for the origin and `Host` checks.
+    pub(crate) site: Site,
 }
 
 impl Routes {
@@ -76,7 +78,7 @@ impl Routes {
 
 /// The main port: upgrades, `/publish`, the static files, and `/healthz` and `/metrics` unless
 /// they have a port of their own (`with_ops` false).
-pub(crate) fn router(shared: Arc<Shared>, with_ops: bool) -> Routes {
+pub(crate) fn router(shared: Arc<Shared>, with_ops: bool, site: Site) -> Routes {
     let mut router = Router::new();
     for &(path, content_type, body) in STATIC_FILES {
         router = router.route(path, get(move || static_file(content_type, body)));
@@ -92,22 +94,45 @@ pub(crate) fn router(shared: Arc<Shared>, with_ops: bool) -> Routes {
             .route(&format!("{prefix}/{{*rest}}"), any(handler.clone()))
             .route(&format!("{prefix}/"), any(handler));
     }
-    router = router.route("/publish", post(publish));
+    router = router.route(
+        "/publish",
+        post(move |state, request| publish(state, site, request)),
+    );
     if with_ops {
-        router = router
-            .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics));
+        router = router.merge(ops_routes(site));
     }
     let router = router
         .layer(middleware::from_fn_with_state(
-            shared.clone(),
+            (shared.clone(), site),
             upgrade_any_path,
         ))
         .with_state(shared);
     Routes {
         router,
         publish: true,
+        site,
     }
+}
+
+/// `/healthz` and `/metrics`; on a loopback-only listener, only for requests addressed to a
+/// loopback name (a page that rebound its own name to 127.0.0.1 cannot read them).
+fn ops_routes(site: Site) -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(site, local_host_only))
+}
+
+/// Refuses, with 421, a request to a loopback-only listener whose `Host` is not a loopback
+/// name (see [`Site::host_is_local`]).
+async fn local_host_only(State(site): State<Site>, request: Request, next: Next) -> Response {
+    if site.loopback_only() && !site.host_is_local(request.headers()) {
+        return plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server answers here only to requests for localhost or a loopback address\n",
+        );
+    }
+    next.run(request).await
 }
 
 /// `/api/` -> `/api`: the prefix that axum's `{*rest}` and exact routes are written after.
@@ -116,26 +141,24 @@ fn route_prefix(path: &str) -> &str {
 }
 
 /// The metrics port (`server.metrics_listen`): `/healthz` and `/metrics` only.
-pub(crate) fn ops_router(shared: Arc<Shared>) -> Routes {
-    let router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(shared);
+pub(crate) fn ops_router(shared: Arc<Shared>, site: Site) -> Routes {
+    let router = ops_routes(site).with_state(shared);
     Routes {
         router,
         publish: false,
+        site,
     }
 }
 
 /// The original clients connect to `/`, `/echo` and `/chat`: an upgrade request is accepted on
 /// any path, before routing.
 async fn upgrade_any_path(
-    State(shared): State<Arc<Shared>>,
+    State((shared, site)): State<(Arc<Shared>, Site)>,
     request: Request,
     next: Next,
 ) -> Response {
     if wants_websocket(request.headers()) {
-        accept(shared, request)
+        accept(shared, site, request)
     } else {
         next.run(request).await
     }
@@ -153,7 +176,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 /// Validates the RFC 6455 handshake and hands the upgraded socket to a session task.
-fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
+fn accept(shared: Arc<Shared>, site: Site, mut request: Request) -> Response {
     if request.method() != Method::GET {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -185,7 +208,7 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
-    if !origin_allowed(&shared.config.server.allowed_origins, headers) {
+    if !site.origin_allowed(&shared.config.server.allowed_origins, headers) {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     let peer = request
@@ -308,19 +331,6 @@ fn bearer_token(request: &Request) -> Option<&str> {
     })
 }
 
-/// With an allow-list, a browser page from another origin may not open a connection
-/// (cross-site WebSocket hijacking); clients that send no Origin (not browsers) are let in.
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    match headers.get(header::ORIGIN).map(|v| v.to_str()) {
-        None => true,
-        Some(Ok(origin)) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
-        Some(Err(_)) => false,
-    }
-}
-
 async fn static_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
@@ -369,12 +379,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// `POST /publish` when it comes through the router: the accept loop serves it directly
 /// ([`http_publish::serve`]); the route stays so that other methods get 405 and both paths
 /// answer alike.
-async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn publish(State(shared): State<Arc<Shared>>, site: Site, request: Request) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
-    http_publish::serve(shared, peer, request)
+    http_publish::serve(shared, peer, site, request)
         .await
         .map(Body::new)
 }

@@ -64,6 +64,7 @@ mod http;
 mod http_publish;
 mod hub;
 mod metrics;
+mod origin;
 mod outbox;
 mod peers;
 mod permissions;

@@ -21,6 +21,7 @@ use crate::{
     gateway::Gateway,
     http,
     metrics::{Gauges, add},
+    origin::Site,
     outbox::frame,
     peers::ConnectionsPerIp,
     permissions::Permissions,
@@ -293,16 +294,21 @@ impl Server {
         let timeout = shared.config.server.shutdown_timeout();
         let builder = Arc::new(accept::http_builder(&shared.config.limits));
         let http_connections = TaskTracker::new();
+        let main_site = Site::new(listener.local_addr()?);
         let main = accept::accept_loop(
             listener,
-            http::router(shared.clone(), metrics_listener.is_none()),
+            http::router(shared.clone(), metrics_listener.is_none(), main_site),
             shared.clone(),
             builder.clone(),
             http_connections.clone(),
         );
+        let ops_site = match &metrics_listener {
+            Some(listener) => Some(Site::new(listener.local_addr()?)),
+            None => None,
+        };
         let ops = async {
-            if let Some(listener) = metrics_listener {
-                let router = http::ops_router(shared.clone());
+            if let (Some(listener), Some(site)) = (metrics_listener, ops_site) {
+                let router = http::ops_router(shared.clone(), site);
                 accept::accept_loop(
                     listener,
                     router,

@@ -497,3 +497,135 @@ async fn unfinished_large_messages_share_a_budget() {
     drop(stalled);
     wait_held(0).await;
 }
+
+/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) and returns the answer.
+async fn http_raw(server: &TestServer, request: &str) -> String {
+    let mut stream = tcp_from(server, [127, 0, 0, 1]).await;
+    stream.write_all(request.as_bytes()).await.unwrap();
+    read_all(&mut stream).await
+}
+
+/// A WebSocket upgrade with these `Host` and `Origin` headers: the answer's status line.
+async fn upgrade_status(server: &TestServer, host: &str, origin: Option<&str>) -> String {
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    let mut stream = tcp_from(server, [127, 0, 0, 1]).await;
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n") {
+        match tokio::time::timeout(WAIT, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).trim_end().to_owned()
+}
+
+/// On the default setup (loopback, no `allowed_origins`) a page on another site cannot open a
+/// WebSocket from its visitor's browser, nor after pointing its own name at 127.0.0.1; the
+/// server's own page, pages on loopback and clients that are not browsers can.
+#[tokio::test]
+async fn pages_of_other_sites_cannot_open_websockets_by_default() {
+    let server = start().await;
+    let own = format!("127.0.0.1:{}", server.addr.port());
+    let refused = "HTTP/1.1 403 Forbidden";
+    let accepted = "HTTP/1.1 101 Switching Protocols";
+    assert_eq!(
+        upgrade_status(&server, &own, Some("https://evil.example")).await,
+        refused
+    );
+    assert_eq!(upgrade_status(&server, &own, Some("null")).await, refused);
+    let rebound = format!("evil.example:{}", server.addr.port());
+    let rebound_origin = format!("http://{rebound}");
+    assert_eq!(
+        upgrade_status(&server, &rebound, Some(&rebound_origin)).await,
+        refused
+    );
+
+    assert_eq!(upgrade_status(&server, &own, None).await, accepted);
+    let own_origin = format!("http://{own}");
+    assert_eq!(
+        upgrade_status(&server, &own, Some(&own_origin)).await,
+        accepted
+    );
+    let local_page = Some("http://localhost:3000");
+    assert_eq!(upgrade_status(&server, &own, local_page).await, accepted);
+
+    // `allowed_origins` says otherwise.
+    let open = start_with(Server::builder(config(|c: &mut Config| {
+        c.server.allowed_origins = vec!["*".into()];
+    })))
+    .await;
+    let own = format!("127.0.0.1:{}", open.addr.port());
+    assert_eq!(
+        upgrade_status(&open, &own, Some("https://evil.example")).await,
+        accepted
+    );
+}
+
+/// A page on another site cannot make its visitor's browser publish (a text/plain form post
+/// needs no CORS preflight), nor reach `/publish` or `/metrics` by DNS rebinding; curl and
+/// back ends publish as before.
+#[tokio::test]
+async fn cross_site_posts_and_rebound_names_are_refused_on_loopback() {
+    let server = start().await;
+    let mut subscriber = server.client().await;
+    subscriber.subscribe("room").await;
+    let port = server.addr.port();
+    let post = |host: String, extra: &str| {
+        let body = "LHTTP/1.0 chat\r\npublish:room\r\n\r\nhello";
+        format!(
+            "POST /publish HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n{extra}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let own = format!("127.0.0.1:{port}");
+    let answer = http_raw(
+        &server,
+        &post(own.clone(), "Origin: https://evil.example\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let answer = http_raw(
+        &server,
+        &post(own.clone(), "Sec-Fetch-Site: cross-site\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let rebound = format!("evil.example:{port}");
+    let origin = format!("Origin: http://{rebound}\r\n");
+    let answer = http_raw(&server, &post(rebound.clone(), &origin)).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let answer = http_raw(&server, &post(rebound.clone(), "")).await;
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    subscriber.expect_silence(100).await;
+
+    // curl, a back end, the server's own page.
+    let answer = http_raw(&server, &post(own.clone(), "")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let same = format!("Origin: http://{own}\r\nSec-Fetch-Site: same-origin\r\n");
+    let answer = http_raw(&server, &post(own.clone(), &same)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(body(&subscriber.recv().await), "hello");
+    assert_eq!(body(&subscriber.recv().await), "hello");
+
+    for path in ["/metrics", "/healthz"] {
+        let get = |host: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+        };
+        let answer = http_raw(&server, &get(&rebound)).await;
+        assert!(answer.starts_with("HTTP/1.1 421"), "{path}: {answer}");
+        for host in [own.as_str(), "localhost", "[::1]:1"] {
+            let answer = http_raw(&server, &get(host)).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 200"),
+                "{path} for {host}: {answer}"
+            );
+        }
+    }
+}
