@@ -380,7 +380,7 @@ async fn read_close(stream: &mut (impl AsyncReadExt + Unpin)) -> (u16, String) {
 #[tokio::test]
 async fn an_unfinished_message_is_closed_at_its_deadline() {
     let server = start_with(Server::builder(config(|c: &mut Config| {
-        c.limits.message_timeout_ms = 300;
+        c.limits.message_timeout_ms = 800;
     })))
     .await;
 
@@ -417,7 +417,7 @@ async fn an_unfinished_message_is_closed_at_its_deadline() {
     // A slow but honest client: complete messages, some split across writes, for longer than
     // the deadline in all.
     let mut honest = server.client().await;
-    for _ in 0..4 {
+    for _ in 0..10 {
         honest.subscribe("slow").await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

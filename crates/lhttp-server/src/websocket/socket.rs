@@ -211,7 +211,7 @@ enum Charge {
 impl<S> Drop for WebSocket<S> {
     fn drop(&mut self) {
         if let Some(budget) = &self.budget {
-            budget.release((self.charged_read + self.charged_fragments) as usize);
+            budget.release(self.charged_read as usize + self.charged_fragments as usize);
         }
     }
 }
