@@ -505,6 +505,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalled_large_frame_holds_its_own_size_charged_and_gives_it_back() {
+        use tokio::io::AsyncWriteExt;
+        let (server, mut client) = tokio::io::duplex(256 * 1024);
+        let budget = Arc::new(UnfinishedBudget::new(1 << 20));
+        let mut socket = WebSocket::new(server, 64 * 1024).with_budget(budget.clone());
+        // A masked binary frame announcing 65,000 bytes, of which 40,000 arrive.
+        let mut frame = vec![0x82, 0x80 | 126];
+        frame.extend_from_slice(&65_000u16.to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        let whole = frame.len() + 65_000;
+        frame.extend_from_slice(&[b'a'; 40_000]);
+        client.write_all(&frame).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), next(&mut socket)).await;
+        assert!(waiting.is_err(), "the frame is not complete");
+        assert!(socket.unfinished());
+        // Buffer doubling would hold 128 KiB here.
+        assert_eq!(socket.read.capacity(), whole);
+        assert_eq!(budget.held(), whole);
+        client.write_all(&[b'a'; 25_000]).await.unwrap();
+        match next(&mut socket).await {
+            Some(Ok(Received::Message(m))) => assert_eq!(m.len(), 65_000),
+            other => panic!("expected the message, got {other:?}"),
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(20), next(&mut socket)).await;
+        assert!(waiting.is_err());
+        assert!(!socket.unfinished());
+        assert_eq!(budget.held(), 0, "the buffer's charge is given back");
+        assert_eq!(socket.read.capacity(), 0);
+    }
+
+    #[tokio::test]
     async fn a_ping_is_answered_with_its_payload() {
         let (mut socket, mut client) = pair(64 * 1024).await;
         client
