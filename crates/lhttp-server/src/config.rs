@@ -621,6 +621,15 @@ impl Limits {
         if self.http_max_header_bytes < 1024 {
             return Err("limits.http_max_header_bytes must be at least 1024".into());
         }
+        // A budget smaller than one whole message would refuse every message of the largest size.
+        if self.unfinished_message_bytes != 0
+            && self.unfinished_message_bytes < self.max_message_size.saturating_add(14)
+        {
+            return Err(
+                "limits.unfinished_message_bytes must be 0 or at least limits.max_message_size + 14 (a frame header)"
+                    .into(),
+            );
+        }
         if self.outbound_queue_bytes < self.max_message_size {
             return Err(
                 "limits.outbound_queue_bytes must be at least limits.max_message_size".into(),

@@ -141,8 +141,9 @@ impl<S> WebSocket<S> {
 
     /// Charges or gives back the difference between `*charged` and `bytes`.
     fn charge(&mut self, which: Charge, bytes: usize) -> Result<(), ReadError> {
-        // At most a frame or a message of `max_message` bytes (a u32 in any configuration that
-        // leaves room for the rest), so the cast below never truncates what is charged.
+        // A charge is one frame with its header or one reassembled message: about
+        // `max_message` at most. One beyond a u32 (messages over 4 GiB allowed) counts as over
+        // the budget rather than being truncated.
         let bytes = u32::try_from(bytes).map_err(|_| ReadError::Busy)?;
         let charged = match which {
             Charge::Read => &mut self.charged_read,
