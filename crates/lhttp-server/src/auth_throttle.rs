@@ -129,7 +129,10 @@ impl AuthThrottle {
         }
         failures.count = failures.count.saturating_add(1);
         if failures.count >= self.max_failures && failures.refused_until.is_none() {
-            failures.refused_until = Some(now + self.window);
+            // A window too long for the clock (configured in centuries) refuses for a century.
+            let century = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+            let until = now.checked_add(self.window).unwrap_or(now + century);
+            failures.refused_until = Some(until);
         }
         drop(entry);
         self.sweep(now);

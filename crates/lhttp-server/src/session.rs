@@ -303,7 +303,7 @@ impl Unfinished {
             let now = Instant::now();
             self.since = Some((now, socket.completed()));
             if self.timer.is_none() {
-                self.timer = Some(Box::pin(tokio::time::sleep_until(now + timeout)));
+                self.timer = Some(Box::pin(tokio::time::sleep_until(later(now, timeout))));
             }
         }
         loop {
@@ -317,7 +317,7 @@ impl Unfinished {
                 self.timer = None;
                 return Poll::Pending;
             };
-            let due = since + timeout;
+            let due = later(since, timeout);
             if Instant::now() >= due {
                 return Poll::Ready(());
             }
@@ -326,6 +326,13 @@ impl Unfinished {
             timer.as_mut().reset(due);
         }
     }
+}
+
+/// `by` after `at`; a duration too long for the clock (a timeout configured in centuries) is
+/// a century, never an overflow.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Completes when `timer` fires; never when there is none.
