@@ -629,3 +629,34 @@ async fn cross_site_posts_and_rebound_names_are_refused_on_loopback() {
         }
     }
 }
+
+/// Limits of absurd size are refused when they size something, and work as "never" when they
+/// are durations: nothing panics.
+#[tokio::test]
+async fn absurd_edge_limits_are_errors_or_never_not_panics() {
+    let too_many = config(|c: &mut Config| {
+        c.limits.max_http_connections = lhttp_server::config::MAX_COUNT + 1;
+    });
+    assert!(Server::builder(too_many).build().is_err());
+    let too_small = config(|c: &mut Config| c.limits.unfinished_message_bytes = 1000);
+    assert!(Server::builder(too_small).build().is_err());
+
+    let server = auth_server(|c| {
+        c.limits.message_timeout_ms = u64::MAX;
+        c.limits.auth_failure_window_ms = u64::MAX;
+        c.limits.auth_failures_per_ip = 1;
+        c.limits.auth_failures_per_connection = 0;
+    })
+    .await;
+    let mut client = server.client().await;
+    assert_eq!(auth(&mut client, &forged("mallory")).await.0, 401);
+    assert_eq!(auth(&mut client, &forged("mallory")).await.0, 429);
+    let mut stalled = raw_websocket(&server, [127, 0, 0, 2]).await;
+    stalled
+        .write_all(&frame_header(true, 0x1, 1000))
+        .await
+        .unwrap();
+    client.expect_silence(200).await;
+    let mut fresh = upgrade_from(&server, [127, 0, 0, 3], None).await.unwrap();
+    fresh.subscribe("fine").await;
+}
