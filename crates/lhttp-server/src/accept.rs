@@ -1,6 +1,13 @@
 //! Accepting TCP connections and serving HTTP/1.1 on each, with the limits that apply before a
-//! connection becomes a WebSocket: the handshake timeout (slow-loris clients, idle keep-alive
-//! connections) and the size of request heads.
+//! connection becomes a WebSocket: how many such connections one address and everyone may
+//! hold, the handshake timeout (slow-loris clients, idle keep-alive connections) and the size
+//! of request heads.
+//!
+//! Every accepted TCP connection takes a place in `limits.max_http_connections_per_ip` and
+//! `limits.max_http_connections` until it closes or becomes a WebSocket (which then counts
+//! towards the WebSocket limits instead). A connection over either limit gets a fixed 429 or
+//! 503 response, written without waiting, and is closed at once: refusing costs no task and
+//! no timer, so a flood of connections from one address costs the server an accept each.
 //!
 //! hyper's `header_read_timeout` starts when the server begins waiting for a request head: on
 //! a new connection, and again after each response on a kept-alive one. A client therefore
@@ -21,11 +28,16 @@ use futures_util::{FutureExt as _, future::Either};
 use http_body_util::Either as EitherBody;
 use hyper::{body::Incoming, server::conn::http1};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::OwnedSemaphorePermit,
+};
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::{config::Limits, http::Routes, http_publish, metrics::add, server::Shared};
+use crate::{
+    config::Limits, http::Routes, http_publish, metrics::add, peers::IpSlot, server::Shared,
+};
 
 /// hyper parses up to this many headers on the stack; any other limit costs one allocation
 /// per request.
@@ -80,6 +92,17 @@ pub(crate) async fn accept_loop(
         };
         // Real-time traffic: a small frame goes out now, not when Nagle's algorithm has waited
         // for the peer's (possibly delayed) acknowledgement.
+        // Per address first: a refused client must not take one of the server's places.
+        let Some(ip_slot) = shared.http_connections_per_ip.try_acquire(peer.ip()) else {
+            add(&shared.metrics.http_connections_refused_per_ip, 1);
+            refuse(&tcp, TOO_MANY_FROM_ADDRESS);
+            continue;
+        };
+        let Ok(permit) = shared.http_connection_slots.clone().try_acquire_owned() else {
+            add(&shared.metrics.http_connections_refused, 1);
+            refuse(&tcp, TOO_MANY_CONNECTIONS);
+            continue;
+        };
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
@@ -89,18 +112,49 @@ pub(crate) async fn accept_loop(
             routes.clone(),
             shared.clone(),
             builder.clone(),
+            (permit, ip_slot),
         ));
     }
 }
 
+/// The answer to a connection over `limits.max_http_connections_per_ip`.
+const TOO_MANY_FROM_ADDRESS: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain\r\n\
+content-length: 39\r\nconnection: close\r\n\r\ntoo many connections from your address\n";
+
+/// The answer to a connection over `limits.max_http_connections`.
+const TOO_MANY_CONNECTIONS: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+content-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
+
+/// Most bytes of a refused client's request read (and dropped) before closing.
+const REFUSED_DRAIN: usize = 16 * 1024;
+
+/// Answers a refused connection with `response` if its socket takes it now, and closes it.
+/// What the client already sent is read first, without waiting: closing a socket with unread
+/// bytes resets the connection, and the client would lose the answer.
+fn refuse(tcp: &TcpStream, response: &[u8]) {
+    let mut discard = [0u8; 1024];
+    let mut drained = 0;
+    while drained < REFUSED_DRAIN {
+        match tcp.try_read(&mut discard) {
+            Ok(n) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+    let _ = tcp.try_write(response);
+}
+
 /// Serves HTTP on one connection until it closes, is upgraded to a WebSocket (the session
-/// task then owns the socket), or shutdown completes its last response.
+/// task then owns the socket), or shutdown completes its last response. `_slots` hold the
+/// connection's places in the HTTP connection counts until then.
 async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     routes: Routes,
     shared: Arc<Shared>,
     builder: Arc<http1::Builder>,
+    _slots: (OwnedSemaphorePermit, IpSlot),
 ) {
     let served = Arc::new(AtomicBool::new(false));
     let service = {
@@ -108,7 +162,7 @@ async fn serve_connection(
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             served.store(true, Relaxed);
             if routes.is_publish(&request) {
-                let serving = http_publish::serve(shared.clone(), Some(peer), request);
+                let serving = http_publish::serve(shared.clone(), Some(peer), routes.site, request);
                 return Either::Left(serving.map(|answer| {
                     Ok::<_, std::convert::Infallible>(answer.map(EitherBody::Left))
                 }));

@@ -410,9 +410,12 @@ pub struct ServerConfig {
     /// Key that `POST /publish` requires as `Authorization: Bearer <key>`. Without a key,
     /// `POST /publish` is accepted from loopback addresses only.
     pub api_key: Option<String>,
-    /// Origins (`https://chat.example.com`) whose pages may open WebSocket connections. Empty:
-    /// any origin, as for a local demo; set it when browsers reach the server from the web, so
-    /// that another site cannot open connections with its visitors' cookies.
+    /// Origins (`https://chat.example.com`) whose pages may open WebSocket connections and
+    /// `POST /publish` from a browser, besides the server's own origin (the page it served);
+    /// `"*"` allows every origin. Empty: the server's own origin, and, while it listens on
+    /// loopback only, pages on loopback (`http://localhost:*`, `http://127.0.0.1:*`,
+    /// `http://[::1]:*`). Requests without an `Origin` header (clients that are not browsers)
+    /// are always accepted.
     pub allowed_origins: Vec<String>,
     /// The server pings each client this often, in milliseconds.
     pub ping_interval_ms: u64,
@@ -506,6 +509,37 @@ pub struct Limits {
     /// A `POST /publish` body must arrive within this many milliseconds of its head (408
     /// beyond it).
     pub http_body_timeout_ms: u64,
+
+    // Bounds on what clients hold before a message is complete, on connections that have not
+    // upgraded, and on failed authentications (docs/limits.md, docs/security-edge.md).
+    /// Bytes all connections together may hold in WebSocket frames of more than 16 KiB that
+    /// have not fully arrived and in fragmented messages not complete yet. A connection that
+    /// would go over it is closed with 1013 "server busy: too many unfinished messages".
+    /// 0 turns the budget off (each connection is still bounded by `max_message_size`).
+    pub unfinished_message_bytes: usize,
+    /// A WebSocket message whose first byte arrived must be complete within this many
+    /// milliseconds, or the connection is closed with 1008 "message not completed in time".
+    /// 0 turns the deadline off.
+    pub message_timeout_ms: u64,
+    /// Most TCP connections from one IP address (IPv6: one /64 network) that are HTTP, not
+    /// (yet) WebSocket; a further one is answered 429 and closed. Upgraded connections count
+    /// towards `max_connections_per_ip` instead. 0 turns the limit off.
+    pub max_http_connections_per_ip: usize,
+    /// Most TCP connections that are HTTP, not (yet) WebSocket, from everyone; a further one
+    /// is answered 503 and closed.
+    pub max_http_connections: usize,
+    /// Longest token accepted, in bytes; a longer one is refused (401) before it is parsed.
+    pub max_token_bytes: usize,
+    /// A connection whose `auth` messages are refused this many times is closed with 1008
+    /// "too many failed authentications". 0: never close.
+    pub auth_failures_per_connection: u32,
+    /// An IP address (IPv6: one /64 network) whose tokens are refused this many times within
+    /// `auth_failure_window_ms` gets 429 for every token it presents (upgrade or `auth`),
+    /// unverified, for `auth_failure_window_ms`. 0 turns the limit off.
+    pub auth_failures_per_ip: u32,
+    /// The window of `auth_failures_per_ip`, and how long an address is then refused, in
+    /// milliseconds.
+    pub auth_failure_window_ms: u64,
 }
 
 impl Default for Limits {
@@ -526,6 +560,14 @@ impl Default for Limits {
             http_max_headers: 100,
             http_max_header_bytes: 16 * 1024,
             http_body_timeout_ms: 10_000,
+            unfinished_message_bytes: 64 * 1024 * 1024,
+            message_timeout_ms: 10_000,
+            max_http_connections_per_ip: 256,
+            max_http_connections: 4096,
+            max_token_bytes: 8 * 1024,
+            auth_failures_per_connection: 5,
+            auth_failures_per_ip: 100,
+            auth_failure_window_ms: 60_000,
         }
     }
 }
@@ -550,6 +592,16 @@ impl Limits {
         Duration::from_millis(self.http_body_timeout_ms)
     }
 
+    /// [`Limits::message_timeout_ms`] as a duration; `None` when the deadline is off.
+    pub fn message_timeout(&self) -> Option<Duration> {
+        (self.message_timeout_ms > 0).then(|| Duration::from_millis(self.message_timeout_ms))
+    }
+
+    /// [`Limits::auth_failure_window_ms`] as a duration.
+    pub fn auth_failure_window(&self) -> Duration {
+        Duration::from_millis(self.auth_failure_window_ms)
+    }
+
     /// Checks values that would make the server unusable.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -563,6 +615,12 @@ impl Limits {
             ("handshake_timeout_ms", self.handshake_timeout_ms as usize),
             ("http_max_headers", self.http_max_headers),
             ("http_body_timeout_ms", self.http_body_timeout_ms as usize),
+            ("max_http_connections", self.max_http_connections),
+            ("max_token_bytes", self.max_token_bytes),
+            (
+                "auth_failure_window_ms",
+                self.auth_failure_window_ms as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -571,12 +629,22 @@ impl Limits {
         }
         check_count("limits.max_connections", self.max_connections)?;
         check_count("limits.outbound_queue", self.outbound_queue)?;
+        check_count("limits.max_http_connections", self.max_http_connections)?;
         if self.messages_per_second > 0 && self.message_burst == 0 {
             return Err("limits.message_burst must be at least 1 when a rate is set".into());
         }
         // Browsers send handshakes of several hundred bytes, with cookies a few KiB.
         if self.http_max_header_bytes < 1024 {
             return Err("limits.http_max_header_bytes must be at least 1024".into());
+        }
+        // A budget smaller than one whole message would refuse every message of the largest size.
+        if self.unfinished_message_bytes != 0
+            && self.unfinished_message_bytes < self.max_message_size.saturating_add(14)
+        {
+            return Err(
+                "limits.unfinished_message_bytes must be 0 or at least limits.max_message_size + 14 (a frame header)"
+                    .into(),
+            );
         }
         if self.outbound_queue_bytes < self.max_message_size {
             return Err(

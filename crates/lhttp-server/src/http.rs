@@ -1,7 +1,10 @@
 //! The HTTP side of the one port: WebSocket upgrades on any path, `POST /publish`,
 //! `GET /healthz`, `GET /metrics` and the chat page at `GET /`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     Json, Router,
@@ -14,10 +17,12 @@ use axum::{
 };
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::{
-    ServerHandle, http_publish, metrics::add, server::Shared, session, websocket::WebSocket,
+    ServerHandle, User, auth_throttle::Refusal, http_publish, metrics::add, origin::Site,
+    server::Shared, session, websocket::WebSocket,
 };
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
@@ -56,6 +61,8 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
 pub(crate) struct Routes {
     pub(crate) router: Router,
     pub(crate) publish: bool,
+    /// The listener's address, for the origin and `Host` checks.
+    pub(crate) site: Site,
 }
 
 impl Routes {
@@ -71,7 +78,7 @@ impl Routes {
 
 /// The main port: upgrades, `/publish`, the static files, and `/healthz` and `/metrics` unless
 /// they have a port of their own (`with_ops` false).
-pub(crate) fn router(shared: Arc<Shared>, with_ops: bool) -> Routes {
+pub(crate) fn router(shared: Arc<Shared>, with_ops: bool, site: Site) -> Routes {
     let mut router = Router::new();
     for &(path, content_type, body) in STATIC_FILES {
         router = router.route(path, get(move || static_file(content_type, body)));
@@ -87,22 +94,45 @@ pub(crate) fn router(shared: Arc<Shared>, with_ops: bool) -> Routes {
             .route(&format!("{prefix}/{{*rest}}"), any(handler.clone()))
             .route(&format!("{prefix}/"), any(handler));
     }
-    router = router.route("/publish", post(publish));
+    router = router.route(
+        "/publish",
+        post(move |state, request| publish(state, site, request)),
+    );
     if with_ops {
-        router = router
-            .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics));
+        router = router.merge(ops_routes(site));
     }
     let router = router
         .layer(middleware::from_fn_with_state(
-            shared.clone(),
+            (shared.clone(), site),
             upgrade_any_path,
         ))
         .with_state(shared);
     Routes {
         router,
         publish: true,
+        site,
     }
+}
+
+/// `/healthz` and `/metrics`; on a loopback-only listener, only for requests addressed to a
+/// loopback name (a page that rebound its own name to 127.0.0.1 cannot read them).
+fn ops_routes(site: Site) -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(site, local_host_only))
+}
+
+/// Refuses, with 421, a request to a loopback-only listener whose `Host` is not a loopback
+/// name (see [`Site::host_is_local`]).
+async fn local_host_only(State(site): State<Site>, request: Request, next: Next) -> Response {
+    if site.loopback_only() && !site.host_is_local(request.headers()) {
+        return plain(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server answers here only to requests for localhost or a loopback address\n",
+        );
+    }
+    next.run(request).await
 }
 
 /// `/api/` -> `/api`: the prefix that axum's `{*rest}` and exact routes are written after.
@@ -111,26 +141,24 @@ fn route_prefix(path: &str) -> &str {
 }
 
 /// The metrics port (`server.metrics_listen`): `/healthz` and `/metrics` only.
-pub(crate) fn ops_router(shared: Arc<Shared>) -> Routes {
-    let router = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(shared);
+pub(crate) fn ops_router(shared: Arc<Shared>, site: Site) -> Routes {
+    let router = ops_routes(site).with_state(shared);
     Routes {
         router,
         publish: false,
+        site,
     }
 }
 
 /// The original clients connect to `/`, `/echo` and `/chat`: an upgrade request is accepted on
 /// any path, before routing.
 async fn upgrade_any_path(
-    State(shared): State<Arc<Shared>>,
+    State((shared, site)): State<(Arc<Shared>, Site)>,
     request: Request,
     next: Next,
 ) -> Response {
     if wants_websocket(request.headers()) {
-        accept(shared, request)
+        accept(shared, site, request)
     } else {
         next.run(request).await
     }
@@ -148,7 +176,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 /// Validates the RFC 6455 handshake and hands the upgraded socket to a session task.
-fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
+fn accept(shared: Arc<Shared>, site: Site, mut request: Request) -> Response {
     if request.method() != Method::GET {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -180,33 +208,24 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
-    if !origin_allowed(&shared.config.server.allowed_origins, headers) {
+    if !site.origin_allowed(&shared.config.server.allowed_origins, headers) {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
     let user = match bearer_token(&request) {
         None => None,
-        Some(token) => match shared.verifier.verify(token) {
+        Some(token) => match verify_token(&shared, peer.ip(), token) {
             Ok(user) => Some(user),
-            Err(error) => {
-                add(&shared.metrics.auth_failures, 1);
-                tracing::debug!(%error, "upgrade with a refused token");
-                let mut response = (StatusCode::UNAUTHORIZED, format!("{error}\n")).into_response();
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-                return response;
-            }
+            Err(response) => return *response,
         },
     };
     let accept_key = derive_accept_key(key.as_bytes());
     if shared.shutdown.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
     }
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |info| info.0);
     // Per address first: a refused client must not take one of the server's slots, even
     // briefly.
     let Some(ip_slot) = shared.connections_per_ip.try_acquire(peer.ip()) else {
@@ -239,7 +258,8 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
             Ok(upgraded) => upgraded,
             Err(error) => return tracing::debug!(%error, "upgrade failed"),
         };
-        let socket = WebSocket::new(TokioIo::new(upgraded), max_message);
+        let socket = WebSocket::new(TokioIo::new(upgraded), max_message)
+            .with_budget(shared.unfinished.clone());
         let tracker = shared.tasks.clone();
         let session = session::run(
             shared,
@@ -262,6 +282,35 @@ fn accept(shared: Arc<Shared>, mut request: Request) -> Response {
     response
 }
 
+/// Verifies the token of an upgrade request from `ip`, unless that address failed too often
+/// lately (429, unverified) or the token is too long (401, unparsed).
+fn verify_token(shared: &Shared, ip: IpAddr, token: &str) -> Result<User, Box<Response>> {
+    let refused = match shared.auth_throttle.admit(ip, token, Instant::now()) {
+        Err(Refusal::Throttled) => {
+            add(&shared.metrics.auth_throttled, 1);
+            let reason = Refusal::Throttled.reason();
+            let response = (StatusCode::TOO_MANY_REQUESTS, format!("{reason}\n"));
+            return Err(Box::new(response.into_response()));
+        }
+        Err(Refusal::TooLong) => Refusal::TooLong.reason().to_owned(),
+        Ok(()) => match shared.verifier.verify(token) {
+            Ok(user) => return Ok(user),
+            Err(error) => {
+                shared.auth_throttle.failed(ip, Instant::now());
+                error.to_string()
+            }
+        },
+    };
+    add(&shared.metrics.auth_failures, 1);
+    tracing::debug!(error = %refused, "upgrade with a refused token");
+    let mut response = (StatusCode::UNAUTHORIZED, format!("{refused}\n")).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    Err(Box::new(response))
+}
+
 /// The token of an upgrade request: `Authorization: Bearer <token>`, else the `token` query
 /// parameter (for clients that cannot set headers; JWTs need no URL escaping).
 fn bearer_token(request: &Request) -> Option<&str> {
@@ -280,19 +329,6 @@ fn bearer_token(request: &Request) -> Option<&str> {
             .split('&')
             .find_map(|pair| pair.strip_prefix("token="))
     })
-}
-
-/// With an allow-list, a browser page from another origin may not open a connection
-/// (cross-site WebSocket hijacking); clients that send no Origin (not browsers) are let in.
-fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
-    if allowed.is_empty() {
-        return true;
-    }
-    match headers.get(header::ORIGIN).map(|v| v.to_str()) {
-        None => true,
-        Some(Ok(origin)) => allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)),
-        Some(Err(_)) => false,
-    }
 }
 
 async fn static_file(content_type: &'static str, body: &'static str) -> Response {
@@ -343,12 +379,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// `POST /publish` when it comes through the router: the accept loop serves it directly
 /// ([`http_publish::serve`]); the route stays so that other methods get 405 and both paths
 /// answer alike.
-async fn publish(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn publish(State(shared): State<Arc<Shared>>, site: Site, request: Request) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
-    http_publish::serve(shared, peer, request)
+    http_publish::serve(shared, peer, site, request)
         .await
         .map(Body::new)
 }

@@ -22,7 +22,13 @@ use hyper::{
 };
 use lhttp_proto::Message;
 
-use crate::{ServerHandle, metrics::add, publish::PublishReport, server::Shared};
+use crate::{
+    ServerHandle,
+    metrics::add,
+    origin::{Site, listed},
+    publish::PublishReport,
+    server::Shared,
+};
 
 /// The answer type of [`serve`]: a complete body, never boxed.
 pub(crate) type Answer = Response<Full<Bytes>>;
@@ -32,6 +38,7 @@ pub(crate) type Answer = Response<Full<Bytes>>;
 pub(crate) async fn serve<B>(
     shared: Arc<Shared>,
     peer: Option<SocketAddr>,
+    site: Site,
     request: Request<B>,
 ) -> Answer
 where
@@ -39,7 +46,7 @@ where
     B::Error: Into<Box<dyn Error + Send + Sync>>,
 {
     add(&shared.metrics.http_publish_requests, 1);
-    if let Some(refused) = refusal(&shared, peer, &request) {
+    if let Some(refused) = refusal(&shared, peer, site, &request) {
         return refused;
     }
     let max = shared.config.limits.max_message_size;
@@ -84,8 +91,32 @@ where
 }
 
 /// `POST /publish` is open to loopback peers when no API key is configured, and to holders of
-/// the key (`Authorization: Bearer <key>`) when one is; anyone else gets this answer.
-fn refusal<B>(shared: &Shared, peer: Option<SocketAddr>, request: &Request<B>) -> Option<Answer> {
+/// the key (`Authorization: Bearer <key>`) when one is; anyone else gets this answer. Browser
+/// pages of other sites are refused either way (403): a page can make its visitor's browser
+/// post a text/plain form to any address, lhttpd on the visitor's own loopback included. And
+/// without a key, a request must name a loopback host (421): after DNS rebinding, a foreign
+/// page's requests come from loopback too, but name the page's own host.
+fn refusal<B>(
+    shared: &Shared,
+    peer: Option<SocketAddr>,
+    site: Site,
+    request: &Request<B>,
+) -> Option<Answer> {
+    let headers = request.headers();
+    let allowed = &shared.config.server.allowed_origins;
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let origin_listed = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|origin| listed(allowed, origin));
+    if (cross_site && !origin_listed) || !site.origin_allowed(allowed, headers) {
+        return Some(json_error(
+            403,
+            "POST /publish does not accept requests from pages of other sites (see server.allowed_origins)",
+        ));
+    }
     match &shared.config.server.api_key {
         Some(key) => {
             let presented = request
@@ -106,10 +137,16 @@ fn refusal<B>(shared: &Shared, peer: Option<SocketAddr>, request: &Request<B>) -
         }
         None => {
             let loopback = peer.is_some_and(|peer| peer.ip().is_loopback());
-            (!loopback).then(|| {
-                json_error(
+            if !loopback {
+                return Some(json_error(
                     403,
                     "POST /publish is open to loopback clients only unless server.api_key is set",
+                ));
+            }
+            (!site.host_is_local(headers)).then(|| {
+                json_error(
+                    421,
+                    "POST /publish without server.api_key answers only requests for localhost or a loopback address",
                 )
             })
         }

@@ -46,6 +46,7 @@
 
 mod accept;
 mod auth;
+mod auth_throttle;
 #[doc(hidden)]
 pub mod bench_support;
 pub mod builtin;
@@ -63,6 +64,7 @@ mod http;
 mod http_publish;
 mod hub;
 mod metrics;
+mod origin;
 mod outbox;
 mod peers;
 mod permissions;

@@ -46,11 +46,20 @@ pub struct Metrics {
     pub(crate) connections_refused_per_ip: AtomicU64,
     pub(crate) handshake_timeouts: AtomicU64,
     pub(crate) http_body_timeouts: AtomicU64,
+    // The edge defences: unfinished messages, HTTP connections, failed authentications.
+    pub(crate) unfinished_budget_closes: AtomicU64,
+    pub(crate) message_timeouts: AtomicU64,
+    pub(crate) http_connections_refused_per_ip: AtomicU64,
+    pub(crate) http_connections_refused: AtomicU64,
+    pub(crate) auth_throttled: AtomicU64,
+    pub(crate) auth_failure_closes: AtomicU64,
 }
 
 /// Gauges read from the hub at scrape time.
 pub(crate) struct Gauges {
     pub connections: u64,
+    pub http_connections: u64,
+    pub unfinished_message_bytes: u64,
     pub channels: u64,
     pub subscriptions: u64,
     pub inboxes: u64,
@@ -77,6 +86,16 @@ impl Metrics {
             "connections",
             "Open WebSocket connections.",
             gauges.connections,
+        );
+        gauge(
+            "http_connections",
+            "Open TCP connections speaking HTTP (not upgraded to WebSocket).",
+            gauges.http_connections,
+        );
+        gauge(
+            "unfinished_message_bytes",
+            "Bytes held for large WebSocket messages that have not fully arrived (limits.unfinished_message_bytes).",
+            gauges.unfinished_message_bytes,
         );
         gauge(
             "channels",
@@ -287,7 +306,39 @@ impl Metrics {
                 &self.gateway_requests,
             ),
         ];
-        for (name, help, counter) in counters.into_iter().chain(messaging) {
+        let edge: [(&str, &str, &AtomicU64); 6] = [
+            (
+                "unfinished_budget_closes_total",
+                "Connections closed with 1013 because unfinished messages held the whole limits.unfinished_message_bytes.",
+                &self.unfinished_budget_closes,
+            ),
+            (
+                "message_timeouts_total",
+                "Connections closed with 1008 because a message was not complete within limits.message_timeout_ms.",
+                &self.message_timeouts,
+            ),
+            (
+                "http_connections_refused_per_ip_total",
+                "TCP connections refused (429) at limits.max_http_connections_per_ip.",
+                &self.http_connections_refused_per_ip,
+            ),
+            (
+                "http_connections_refused_total",
+                "TCP connections refused (503) at limits.max_http_connections.",
+                &self.http_connections_refused,
+            ),
+            (
+                "auth_throttled_total",
+                "Tokens refused with 429, unverified, from addresses with too many recent failures.",
+                &self.auth_throttled,
+            ),
+            (
+                "auth_failure_closes_total",
+                "Connections closed with 1008 after too many refused auth messages.",
+                &self.auth_failure_closes,
+            ),
+        ];
+        for (name, help, counter) in counters.into_iter().chain(messaging).chain(edge) {
             let _ = write!(
                 out,
                 "# HELP lhttp_{name} {help}\n# TYPE lhttp_{name} counter\nlhttp_{name} {}\n",

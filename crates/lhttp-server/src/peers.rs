@@ -1,5 +1,7 @@
-//! [`ConnectionsPerIp`]: how many WebSocket connections each client address holds, so that one
-//! machine cannot take every connection slot (`limits.max_connections_per_ip`).
+//! [`ConnectionsPerIp`]: how many connections each client address holds, so that one machine
+//! cannot take every connection slot. The server keeps two counts: WebSocket connections
+//! (`limits.max_connections_per_ip`) and TCP connections still speaking HTTP
+//! (`limits.max_http_connections_per_ip`), which a connection leaves when it upgrades.
 //!
 //! IPv6 clients are counted per /64 network, the block one subscriber usually gets: counting
 //! single addresses would let one host use 2^64 of them. IPv4-mapped IPv6 addresses count as
@@ -12,7 +14,7 @@ use std::{
 
 use dashmap::{DashMap, mapref::entry::Entry};
 
-/// Open WebSocket connections per client address.
+/// Open connections (of one kind) per client address.
 #[derive(Debug)]
 pub(crate) struct ConnectionsPerIp {
     /// 0: no limit, and nothing is counted.
@@ -42,7 +44,7 @@ impl ConnectionsPerIp {
         if self.max == 0 {
             return Some(IpSlot { owner: None });
         }
-        let key = key(ip);
+        let key = address_key(ip);
         match self.counts.entry(key) {
             Entry::Occupied(mut entry) => {
                 if *entry.get() >= self.max {
@@ -61,7 +63,7 @@ impl ConnectionsPerIp {
 
     /// Connections counted for `ip` (its /64 for IPv6).
     pub(crate) fn count(&self, ip: IpAddr) -> usize {
-        self.counts.get(&key(ip)).map_or(0, |count| *count)
+        self.counts.get(&address_key(ip)).map_or(0, |count| *count)
     }
 
     /// Addresses with at least one counted connection.
@@ -88,8 +90,8 @@ impl Drop for IpSlot {
     }
 }
 
-/// The address a connection is counted under.
-fn key(ip: IpAddr) -> IpAddr {
+/// The address a connection is counted under (also the one failed authentications are).
+pub(crate) fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

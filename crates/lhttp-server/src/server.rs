@@ -14,12 +14,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection, accept,
     auth::Verifier,
+    auth_throttle::AuthThrottle,
     builtin::{self, names},
     channel,
     cluster::Cluster,
     gateway::Gateway,
     http,
     metrics::{Gauges, add},
+    origin::Site,
     outbox::frame,
     peers::ConnectionsPerIp,
     permissions::Permissions,
@@ -27,6 +29,7 @@ use crate::{
     queue::{Env, Queues},
     request::{InboxDelivery, Requests, is_inbox},
     upstream::Upstream,
+    websocket::UnfinishedBudget,
 };
 
 /// Why a server could not be built or run.
@@ -76,6 +79,11 @@ pub(crate) struct Shared {
     pub(crate) connection_slots: Arc<Semaphore>,
     /// WebSocket connections per client address (`limits.max_connections_per_ip`).
     pub(crate) connections_per_ip: Arc<ConnectionsPerIp>,
+    /// One permit per TCP connection still speaking HTTP (`limits.max_http_connections`),
+    /// taken at accept and given back when it ends or becomes a WebSocket.
+    pub(crate) http_connection_slots: Arc<Semaphore>,
+    /// The same per client address (`limits.max_http_connections_per_ip`).
+    pub(crate) http_connections_per_ip: Arc<ConnectionsPerIp>,
     pub(crate) next_connection_id: AtomicU64,
     pub(crate) upstream: Upstream,
     /// The broker seam: `None` on a single node, where publishing is local fan-out only and
@@ -83,6 +91,10 @@ pub(crate) struct Shared {
     pub(crate) cluster: Option<Cluster>,
     /// Token verification keys, read once at build.
     pub(crate) verifier: Verifier,
+    /// Bytes held for large unfinished WebSocket messages (`limits.unfinished_message_bytes`).
+    pub(crate) unfinished: Arc<UnfinishedBudget>,
+    /// Failed authentications per address, and the token size limit.
+    pub(crate) auth_throttle: AuthThrottle,
     /// The compiled `[[auth.rules]]`.
     pub(crate) permissions: Permissions,
 }
@@ -177,6 +189,12 @@ impl ServerBuilder {
             parser_limits: limits.parser(),
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             connections_per_ip: Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip)),
+            auth_throttle: AuthThrottle::new(limits),
+            unfinished: Arc::new(UnfinishedBudget::new(limits.unfinished_message_bytes)),
+            http_connection_slots: Arc::new(Semaphore::new(limits.max_http_connections)),
+            http_connections_per_ip: Arc::new(ConnectionsPerIp::new(
+                limits.max_http_connections_per_ip,
+            )),
             config: self.config,
             hub: Hub::default(),
             metrics: Arc::default(),
@@ -271,16 +289,21 @@ impl Server {
         let timeout = shared.config.server.shutdown_timeout();
         let builder = Arc::new(accept::http_builder(&shared.config.limits));
         let http_connections = TaskTracker::new();
+        let main_site = Site::new(listener.local_addr()?);
         let main = accept::accept_loop(
             listener,
-            http::router(shared.clone(), metrics_listener.is_none()),
+            http::router(shared.clone(), metrics_listener.is_none(), main_site),
             shared.clone(),
             builder.clone(),
             http_connections.clone(),
         );
+        let ops_site = match &metrics_listener {
+            Some(listener) => Some(Site::new(listener.local_addr()?)),
+            None => None,
+        };
         let ops = async {
-            if let Some(listener) = metrics_listener {
-                let router = http::ops_router(shared.clone());
+            if let (Some(listener), Some(site)) = (metrics_listener, ops_site) {
+                let router = http::ops_router(shared.clone(), site);
                 accept::accept_loop(
                     listener,
                     router,
@@ -506,6 +529,13 @@ impl ServerHandle {
         self.shared.connections_per_ip.count(ip)
     }
 
+    /// Open TCP connections that speak HTTP (not upgraded), as counted for
+    /// `limits.max_http_connections`.
+    pub fn http_connection_count(&self) -> usize {
+        self.shared.config.limits.max_http_connections
+            - self.shared.http_connection_slots.available_permits()
+    }
+
     /// Client addresses (IPv6: /64 networks) with open WebSocket connections, as counted for
     /// `limits.max_connections_per_ip`; 0 when that limit is off.
     pub fn connected_addresses(&self) -> usize {
@@ -532,6 +562,8 @@ impl ServerHandle {
         let hub = &self.shared.hub;
         let mut out = self.shared.metrics.render(&Gauges {
             connections: self.connection_count() as u64,
+            http_connections: self.http_connection_count() as u64,
+            unfinished_message_bytes: self.shared.unfinished.held() as u64,
             channels: hub.channel_count() as u64,
             subscriptions: hub.subscription_count() as u64,
             inboxes: self.shared.requests.inbox_count() as u64,

@@ -14,6 +14,12 @@
 //!   (401) and 1008 "authentication timeout";
 //! - the connection's token expires without a refresh: an `error` (401 "token expired"), then
 //!   1008 "token expired".
+//! - the client's `auth` messages are refused `limits.auth_failures_per_connection` times:
+//!   the last refusal, then 1008 "too many failed authentications";
+//! - a message the client began is not complete within `limits.message_timeout_ms`: 1008
+//!   "message not completed in time";
+//! - a large unfinished message would take the server over `limits.unfinished_message_bytes`:
+//!   1013 "server busy: too many unfinished messages";
 //! - the client keeps sending over its message rate (`limits.rate_limit_close_after` refusals
 //!   within `limits.rate_limit_window_ms`): a last 429 `error`, then 1008 "message rate limit
 //!   exceeded".
@@ -32,6 +38,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::{
     Connection, Context, Processor, Rejection, ServerHandle, User,
+    auth_throttle::Refusal,
     builtin::names,
     connection::ConnectionId,
     metrics::{Metrics, add},
@@ -217,6 +224,8 @@ struct SignIn {
     required_by: Option<Pin<Box<Sleep>>>,
     /// Fires at the token's `exp` plus the leeway, unless a refresh moved it.
     expires: Option<Pin<Box<Sleep>>>,
+    /// `auth` messages refused so far (`limits.auth_failures_per_connection`).
+    failures: u32,
 }
 
 impl SignIn {
@@ -226,6 +235,7 @@ impl SignIn {
         SignIn {
             required_by,
             expires: user.map(|u| Box::pin(tokio::time::sleep_until(expiry(shared, u)))),
+            failures: 0,
         }
     }
 
@@ -253,6 +263,78 @@ fn expiry(shared: &Shared, user: &User) -> Instant {
         .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
+/// The deadline of a message the client has begun and not finished
+/// (`limits.message_timeout_ms`), on a clock of its own: a client that stops in the middle of a
+/// frame sends nothing that would wake the reading loop.
+///
+/// Cheap on the normal path: checked only when the socket has nothing more to give (once per
+/// wake-up, not per message), where it compares two integers. The clock is read when a new
+/// message is found unfinished (a read that ended in the middle of a frame). The timer is
+/// created then if there is none, and left running when the message completes; when it fires
+/// it is reset for the message unfinished then, if any, or dropped. So a connection whose
+/// messages span reads all the time resets its timer at most once per timeout, and one with
+/// nothing unfinished holds none.
+struct Unfinished {
+    timeout: Option<Duration>,
+    /// When the message unfinished now was first seen so, and the socket's count of completed
+    /// items then (another count means another message).
+    since: Option<(Instant, u32)>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Unfinished {
+    fn new(limits: &crate::config::Limits) -> Unfinished {
+        Unfinished {
+            timeout: limits.message_timeout(),
+            since: None,
+            timer: None,
+        }
+    }
+
+    /// After the socket had nothing more to give: notes the message it holds unfinished, if
+    /// any, and completes if that message is overdue.
+    fn poll_overdue(&mut self, socket: &Socket, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let Some(timeout) = self.timeout else {
+            return Poll::Pending;
+        };
+        if !socket.unfinished() {
+            self.since = None;
+        } else if self.since.map(|(_, mark)| mark) != Some(socket.completed()) {
+            let now = Instant::now();
+            self.since = Some((now, socket.completed()));
+            if self.timer.is_none() {
+                self.timer = Some(Box::pin(tokio::time::sleep_until(later(now, timeout))));
+            }
+        }
+        loop {
+            let Some(timer) = &mut self.timer else {
+                return Poll::Pending;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let Some((since, _)) = self.since else {
+                self.timer = None;
+                return Poll::Pending;
+            };
+            let due = later(since, timeout);
+            if Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            // Set for a message that has since completed: again, for the one unfinished now
+            // (polled once more to be woken).
+            timer.as_mut().reset(due);
+        }
+    }
+}
+
+/// `by` after `at`; a duration too long for the clock (a timeout configured in centuries) is
+/// a century, never an overflow.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// Completes when `timer` fires; never when there is none.
 async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
@@ -267,19 +349,28 @@ enum SocketEvent {
     Received(Next),
     /// The writer cannot write any more: the socket is dead.
     WriterEnded,
+    /// A message the client began is not complete by its deadline.
+    MessageOverdue,
 }
 
-/// Writes what is queued, and waits for the next received item.
+/// Writes what is queued, and waits for the next received item (or the deadline of the
+/// message the socket holds unfinished).
 fn socket_event<'a>(
     socket: &'a mut Socket,
     writer: &'a mut Writer,
     metrics: &'a Metrics,
+    unfinished: &'a mut Unfinished,
 ) -> impl Future<Output = SocketEvent> + 'a {
     std::future::poll_fn(move |cx| {
         if writer.poll_write(socket, cx, metrics).is_ready() {
             return Poll::Ready(SocketEvent::WriterEnded);
         }
-        socket.poll_next(cx).map(SocketEvent::Received)
+        if let Poll::Ready(next) = socket.poll_next(cx) {
+            return Poll::Ready(SocketEvent::Received(next));
+        }
+        unfinished
+            .poll_overdue(socket, cx)
+            .map(|()| SocketEvent::MessageOverdue)
     })
 }
 
@@ -301,6 +392,7 @@ async fn read_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = tokio::time::Instant::now();
     let mut rate = MessageRate::new(&shared.config.limits, last_seen);
+    let mut unfinished = Unfinished::new(&shared.config.limits);
     // Messages handled since this task last gave its thread away (see `YIELD_AFTER`).
     let mut since_yield = 0;
     loop {
@@ -316,9 +408,13 @@ async fn read_loop(
                 connection.send_rejection(&Rejection::new(401, "token expired"), None);
                 return End::Close(1008, "token expired");
             }
-            event = socket_event(socket, writer, metrics) => match event {
+            event = socket_event(socket, writer, metrics, &mut unfinished) => match event {
                 SocketEvent::Received(next) => next,
                 SocketEvent::WriterEnded => return End::WriterGone,
+                SocketEvent::MessageOverdue => {
+                    add(&metrics.message_timeouts, 1);
+                    return End::Close(1008, "message not completed in time");
+                }
             },
             _ = ping.tick() => {
                 if last_seen.elapsed() >= idle_timeout {
@@ -452,8 +548,14 @@ fn receive<'c, 's>(
 
 /// Maps a WebSocket-level error to the close the client gets.
 fn protocol_error(shared: &Shared, error: &ReadError) -> End {
-    let ReadError::Violation(violation) = error else {
-        return End::Peer;
+    let violation = match error {
+        ReadError::Violation(violation) => violation,
+        ReadError::Busy => {
+            add(&shared.metrics.unfinished_budget_closes, 1);
+            tracing::debug!("unfinished messages over the server's budget");
+            return End::Close(1013, "server busy: too many unfinished messages");
+        }
+        ReadError::Io(_) => return End::Peer,
     };
     let end = match violation.close_code() {
         1009 => End::Close(1009, "message too big"),
@@ -494,7 +596,17 @@ fn dispatch<'c, 's>(
                     let _ = connection.send(&ok_message(id));
                 }
             }
-            Err(rejection) => connection.send_rejection(&rejection, request_id.as_ref()),
+            Err(rejection) => {
+                connection.send_rejection(&rejection, request_id.as_ref());
+                // A client that keeps presenting bad tokens makes the server verify each one
+                // (or, throttled, answer each): after a few it has no reason to stay.
+                sign_in.failures = sign_in.failures.saturating_add(1);
+                let limit = shared.config.limits.auth_failures_per_connection;
+                if limit != 0 && sign_in.failures >= limit {
+                    add(&shared.metrics.auth_failure_closes, 1);
+                    return Step::Done(Some(End::Close(1008, "too many failed authentications")));
+                }
+            }
         }
         return Step::Done(None);
     }
@@ -567,8 +679,21 @@ fn authenticate(
     let token = message
         .header("token")
         .ok_or_else(|| Rejection::new(401, "auth needs a token header"))?;
+    let ip = connection.peer_addr().ip();
+    shared
+        .auth_throttle
+        .admit(ip, token, Instant::now())
+        .map_err(|refusal| {
+            let counter = match refusal {
+                Refusal::Throttled => &shared.metrics.auth_throttled,
+                Refusal::TooLong => &shared.metrics.auth_failures,
+            };
+            add(counter, 1);
+            Rejection::new(refusal.status(), refusal.reason())
+        })?;
     let user = shared.verifier.verify(token).map_err(|e| {
         add(&shared.metrics.auth_failures, 1);
+        shared.auth_throttle.failed(ip, Instant::now());
         Rejection::new(401, e.to_string())
     })?;
     // A new identity on a live connection would inherit subscriptions and state made for

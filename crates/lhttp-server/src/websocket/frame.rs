@@ -106,6 +106,30 @@ impl Decoder {
         self.max_message
     }
 
+    /// Bytes the frame at the front of `buf` takes, header and payload, once its header is
+    /// there; 0 before that (or if the header is invalid: [`Decoder::decode`] says so).
+    pub(crate) fn frame_len(&self, buf: &[u8]) -> usize {
+        match self.header(buf) {
+            Ok(Some(header)) => header.len + header.payload_len,
+            _ => 0,
+        }
+    }
+
+    /// True while a fragmented message has begun and not ended.
+    pub(crate) fn in_fragments(&self) -> bool {
+        self.fragments.is_some()
+    }
+
+    /// Drops the message being reassembled: nothing more will be read.
+    pub(crate) fn forget_fragments(&mut self) {
+        self.fragments = None;
+    }
+
+    /// Bytes allocated for the fragments of the message being reassembled.
+    pub(crate) fn fragments_capacity(&self) -> usize {
+        self.fragments.as_ref().map_or(0, |f| f.payload.capacity())
+    }
+
     /// Decodes the frame at the front of `buf`: what it brings (a whole message, a control
     /// frame, or a fragment of a message still incomplete) and how many bytes of `buf` it used.
     /// With no item, `buf` holds no whole frame: decode again once more arrived.
@@ -208,6 +232,14 @@ impl Decoder {
                     "continuation frame with nothing to continue",
                 ))?;
                 let start = fragments.payload.len();
+                // Doubling, but never past the largest message: a message of 64 KiB in
+                // fragments holds at most 64 KiB, not the 128 KiB plain doubling could reach.
+                let needed = start + masked.len();
+                if needed > fragments.payload.capacity() {
+                    let target = (fragments.payload.capacity() * 2)
+                        .clamp(needed, self.max_message.max(needed));
+                    fragments.payload.reserve_exact(target - start);
+                }
                 fragments.payload.extend_from_slice(masked);
                 unmask(&mut fragments.payload[start..], header.mask);
                 if !header.fin {

@@ -9,6 +9,14 @@
 //! an allocation of its own size, so a message kept for a long time (queued, retained) never
 //! holds a whole read buffer with it.
 //!
+//! A frame larger than [`SCRATCH`] grows the connection's buffer as its bytes arrive: doubled
+//! when full, up to exactly the frame's size, in allocations of that size. Growing with
+//! `BytesMut::reserve`, as for small frames, doubles past it: a 64 KiB frame then held a
+//! 128 KiB buffer (about 137 KiB in all with the connection), whose second half no byte would
+//! ever use. Such a buffer, and a fragmented message's reassembly past [`SCRATCH`], is charged
+//! to the server's [`UnfinishedBudget`]; a connection that would go over it fails with
+//! [`ReadError::Busy`].
+//!
 //! Writing: frames are encoded one after another into a write buffer and written with one
 //! syscall per batch; the writer gives the buffer back when it has nothing left to write.
 
@@ -16,16 +24,21 @@ use std::{
     cell::RefCell,
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::frame::{Decoder, Incoming, Outgoing, Violation};
+use super::{
+    budget::UnfinishedBudget,
+    frame::{Decoder, Incoming, Outgoing, Violation},
+};
 
-/// Bytes read from the socket per syscall (at most).
-const SCRATCH: usize = 16 * 1024;
+/// Bytes read from the socket per syscall (at most, but for a large frame's payload); also the
+/// size of buffer a connection holds, uncharged, for a frame split across reads.
+pub(crate) const SCRATCH: usize = 16 * 1024;
 
 /// Encoded bytes waiting to be written beyond which a client's pings are not answered: a
 /// client that sends pings and never reads the pongs is not buffered for.
@@ -57,6 +70,10 @@ pub(crate) enum ReadError {
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// Unfinished messages of all connections hold the whole `limits.unfinished_message_bytes`:
+    /// this connection, whose message would need more, is closed with 1013.
+    #[error("unfinished messages over the server's budget")]
+    Busy,
 }
 
 /// The server's end of one WebSocket connection; see the module documentation.
@@ -76,6 +93,14 @@ pub(crate) struct WebSocket<S> {
     close_received: bool,
     /// A close frame was queued to the client: no frame may follow it.
     close_sent: bool,
+    /// Where large unfinished messages are charged; `None` counts nothing (unit tests).
+    budget: Option<Arc<UnfinishedBudget>>,
+    /// Bytes charged for `read` (grown for a large frame) and for the decoder's fragments.
+    charged_read: u32,
+    charged_fragments: u32,
+    /// Whole messages, and control frames outside a fragmented message, decoded so far
+    /// (wrapping): while it does not move, the unfinished message is the same one.
+    completed: u32,
 }
 
 impl<S> WebSocket<S> {
@@ -90,7 +115,51 @@ impl<S> WebSocket<S> {
             read_ended: false,
             close_received: false,
             close_sent: false,
+            budget: None,
+            charged_read: 0,
+            charged_fragments: 0,
+            completed: 0,
         }
+    }
+
+    /// Charges this connection's large unfinished messages to `budget`.
+    pub(crate) fn with_budget(mut self, budget: Arc<UnfinishedBudget>) -> WebSocket<S> {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// True while the client has sent part of a frame or of a fragmented message.
+    pub(crate) fn unfinished(&self) -> bool {
+        !self.read.is_empty() || self.decoder.in_fragments()
+    }
+
+    /// Changes whenever a message (or a control frame outside a fragmented message) has been
+    /// received whole: see [`WebSocket::unfinished`].
+    pub(crate) fn completed(&self) -> u32 {
+        self.completed
+    }
+
+    /// Charges or gives back the difference between `*charged` and `bytes`.
+    fn charge(&mut self, which: Charge, bytes: usize) -> Result<(), ReadError> {
+        // A charge is one frame with its header or one reassembled message: about
+        // `max_message` at most. One beyond a u32 (messages over 4 GiB allowed) counts as over
+        // the budget rather than being truncated.
+        let bytes = u32::try_from(bytes).map_err(|_| ReadError::Busy)?;
+        let charged = match which {
+            Charge::Read => &mut self.charged_read,
+            Charge::Fragments => &mut self.charged_fragments,
+        };
+        if let Some(budget) = &self.budget {
+            if bytes > *charged {
+                if !budget.try_charge((bytes - *charged) as usize) {
+                    return Err(ReadError::Busy);
+                }
+            } else {
+                budget.release((*charged - bytes) as usize);
+            }
+        }
+        *charged = bytes;
+        Ok(())
     }
 
     /// The connection underneath, for draining it after the WebSocket layer gave up on it.
@@ -129,6 +198,21 @@ impl<S> WebSocket<S> {
     pub(crate) fn release_write_buffer(&mut self) {
         if self.write.is_empty() {
             self.write = Vec::new();
+        }
+    }
+}
+
+/// Which of a connection's buffers a charge is for.
+#[derive(Clone, Copy)]
+enum Charge {
+    Read,
+    Fragments,
+}
+
+impl<S> Drop for WebSocket<S> {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.release(self.charged_read as usize + self.charged_fragments as usize);
         }
     }
 }
@@ -181,10 +265,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// is kept in the connection's own buffer, which takes later reads directly while bytes keep
     /// coming, and is given back when the socket has nothing more.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Incoming>, ReadError>> {
+        let frame_len = self.decoder.frame_len(&self.read);
+        if self.charged_read != 0 && frame_len <= SCRATCH {
+            // The large frame is done: its buffer goes, the next frame needs little.
+            self.read = if self.read.is_empty() {
+                BytesMut::new()
+            } else {
+                let mut small = BytesMut::with_capacity(SCRATCH);
+                small.extend_from_slice(&self.read);
+                small
+            };
+            let _ = self.charge(Charge::Read, 0);
+        }
         if self.read.capacity() == 0 {
             return self.poll_read_via_scratch(cx);
         }
-        self.read.reserve(SCRATCH);
+        if frame_len > SCRATCH {
+            if let Err(error) = self.grow_for(frame_len) {
+                return Poll::Ready(Err(error));
+            }
+        } else {
+            self.read.reserve(SCRATCH);
+        }
         match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
             Poll::Ready(Ok(0)) => {
                 Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())))
@@ -195,10 +297,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 if self.read.is_empty() {
                     // The client has gone quiet, perhaps for a long time: the buffer goes back.
                     self.read = BytesMut::new();
+                    let _ = self.charge(Charge::Read, 0);
                 }
                 Poll::Pending
             }
         }
+    }
+
+    /// Makes room for the rest of the frame at the front of the read buffer, `frame_len`
+    /// bytes in all, once the buffer is full: twice its bytes (at least 2 × [`SCRATCH`]), never
+    /// more than the frame, charged to the budget before it is allocated. A client must send
+    /// half of what the server holds for it.
+    fn grow_for(&mut self, frame_len: usize) -> Result<(), ReadError> {
+        let len = self.read.len();
+        if self.read.capacity() > len {
+            return Ok(());
+        }
+        // `len < frame_len`: the frame is not complete, or it would have been decoded.
+        let target = frame_len.min(len.saturating_mul(2).max(2 * SCRATCH));
+        self.charge(Charge::Read, target)?;
+        let mut grown = BytesMut::with_capacity(target);
+        grown.extend_from_slice(&self.read);
+        self.read = grown;
+        Ok(())
     }
 
     fn poll_read_via_scratch(
@@ -244,9 +365,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         item: Incoming,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Received, ReadError>>> {
+        if !matches!(item, Incoming::Fragment) && !self.decoder.in_fragments() {
+            self.completed = self.completed.wrapping_add(1);
+        }
         match item {
-            Incoming::Data(data) => Poll::Ready(Some(Ok(Received::Message(data)))),
-            Incoming::Pong | Incoming::Fragment => Poll::Ready(Some(Ok(Received::Control))),
+            Incoming::Data(data) => {
+                if self.charged_fragments != 0 {
+                    let _ = self.charge(Charge::Fragments, 0);
+                }
+                Poll::Ready(Some(Ok(Received::Message(data))))
+            }
+            Incoming::Fragment => {
+                let held = self.decoder.fragments_capacity();
+                let charged = if held > SCRATCH { held } else { 0 };
+                if charged != self.charged_fragments as usize {
+                    if let Err(error) = self.charge(Charge::Fragments, charged) {
+                        return self.fail(error);
+                    }
+                }
+                Poll::Ready(Some(Ok(Received::Control)))
+            }
+            Incoming::Pong => Poll::Ready(Some(Ok(Received::Control))),
             Incoming::Ping(payload) => {
                 // A client that pings and does not read gets no more pongs once this many
                 // bytes wait (RFC 6455 lets a pong answer only the latest ping): its pings
@@ -288,6 +427,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     fn end_reading(&mut self) {
         self.read_ended = true;
         self.read = BytesMut::new();
+        self.decoder.forget_fragments();
+        let _ = self.charge(Charge::Read, 0);
+        let _ = self.charge(Charge::Fragments, 0);
     }
 }
 
@@ -361,6 +503,37 @@ mod tests {
             client.next().await.unwrap().unwrap(),
             Message::Binary(vec![7; 70_000].into())
         );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_large_frame_holds_its_own_size_charged_and_gives_it_back() {
+        use tokio::io::AsyncWriteExt;
+        let (server, mut client) = tokio::io::duplex(256 * 1024);
+        let budget = Arc::new(UnfinishedBudget::new(1 << 20));
+        let mut socket = WebSocket::new(server, 64 * 1024).with_budget(budget.clone());
+        // A masked binary frame announcing 65,000 bytes, of which 40,000 arrive.
+        let mut frame = vec![0x82, 0x80 | 126];
+        frame.extend_from_slice(&65_000u16.to_be_bytes());
+        frame.extend_from_slice(&[0; 4]);
+        let whole = frame.len() + 65_000;
+        frame.extend_from_slice(&[b'a'; 40_000]);
+        client.write_all(&frame).await.unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), next(&mut socket)).await;
+        assert!(waiting.is_err(), "the frame is not complete");
+        assert!(socket.unfinished());
+        // Buffer doubling would hold 128 KiB here.
+        assert_eq!(socket.read.capacity(), whole);
+        assert_eq!(budget.held(), whole);
+        client.write_all(&[b'a'; 25_000]).await.unwrap();
+        match next(&mut socket).await {
+            Some(Ok(Received::Message(m))) => assert_eq!(m.len(), 65_000),
+            other => panic!("expected the message, got {other:?}"),
+        }
+        let waiting = tokio::time::timeout(Duration::from_millis(20), next(&mut socket)).await;
+        assert!(waiting.is_err());
+        assert!(!socket.unfinished());
+        assert_eq!(budget.held(), 0, "the buffer's charge is given back");
+        assert_eq!(socket.read.capacity(), 0);
     }
 
     #[tokio::test]

@@ -728,3 +728,28 @@ fn every_close_reason_the_server_sends_fits_in_a_control_frame() {
         );
     }
 }
+
+#[test]
+fn a_message_in_fragments_is_reassembled_in_no_more_than_the_limit() {
+    // 65,000 bytes in fragments of 4,000: doubling alone would end at 128 KiB.
+    let mut decoder = Decoder::new(MAX);
+    let pieces = 65_000usize.div_ceil(4_000);
+    for i in 0..pieces {
+        let len = 4_000.min(65_000 - i * 4_000);
+        let opcode = if i == 0 { 0x2 } else { 0x0 };
+        let bytes = frame(i + 1 == pieces, opcode, &vec![7; len]);
+        let (item, used) = decoder.decode(&bytes).unwrap();
+        assert_eq!(used, bytes.len());
+        if i + 1 < pieces {
+            assert_eq!(item, Some(Incoming::Fragment));
+            assert!(
+                decoder.fragments_capacity() <= MAX,
+                "{}",
+                decoder.fragments_capacity()
+            );
+        } else {
+            assert_eq!(item, Some(data(vec![7; 65_000])));
+        }
+    }
+    assert!(!decoder.in_fragments());
+}
