@@ -70,7 +70,8 @@ async fn bench_requests_checks_every_answer_over_websocket_and_the_gateway() {
     let server = common::start_with(config).await;
     let url = server.url();
     let http = format!("http://{}/api/echo", server.addr);
-    for extra in [vec![], vec!["--http", http.as_str()]] {
+    // Over WebSocket on a channel of its own: clients may not publish on a gateway's channel.
+    for extra in [vec!["--channel", "bench.ws"], vec!["--http", http.as_str()]] {
         let mut args = vec![
             "--url", &url, "bench", "requests", "-n", "400", "-k", "16", "-w", "2", "--credit",
             "4", "--json",

@@ -304,7 +304,7 @@ describe('requests and workers against lhttpd', () => {
     const owner = await open();
     const other = await open();
     const address = await owner.inbox();
-    assert.match(address, /^_inbox\.[0-9a-f]{8}\.[0-9a-f]{16}$/);
+    assert.match(address, /^_inbox\.[0-9a-f]{8}\.[0-9a-f]{32}$/);
     const received = nextEvent(owner, 'message');
     other.publish(address, 'for your eyes', { command: 'note' });
     const { message } = await received;
