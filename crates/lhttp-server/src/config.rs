@@ -511,7 +511,7 @@ pub struct Limits {
     pub http_body_timeout_ms: u64,
 
     // Bounds on what clients hold before a message is complete, on connections that have not
-    // upgraded, and on failed authentications (docs/limits.md, docs/security-edge.md).
+    // upgraded, and on failed authentications (docs/limits.md, docs/security.md).
     /// Bytes all connections together may hold in WebSocket frames of more than 16 KiB that
     /// have not fully arrived and in fragmented messages not complete yet. A connection that
     /// would go over it is closed with 1013 "server busy: too many unfinished messages".
