@@ -149,6 +149,7 @@ impl Decoder {
     }
 
     /// The header at the front of `buf`, checked against everything it alone can break.
+    #[inline]
     fn header(&self, buf: &[u8]) -> Result<Option<Header>, Violation> {
         let [b0, b1, ..] = *buf else {
             return Ok(None);

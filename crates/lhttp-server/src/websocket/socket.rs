@@ -265,7 +265,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// is kept in the connection's own buffer, which takes later reads directly while bytes keep
     /// coming, and is given back when the socket has nothing more.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Incoming>, ReadError>> {
-        let frame_len = self.decoder.frame_len(&self.read);
+        // Only a frame split across reads leaves bytes here; most reads start empty.
+        let frame_len = if self.read.is_empty() {
+            0
+        } else {
+            self.decoder.frame_len(&self.read)
+        };
         if self.charged_read != 0 && frame_len <= SCRATCH {
             // The large frame is done: its buffer goes, the next frame needs little.
             self.read = if self.read.is_empty() {
