@@ -190,7 +190,10 @@ impl ServerBuilder {
             connection_slots: Arc::new(Semaphore::new(limits.max_connections)),
             connections_per_ip: Arc::new(ConnectionsPerIp::new(limits.max_connections_per_ip)),
             auth_throttle: AuthThrottle::new(limits),
-            unfinished: Arc::new(UnfinishedBudget::new(limits.unfinished_message_bytes)),
+            unfinished: Arc::new(UnfinishedBudget::new(
+                limits.unfinished_message_bytes,
+                limits.message_timeout(),
+            )),
             http_connection_slots: Arc::new(Semaphore::new(limits.max_http_connections)),
             http_connections_per_ip: Arc::new(ConnectionsPerIp::new(
                 limits.max_http_connections_per_ip,
