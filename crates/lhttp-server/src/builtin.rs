@@ -6,6 +6,7 @@ use crate::{
     Context, Filter, Rejection,
     channel::{self, PublishList},
     metrics::add,
+    queue::Publisher,
     request, upstream,
 };
 
@@ -296,17 +297,20 @@ impl Filter for PubSub {
     }
 
     fn after(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+        // Queue-group work is charged to the connection that published it.
+        let publisher = Publisher::Connection(ctx.connection().id());
         if let Some(channel) = ctx.checked_publish() {
             // Found before the processor and unchanged since: one checked channel, and no
             // `reply-to` or `ack` (it publishes only), so nothing else to look for.
-            ctx.server().publish_checked(channel, ctx.message());
+            ctx.server()
+                .publish_checked_by(channel, ctx.message(), publisher)?;
             return Ok(());
         }
         if PublishList::of(ctx.message().headers()) != PublishList::Absent {
             if ctx.message().headers().contains(names::REPLY_TO) {
                 publish_request(ctx)?;
             } else {
-                ctx.server().publish(ctx.message())?;
+                ctx.server().publish_as(ctx.message(), publisher)?;
             }
         }
         if !ctx.message().headers().contains(names::ACK) {

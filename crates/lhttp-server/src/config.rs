@@ -490,6 +490,8 @@ pub struct Limits {
     /// A `POST /publish` body must arrive within this many milliseconds of its head (408
     /// beyond it).
     pub http_body_timeout_ms: u64,
+    /// Most channels one message may be published to (400 beyond it, nothing published).
+    pub max_publish_channels: usize,
 }
 
 impl Default for Limits {
@@ -510,6 +512,7 @@ impl Default for Limits {
             http_max_headers: 100,
             http_max_header_bytes: 16 * 1024,
             http_body_timeout_ms: 10_000,
+            max_publish_channels: 64,
         }
     }
 }
@@ -547,6 +550,7 @@ impl Limits {
             ("handshake_timeout_ms", self.handshake_timeout_ms as usize),
             ("http_max_headers", self.http_max_headers),
             ("http_body_timeout_ms", self.http_body_timeout_ms as usize),
+            ("max_publish_channels", self.max_publish_channels),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -609,6 +613,12 @@ pub struct QueuesConfig {
     pub max_wait_ms: u64,
     /// Largest `credit` a member may ask for (messages held unacknowledged at once).
     pub max_credit: usize,
+    /// Most bytes of queue-group work the server holds at once, waiting or delivered and not
+    /// yet acknowledged, over every group (503 to the publisher beyond it).
+    pub max_queued_bytes: usize,
+    /// Most of those bytes one publisher may hold: a connection, a gateway client address, or
+    /// the shared account of `POST /publish` and code (429 to the publisher beyond it).
+    pub max_queued_bytes_per_publisher: usize,
 }
 
 impl Default for QueuesConfig {
@@ -617,6 +627,8 @@ impl Default for QueuesConfig {
             max_queued: 10_000,
             max_wait_ms: 30_000,
             max_credit: 1000,
+            max_queued_bytes: 256 * 1024 * 1024,
+            max_queued_bytes_per_publisher: 16 * 1024 * 1024,
         }
     }
 }
@@ -661,6 +673,12 @@ impl Config {
         let q = &self.queues;
         if q.max_queued == 0 || q.max_wait_ms == 0 || q.max_credit == 0 {
             return Err("queues: max_queued, max_wait_ms and max_credit must be > 0".into());
+        }
+        // A share smaller than one message would refuse the largest messages always.
+        if q.max_queued_bytes_per_publisher < self.limits.max_message_size
+            || q.max_queued_bytes < q.max_queued_bytes_per_publisher
+        {
+            return Err("queues: max_queued_bytes_per_publisher must be at least limits.max_message_size, and max_queued_bytes at least max_queued_bytes_per_publisher".into());
         }
         let mut paths = std::collections::HashSet::new();
         for route in &self.gateway {
