@@ -949,3 +949,63 @@ pub(crate) fn wants_at_least_once(message: &Message) -> bool {
         .header(names::DELIVERY)
         .is_some_and(|v| v.eq_ignore_ascii_case("at-least-once"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(total: usize, per: usize) -> Arc<Budget> {
+        Arc::new(Budget::new(&QueuesConfig {
+            max_queued_bytes: total,
+            max_queued_bytes_per_publisher: per,
+            ..QueuesConfig::default()
+        }))
+    }
+
+    #[test]
+    fn charges_are_bounded_per_publisher_and_in_all_and_given_back_when_dropped() {
+        let budget = budget(250, 100);
+        let a = Publisher::Connection(ConnectionId(1));
+        let b = Publisher::Connection(ConnectionId(2));
+        let first = budget.charge(a, 60).unwrap();
+        assert_eq!(budget.charge(a, 60).err(), Some(Refusal::PublisherShare));
+        let second = budget.charge(b, 100).unwrap();
+        let third = budget.charge(Publisher::Http, 80).unwrap();
+        assert_eq!(budget.charge(a, 20).err(), Some(Refusal::ServerBudget));
+        drop((second, third));
+        assert_eq!(budget.total(), 60);
+        drop(first);
+        assert_eq!(budget.total(), 0);
+        assert!(
+            budget.held().by_publisher.is_empty(),
+            "publishers holding nothing leave no entry"
+        );
+    }
+
+    #[test]
+    fn a_reservation_is_split_into_jobs_and_charges_again_when_short() {
+        let budget = budget(1000, 500);
+        let mut reservation = budget.charge(Publisher::Http, 200).unwrap();
+        let jobs: Vec<Charge> = (0..3).map(|_| reservation.take(100).unwrap()).collect();
+        // Two came from the reservation, the third was charged on its own.
+        assert_eq!(budget.total(), 300);
+        drop(reservation);
+        assert_eq!(budget.total(), 300);
+        drop(jobs);
+        assert_eq!(budget.total(), 0);
+    }
+
+    #[test]
+    fn ipv6_gateway_clients_are_one_account_per_64_network() {
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(Publisher::address(one), Publisher::address(same));
+        assert_ne!(Publisher::address(one), Publisher::address(other));
+        assert_eq!(
+            Publisher::address(mapped),
+            Publisher::Address("192.0.2.7".parse().unwrap())
+        );
+    }
+}
