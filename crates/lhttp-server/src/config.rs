@@ -491,6 +491,9 @@ pub struct Limits {
     /// beyond it).
     pub http_body_timeout_ms: u64,
     /// Most channels one message may be published to (400 beyond it, nothing published).
+    /// Each channel is a copy of the message in the outbox of a subscriber of all of them: 32
+    /// copies of the largest message (64 KiB) fill half of the default 4 MiB outbox, so no
+    /// single publish can cut off a follower of every channel it names.
     pub max_publish_channels: usize,
 }
 
@@ -512,7 +515,7 @@ impl Default for Limits {
             http_max_headers: 100,
             http_max_header_bytes: 16 * 1024,
             http_body_timeout_ms: 10_000,
-            max_publish_channels: 64,
+            max_publish_channels: 32,
         }
     }
 }
