@@ -221,3 +221,19 @@ async fn a_message_to_more_channels_than_the_limit_is_refused_and_published_nowh
     assert_eq!(answer.command(), "ok", "{answer:?}");
     assert_eq!(subscriber.recv().await.header("publish"), Some("c0"));
 }
+
+#[tokio::test]
+async fn http_publishers_share_one_account_and_get_429_beyond_it() {
+    let server = server_with_share(1024 * 1024, |_| {}).await;
+    let _worker = idle_worker(&server).await;
+    let job = format!("LHTTP/1.0 job\r\npublish:jobs\r\n\r\n{}", big_body());
+    for _ in 0..2 {
+        let (status, body) = server.post("/publish", job.clone()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = server.post("/publish", job.clone()).await;
+    assert_eq!(status, 429, "{body}");
+    // A WebSocket publisher is not held back by the HTTP account.
+    let mut client = server.client().await;
+    assert_eq!(publish_job(&mut client).await.command(), "ok");
+}
