@@ -64,7 +64,9 @@ pub(crate) enum Publisher {
     /// `POST /publish` and [`ServerHandle::publish`]: trusted publishers (loopback or API key
     /// holders, and the embedding code), one shared account.
     Http,
-    /// Work other cluster nodes sent this node's groups through NATS.
+    /// Work other cluster nodes sent this node's groups through NATS. Its publishers are not
+    /// known here, so it has no share of its own (one would let one of them refuse everyone's
+    /// work): only the server's budget bounds it.
     Cluster,
 }
 
@@ -171,7 +173,7 @@ impl Budget {
         if held.total + bytes > self.max_total {
             return Err(Refusal::ServerBudget);
         }
-        if own + bytes > self.max_per_publisher {
+        if publisher != Publisher::Cluster && own + bytes > self.max_per_publisher {
             return Err(Refusal::PublisherShare);
         }
         held.total += bytes;
@@ -973,6 +975,10 @@ mod tests {
         let third = budget.charge(Publisher::Http, 80).unwrap();
         assert_eq!(budget.charge(a, 20).err(), Some(Refusal::ServerBudget));
         drop((second, third));
+        // Work from other nodes has no share, only the server's budget.
+        let cluster = budget.charge(Publisher::Cluster, 190).unwrap();
+        assert_eq!(budget.total(), 250);
+        drop(cluster);
         assert_eq!(budget.total(), 60);
         drop(first);
         assert_eq!(budget.total(), 0);
