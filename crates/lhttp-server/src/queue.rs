@@ -92,6 +92,8 @@ impl Publisher {
 pub(crate) enum Refusal {
     /// The group's waiting queue holds `queues.max_queued` messages: 503.
     GroupFull,
+    /// The group does not exist on this node (its last member just left): 503.
+    NoGroup,
     /// The publisher holds `queues.max_queued_bytes_per_publisher` already: 429.
     PublisherShare,
     /// The server holds `queues.max_queued_bytes` already: 503.
@@ -103,6 +105,7 @@ impl Refusal {
     pub(crate) fn rejection(self) -> Rejection {
         match self {
             Refusal::GroupFull => Rejection::unavailable("a queue group's waiting queue is full"),
+            Refusal::NoGroup => Rejection::unavailable("the queue group is not served here"),
             Refusal::PublisherShare => Rejection::limited(
                 "your messages waiting in queue groups are over your share: wait for workers to take them",
             ),
@@ -119,7 +122,8 @@ impl Refusal {
             (Some(Refusal::PublisherShare), _) | (_, Refusal::PublisherShare) => {
                 Refusal::PublisherShare
             }
-            _ => Refusal::GroupFull,
+            (Some(Refusal::GroupFull), _) | (_, Refusal::GroupFull) => Refusal::GroupFull,
+            _ => Refusal::NoGroup,
         }
     }
 }
@@ -574,7 +578,7 @@ impl Queues {
             match outcome {
                 Ok(_) => offered.taken += 1,
                 Err(refusal) => {
-                    if refusal != Refusal::GroupFull {
+                    if matches!(refusal, Refusal::PublisherShare | Refusal::ServerBudget) {
                         add(&env.metrics.queue_refused_bytes, 1);
                     }
                     offered.refused = Some(Refusal::worst(offered.refused, refusal));
@@ -593,22 +597,33 @@ impl Queues {
         message: &Message,
         env: &Env<'_>,
     ) -> Offer {
+        self.offer_to_group_by(channel, name, message, Publisher::Cluster, env)
+            .unwrap_or(Offer::Refused)
+    }
+
+    /// [`Queues::offer_to_group`] with the job charged to `publisher` (a gateway route's own
+    /// group: [`Publisher::address`] of the HTTP client); says why it was refused, so that the
+    /// caller answers 429 ([`Refusal::PublisherShare`]) or 503.
+    pub(crate) fn offer_to_group_by(
+        &self,
+        channel: &str,
+        name: &str,
+        message: &Message,
+        publisher: Publisher,
+        env: &Env<'_>,
+    ) -> Result<Offer, Refusal> {
         let group = self
             .groups
             .get(channel)
             .and_then(|groups| groups.iter().find(|g| &*g.name == name).cloned());
         let Some(group) = group else {
-            return Offer::Refused;
+            return Err(Refusal::NoGroup);
         };
-        match self.budget.charge(Publisher::Cluster, job_size(message)) {
-            Ok(charge) => self
-                .offer_job(&group, message, charge, env)
-                .unwrap_or(Offer::Refused),
-            Err(_) => {
-                add(&env.metrics.queue_refused_bytes, 1);
-                Offer::Refused
-            }
-        }
+        let charge = self
+            .budget
+            .charge(publisher, job_size(message))
+            .inspect_err(|_| add(&env.metrics.queue_refused_bytes, 1))?;
+        self.offer_job(&group, message, charge, env)
     }
 
     /// Members of group `name` of `channel` on this node.
