@@ -712,7 +712,10 @@ impl Queues {
     /// The expiry timer of one group: sleeps until the earliest deadline of its waiting work,
     /// drops what has expired, and sleeps again; ends when nothing waits (and removes the
     /// group if it has no member either). One task per group with waiting work, none per
-    /// message; an idle group costs nothing.
+    /// message; an idle group costs nothing. A job queued after the timer was armed with an
+    /// earlier deadline (a request with a short timeout) waits for the timer's next run: the
+    /// request's own timer answers it on time, only its bytes stay charged until then, at most
+    /// `max_wait_ms`.
     async fn sweep(server: ServerHandle, group: std::sync::Weak<QueueGroup>, first: Instant) {
         let mut at = first;
         loop {
