@@ -277,8 +277,9 @@ struct GroupState {
     waiting: VecDeque<Job>,
     /// Where the round robin starts looking for a member with credit.
     next: usize,
-    /// A timer task is armed for the earliest deadline of `waiting` (see [`Queues::sweep`]).
-    sweeping: bool,
+    /// When the group's timer task runs next (see [`Queues::sweep`]); `None` while it has
+    /// none. Never later than the earliest deadline in `waiting`.
+    sweep_at: Option<Instant>,
 }
 
 /// One queue group of one channel.
@@ -289,6 +290,8 @@ pub(crate) struct QueueGroup {
     /// wait for a worker to (re)connect.
     declared: bool,
     state: Mutex<GroupState>,
+    /// Wakes the timer task when a job with an earlier deadline than `sweep_at` arrives.
+    sweep_wake: tokio::sync::Notify,
 }
 
 impl QueueGroup {
@@ -439,6 +442,7 @@ impl Queues {
             name: name.into(),
             declared,
             state: Mutex::new(GroupState::default()),
+            sweep_wake: tokio::sync::Notify::new(),
         });
         groups.push(group.clone());
         group
@@ -512,8 +516,9 @@ impl Queues {
                         env.requests
                             .set_waiting(address, Some(Arc::downgrade(group)));
                     }
+                    let expires = job.expires;
                     state.waiting.push_front(job);
-                    self.arm_sweeper(group, &mut state, env);
+                    self.arm_sweeper(group, &mut state, expires, env);
                 }
                 (false, Some(true)) => {
                     let address = job.reply_to.as_deref().expect("a request");
@@ -686,60 +691,71 @@ impl Queues {
             env.requests
                 .set_waiting(address, Some(Arc::downgrade(group)));
         }
+        let expires = job.expires;
         state.waiting.push_back(job);
-        self.arm_sweeper(group, &mut state, env);
+        self.arm_sweeper(group, &mut state, expires, env);
         Ok(Offer::Queued)
     }
 
-    /// Starts the group's expiry timer unless it runs already (see [`Queues::sweep`]).
-    fn arm_sweeper(&self, group: &Arc<QueueGroup>, state: &mut GroupState, env: &Env<'_>) {
-        if state.sweeping || state.waiting.is_empty() {
-            return;
+    /// Makes the group's timer run by `expires`, the deadline of a job just queued: starts
+    /// the timer task if the group has none, wakes it if it would run later.
+    fn arm_sweeper(
+        &self,
+        group: &Arc<QueueGroup>,
+        state: &mut GroupState,
+        expires: Instant,
+        env: &Env<'_>,
+    ) {
+        match state.sweep_at {
+            Some(at) if at <= expires => {}
+            Some(_) => {
+                state.sweep_at = Some(expires);
+                group.sweep_wake.notify_one();
+            }
+            None => {
+                // Outside a runtime (a publish from a plain thread) there is no clock to arm:
+                // expiry then happens when the group is next touched, and the next job queued
+                // within a runtime arms it.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                state.sweep_at = Some(expires);
+                runtime.spawn(Self::sweep(env.server.clone(), Arc::downgrade(group)));
+            }
         }
-        // Outside a runtime (a publish from a plain thread) there is no clock to arm: expiry
-        // then happens when the group is next touched, and the next queued job arms it.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        state.sweeping = true;
-        let first = state.waiting.iter().map(|job| job.expires).min();
-        let first = first.unwrap_or_else(Instant::now);
-        let server = env.server.clone();
-        let group = Arc::downgrade(group);
-        runtime.spawn(Self::sweep(server, group, first));
     }
 
-    /// The expiry timer of one group: sleeps until the earliest deadline of its waiting work,
-    /// drops what has expired, and sleeps again; ends when nothing waits (and removes the
-    /// group if it has no member either). One task per group with waiting work, none per
-    /// message; an idle group costs nothing. A job queued after the timer was armed with an
-    /// earlier deadline (a request with a short timeout) waits for the timer's next run: the
-    /// request's own timer answers it on time, only its bytes stay charged until then, at most
-    /// `max_wait_ms`.
-    async fn sweep(server: ServerHandle, group: std::sync::Weak<QueueGroup>, first: Instant) {
-        let mut at = first;
+    /// The expiry timer of one group: sleeps until `sweep_at` (moved earlier, and woken, when
+    /// a job with an earlier deadline arrives), drops what has expired, and sleeps until the
+    /// earliest deadline left; ends when nothing waits (and removes the group if it has no
+    /// member either). One task per group with waiting work, none per message; an idle group
+    /// costs nothing.
+    async fn sweep(server: ServerHandle, group: std::sync::Weak<QueueGroup>) {
         loop {
-            tokio::time::sleep_until(at).await;
             let Some(group) = group.upgrade() else {
                 return;
             };
+            let at = group.state.lock().expect("group lock").sweep_at;
+            let Some(at) = at else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                // An earlier deadline: look at `sweep_at` again.
+                _ = group.sweep_wake.notified() => continue,
+            }
             let env = Env::of(&server);
-            let queues = &server.shared().queues;
-            let next = {
+            let (next, memberless) = {
                 let mut state = group.state.lock().expect("group lock");
                 let next = expire_all(&mut state, &env);
-                if next.is_none() {
-                    state.sweeping = false;
-                }
+                state.sweep_at = next.map(|next| next.max(Instant::now() + SWEEP_GRANULARITY));
                 (next, state.members.is_empty())
             };
-            match next {
-                (Some(next), _) => at = next.max(Instant::now() + SWEEP_GRANULARITY),
-                (None, true) if !group.declared => {
-                    queues.remove_if_unused(&group);
-                    return;
+            if next.is_none() {
+                if memberless && !group.declared {
+                    server.shared().queues.remove_if_unused(&group);
                 }
-                (None, _) => return,
+                return;
             }
         }
     }

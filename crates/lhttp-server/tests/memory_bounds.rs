@@ -237,3 +237,33 @@ async fn http_publishers_share_one_account_and_get_429_beyond_it() {
     let mut client = server.client().await;
     assert_eq!(publish_job(&mut client).await.command(), "ok");
 }
+
+#[tokio::test]
+async fn a_plain_message_queued_behind_a_long_request_still_expires_on_time() {
+    let server = start_with(Server::builder(config(|c| c.queues.max_wait_ms = 300))).await;
+    let _worker = idle_worker(&server).await;
+    let mut publisher = server.client().await;
+    let (held, _) = publisher
+        .request("LHTTP/1.0 job\r\npublish:jobs\r\n\r\nheld")
+        .await;
+    assert_eq!(held.command(), "ok");
+    // The group's timer is armed for this request's deadline, a minute away...
+    publisher
+        .send(
+            "LHTTP/1.0 do\r\npublish:jobs\r\nreply-to:\r\nrequest-id:slow\r\ntimeout:60000\r\n\r\n",
+        )
+        .await;
+    // ...and must still drop this one after 300 ms.
+    let (queued, _) = publisher
+        .request("LHTTP/1.0 job\r\npublish:jobs\r\n\r\nwaits")
+        .await;
+    assert_eq!(queued.command(), "ok");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.metric("queue_expired_total") < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plain message waited for the request's deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
