@@ -608,8 +608,8 @@ impl Default for RequestsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueuesConfig {
-    /// Most messages waiting in one group for a member with credit (503 to a request beyond
-    /// it; plain messages are dropped and counted).
+    /// Most messages waiting in one group for a member with credit (503 to the publisher
+    /// beyond it, requests and plain messages alike).
     pub max_queued: usize,
     /// Longest time a plain message (not a request) waits in a group, in milliseconds; a
     /// request waits until its own timeout.
