@@ -6,6 +6,7 @@ use crate::{
     Context, Filter, Rejection,
     channel::{self, PublishList},
     metrics::add,
+    queue::Publisher,
     request, upstream,
 };
 
@@ -296,17 +297,20 @@ impl Filter for PubSub {
     }
 
     fn after(&self, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+        // Queue-group work is charged to the connection that published it.
+        let publisher = Publisher::Connection(ctx.connection().id());
         if let Some(channel) = ctx.checked_publish() {
             // Found before the processor and unchanged since: one checked channel, and no
             // `reply-to` or `ack` (it publishes only), so nothing else to look for.
-            ctx.server().publish_checked(channel, ctx.message());
+            ctx.server()
+                .publish_checked_by(channel, ctx.message(), publisher)?;
             return Ok(());
         }
         if PublishList::of(ctx.message().headers()) != PublishList::Absent {
             if ctx.message().headers().contains(names::REPLY_TO) {
                 publish_request(ctx)?;
             } else {
-                ctx.server().publish(ctx.message())?;
+                ctx.server().publish_as(ctx.message(), publisher)?;
             }
         }
         if !ctx.message().headers().contains(names::ACK) {
@@ -419,7 +423,8 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
         .headers_mut()
         .set(names::REPLY_TO, address.clone())
         .expect("a reply address is a valid header value");
-    match server.publish(ctx.message()) {
+    let publisher = Publisher::Connection(ctx.connection().id());
+    match server.publish_as(ctx.message(), publisher) {
         // Other nodes may take it: NATS tells when none subscribes (see `crate::cluster`).
         Ok(report) if report.deliveries + report.queued == 0 && shared.cluster.is_some() => {
             shared
@@ -461,7 +466,7 @@ fn forward_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
             "the request to forward has already had its answer, or never existed",
         ));
     }
-    let report = server.publish(ctx.message())?;
+    let report = server.publish_as(ctx.message(), Publisher::Connection(ctx.connection().id()))?;
     if report.deliveries + report.queued == 0 && server.shared().cluster.is_none() {
         return Err(Rejection::unavailable(
             "no responders: nobody is subscribed and no queue group took the forwarded request",

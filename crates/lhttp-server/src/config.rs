@@ -540,6 +540,12 @@ pub struct Limits {
     /// The window of `auth_failures_per_ip`, and how long an address is then refused, in
     /// milliseconds.
     pub auth_failure_window_ms: u64,
+
+    /// Most channels one message may be published to (400 beyond it, nothing published).
+    /// Each channel is a copy of the message in the outbox of a subscriber of all of them: 32
+    /// copies of the largest message (64 KiB) fill half of the default 4 MiB outbox, so no
+    /// single publish can cut off a follower of every channel it names.
+    pub max_publish_channels: usize,
 }
 
 impl Default for Limits {
@@ -568,6 +574,7 @@ impl Default for Limits {
             auth_failures_per_connection: 5,
             auth_failures_per_ip: 100,
             auth_failure_window_ms: 60_000,
+            max_publish_channels: 32,
         }
     }
 }
@@ -621,6 +628,7 @@ impl Limits {
                 "auth_failure_window_ms",
                 self.auth_failure_window_ms as usize,
             ),
+            ("max_publish_channels", self.max_publish_channels),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -685,14 +693,20 @@ impl Default for RequestsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueuesConfig {
-    /// Most messages waiting in one group for a member with credit (503 to a request beyond
-    /// it; plain messages are dropped and counted).
+    /// Most messages waiting in one group for a member with credit (503 to the publisher
+    /// beyond it, requests and plain messages alike).
     pub max_queued: usize,
     /// Longest time a plain message (not a request) waits in a group, in milliseconds; a
     /// request waits until its own timeout.
     pub max_wait_ms: u64,
     /// Largest `credit` a member may ask for (messages held unacknowledged at once).
     pub max_credit: usize,
+    /// Most bytes of queue-group work the server holds at once, waiting or delivered and not
+    /// yet acknowledged, over every group (503 to the publisher beyond it).
+    pub max_queued_bytes: usize,
+    /// Most of those bytes one publisher may hold: a connection, a gateway client address, or
+    /// the shared account of `POST /publish` and code (429 to the publisher beyond it).
+    pub max_queued_bytes_per_publisher: usize,
 }
 
 impl Default for QueuesConfig {
@@ -701,6 +715,8 @@ impl Default for QueuesConfig {
             max_queued: 10_000,
             max_wait_ms: 30_000,
             max_credit: 1000,
+            max_queued_bytes: 256 * 1024 * 1024,
+            max_queued_bytes_per_publisher: 16 * 1024 * 1024,
         }
     }
 }
@@ -782,6 +798,12 @@ impl Config {
         let q = &self.queues;
         if q.max_queued == 0 || q.max_wait_ms == 0 || q.max_credit == 0 {
             return Err("queues: max_queued, max_wait_ms and max_credit must be > 0".into());
+        }
+        // A share smaller than one message would refuse the largest messages always.
+        if q.max_queued_bytes_per_publisher < self.limits.max_message_size
+            || q.max_queued_bytes < q.max_queued_bytes_per_publisher
+        {
+            return Err("queues: max_queued_bytes_per_publisher must be at least limits.max_message_size, and max_queued_bytes at least max_queued_bytes_per_publisher".into());
         }
         let mut paths = std::collections::HashSet::new();
         for route in &self.gateway {

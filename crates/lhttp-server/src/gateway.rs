@@ -46,7 +46,7 @@ use crate::{
     GatewayRoute, Rejection, ServerHandle,
     builtin::names,
     metrics::add,
-    queue::{Env, Offer},
+    queue::{Env, Offer, Publisher},
     request::{AnswerTo, Inbox, is_partial},
     server::Shared,
 };
@@ -212,17 +212,26 @@ pub(crate) async fn serve(
     }
     // Only the route's group receives it, from the workers connected to this node: never a
     // plain subscriber, which would read the client's credentials.
+    // Its bytes are charged to the HTTP client's address (`queues.max_queued_bytes_per_
+    // publisher`): beyond its share it gets 429, beyond the server's budget 503, at once.
     add(&shared.metrics.messages_published, 1);
-    let offer =
-        shared
-            .queues
-            .offer_to_group(&route.channel, &route.queue, &message, &Env::of(&server));
-    if offer == Offer::Refused {
-        shared.requests.fail(
-            &address,
-            &Rejection::unavailable("the gateway's queue group is full"),
-            &shared.metrics,
-        );
+    match shared.queues.offer_to_group_by(
+        &route.channel,
+        &route.queue,
+        &message,
+        Publisher::address(peer.ip()),
+        &Env::of(&server),
+    ) {
+        Ok(Offer::Delivered | Offer::Queued) => {}
+        Ok(Offer::Refused) => {
+            shared.requests.fail(
+                &address,
+                &Rejection::unavailable("the gateway's queue group is full"),
+                &shared.metrics,
+            );
+        }
+        // The guard forgets the request.
+        Err(refusal) => return error_response(&refusal.rejection()),
     }
     let Some(first) = receiver.recv().await else {
         return error_response(&Rejection::new(502, "the request ended without an answer"));

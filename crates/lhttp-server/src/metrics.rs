@@ -38,6 +38,7 @@ pub struct Metrics {
     pub(crate) queue_lost: AtomicU64,
     pub(crate) queue_refused: AtomicU64,
     pub(crate) queue_expired: AtomicU64,
+    pub(crate) queue_refused_bytes: AtomicU64,
     pub(crate) gateway_requests: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
     pub(crate) permission_denials: AtomicU64,
@@ -66,6 +67,7 @@ pub(crate) struct Gauges {
     pub pending_requests: u64,
     pub queue_groups: u64,
     pub queue_members: u64,
+    pub queued_bytes: u64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -126,6 +128,11 @@ impl Metrics {
             "queue_members",
             "Queue-group memberships of local connections.",
             gauges.queue_members,
+        );
+        gauge(
+            "queued_bytes",
+            "Bytes of queue-group work held (waiting, or delivered and not acknowledged).",
+            gauges.queued_bytes,
         );
         let counters: [(&str, &str, &AtomicU64); 23] = [
             (
@@ -244,7 +251,7 @@ impl Metrics {
                 &self.http_body_timeouts,
             ),
         ];
-        let messaging: [(&str, &str, &AtomicU64); 12] = [
+        let messaging: [(&str, &str, &AtomicU64); 13] = [
             (
                 "requests_total",
                 "Requests started (messages with reply-to, and gateway requests).",
@@ -299,6 +306,11 @@ impl Metrics {
                 "queue_expired_total",
                 "Plain messages dropped after waiting too long in a group.",
                 &self.queue_expired,
+            ),
+            (
+                "queue_refused_bytes_total",
+                "Messages refused by a queue group because their publisher's share (429) or the server's budget (503) of queued bytes was full.",
+                &self.queue_refused_bytes,
             ),
             (
                 "gateway_requests_total",
