@@ -424,26 +424,16 @@ impl ServerHandle {
     /// [`ServerHandle::publish`] is.
     pub fn publish_to(&self, channel: &str, message: &Message) -> Result<usize, Rejection> {
         channel::check(channel)?;
-        let (deliveries, queued) = self.publish_one(channel, message, Publisher::Http)?;
+        let (deliveries, queued) = self.publish_checked_by(channel, message, Publisher::Http)?;
         Ok(deliveries + queued)
     }
 
     /// Publishes to `channel`, a name already checked, with queue-group work charged to
     /// `publisher`. Returns (local subscribers it was queued for, queue groups that took it);
-    /// refused as [`ServerHandle::publish`] is.
+    /// refused with 429 when that publisher's share is full and 503 when the server's budget
+    /// or the group's waiting queue is (for a request: when nobody took it), before anything
+    /// is delivered.
     pub(crate) fn publish_checked_by(
-        &self,
-        channel: &str,
-        message: &Message,
-        publisher: Publisher,
-    ) -> Result<(usize, usize), Rejection> {
-        self.publish_one(channel, message, publisher)
-    }
-
-    /// Publishes to `channel` with queue-group work charged to `publisher`, refused with 429
-    /// when that publisher's share is full and 503 when the server's budget or the group's
-    /// waiting queue is (for a request: when nobody took it), before anything is delivered.
-    fn publish_one(
         &self,
         channel: &str,
         message: &Message,
@@ -462,13 +452,16 @@ impl ServerHandle {
         Ok((routed.deliveries, routed.offered.taken))
     }
 
-    /// True when this node's queue groups get their work through NATS (a connected cluster
-    /// picks one node per group, this one included) rather than from the publish itself.
-    fn groups_through_nats(&self) -> bool {
-        self.shared
-            .cluster
-            .as_ref()
-            .is_some_and(|c| c.routes_queue_groups())
+    /// True when this node's queue groups take their work from the publish itself: some group
+    /// was ever made, and no connected cluster routes it through NATS instead (which picks one
+    /// node per group, this one included).
+    fn groups_take_here(&self) -> bool {
+        !self.shared.queues.is_empty()
+            && !self
+                .shared
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.routes_queue_groups())
     }
 
     /// Charges `publisher` for the queue-group work of publishing `message` to `channels`,
@@ -480,11 +473,11 @@ impl ServerHandle {
         message: &Message,
         publisher: Publisher,
     ) -> Result<Option<Charge>, Rejection> {
-        let queues = &self.shared.queues;
-        if queues.is_empty() || self.groups_through_nats() {
+        if !self.groups_take_here() {
             return Ok(None);
         }
-        queues
+        self.shared
+            .queues
             .reserve(channels, message, publisher)
             .map_err(|refusal| {
                 add(&self.shared.metrics.queue_refused_bytes, 1);
@@ -517,7 +510,7 @@ impl ServerHandle {
         }
         // In a connected cluster, queue groups get their messages through NATS (which picks
         // one node per group, this one included); otherwise this node's groups take them here.
-        let offered = if shared.queues.is_empty() || self.groups_through_nats() {
+        let offered = if !self.groups_take_here() {
             Offered::default()
         } else {
             shared
