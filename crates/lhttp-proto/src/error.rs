@@ -129,3 +129,21 @@ pub enum MultipartError {
         source: ParseError,
     },
 }
+
+/// Why the bytes of a stream cannot be read as frames (see [`crate::stream`]). The stream
+/// cannot be read further after either.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum FramingError {
+    /// A length line holds something other than 1 to 10 digits and a line end.
+    #[error("a frame must start with its length in decimal digits on a line of its own")]
+    BadLength,
+    /// The length is over the reader's message size limit.
+    #[error("frame of {len} bytes is over the limit of {max}")]
+    TooLarge {
+        /// The length announced.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+}

@@ -1,6 +1,7 @@
 //! The lhttp wire format, without I/O.
 //!
-//! An lhttp message is HTTP-like text carried in one WebSocket message:
+//! An lhttp message is HTTP-like text carried in one WebSocket message (or one [`stream`]
+//! frame):
 //!
 //! ```text
 //! LHTTP/1.0 <command>\r\n
@@ -14,8 +15,10 @@
 //! - [`parse`]: turning received bytes into a [`Message`] without copying, under [`Limits`].
 //! - [`headers`]: the ordered, case-insensitive [`Headers`].
 //! - [`multipart`]: bodies cut into parts by byte offsets, and a [`MultipartBuilder`].
+//! - [`stream`]: frames that carry messages on byte streams (TCP, TLS, Unix sockets), where
+//!   no WebSocket frame says where a message ends.
 //! - [`error`]: [`ParseError`] (peer's fault), [`BuildError`] (caller's fault),
-//!   [`MultipartError`].
+//!   [`MultipartError`], [`FramingError`].
 //!
 //! The crate knows nothing of sockets or async runtimes; the server and the clients share it.
 
@@ -24,10 +27,11 @@ pub mod headers;
 pub mod message;
 pub mod multipart;
 pub mod parse;
+pub mod stream;
 mod text;
 mod validate;
 
-pub use error::{BuildError, MultipartError, ParseError};
+pub use error::{BuildError, FramingError, MultipartError, ParseError};
 pub use headers::{Header, Headers};
 pub use message::{Message, MessageBuilder, PREFIX};
 pub use multipart::{MultipartBuilder, Part};
