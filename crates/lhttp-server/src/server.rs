@@ -14,7 +14,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
     cluster::Cluster,
-    config::Listeners,
     http,
     http::accept,
     http::origin::Site,
@@ -33,6 +32,7 @@ use crate::{
     session::builtin::{self, names},
     transport::budget::UnfinishedBudget,
     transport::outbox::frame,
+    validation::Listeners,
 };
 
 /// Why a server could not be built or run.
@@ -147,7 +147,7 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, ServerError> {
         // The one validation, shared with `lhttpd --check-config`; it builds the key verifier,
         // the permissions and the cluster client on the way.
-        let crate::config::Checked {
+        let crate::validation::Checked {
             verifier,
             permissions,
             cluster,
