@@ -57,8 +57,10 @@ thread_local! {
 /// What [`WebSocket::poll_next`] received.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Received {
-    /// A whole text or binary message.
-    Message(Bytes),
+    /// A whole text message (its UTF-8 checked).
+    Text(Bytes),
+    /// A whole binary message.
+    Binary(Bytes),
     /// A ping (already answered), a pong, or a fragment of a message not complete yet: the
     /// client is alive.
     Control,
@@ -454,12 +456,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.completed = self.completed.wrapping_add(1);
         }
         match item {
-            Incoming::Data(data) => {
-                if self.charged_fragments != 0 {
-                    let _ = self.charge(Charge::Fragments, 0);
-                }
-                Poll::Ready(Some(Ok(Received::Message(data))))
-            }
+            Incoming::Text(data) => Poll::Ready(Some(Ok(self.message(Received::Text(data))))),
+            Incoming::Binary(data) => Poll::Ready(Some(Ok(self.message(Received::Binary(data))))),
             Incoming::Fragment => {
                 let held = self.decoder.fragments_capacity();
                 let charged = if held > SCRATCH { held } else { 0 };
@@ -495,6 +493,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 self.poll_ended(cx)
             }
         }
+    }
+
+    /// A whole message: the charge for its fragments, if it had any, is given back.
+    fn message(&mut self, message: Received) -> Received {
+        if self.charged_fragments != 0 {
+            let _ = self.charge(Charge::Fragments, 0);
+        }
+        message
     }
 
     /// After reading ended: writes what is queued (a close reply above all), then ends.
@@ -560,7 +566,7 @@ mod tests {
         client.flush().await.unwrap();
         for (i, &n) in sizes.iter().enumerate() {
             match next(&mut socket).await {
-                Some(Ok(Received::Message(m))) => assert_eq!(m, vec![i as u8; n]),
+                Some(Ok(Received::Binary(m))) => assert_eq!(m, vec![i as u8; n]),
                 other => panic!("message {i}: {other:?}"),
             }
         }
@@ -592,6 +598,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn text_arrives_as_text_and_binary_as_binary_whole_or_in_fragments() {
+        use tokio_tungstenite::tungstenite::protocol::frame::{
+            Frame,
+            coding::{Data, OpCode},
+        };
+        let (mut socket, mut client) = pair(64 * 1024).await;
+        client.feed(Message::text("hello")).await.unwrap();
+        client
+            .feed(Message::Binary(Bytes::from_static(b"\xff\x00")))
+            .await
+            .unwrap();
+        for (kind, part, fin) in [
+            (Data::Binary, "abc", false),
+            (Data::Continue, "def", true),
+            (Data::Text, "grü", false),
+            (Data::Continue, "ße", true),
+        ] {
+            let frame = Frame::message(part.as_bytes().to_vec(), OpCode::Data(kind), fin);
+            client.feed(Message::Frame(frame)).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        let mut received = Vec::new();
+        while received.len() < 4 {
+            match next(&mut socket).await {
+                Some(Ok(Received::Control)) => {}
+                Some(Ok(message)) => received.push(message),
+                other => panic!("after {received:?}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            received,
+            [
+                Received::Text(Bytes::from_static(b"hello")),
+                Received::Binary(Bytes::from_static(b"\xff\x00")),
+                Received::Binary(Bytes::from_static(b"abcdef")),
+                Received::Text(Bytes::from("grüße")),
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_stalled_large_frame_holds_its_own_size_charged_and_gives_it_back() {
         use tokio::io::AsyncWriteExt;
         let (server, mut client) = tokio::io::duplex(256 * 1024);
@@ -612,7 +659,7 @@ mod tests {
         assert_eq!(budget.held(), whole);
         client.write_all(&[b'a'; 25_000]).await.unwrap();
         match next(&mut socket).await {
-            Some(Ok(Received::Message(m))) => assert_eq!(m.len(), 65_000),
+            Some(Ok(Received::Binary(m))) => assert_eq!(m.len(), 65_000),
             other => panic!("expected the message, got {other:?}"),
         }
         let waiting = tokio::time::timeout(Duration::from_millis(20), next(&mut socket)).await;
