@@ -53,6 +53,8 @@ pub mod builtin;
 mod channel;
 mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod conformance;
 mod connection;
 mod context;
 mod extensions;
