@@ -71,7 +71,14 @@ pub(crate) fn feed<'a>(
 /// Checks what RFC 6455 and the limit say of one decoded item.
 fn check(item: &Incoming, max_message: usize) {
     match item {
-        Incoming::Data(message) => assert!(message.len() <= max_message, "{}", message.len()),
+        Incoming::Text(message) => {
+            assert!(message.len() <= max_message, "{}", message.len());
+            assert!(
+                std::str::from_utf8(message).is_ok(),
+                "text message not UTF-8"
+            );
+        }
+        Incoming::Binary(message) => assert!(message.len() <= max_message, "{}", message.len()),
         Incoming::Ping(payload) => assert!(payload.len() <= MAX_CONTROL_PAYLOAD),
         Incoming::Pong | Incoming::Close(None) | Incoming::Fragment => {}
         // Section 7.4: registered codes a client may send, and the private range.

@@ -49,6 +49,8 @@ pub mod bench_support;
 mod cluster;
 pub mod config;
 #[doc(hidden)]
+pub mod conformance;
+#[doc(hidden)]
 pub mod fuzz_support;
 mod http;
 mod metrics;

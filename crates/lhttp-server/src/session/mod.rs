@@ -437,7 +437,7 @@ fn receive<'c, 's>(
 ) -> Step<'c, 's> {
     let data = match next {
         None => return Step::Done(Some(End::Peer)),
-        Some(Ok(Received::Message(data))) => {
+        Some(Ok(Received::Text(data) | Received::Binary(data))) => {
             add(&shared.metrics.messages_received, 1);
             add(&shared.metrics.bytes_received, data.len() as u64);
             Some(data)

@@ -83,8 +83,11 @@ impl Outgoing {
 /// What a transport received.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Received {
-    /// A whole lhttp message (its bytes, not parsed yet).
-    Message(Bytes),
+    /// A whole lhttp message from a WebSocket text frame (its UTF-8 checked), not parsed yet.
+    Text(Bytes),
+    /// A whole lhttp message from a WebSocket binary frame, or from a byte stream (which has no
+    /// text frames), not parsed yet.
+    Binary(Bytes),
     /// Traffic that is not a message (a ping, already answered; a pong; a heartbeat; a
     /// fragment of a message not complete yet): the client is alive.
     Control,

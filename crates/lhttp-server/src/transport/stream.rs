@@ -153,7 +153,7 @@ fn decode_step(buf: &[u8], max_message: usize) -> Result<Step, ReadError> {
         // Copied into an allocation of its own size: a message kept for long (queued,
         // retained) must not hold the read buffer with it.
         Decoded::Message(message) => {
-            Step::Item(Received::Message(Bytes::copy_from_slice(message)), used)
+            Step::Item(Received::Binary(Bytes::copy_from_slice(message)), used)
         }
         Decoded::Heartbeat => Step::Item(Received::Control, used),
         Decoded::Incomplete { frame_len } => Step::More {
@@ -378,7 +378,7 @@ mod tests {
         });
         for (i, &n) in sizes.iter().enumerate() {
             match next(&mut socket).await {
-                Some(Ok(Received::Message(m))) => assert_eq!(m, vec![b'a' + i as u8; n]),
+                Some(Ok(Received::Binary(m))) => assert_eq!(m, vec![b'a' + i as u8; n]),
                 other => panic!("message {i}: {other:?}"),
             }
         }
@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(socket.read.capacity(), 7 + 65_000);
         client.write_all(&[b'a'; 25_000]).await.unwrap();
         match next(&mut socket).await {
-            Some(Ok(Received::Message(m))) => assert_eq!(m.len(), 65_000),
+            Some(Ok(Received::Binary(m))) => assert_eq!(m.len(), 65_000),
             other => panic!("expected the message, got {other:?}"),
         }
         let waiting = tokio::time::timeout(Duration::from_millis(20), next(&mut socket)).await;

@@ -27,9 +27,10 @@ pub(crate) const MAX_SERVER_HEADER: usize = 10;
 /// What a client's frames decoded to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Incoming {
-    /// A whole message: a text message (its UTF-8 checked) or a binary one, reassembled if it
-    /// came in fragments.
-    Data(Bytes),
+    /// A whole text message, its UTF-8 checked, reassembled if it came in fragments.
+    Text(Bytes),
+    /// A whole binary message, reassembled if it came in fragments.
+    Binary(Bytes),
     /// A ping; the server answers it with a pong carrying `payload`.
     Ping(Bytes),
     /// A pong: the client is alive.
@@ -288,13 +289,19 @@ fn message(text: bool, payload: Vec<u8>) -> Result<Incoming, Violation> {
     if text && std::str::from_utf8(&payload).is_err() {
         return Err(Violation::InvalidUtf8);
     }
-    if payload.is_empty() {
-        return Ok(Incoming::Data(Bytes::new()));
-    }
     // Parsing takes views of the payload at once. Owned from the start, it has its reference
     // count from the start; from a plain `Vec`, the first view would have to promote it (an
     // allocation and a compare-and-swap in the middle of parsing).
-    Ok(Incoming::Data(Bytes::from_owner(payload)))
+    let payload = if payload.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::from_owner(payload)
+    };
+    Ok(if text {
+        Incoming::Text(payload)
+    } else {
+        Incoming::Binary(payload)
+    })
 }
 
 /// A close frame's status code, checked with its reason (section 7.4).

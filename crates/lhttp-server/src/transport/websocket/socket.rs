@@ -29,7 +29,7 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{Decoder, Incoming, MAX_SERVER_HEADER, encode_outgoing};
 use crate::transport::{
@@ -332,12 +332,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             self.completed = self.completed.wrapping_add(1);
         }
         match item {
-            Incoming::Data(data) => {
-                if self.charged_fragments != 0 {
-                    let _ = self.charge(Charge::Fragments, 0);
-                }
-                Poll::Ready(Some(Ok(Received::Message(data))))
-            }
+            Incoming::Text(data) => Poll::Ready(Some(Ok(self.message(Received::Text(data))))),
+            Incoming::Binary(data) => Poll::Ready(Some(Ok(self.message(Received::Binary(data))))),
             Incoming::Fragment => {
                 let held = self.decoder.fragments_capacity();
                 let charged = if held > SCRATCH { held } else { 0 };
@@ -375,6 +371,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
+    /// A whole message: the charge for its fragments, if it had any, is given back.
+    fn message(&mut self, message: Received) -> Received {
+        if self.charged_fragments != 0 {
+            let _ = self.charge(Charge::Fragments, 0);
+        }
+        message
+    }
+
     /// After reading ended: writes what is queued (a close reply above all), then ends.
     fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Received, ReadError>>> {
         // A failed write changes nothing: the connection is ending either way.
@@ -399,6 +403,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         });
         let _ = tokio::time::timeout(LINGER, reading).await;
         if self.close_received {
+            return;
+        }
+        // Reading gave up (a violation): the server closes its side first (RFC 6455, 7.1.1),
+        // so that a client waiting for the end of the stream sees it at once, and drains what
+        // the client still sends so that it can read the close frame before the connection
+        // closes.
+        if tokio::time::timeout(LINGER, self.io.shutdown())
+            .await
+            .is_err()
+        {
             return;
         }
         let mut discard = tokio::io::sink();
@@ -490,7 +504,7 @@ mod tests {
         client.flush().await.unwrap();
         for (i, &n) in sizes.iter().enumerate() {
             match next(&mut socket).await {
-                Some(Ok(Received::Message(m))) => assert_eq!(m, vec![i as u8; n]),
+                Some(Ok(Received::Binary(m))) => assert_eq!(m, vec![i as u8; n]),
                 other => panic!("message {i}: {other:?}"),
             }
         }
@@ -522,6 +536,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn text_arrives_as_text_and_binary_as_binary_whole_or_in_fragments() {
+        use tokio_tungstenite::tungstenite::protocol::frame::{
+            Frame,
+            coding::{Data, OpCode},
+        };
+        let (mut socket, mut client) = pair(64 * 1024).await;
+        client.feed(Message::text("hello")).await.unwrap();
+        client
+            .feed(Message::Binary(Bytes::from_static(b"\xff\x00")))
+            .await
+            .unwrap();
+        for (kind, part, fin) in [
+            (Data::Binary, "abc", false),
+            (Data::Continue, "def", true),
+            (Data::Text, "grü", false),
+            (Data::Continue, "ße", true),
+        ] {
+            let frame = Frame::message(part.as_bytes().to_vec(), OpCode::Data(kind), fin);
+            client.feed(Message::Frame(frame)).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        let mut received = Vec::new();
+        while received.len() < 4 {
+            match next(&mut socket).await {
+                Some(Ok(Received::Control)) => {}
+                Some(Ok(message)) => received.push(message),
+                other => panic!("after {received:?}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            received,
+            [
+                Received::Text(Bytes::from_static(b"hello")),
+                Received::Binary(Bytes::from_static(b"\xff\x00")),
+                Received::Binary(Bytes::from_static(b"abcdef")),
+                Received::Text(Bytes::from("grüße")),
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_stalled_large_frame_holds_its_own_size_charged_and_gives_it_back() {
         use tokio::io::AsyncWriteExt;
         let (server, mut client) = tokio::io::duplex(256 * 1024);
@@ -542,7 +597,7 @@ mod tests {
         assert_eq!(budget.held(), whole);
         client.write_all(&[b'a'; 25_000]).await.unwrap();
         match next(&mut socket).await {
-            Some(Ok(Received::Message(m))) => assert_eq!(m.len(), 65_000),
+            Some(Ok(Received::Binary(m))) => assert_eq!(m.len(), 65_000),
             other => panic!("expected the message, got {other:?}"),
         }
         let waiting = tokio::time::timeout(Duration::from_millis(20), next(&mut socket)).await;

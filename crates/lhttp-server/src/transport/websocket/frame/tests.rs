@@ -66,8 +66,12 @@ fn tungstenite_client(mut frame: Frame, mask: [u8; 4]) -> Vec<u8> {
     out
 }
 
-fn data(payload: impl AsRef<[u8]>) -> Incoming {
-    Incoming::Data(Bytes::copy_from_slice(payload.as_ref()))
+fn text(payload: impl AsRef<[u8]>) -> Incoming {
+    Incoming::Text(Bytes::copy_from_slice(payload.as_ref()))
+}
+
+fn binary(payload: impl AsRef<[u8]>) -> Incoming {
+    Incoming::Binary(Bytes::copy_from_slice(payload.as_ref()))
 }
 
 fn ping(payload: impl AsRef<[u8]>) -> Incoming {
@@ -104,10 +108,10 @@ fn assert_protocol_error(bytes: &[u8]) {
 fn messages_of_every_length_encoding_decode_to_the_bytes_sent() {
     let largest = 100_000;
     for size in [0, 1, 7, 8, 9, 125, 126, 65535, 65536, largest] {
-        let text: Vec<u8> = (b'a'..=b'z').cycle().take(size).collect();
+        let letters: Vec<u8> = (b'a'..=b'z').cycle().take(size).collect();
         // Every byte value, so not UTF-8 from the first 0x80 on.
-        let binary: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
-        for (kind, payload) in [(Data::Text, text), (Data::Binary, binary)] {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+        for (kind, payload) in [(Data::Text, letters), (Data::Binary, bytes)] {
             let opcode = u8::from(OpCode::Data(kind));
             let wire = tungstenite_client(
                 Frame::message(payload.clone(), OpCode::Data(kind), true),
@@ -131,7 +135,14 @@ fn messages_of_every_length_encoding_decode_to_the_bytes_sent() {
             );
             assert_eq!(
                 Decoder::new(largest).decode(&wire),
-                Ok((Some(data(&payload)), wire.len())),
+                Ok((
+                    Some(if kind == Data::Text {
+                        text(&payload)
+                    } else {
+                        binary(&payload)
+                    }),
+                    wire.len()
+                )),
                 "{kind:?}, {size} bytes"
             );
         }
@@ -165,14 +176,14 @@ fn unmask_matches_bytewise_xor_for_every_length_up_to_64() {
 /// Frames of a client session, each with what decoding it yields: every length encoding, a
 /// fragmented message with a control frame inside it, and a close frame.
 fn session() -> Vec<(Vec<u8>, Option<Incoming>)> {
-    let binary: Vec<u8> = (0..300u16).map(|i| (i % 251) as u8).collect();
+    let bytes: Vec<u8> = (0..300u16).map(|i| (i % 251) as u8).collect();
     vec![
-        (frame(true, opcode::TEXT, b"hello"), Some(data("hello"))),
+        (frame(true, opcode::TEXT, b"hello"), Some(text("hello"))),
         (
             frame(true, opcode::PING, b"are you there"),
             Some(ping("are you there")),
         ),
-        (frame(true, opcode::BINARY, &binary), Some(data(&binary))),
+        (frame(true, opcode::BINARY, &bytes), Some(binary(&bytes))),
         (
             frame(false, opcode::TEXT, "frag".as_bytes()),
             Some(Incoming::Fragment),
@@ -180,9 +191,9 @@ fn session() -> Vec<(Vec<u8>, Option<Incoming>)> {
         (frame(true, opcode::PONG, b"p"), Some(Incoming::Pong)),
         (
             frame(true, opcode::CONTINUATION, "mënted".as_bytes()),
-            Some(data("fragmënted")),
+            Some(text("fragmënted")),
         ),
-        (frame(true, opcode::BINARY, &[]), Some(data([]))),
+        (frame(true, opcode::BINARY, &[]), Some(binary([]))),
         (
             frame(true, opcode::CLOSE, b"\x03\xe8bye"),
             Some(Incoming::Close(Some(1000))),
@@ -298,7 +309,11 @@ impl Sent {
             }
             start = end;
         }
-        expected.push(data(&self.payload));
+        expected.push(if self.text {
+            text(&self.payload)
+        } else {
+            binary(&self.payload)
+        });
     }
 }
 
@@ -340,8 +355,8 @@ proptest! {
 
 #[test]
 fn text_in_one_to_eight_fragments_with_pings_and_pongs_between_reassembles() {
-    let text = "Grüße, 世界! 🎉 lhttp";
-    let bytes = text.as_bytes();
+    let sentence = "Grüße, 世界! 🎉 lhttp";
+    let bytes = sentence.as_bytes();
     for n in 1..=8 {
         let mut wire = Vec::new();
         let mut expected = Vec::new();
@@ -366,21 +381,21 @@ fn text_in_one_to_eight_fragments_with_pings_and_pongs_between_reassembles() {
                 expected.push(Incoming::Pong);
             }
         }
-        expected.push(data(text));
+        expected.push(text(sentence));
         assert_eq!(decode_all(&wire), expected, "{n} fragments");
     }
 }
 
 #[test]
 fn a_character_cut_between_two_fragments_is_accepted() {
-    let text = "€𝄞ü";
-    let bytes = text.as_bytes();
+    let sentence = "€𝄞ü";
+    let bytes = sentence.as_bytes();
     for at in 0..=bytes.len() {
         let mut wire = frame(false, opcode::TEXT, &bytes[..at]);
         wire.extend(frame(true, opcode::CONTINUATION, &bytes[at..]));
         assert_eq!(
             decode_all(&wire),
-            [Incoming::Fragment, data(text)],
+            [Incoming::Fragment, text(sentence)],
             "cut at {at}"
         );
     }
@@ -414,7 +429,7 @@ fn a_binary_message_need_not_be_utf8() {
     for payload in NOT_UTF8 {
         assert_eq!(
             decode_all(&frame(true, opcode::BINARY, payload)),
-            [data(payload)]
+            [binary(payload)]
         );
     }
 }
@@ -499,7 +514,7 @@ fn a_message_over_the_limit_is_1009_from_its_header_alone() {
     let wire = frame(true, opcode::BINARY, &largest);
     assert_eq!(
         feed(&mut Decoder::new(1000), [&wire[..]]),
-        (vec![data(&largest)], Ok(0))
+        (vec![binary(&largest)], Ok(0))
     );
 }
 
@@ -512,7 +527,7 @@ fn fragments_over_the_limit_are_1009_when_the_fragment_crossing_it_starts() {
     wire.extend(frame(true, opcode::CONTINUATION, b"ghij"));
     assert_eq!(
         feed(&mut Decoder::new(10), [&wire[..]]),
-        (vec![Incoming::Fragment, data("abcdefghij")], Ok(0))
+        (vec![Incoming::Fragment, text("abcdefghij")], Ok(0))
     );
 }
 
@@ -748,7 +763,7 @@ fn a_message_in_fragments_is_reassembled_in_no_more_than_the_limit() {
                 decoder.fragments_capacity()
             );
         } else {
-            assert_eq!(item, Some(data(vec![7; 65_000])));
+            assert_eq!(item, Some(binary(vec![7; 65_000])));
         }
     }
     assert!(!decoder.in_fragments());
