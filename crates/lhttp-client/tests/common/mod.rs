@@ -1,6 +1,8 @@
 //! Test support: a real lhttp server in this process, on a loopback port.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::{net::SocketAddr, time::Duration};
 
 use lhttp_server::{Config, Server, ServerHandle};
