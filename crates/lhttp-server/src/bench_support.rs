@@ -4,8 +4,8 @@ use lhttp_proto::Message;
 
 use crate::{
     Channel, Config, Server, ServerHandle,
-    connection::ConnectionId,
-    outbox::{Outbox, OutboxReceiver},
+    session::connection::ConnectionId,
+    transport::outbox::{Outbox, OutboxReceiver},
 };
 
 /// A server whose channel `bench` has `n` subscribers that are plain queues.

@@ -7,7 +7,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ServerError, auth::Verifier, cluster::Cluster, permissions::Permissions};
+use crate::{
+    ServerError, cluster::Cluster, security::auth::Verifier, security::permissions::Permissions,
+};
 
 /// Largest count that sizes a queue or a semaphore (connections, queued messages, calls in
 /// flight). The runtime's own ceiling is far above any real use but below what a TOML integer
@@ -211,7 +213,7 @@ impl AuthConfig {
             return Err("auth.leeway_secs must be at most 86400".into());
         }
         for rule in &self.rules {
-            crate::permissions::Pattern::parse(&rule.channels)
+            crate::security::permissions::Pattern::parse(&rule.channels)
                 .map_err(|e| format!("auth.rules channels {:?}: {e}", rule.channels))?;
         }
         Ok(())
@@ -385,7 +387,7 @@ impl UpstreamConfig {
             self.max_in_flight_per_connection,
         )?;
         for prefix in self.allow.iter().chain(self.routes.values()) {
-            crate::upstream::Target::parse(prefix)
+            crate::requests::upstream::Target::parse(prefix)
                 .map_err(|e| format!("upstream URL {:?}: {e}", url_without_credentials(prefix)))?;
         }
         for name in self.routes.keys() {
@@ -827,13 +829,13 @@ impl Config {
             }
             crate::Channel::new(&route.channel)
                 .map_err(|e| format!("gateway channel {:?}: {}", route.channel, e.reason()))?;
-            if crate::request::is_inbox(&route.channel) {
+            if crate::requests::inbox::is_inbox(&route.channel) {
                 return Err(format!(
                     "gateway channel {:?} is an inbox name",
                     route.channel
                 ));
             }
-            if !crate::queue::is_valid_group(&route.queue) {
+            if !crate::requests::queue::is_valid_group(&route.queue) {
                 return Err(format!(
                     "gateway queue {:?}: 1 to 128 letters, digits, '.', '_' or '-'",
                     route.queue

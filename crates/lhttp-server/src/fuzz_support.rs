@@ -1,6 +1,6 @@
 //! Entry points for the fuzz targets in `fuzz/`. Not a public API.
 
-use crate::websocket::frame::{Decoder, Incoming, Violation};
+use crate::transport::websocket::frame::{Decoder, Incoming, Violation};
 
 /// The default `limits.max_message_size`: the fuzzer drives the decoder a default server runs.
 const MAX_MESSAGE: usize = 64 * 1024;

@@ -44,57 +44,40 @@
 //! # Ok(()) }
 //! ```
 
-mod accept;
-mod auth;
-mod auth_throttle;
 #[doc(hidden)]
 pub mod bench_support;
-pub mod builtin;
-mod channel;
 mod cluster;
 pub mod config;
-mod connection;
-mod context;
-mod extensions;
-mod filter;
 #[doc(hidden)]
 pub mod fuzz_support;
-mod gateway;
 mod http;
-mod http_publish;
-mod hub;
 mod metrics;
-mod origin;
-mod outbox;
-mod peers;
-mod permissions;
-mod processor;
-mod publish;
-mod queue;
-mod rate;
+mod pubsub;
 mod rejection;
-mod request;
+mod requests;
+mod security;
 mod server;
 mod session;
-pub mod upstream;
-mod websocket;
+mod transport;
 
 pub use async_trait::async_trait;
-pub use auth::{AuthError, User};
-pub use channel::{Channel, MAX_CHANNEL_LEN};
 pub use config::{
     AuthConfig, ChannelRule, ClusterConfig, Config, GatewayRoute, Limits, QueuesConfig,
     RequestsConfig, UpstreamConfig,
 };
-pub use connection::{Connection, ConnectionHandle, ConnectionId};
-pub use context::Context;
-pub use extensions::Extensions;
-pub use filter::Filter;
-pub use hub::Hub;
 pub use lhttp_proto as proto;
 pub use metrics::Metrics;
-pub use outbox::SendError;
-pub use processor::Processor;
-pub use publish::PublishReport;
+pub use pubsub::channel::{Channel, MAX_CHANNEL_LEN};
+pub use pubsub::hub::Hub;
+pub use pubsub::publish::PublishReport;
 pub use rejection::Rejection;
+pub use requests::upstream;
+pub use security::auth::{AuthError, User};
 pub use server::{Server, ServerBuilder, ServerError, ServerHandle};
+pub use session::builtin;
+pub use session::connection::{Connection, ConnectionHandle, ConnectionId};
+pub use session::context::Context;
+pub use session::extensions::Extensions;
+pub use session::filter::Filter;
+pub use session::processor::Processor;
+pub use transport::outbox::SendError;

@@ -12,24 +12,25 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection, accept,
-    auth::Verifier,
-    auth_throttle::AuthThrottle,
-    builtin::{self, names},
-    channel,
+    Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
     cluster::Cluster,
-    gateway::Gateway,
     http,
+    http::accept,
+    http::origin::Site,
     metrics::{Gauges, add},
-    origin::Site,
-    outbox::frame,
-    peers::ConnectionsPerIp,
-    permissions::Permissions,
-    publish::encode_for_channel,
-    queue::{Charge, Env, Offered, Publisher, Queues, Refusal},
-    request::{InboxDelivery, Requests, is_inbox},
-    upstream::Upstream,
-    websocket::UnfinishedBudget,
+    pubsub::channel,
+    pubsub::publish::encode_for_channel,
+    requests::gateway::Gateway,
+    requests::inbox::{InboxDelivery, Requests, is_inbox},
+    requests::queue::{Charge, Env, Offered, Publisher, Queues, Refusal},
+    requests::upstream::Upstream,
+    security::auth::Verifier,
+    security::peers::ConnectionsPerIp,
+    security::permissions::Permissions,
+    security::throttle::AuthThrottle,
+    session::builtin::{self, names},
+    transport::outbox::frame,
+    transport::websocket::UnfinishedBudget,
 };
 
 /// Why a server could not be built or run.
@@ -119,7 +120,7 @@ pub struct ServerBuilder {
 impl ServerBuilder {
     /// Adds a named upstream route (as `[upstream.routes]` does): clients may then send
     /// `upstream:POST name`, and processors may call it with
-    /// [`Upstream::call_route`](crate::upstream::Upstream::call_route).
+    /// [`Upstream::call_route`](crate::requests::upstream::Upstream::call_route).
     pub fn upstream_route(mut self, name: &str, url: &str) -> Self {
         self.upstream_routes.push((name.to_owned(), url.to_owned()));
         self
@@ -547,7 +548,7 @@ impl ServerHandle {
 
     /// Called after a queue group's membership changed: a cluster node holds a NATS queue
     /// subscription for the group while it has local members.
-    pub(crate) fn queue_interest_changed(&self, group: &crate::queue::QueueGroup) {
+    pub(crate) fn queue_interest_changed(&self, group: &crate::requests::queue::QueueGroup) {
         if let Some(cluster) = &self.shared.cluster {
             cluster.reconcile_queue(&self.shared, group.channel_name(), group.name());
         }

@@ -36,7 +36,8 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::{
-    config::Limits, http::Routes, http_publish, metrics::add, peers::IpSlot, server::Shared,
+    config::Limits, http::Routes, http::publish, metrics::add, security::peers::IpSlot,
+    server::Shared,
 };
 
 /// hyper parses up to this many headers on the stack; any other limit costs one allocation
@@ -162,7 +163,7 @@ async fn serve_connection(
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             served.store(true, Relaxed);
             if routes.is_publish(&request) {
-                let serving = http_publish::serve(shared.clone(), Some(peer), routes.site, request);
+                let serving = publish::serve(shared.clone(), Some(peer), routes.site, request);
                 return Either::Left(serving.map(|answer| {
                     Ok::<_, std::convert::Infallible>(answer.map(EitherBody::Left))
                 }));

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use lhttp_proto::{Message, PREFIX};
 use serde::Serialize;
 
-use crate::builtin::names;
+use crate::session::builtin::names;
 
 /// What a publish did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -1,6 +1,10 @@
 //! The HTTP side of the one port: WebSocket upgrades on any path, `POST /publish`,
 //! `GET /healthz`, `GET /metrics` and the chat page at `GET /`.
 
+pub(crate) mod accept;
+pub(crate) mod origin;
+pub(crate) mod publish;
+
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -21,8 +25,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::{
-    ServerHandle, User, auth_throttle::Refusal, http_publish, metrics::add, origin::Site,
-    server::Shared, session, websocket::WebSocket,
+    ServerHandle, User, http::origin::Site, metrics::add, security::throttle::Refusal,
+    server::Shared, session, transport::websocket::WebSocket,
 };
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
@@ -31,27 +35,27 @@ const STATIC_FILES: &[(&str, &str, &str)] = &[
     (
         "/",
         "text/html; charset=utf-8",
-        include_str!("../../../web/index.html"),
+        include_str!("../../../../web/index.html"),
     ),
     (
         "/chat.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../web/chat.js"),
+        include_str!("../../../../web/chat.js"),
     ),
     (
         "/chat.css",
         "text/css; charset=utf-8",
-        include_str!("../../../web/chat.css"),
+        include_str!("../../../../web/chat.css"),
     ),
     (
         "/sdk/lhttp.js",
         "text/javascript; charset=utf-8",
-        include_str!("../../../sdk/js/lhttp.js"),
+        include_str!("../../../../sdk/js/lhttp.js"),
     ),
     (
         "/sdk/lhttp.d.ts",
         "text/plain; charset=utf-8",
-        include_str!("../../../sdk/js/lhttp.d.ts"),
+        include_str!("../../../../sdk/js/lhttp.d.ts"),
     ),
 ];
 
@@ -88,7 +92,9 @@ pub(crate) fn router(shared: Arc<Shared>, with_ops: bool, site: Site) -> Routes 
         let route = Arc::new(route.clone());
         let handler = {
             let shared = shared.clone();
-            move |info, request| crate::gateway::serve(shared.clone(), route.clone(), info, request)
+            move |info, request| {
+                crate::requests::gateway::serve(shared.clone(), route.clone(), info, request)
+            }
         };
         router = router
             .route(&format!("{prefix}/{{*rest}}"), any(handler.clone()))
@@ -384,7 +390,7 @@ async fn publish(State(shared): State<Arc<Shared>>, site: Site, request: Request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
-    http_publish::serve(shared, peer, site, request)
+    self::publish::serve(shared, peer, site, request)
         .await
         .map(Body::new)
 }

@@ -44,11 +44,11 @@ use tokio::sync::mpsc;
 
 use crate::{
     GatewayRoute, Rejection, ServerHandle,
-    builtin::names,
     metrics::add,
-    queue::{Env, Offer, Publisher},
-    request::{AnswerTo, Inbox, is_partial},
+    requests::inbox::{AnswerTo, Inbox, is_partial},
+    requests::queue::{Env, Offer, Publisher},
     server::Shared,
+    session::builtin::names,
 };
 
 /// The command of a gateway request.

@@ -2,7 +2,7 @@
 
 use lhttp_proto::{Message, MessageBuilder, Text};
 
-use crate::{Connection, ServerHandle, outbox::SendError};
+use crate::{Connection, ServerHandle, transport::outbox::SendError};
 
 /// The message being handled, the connection it came from, and what has been done with it.
 ///

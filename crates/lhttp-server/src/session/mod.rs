@@ -24,6 +24,14 @@
 //!   within `limits.rate_limit_window_ms`): a last 429 `error`, then 1008 "message rate limit
 //!   exceeded".
 
+pub mod builtin;
+pub(crate) mod connection;
+pub(crate) mod context;
+pub(crate) mod extensions;
+pub(crate) mod filter;
+pub(crate) mod processor;
+pub(crate) mod rate;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -38,15 +46,15 @@ use tokio::time::{Instant, Sleep};
 
 use crate::{
     Connection, Context, Processor, Rejection, ServerHandle, User,
-    auth_throttle::Refusal,
-    builtin::names,
-    connection::ConnectionId,
     metrics::{Metrics, add},
-    outbox::{Outbox, Writer, WriterEnd, close_frame, close_slow},
-    peers::IpSlot,
-    rate::{MessageRate, Verdict},
+    security::peers::IpSlot,
+    security::throttle::Refusal,
     server::Shared,
-    websocket::{Outgoing, ReadError, Received, WebSocket},
+    session::builtin::names,
+    session::connection::ConnectionId,
+    session::rate::{MessageRate, Verdict},
+    transport::outbox::{Outbox, Writer, WriterEnd, close_frame, close_slow},
+    transport::websocket::{Outgoing, ReadError, Received, WebSocket},
 };
 
 pub(crate) type Socket = WebSocket<TokioIo<Upgraded>>;

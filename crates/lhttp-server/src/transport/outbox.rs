@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::{Metrics, add},
-    websocket::{MAX_SERVER_HEADER, Outgoing, WebSocket},
+    transport::websocket::{MAX_SERVER_HEADER, Outgoing, WebSocket},
 };
 
 /// A WebSocket frame as the writer sends it.

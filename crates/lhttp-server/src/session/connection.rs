@@ -10,10 +10,10 @@ use lhttp_proto::Message;
 
 use crate::{
     Channel, Rejection, ServerHandle, User,
-    outbox::{Outbox, SendError, frame},
-    permissions::{self, Grants},
-    queue::{Env, QueueGroup, is_valid_group},
-    request::Inbox,
+    requests::inbox::Inbox,
+    requests::queue::{Env, QueueGroup, is_valid_group},
+    security::permissions::{self, Grants},
+    transport::outbox::{Outbox, SendError, frame},
 };
 
 /// The command of the message that tells a client the server ended one of its subscriptions.
@@ -118,7 +118,7 @@ impl Connection {
                 "queue group names are 1 to 128 letters, digits, '.', '_' or '-'",
             ));
         }
-        if channels.iter().any(|c| crate::request::is_inbox(c)) {
+        if channels.iter().any(|c| crate::requests::inbox::is_inbox(c)) {
             return Err(Rejection::forbidden("an inbox cannot have a queue group"));
         }
         let channels = channels
@@ -269,7 +269,7 @@ impl Connection {
     fn tell_unsubscribed(&self, channel: &str, group: Option<&str>) {
         let mut builder = Message::builder(UNSUBSCRIBED).header("channel", channel.to_owned());
         if let Some(group) = group {
-            builder = builder.header(crate::builtin::names::QUEUE, group.to_owned());
+            builder = builder.header(crate::session::builtin::names::QUEUE, group.to_owned());
         }
         let notice = builder
             .header("reason", "not allowed by the connection's new token")
@@ -386,7 +386,7 @@ impl Connection {
     ) -> Result<(), Rejection> {
         let mut new = Vec::new();
         for name in channels {
-            if crate::request::is_inbox(name) {
+            if crate::requests::inbox::is_inbox(name) {
                 return Err(Rejection::forbidden(
                     "inboxes cannot be subscribed: they deliver to their owner only",
                 ));

@@ -8,9 +8,9 @@ use dashmap::DashMap;
 
 use crate::{
     Channel,
-    connection::ConnectionId,
     metrics::{Metrics, add},
-    outbox::{Outbox, WsMessage},
+    session::connection::ConnectionId,
+    transport::outbox::{Outbox, WsMessage},
 };
 
 /// One subscription of one connection.

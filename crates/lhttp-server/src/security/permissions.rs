@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use crate::{
     Rejection,
-    auth::User,
     config::{AuthConfig, ChannelRule},
+    security::auth::User,
 };
 
 /// The placeholder for the user id in a pattern.
@@ -286,7 +286,8 @@ pub(crate) fn check_publish<'a>(
     // not: a plain message to it needs a rule like any channel (e.g. `_inbox.>`), so an
     // address handed out cannot be used against its owner where rules are in force (see
     // `crate::request`).
-    match channels.find(|c| !crate::request::is_reply_address(c) && !grants.may_publish(c)) {
+    match channels.find(|c| !crate::requests::inbox::is_reply_address(c) && !grants.may_publish(c))
+    {
         None => Ok(()),
         Some(c) => Err(denied("publish to", c)),
     }

@@ -4,10 +4,11 @@ use lhttp_proto::Message;
 
 use crate::{
     Context, Filter, Rejection,
-    channel::{self, PublishList},
     metrics::add,
-    queue::Publisher,
-    request, upstream,
+    pubsub::channel::{self, PublishList},
+    requests::inbox,
+    requests::queue::Publisher,
+    requests::upstream,
 };
 
 /// Header names the built-ins act on.
@@ -286,7 +287,7 @@ impl Filter for PubSub {
         }
         if ctx.message().command() == INBOX_COMMAND {
             let address = ctx.connection_mut().inbox().address();
-            let answer = request::inbox_answer(&address, ctx.request_id_text());
+            let answer = inbox::inbox_answer(&address, ctx.request_id_text());
             let _ = ctx.reply(&answer);
             ctx.set_handled();
         }
@@ -358,7 +359,7 @@ fn ack_ids(ctx: &Context<'_>) -> Result<Vec<u64>, Rejection> {
 fn forwarded(message: &Message) -> Option<&str> {
     message
         .header(names::REPLY_TO)
-        .filter(|address| request::is_reply_address(address))
+        .filter(|address| inbox::is_reply_address(address))
 }
 
 /// What a message with `reply-to` is.
@@ -410,7 +411,7 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
         .cloned()
         .expect("checked by check_request");
     let inbox = ctx.connection_mut().inbox();
-    let answer_to = request::AnswerTo::Connection(ctx.connection().outbox().clone());
+    let answer_to = inbox::AnswerTo::Connection(ctx.connection().outbox().clone());
     let address = shared.requests.start(
         &inbox,
         request_id,

@@ -46,8 +46,8 @@ use crate::{
     Channel,
     config::ClusterConfig,
     metrics::add,
-    outbox::frame,
     server::{ServerError, Shared},
+    transport::outbox::frame,
 };
 
 /// NATS header that names the node a message was published on.
@@ -261,7 +261,7 @@ impl Cluster {
     pub(crate) fn publish(&self, channel: &str, payload: Bytes, request: Option<&str>) {
         let subject = self.subject(channel);
         let reply = request
-            .and_then(|address| address.strip_prefix(crate::request::INBOX_PREFIX))
+            .and_then(|address| address.strip_prefix(crate::requests::inbox::INBOX_PREFIX))
             .map(|rest| format!("{}{rest}", self.noresp_base));
         self.send(subject, payload, reply);
     }
@@ -629,14 +629,14 @@ async fn receive_queue(
             add(&cluster.counters.dropped, 1);
             continue;
         };
-        let env = crate::queue::Env::of(&server);
+        let env = crate::requests::queue::Env::of(&server);
         if shared
             .queues
             .offer_to_group(channel.as_str(), &group, &message, &env)
-            == crate::queue::Offer::Refused
+            == crate::requests::queue::Offer::Refused
         {
             // The requester is on another node: the refusal travels as the answer.
-            if let Some(reply_to) = message.header(crate::builtin::names::REPLY_TO) {
+            if let Some(reply_to) = message.header(crate::session::builtin::names::REPLY_TO) {
                 let refusal =
                     crate::Rejection::unavailable("no responders: the queue group is full")
                         .to_message(None);
@@ -682,7 +682,7 @@ async fn receive_for_inboxes(
                     add(&cluster.counters.dropped, 1);
                     continue;
                 };
-                let Some(address) = reply.header(crate::builtin::names::PUBLISH).map(str::to_owned) else {
+                let Some(address) = reply.header(crate::session::builtin::names::PUBLISH).map(str::to_owned) else {
                     continue;
                 };
                 shared.requests.deliver(&address, &reply, &shared.metrics);
@@ -693,7 +693,7 @@ async fn receive_for_inboxes(
                     continue;
                 }
                 if let Some(rest) = message.subject.as_str().strip_prefix(noresp_prefix) {
-                    let address = format!("{}{rest}", crate::request::INBOX_PREFIX);
+                    let address = format!("{}{rest}", crate::requests::inbox::INBOX_PREFIX);
                     shared.requests.no_remote_responders(&address, &shared.metrics);
                 }
             }

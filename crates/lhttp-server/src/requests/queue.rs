@@ -43,13 +43,13 @@ use tokio::time::Instant;
 
 use crate::{
     Channel, Rejection, ServerHandle,
-    builtin::names,
     config::QueuesConfig,
-    connection::ConnectionId,
     metrics::{Metrics, add},
-    outbox::{Outbox, frame},
-    publish::encode_for_channel_with,
-    request::{Requests, is_inbox},
+    pubsub::publish::encode_for_channel_with,
+    requests::inbox::{Requests, is_inbox},
+    session::builtin::names,
+    session::connection::ConnectionId,
+    transport::outbox::{Outbox, frame},
 };
 
 /// Who published a piece of queue-group work: whose share of

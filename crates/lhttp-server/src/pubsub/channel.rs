@@ -123,7 +123,7 @@ impl<'a> PublishList<'a> {
     }
 }
 
-const PUBLISH: &str = crate::builtin::names::PUBLISH;
+const PUBLISH: &str = crate::session::builtin::names::PUBLISH;
 
 /// Checks every name in the header values, without collecting them.
 pub fn check_list<'a>(values: impl Iterator<Item = &'a str>) -> Result<(), Rejection> {

@@ -322,7 +322,7 @@ pub(crate) fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 /// A frame the server sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outgoing {
-    /// An lhttp message that is UTF-8 (see [`crate::outbox::frame`]).
+    /// An lhttp message that is UTF-8 (see [`crate::transport::outbox::frame`]).
     Text(Bytes),
     /// An lhttp message with a binary body.
     Binary(Bytes),

@@ -28,7 +28,7 @@ use std::{
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::{config::Limits, peers::address_key};
+use crate::{config::Limits, security::peers::address_key};
 
 /// Why a token was refused before verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,11 +47,11 @@ use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     Rejection,
-    builtin::names,
     config::RequestsConfig,
     metrics::{Metrics, add},
-    outbox::{Outbox, frame},
-    queue::QueueGroup,
+    requests::queue::QueueGroup,
+    session::builtin::names,
+    transport::outbox::{Outbox, frame},
 };
 
 /// First characters of every inbox and reply address.
@@ -74,7 +74,7 @@ pub(crate) fn is_reply_address(channel: &str) -> bool {
 /// Headers of a reply that the requester does not get: those no subscriber gets, and those
 /// that steered the reply to it (its own request-id is set instead).
 fn is_reply_routing(name: &str) -> bool {
-    crate::publish::is_stripped(name)
+    crate::pubsub::publish::is_stripped(name)
         || [
             names::PUBLISH,
             names::REQUEST_ID,
@@ -362,7 +362,9 @@ impl Requests {
         let delivered = match self.find(address) {
             Some((inbox, None)) => match &inbox.owner {
                 Some(outbox) => outbox
-                    .push(frame(crate::publish::encode_for_channel(message, address)))
+                    .push(frame(crate::pubsub::publish::encode_for_channel(
+                        message, address,
+                    )))
                     .is_ok(),
                 None => false,
             },

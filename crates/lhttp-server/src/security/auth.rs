@@ -22,7 +22,9 @@ use std::{
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 
-use crate::{config::AuthConfig, permissions::Pattern, permissions::TokenChannels};
+use crate::{
+    config::AuthConfig, security::permissions::Pattern, security::permissions::TokenChannels,
+};
 
 /// The authenticated user of a connection, from its token's claims.
 #[derive(Debug, Clone, PartialEq)]
@@ -321,11 +323,11 @@ mod tests {
     use serde_json::json;
 
     const SECRET: &str = "test-only hs256 secret, 32+ bytes long!";
-    const RS_PRIVATE: &str = include_str!("../tests/fixtures/auth/rs256-private.pem");
-    const RS_PUBLIC: &str = include_str!("../tests/fixtures/auth/rs256-public.pem");
-    const RS_OTHER: &str = include_str!("../tests/fixtures/auth/rs256-other-private.pem");
-    const ES_PRIVATE: &str = include_str!("../tests/fixtures/auth/es256-private.pem");
-    const ES_PUBLIC: &str = include_str!("../tests/fixtures/auth/es256-public.pem");
+    const RS_PRIVATE: &str = include_str!("../../tests/fixtures/auth/rs256-private.pem");
+    const RS_PUBLIC: &str = include_str!("../../tests/fixtures/auth/rs256-public.pem");
+    const RS_OTHER: &str = include_str!("../../tests/fixtures/auth/rs256-other-private.pem");
+    const ES_PRIVATE: &str = include_str!("../../tests/fixtures/auth/es256-private.pem");
+    const ES_PUBLIC: &str = include_str!("../../tests/fixtures/auth/es256-public.pem");
 
     fn now() -> u64 {
         SystemTime::now()

@@ -24,9 +24,9 @@ use lhttp_proto::Message;
 
 use crate::{
     ServerHandle,
+    http::origin::{Site, listed},
     metrics::add,
-    origin::{Site, listed},
-    publish::PublishReport,
+    pubsub::publish::PublishReport,
     server::Shared,
 };
 
