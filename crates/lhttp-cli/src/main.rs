@@ -153,7 +153,8 @@ enum Command {
 enum Scenario {
     /// P publishers on --url flood C channels (each publisher round-robin over them); S
     /// subscribers on --sub-url (default: --url), spread over the channels, check that every
-    /// message arrives once, in order per publisher and intact. Prints msg/s and losses.
+    /// message arrives once, in order per publisher and intact. Prints msg/s and losses. Both
+    /// URLs may be ws://, tcp://host:port or unix:///path.
     Throughput {
         /// Where the subscribers connect (another node of a cluster, say).
         #[arg(long, value_name = "URL")]
@@ -187,6 +188,11 @@ enum Scenario {
         /// Most messages in flight ahead of the slowest subscriber.
         #[arg(long, default_value_t = 2000)]
         window: u64,
+        /// Publishers write each message with its own system call (one frame per write), as
+        /// browsers and most client libraries do; by default a publisher writes its batch of
+        /// messages at once.
+        #[arg(long)]
+        write_each: bool,
         /// Draw delivered msg/s over time (a sample per 100 ms) into this SVG file.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<std::path::PathBuf>,
@@ -216,7 +222,7 @@ enum Scenario {
     },
     /// One publisher on --url sends at a fixed rate, each body stamped with its send time; one
     /// subscriber on --sub-url (default: --url) reports publish-to-delivery latency (p50, p90,
-    /// p99, p99.9, max) and checks every delivery.
+    /// p99, p99.9, max) and checks every delivery (ws://, tcp:// or unix://).
     Latency {
         /// Where the subscriber connects.
         #[arg(long, value_name = "URL")]
@@ -260,8 +266,9 @@ enum Scenario {
         json: bool,
     },
     /// Workers join a queue group and echo requests; one requester keeps K requests in flight
-    /// over WebSocket (or, with --http, as POSTs to a gateway route serving that group) and
-    /// checks every answer. Prints requests/s and round-trip percentiles.
+    /// over --url (ws://, tcp:// or unix://; or, with --http, as POSTs to a gateway route
+    /// serving that group) and checks every answer. Prints requests/s and round-trip
+    /// percentiles.
     Requests {
         /// A gateway route's URL (its channel and queue must be --channel and --queue).
         #[arg(long, value_name = "URL")]
@@ -476,6 +483,7 @@ async fn run(cli: Cli) -> Result<()> {
                     size,
                     channel,
                     window,
+                    write_each,
                     plot,
                     json,
                 },
@@ -499,6 +507,7 @@ async fn run(cli: Cli) -> Result<()> {
                 size,
                 channel,
                 window,
+                write_each,
                 timeout,
                 output: bench::Output {
                     progress: !json,

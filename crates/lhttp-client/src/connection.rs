@@ -281,7 +281,11 @@ async fn session(
                 let data = match received {
                     Received::Message(data) => data,
                     Received::Alive => {
-                        if link.should_answer_heartbeat() && !ping(&mut link, write_timeout).await {
+                        // With pings off, answering keeps the server's idle timeout away.
+                        if options.ping_interval.is_none()
+                            && link.should_answer_heartbeat()
+                            && !ping(&mut link, write_timeout).await
+                        {
                             return End::Lost;
                         }
                         continue;
