@@ -3,12 +3,13 @@
 //! The same structure is read from the TOML file by `lhttpd` (see `config/lhttpd.toml` for the
 //! commented default) and built in code by programs that embed the server.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     ServerError, cluster::Cluster, security::auth::Verifier, security::permissions::Permissions,
+    transport::tls::TlsServer,
 };
 
 /// Largest count that sizes a queue or a semaphore (connections, queued messages, calls in
@@ -59,6 +60,126 @@ pub struct Config {
     pub gateway: Vec<GatewayRoute>,
     /// Who may connect (JWT authentication) and which channels they may use.
     pub auth: AuthConfig,
+    /// Listeners of byte streams besides the WebSocket port: raw TCP, TLS, a Unix socket. All
+    /// off by default.
+    pub transports: TransportsConfig,
+}
+
+/// Certificate and key of a TLS listener, as PEM files. The files are read again when they
+/// change (checked every `reload_interval_ms`) and on [`crate::ServerHandle::reload_tls`]
+/// (`lhttpd` calls it on SIGHUP): new connections get the new certificate, open ones keep
+/// theirs. A file that cannot be read or parsed then is reported and the old certificate kept.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (PEM).
+    pub cert_file: PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, only clients presenting a certificate signed by one of these CAs (PEM) may
+    /// connect (mutual TLS). Read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the certificate files are checked for changes, in milliseconds; 0: only on
+    /// reload.
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_tls_reload_ms() -> u64 {
+    10_000
+}
+
+/// `[transports]`: byte-stream listeners (the same lhttp messages, framed as docs/protocol.md
+/// says in "Byte streams"). Each is off until its block is given.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportsConfig {
+    /// `[transports.tcp]`: plain TCP, `tcp://` URLs. Unencrypted: for loopback and trusted
+    /// networks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpTransport>,
+    /// `[transports.tls]`: TCP with TLS, `tls://` URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsTransport>,
+    /// `[transports.unix]`: a Unix socket, `unix:///path` URLs; clients are known by their
+    /// peer credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix: Option<UnixTransport>,
+}
+
+/// `[transports.tcp]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TcpTransport {
+    /// Address to listen on (give a loopback address unless the network is trusted).
+    pub listen: SocketAddr,
+}
+
+/// `[transports.tls]`: a listen address and the TLS settings of [`TlsConfig`].
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsTransport {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// See [`TlsConfig::cert_file`].
+    pub cert_file: PathBuf,
+    /// See [`TlsConfig::key_file`].
+    pub key_file: PathBuf,
+    /// See [`TlsConfig::client_ca_file`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// See [`TlsConfig::reload_interval_ms`].
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+impl TlsTransport {
+    /// Its TLS settings.
+    pub fn tls(&self) -> TlsConfig {
+        TlsConfig {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            client_ca_file: self.client_ca_file.clone(),
+            reload_interval_ms: self.reload_interval_ms,
+        }
+    }
+}
+
+/// `[transports.unix]`.
+///
+/// A client on the socket is known by the credentials the kernel gives for it (uid, gid,
+/// pid): it needs no token, counts as authenticated, and channel rules may name its `uids` and
+/// `gids`. Who may connect at all is decided by the socket file's `mode` and its directory.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UnixTransport {
+    /// Path of the socket file. A stale socket file left there is replaced; any other file
+    /// is an error.
+    pub path: PathBuf,
+    /// File mode of the socket, in octal (`"0660"`: owner and group may connect).
+    #[serde(default = "default_unix_mode")]
+    pub mode: String,
+}
+
+fn default_unix_mode() -> String {
+    "0600".into()
+}
+
+impl UnixTransport {
+    /// [`UnixTransport::mode`] as a number.
+    pub fn mode_bits(&self) -> Result<u32, String> {
+        let digits = self.mode.strip_prefix("0o").unwrap_or(&self.mode);
+        u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|&m| m <= 0o777 && !digits.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "transports.unix.mode {:?}: an octal file mode such as \"0660\"",
+                    self.mode
+                )
+            })
+    }
 }
 
 /// `[auth]`: token authentication and channel permissions.
@@ -224,7 +345,10 @@ impl AuthConfig {
 ///
 /// Rules only allow; a channel is allowed when any rule that applies to the connection allows
 /// it. A rule applies to a connection when: `roles` is empty and (`anonymous` is true or the
-/// connection is authenticated), or the connection's token lists one of `roles`.
+/// connection is authenticated), or the connection's token lists one of `roles`. A Unix-socket
+/// client counts as authenticated; a rule naming `uids` or `gids` applies only to Unix-socket
+/// clients with those credentials (and `roles`, if named too). In-process connections are
+/// not restricted unless they authenticate as a user.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelRule {
@@ -240,6 +364,12 @@ pub struct ChannelRule {
     pub anonymous: bool,
     /// Applies only to users whose token's `roles` claim holds one of these.
     pub roles: Vec<String>,
+    /// Applies only to Unix-socket clients whose user id (peer credentials) is one of these,
+    /// or whose group id is one of `gids`.
+    pub uids: Vec<u32>,
+    /// Applies only to Unix-socket clients whose group id is one of these, or whose user id is
+    /// one of `uids`.
+    pub gids: Vec<u32>,
 }
 
 /// `[cluster]`: several nodes share channels through NATS.
@@ -428,6 +558,9 @@ pub struct ServerConfig {
     /// a monitoring network. When set, the main port no longer serves them (404). Off by
     /// default: the main port serves both.
     pub metrics_listen: Option<SocketAddr>,
+    /// `[server.tls]`: the main port speaks TLS (`wss://`, `https://`). Off by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -440,6 +573,7 @@ impl Default for ServerConfig {
             ping_interval_ms: 30_000,
             idle_timeout_ms: 90_000,
             metrics_listen: None,
+            tls: None,
         }
     }
 }
@@ -759,6 +893,14 @@ pub(crate) struct Checked {
     pub(crate) verifier: Verifier,
     pub(crate) permissions: Permissions,
     pub(crate) cluster: Option<Cluster>,
+    /// The certificates of the main port and of `[transports.tls]`, loaded.
+    pub(crate) tls: Listeners,
+}
+
+/// The TLS side of the listeners, loaded by the one validation.
+pub(crate) struct Listeners {
+    pub(crate) main: Option<Arc<TlsServer>>,
+    pub(crate) stream: Option<Arc<TlsServer>>,
 }
 
 impl Config {
@@ -778,13 +920,62 @@ impl Config {
         self.cluster.validate().map_err(ServerError::Config)?;
         self.validate_messaging().map_err(ServerError::Config)?;
         self.auth.validate().map_err(ServerError::Config)?;
+        self.validate_transports().map_err(ServerError::Config)?;
+        let tls = Listeners {
+            main: self
+                .server
+                .tls
+                .as_ref()
+                .map(|tls| TlsServer::load("server.tls", tls, &[b"http/1.1"]).map(Arc::new))
+                .transpose()
+                .map_err(ServerError::Config)?,
+            stream: self
+                .transports
+                .tls
+                .as_ref()
+                .map(|t| TlsServer::load("transports.tls", &t.tls(), &[]).map(Arc::new))
+                .transpose()
+                .map_err(ServerError::Config)?,
+        };
         Ok(Checked {
+            tls,
             verifier: Verifier::new(&self.auth).map_err(ServerError::Config)?,
             permissions: Permissions::new(&self.auth).map_err(ServerError::Config)?,
             cluster: (self.cluster.enabled())
                 .then(|| Cluster::new(&self.cluster))
                 .transpose()?,
         })
+    }
+
+    /// Checks the listeners: no two on one address, a valid Unix socket mode.
+    pub fn validate_transports(&self) -> Result<(), String> {
+        let t = &self.transports;
+        let mut addresses = vec![("server.listen", self.server.listen)];
+        if let Some(metrics) = self.server.metrics_listen {
+            addresses.push(("server.metrics_listen", metrics));
+        }
+        if let Some(tcp) = &t.tcp {
+            addresses.push(("transports.tcp.listen", tcp.listen));
+        }
+        if let Some(tls) = &t.tls {
+            addresses.push(("transports.tls.listen", tls.listen));
+        }
+        for (i, (name, addr)) in addresses.iter().enumerate() {
+            // Port 0 asks for any free port: two of them never clash.
+            if let Some((other, _)) = addresses[..i]
+                .iter()
+                .find(|(_, a)| a == addr && addr.port() != 0)
+            {
+                return Err(format!("{name} and {other} are both {addr}"));
+            }
+        }
+        if let Some(unix) = &t.unix {
+            unix.mode_bits()?;
+            if unix.path.as_os_str().is_empty() {
+                return Err("transports.unix.path is empty".into());
+            }
+        }
+        Ok(())
     }
 
     /// Checks the request, queue and gateway settings.

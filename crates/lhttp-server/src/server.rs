@@ -14,6 +14,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
     cluster::Cluster,
+    config::Listeners,
     http,
     http::accept,
     http::origin::Site,
@@ -28,9 +29,10 @@ use crate::{
     security::peers::ConnectionsPerIp,
     security::permissions::Permissions,
     security::throttle::AuthThrottle,
+    session,
     session::builtin::{self, names},
+    transport::budget::UnfinishedBudget,
     transport::outbox::frame,
-    transport::websocket::UnfinishedBudget,
 };
 
 /// Why a server could not be built or run.
@@ -98,6 +100,8 @@ pub(crate) struct Shared {
     pub(crate) auth_throttle: AuthThrottle,
     /// The compiled `[[auth.rules]]`.
     pub(crate) permissions: Permissions,
+    /// The certificates of the TLS listeners.
+    pub(crate) tls: Listeners,
 }
 
 impl Shared {
@@ -147,6 +151,7 @@ impl ServerBuilder {
             verifier,
             permissions,
             cluster,
+            tls,
         } = self.config.checked()?;
         let mut processors = HashMap::default();
         let mut processor_order = Vec::new();
@@ -183,6 +188,7 @@ impl ServerBuilder {
         }
         let gateway = Gateway::new(&self.config.gateway);
         let shared = Shared {
+            tls,
             verifier,
             permissions,
             cluster,
@@ -216,6 +222,8 @@ impl ServerBuilder {
         Ok(Server {
             shared: Arc::new(shared),
             metrics_listener: None,
+            tcp_listener: None,
+            tls_listener: None,
         })
     }
 }
@@ -235,6 +243,10 @@ pub struct Server {
     shared: Arc<Shared>,
     /// Set by [`Server::metrics_listener`]; otherwise `run` binds `server.metrics_listen`.
     metrics_listener: Option<TcpListener>,
+    /// Set by [`Server::tcp_listener`]; otherwise `run` binds `transports.tcp.listen`.
+    tcp_listener: Option<TcpListener>,
+    /// Set by [`Server::tls_listener`]; otherwise `run` binds `transports.tls.listen`.
+    tls_listener: Option<TcpListener>,
 }
 
 impl Server {
@@ -259,6 +271,20 @@ impl Server {
     /// `server.metrics_listen` does, with a listener the caller bound, e.g. on port 0).
     pub fn metrics_listener(mut self, listener: TcpListener) -> Self {
         self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// Serves `[transports.tcp]` on `listener` (one the caller bound, e.g. on port 0) instead
+    /// of binding `transports.tcp.listen`; the block must be configured.
+    pub fn tcp_listener(mut self, listener: TcpListener) -> Self {
+        self.tcp_listener = Some(listener);
+        self
+    }
+
+    /// Serves `[transports.tls]` on `listener` instead of binding `transports.tls.listen`; the
+    /// block must be configured.
+    pub fn tls_listener(mut self, listener: TcpListener) -> Self {
+        self.tls_listener = Some(listener);
         self
     }
 
@@ -290,6 +316,7 @@ impl Server {
                 }
             }
         };
+        let streams = bind_streams(&shared, self.tcp_listener, self.tls_listener).await?;
         let timeout = shared.config.server.shutdown_timeout();
         let builder = Arc::new(accept::http_builder(&shared.config.limits));
         let http_connections = TaskTracker::new();
@@ -300,6 +327,7 @@ impl Server {
             shared.clone(),
             builder.clone(),
             http_connections.clone(),
+            shared.tls.main.clone(),
         );
         let ops_site = match &metrics_listener {
             Some(listener) => Some(Site::new(listener.local_addr()?)),
@@ -314,12 +342,18 @@ impl Server {
                     shared.clone(),
                     builder.clone(),
                     http_connections.clone(),
+                    None,
                 )
                 .await;
             }
         };
+        for tls in [&shared.tls.main, &shared.tls.stream].into_iter().flatten() {
+            shared
+                .tasks
+                .spawn(tls.clone().watch(shared.shutdown.clone()));
+        }
         // The accept loops return once shutdown has started.
-        tokio::join!(signal, main, ops);
+        tokio::join!(signal, main, ops, streams.serve(&shared));
         // HTTP requests in flight get the shutdown timeout too; a slow client cannot hold the
         // process open.
         http_connections.close();
@@ -584,6 +618,28 @@ impl ServerHandle {
             .map_or(0, Cluster::subscription_count)
     }
 
+    /// A connection to this server from the same process, with no socket: the client's end of
+    /// a pipe into a session of its own, speaking the byte-stream framing of docs/protocol.md
+    /// ("Byte streams"). Give it to `lhttp_client` (or any reader of that framing). Messages
+    /// arrive exactly once and in order; limits, permissions and queue groups apply as to any
+    /// connection. The connection counts as authenticated (it is the embedding program) and
+    /// may still send `auth` to act as a user. When the server is full or shutting down, the
+    /// stream holds a `close` message and ends.
+    pub fn connect_in_process(&self) -> tokio::io::DuplexStream {
+        session::accept::in_process(&self.shared)
+    }
+
+    /// Reads the certificate files of every TLS listener again (`lhttpd` does on SIGHUP); new
+    /// connections get the new certificates. On an error the old certificate stays in use and
+    /// the error says which file is at fault.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        let tls = &self.shared.tls;
+        for server in [&tls.main, &tls.stream].into_iter().flatten() {
+            server.log_reload(false)?;
+        }
+        Ok(())
+    }
+
     /// The upstream caller, to call configured routes from code.
     pub fn upstream(&self) -> &Upstream {
         &self.shared.upstream
@@ -706,5 +762,81 @@ fn refusal_answer(
         Some(_) if taken > 0 && message.headers().contains(names::REPLY_TO) => Ok(()),
         Some(refusal) => Err(refusal.rejection()),
         None => Ok(()),
+    }
+}
+
+/// The byte-stream listeners of `[transports]`, bound.
+struct Streams {
+    tcp: Option<TcpListener>,
+    tls: Option<TcpListener>,
+    unix: Option<(tokio::net::UnixListener, std::path::PathBuf)>,
+}
+
+/// Binds the listeners `[transports]` configures (or takes the ones the caller bound).
+async fn bind_streams(
+    shared: &Shared,
+    tcp: Option<TcpListener>,
+    tls: Option<TcpListener>,
+) -> Result<Streams, ServerError> {
+    let transports = &shared.config.transports;
+    let bind = |name: &str, given: Option<TcpListener>, addr: Option<std::net::SocketAddr>| {
+        let name = name.to_owned();
+        async move {
+            match (given, addr) {
+                (_, None) => Ok(None),
+                (Some(listener), Some(_)) => Ok(Some(listener)),
+                (None, Some(addr)) => TcpListener::bind(addr).await.map(Some).map_err(|e| {
+                    ServerError::Io(std::io::Error::new(e.kind(), format!("{name} {addr}: {e}")))
+                }),
+            }
+        }
+    };
+    let tcp = bind(
+        "transports.tcp.listen",
+        tcp,
+        transports.tcp.as_ref().map(|t| t.listen),
+    )
+    .await?;
+    let tls = bind(
+        "transports.tls.listen",
+        tls,
+        transports.tls.as_ref().map(|t| t.listen),
+    )
+    .await?;
+    let unix = match &transports.unix {
+        None => None,
+        Some(config) => {
+            let listener = session::accept::bind_unix(config).map_err(|e| {
+                ServerError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("transports.unix.path {}: {e}", config.path.display()),
+                ))
+            })?;
+            Some((listener, config.path.clone()))
+        }
+    };
+    Ok(Streams { tcp, tls, unix })
+}
+
+impl Streams {
+    /// Accepts on every listener until shutdown starts.
+    async fn serve(self, shared: &Arc<Shared>) {
+        let tcp = async {
+            if let Some(listener) = self.tcp {
+                session::accept::tcp_loop(listener, shared.clone(), None).await;
+            }
+        };
+        let tls = async {
+            if let Some(listener) = self.tls {
+                let certificates = shared.tls.stream.clone();
+                session::accept::tcp_loop(listener, shared.clone(), certificates).await;
+            }
+        };
+        let unix = async {
+            if let Some((listener, path)) = self.unix {
+                session::accept::unix_loop(listener, &path, shared.clone()).await;
+            }
+        };
+        tokio::join!(tcp, tls, unix);
     }
 }

@@ -314,7 +314,7 @@ impl Processor for Counter {
             .reply_builder()
             .header("count", count.to_string())
             .header("id", connection.id().to_string())
-            .header("peer-ip", connection.peer_addr().ip().to_string())
+            .header("peer", connection.peer().to_string())
             .build()
             .unwrap();
         let _ = ctx.reply(&reply);
@@ -330,7 +330,8 @@ async fn per_connection_data_id_and_peer() {
     for expected in 1..=3 {
         let (m, _) = a.request("LHTTP/1.0 count\r\n\r\n").await;
         assert_eq!(m.header("count"), Some(expected.to_string().as_str()));
-        assert_eq!(m.header("peer-ip"), Some("127.0.0.1"));
+        let peer = m.header("peer").unwrap();
+        assert!(peer.starts_with("127.0.0.1:"), "{peer}");
     }
     let (m, _) = b.request("LHTTP/1.0 count\r\n\r\n").await;
     assert_eq!(m.header("count"), Some("1"), "data is per connection");

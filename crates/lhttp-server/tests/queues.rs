@@ -443,7 +443,7 @@ async fn channel_rules_apply_to_queue_groups_and_never_block_replies() {
             subscribe: true,
             publish: true,
             anonymous: true,
-            roles: Vec::new(),
+            ..Default::default()
         });
     })))
     .await;

@@ -160,19 +160,54 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
              can reach this port may subscribe and publish to every channel (see docs/security.md)"
         );
     }
+    let (ws, http) = match config.server.tls {
+        Some(_) => ("wss", "https"),
+        None => ("ws", "http"),
+    };
+    let transports = config.transports.clone();
     let server = Server::builder(config).build()?;
     if !nats.is_empty() {
         tracing::info!(servers = ?nats, "cluster mode: sharing channels through NATS");
     }
     tracing::info!(
-        "lhttpd {} listening on {local}: WebSocket ws://{local}/, chat page http://{local}/",
+        "lhttpd {} listening on {local}: WebSocket {ws}://{local}/, chat page {http}://{local}/",
         env!("CARGO_PKG_VERSION")
     );
+    if let Some(tcp) = &transports.tcp {
+        tracing::info!("byte streams on tcp://{}", tcp.listen);
+    }
+    if let Some(tls) = &transports.tls {
+        tracing::info!("byte streams over TLS on tls://{}", tls.listen);
+    }
+    if let Some(unix) = &transports.unix {
+        tracing::info!("byte streams on unix://{}", unix.path.display());
+    }
+    reload_on_hangup(server.handle())?;
     if let Some(metrics) = metrics_listen {
         tracing::info!("metrics and health on http://{metrics}/metrics and /healthz only");
     }
     server.run(listener, shutdown).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// On SIGHUP, reads the TLS certificates again (instead of dying, SIGHUP's default).
+#[cfg(unix)]
+fn reload_on_hangup(handle: lhttp_server::ServerHandle) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading TLS certificates");
+            // A failure is logged by the server, and the old certificate stays in use.
+            let _ = handle.reload_tls();
+        }
+    });
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn reload_on_hangup(_handle: lhttp_server::ServerHandle) -> anyhow::Result<()> {
     Ok(())
 }
 

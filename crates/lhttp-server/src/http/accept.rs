@@ -37,7 +37,7 @@ use tower_service::Service;
 
 use crate::{
     config::Limits, http::Routes, http::publish, metrics::add, security::peers::IpSlot,
-    server::Shared,
+    server::Shared, transport::tls::TlsServer,
 };
 
 /// hyper parses up to this many headers on the stack; any other limit costs one allocation
@@ -62,14 +62,29 @@ pub(crate) fn http_builder(limits: &Limits) -> http1::Builder {
     builder
 }
 
-/// Accepts connections on `listener` until shutdown starts, serving `routes` on each; every
-/// connection task is tracked by `connections`, so that shutdown can wait for them.
+/// After an accept error: one that is not the peer's (out of file descriptors) is logged and
+/// waited out, since retrying at once would spin while nothing can be accepted.
+pub(crate) async fn accept_failed(error: &std::io::Error) {
+    let peers_fault = matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+    );
+    if !peers_fault {
+        tracing::warn!(%error, "cannot accept a connection");
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
+
+/// Accepts connections on `listener` until shutdown starts, serving `routes` on each, after a
+/// TLS handshake when `tls` is given; every connection task is tracked by `connections`, so
+/// that shutdown can wait for them.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     routes: Routes,
     shared: Arc<Shared>,
     builder: Arc<http1::Builder>,
     connections: TaskTracker,
+    tls: Option<Arc<TlsServer>>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -80,14 +95,7 @@ pub(crate) async fn accept_loop(
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
-                let peers_fault = matches!(
-                    error.kind(),
-                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
-                );
-                if !peers_fault {
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
+                accept_failed(&error).await;
                 continue;
             }
         };
@@ -107,14 +115,29 @@ pub(crate) async fn accept_loop(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        connections.spawn(serve_connection(
-            tcp,
-            peer,
-            routes.clone(),
-            shared.clone(),
-            builder.clone(),
-            (permit, ip_slot),
-        ));
+        let (routes, shared, builder) = (routes.clone(), shared.clone(), builder.clone());
+        let slots = (permit, ip_slot);
+        match &tls {
+            None => connections.spawn(serve_connection(tcp, peer, routes, shared, builder, slots)),
+            Some(tls) => {
+                // The handshake runs in the connection's task, under the same timeout as the
+                // request head that follows it.
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    let timeout = shared.config.limits.handshake_timeout();
+                    match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, routes, shared, builder, slots).await
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => {
+                            add(&shared.metrics.handshake_timeouts, 1);
+                            tracing::debug!(%peer, "TLS handshake not completed in time");
+                        }
+                    }
+                })
+            }
+        };
     }
 }
 
@@ -149,14 +172,16 @@ fn refuse(tcp: &TcpStream, response: &[u8]) {
 /// Serves HTTP on one connection until it closes, is upgraded to a WebSocket (the session
 /// task then owns the socket), or shutdown completes its last response. `_slots` hold the
 /// connection's places in the HTTP connection counts until then.
-async fn serve_connection(
-    tcp: TcpStream,
+async fn serve_connection<S>(
+    tcp: S,
     peer: SocketAddr,
     routes: Routes,
     shared: Arc<Shared>,
     builder: Arc<http1::Builder>,
     _slots: (OwnedSemaphorePermit, IpSlot),
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let served = Arc::new(AtomicBool::new(false));
     let service = {
         let (served, shared) = (served.clone(), shared.clone());

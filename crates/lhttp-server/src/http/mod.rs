@@ -25,8 +25,13 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::{
-    ServerHandle, User, http::origin::Site, metrics::add, security::throttle::Refusal,
-    server::Shared, session, transport::websocket::WebSocket,
+    ServerHandle, User,
+    http::origin::Site,
+    metrics::add,
+    security::throttle::Refusal,
+    server::Shared,
+    session,
+    transport::{Peer, websocket::WebSocket},
 };
 
 /// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
@@ -270,7 +275,7 @@ fn accept(shared: Arc<Shared>, site: Site, mut request: Request) -> Response {
         let session = session::run(
             shared,
             Box::new(socket),
-            peer,
+            Peer::Ip(peer),
             (permit, ip_slot),
             user.map(Box::new),
         );

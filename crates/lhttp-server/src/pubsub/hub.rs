@@ -10,7 +10,7 @@ use crate::{
     Channel,
     metrics::{Metrics, add},
     session::connection::ConnectionId,
-    transport::outbox::{Outbox, WsMessage},
+    transport::{Outgoing, outbox::Outbox},
 };
 
 /// One subscription of one connection.
@@ -63,7 +63,7 @@ impl Hub {
 
     /// Queues `frame` for every subscriber of `channel`; returns how many it was queued for.
     /// Subscribers whose queue is full are skipped (and disconnected by their writer).
-    pub(crate) fn publish(&self, channel: &str, frame: &WsMessage, metrics: &Metrics) -> usize {
+    pub(crate) fn publish(&self, channel: &str, frame: &Outgoing, metrics: &Metrics) -> usize {
         self.publish_with(channel, || frame.clone(), metrics)
     }
 
@@ -72,7 +72,7 @@ impl Hub {
     pub(crate) fn publish_with(
         &self,
         channel: &str,
-        frame: impl FnOnce() -> WsMessage,
+        frame: impl FnOnce() -> Outgoing,
         metrics: &Metrics,
     ) -> usize {
         let Some(subscribers) = self.channels.get(channel) else {

@@ -31,6 +31,13 @@ pub(crate) struct IpSlot {
     owner: Option<(Arc<ConnectionsPerIp>, IpAddr)>,
 }
 
+impl IpSlot {
+    /// No place in any count: for a peer that has no address (a Unix socket, in-process).
+    pub(crate) fn none() -> IpSlot {
+        IpSlot { owner: None }
+    }
+}
+
 impl ConnectionsPerIp {
     pub(crate) fn new(max: usize) -> Self {
         ConnectionsPerIp {

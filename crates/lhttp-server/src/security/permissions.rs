@@ -16,6 +16,7 @@ use crate::{
     Rejection,
     config::{AuthConfig, ChannelRule},
     security::auth::User,
+    transport::Peer,
 };
 
 /// The placeholder for the user id in a pattern.
@@ -184,13 +185,28 @@ struct Rule {
     publish: bool,
     anonymous: bool,
     roles: Vec<String>,
+    uids: Vec<u32>,
+    gids: Vec<u32>,
 }
 
 impl Rule {
-    fn applies_to(&self, user: Option<&User>) -> bool {
-        match user {
-            None => self.anonymous && self.roles.is_empty(),
-            Some(user) => self.roles.is_empty() || self.roles.iter().any(|r| user.has_role(r)),
+    /// A rule that names `uids` or `gids` applies only to Unix-socket clients with those
+    /// credentials (and `roles`, if it names any); other rules apply to a Unix-socket client
+    /// as to an authenticated one.
+    fn applies_to(&self, user: Option<&User>, peer: &Peer) -> bool {
+        let has_role = || {
+            self.roles.is_empty() || user.is_some_and(|u| self.roles.iter().any(|r| u.has_role(r)))
+        };
+        if !self.uids.is_empty() || !self.gids.is_empty() {
+            return peer
+                .credentials()
+                .is_some_and(|c| self.uids.contains(&c.uid) || self.gids.contains(&c.gid))
+                && has_role();
+        }
+        let authenticated = user.is_some() || peer.credentials().is_some();
+        match authenticated {
+            false => self.anonymous && self.roles.is_empty(),
+            true => has_role(),
         }
     }
 }
@@ -216,6 +232,8 @@ impl Permissions {
                     publish: r.publish,
                     anonymous: r.anonymous,
                     roles: r.roles.clone(),
+                    uids: r.uids.clone(),
+                    gids: r.gids.clone(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -223,7 +241,7 @@ impl Permissions {
             rules,
             anonymous: None,
         };
-        permissions.anonymous = permissions.grants_for(None);
+        permissions.anonymous = permissions.grants_for(None, &Peer::Ip(([0, 0, 0, 0], 0).into()));
         Ok(permissions)
     }
 
@@ -232,8 +250,18 @@ impl Permissions {
         self.anonymous.clone()
     }
 
-    /// Compiles what `user` may do; `None` means unrestricted.
-    pub(crate) fn grants_for(&self, user: Option<&User>) -> Option<Arc<Grants>> {
+    /// What a connection from `peer` (authenticated as `user`, if it is) may do.
+    pub(crate) fn grants_of(&self, user: Option<&User>, peer: &Peer) -> Option<Arc<Grants>> {
+        match (user, peer) {
+            // The program that embeds the server is not restricted, unless it acts as a user.
+            (None, Peer::InProcess) => None,
+            (None, Peer::Ip(_)) => self.anonymous(),
+            _ => self.grants_for(user, peer),
+        }
+    }
+
+    /// Compiles what `user`, connected from `peer`, may do; `None` means unrestricted.
+    fn grants_for(&self, user: Option<&User>, peer: &Peer) -> Option<Arc<Grants>> {
         let claim = user.and_then(User::token_channels);
         let only = claim.is_some_and(|c| c.only);
         if self.rules.is_empty() && !only {
@@ -242,7 +270,7 @@ impl Permissions {
         let sub = user.map(User::id);
         let mut grants = Grants::default();
         if !only {
-            for rule in self.rules.iter().filter(|r| r.applies_to(user)) {
+            for rule in self.rules.iter().filter(|r| r.applies_to(user, peer)) {
                 if let Some(pattern) = rule.pattern.for_user(sub) {
                     if rule.subscribe {
                         grants.subscribe.add(pattern.clone());

@@ -107,6 +107,15 @@ impl AuthThrottle {
         Ok(())
     }
 
+    /// Whether `token`, from a local peer (a Unix socket, in-process), may be verified: only
+    /// its size is checked, since such peers have no address to count failures by.
+    pub(crate) fn admit_local(&self, token: &str) -> Result<(), Refusal> {
+        if token.len() > self.max_token_bytes {
+            return Err(Refusal::TooLong);
+        }
+        Ok(())
+    }
+
     /// A token from `ip` failed verification (or was too long) at `now`.
     pub(crate) fn failed(&self, ip: IpAddr, now: Instant) {
         if self.max_failures == 0 {

@@ -142,11 +142,10 @@ fn request_headers(ctx: &Context<'_>) -> Vec<(&'static str, String)> {
     let mut headers = vec![
         ("x-lhttp-command", message.command().to_owned()),
         ("x-lhttp-connection", ctx.connection().id().to_string()),
-        (
-            "x-forwarded-for",
-            ctx.connection().peer_addr().ip().to_string(),
-        ),
     ];
+    if let Some(ip) = ctx.connection().peer().ip() {
+        headers.push(("x-forwarded-for", ip.to_string()));
+    }
     if let Some(user) = ctx.connection().user() {
         headers.push(("x-lhttp-user", header_safe(user.id())));
     }

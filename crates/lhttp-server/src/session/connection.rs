@@ -3,6 +3,8 @@
 
 use std::{collections::HashSet, fmt, net::SocketAddr, sync::Arc};
 
+use crate::transport::Peer;
+
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Extensions;
@@ -42,7 +44,7 @@ impl fmt::Display for ConnectionId {
 /// access while they run, so per-connection state needs no lock.
 pub struct Connection {
     id: ConnectionId,
-    peer: SocketAddr,
+    peer: Peer,
     /// Application data attached by processors and filters, one value per type.
     extensions: Extensions,
     /// The channels this connection is subscribed to. It is the source of truth that makes
@@ -74,12 +76,7 @@ impl fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(
-        id: ConnectionId,
-        peer: SocketAddr,
-        outbox: Outbox,
-        server: ServerHandle,
-    ) -> Self {
+    pub(crate) fn new(id: ConnectionId, peer: Peer, outbox: Outbox, server: ServerHandle) -> Self {
         Connection {
             id,
             peer,
@@ -232,10 +229,7 @@ impl Connection {
     /// that lost the right to it.
     pub(crate) fn set_user(&mut self, user: Option<User>) {
         let permissions = &self.server.shared().permissions;
-        self.grants = match &user {
-            Some(user) => permissions.grants_for(Some(user)),
-            None => permissions.anonymous(),
-        };
+        self.grants = permissions.grants_of(user.as_ref(), &self.peer);
         self.user = user.map(Box::new);
         let Some(grants) = self.grants.clone() else {
             return;
@@ -334,9 +328,15 @@ impl Connection {
         self.id
     }
 
-    /// The client's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+    /// The client's address, for a client over TCP (WebSocket, or a byte stream over TCP or
+    /// TLS); `None` for a Unix-socket or in-process client.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.addr()
+    }
+
+    /// Who the client is: its address, or its credentials on a Unix socket.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
     }
 
     /// Data attached to this connection (one value per type).

@@ -24,6 +24,7 @@
 //!   within `limits.rate_limit_window_ms`): a last 429 `error`, then 1008 "message rate limit
 //!   exceeded".
 
+pub(crate) mod accept;
 pub mod builtin;
 pub(crate) mod connection;
 pub(crate) mod context;
@@ -32,13 +33,11 @@ pub(crate) mod filter;
 pub(crate) mod processor;
 pub(crate) mod rate;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use lhttp_proto::Message;
-use tokio::{io::AsyncReadExt, sync::OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use std::{future::Future, pin::Pin, task::Poll};
 
@@ -54,20 +53,11 @@ use crate::{
     session::connection::ConnectionId,
     session::rate::{MessageRate, Verdict},
     transport::outbox::{Outbox, Writer, WriterEnd, close_frame, close_slow},
-    transport::websocket::{Outgoing, ReadError, Received, WebSocket},
+    transport::{Outgoing, Peer, ReadError, Received, Transport},
 };
-
-pub(crate) type Socket = WebSocket<TokioIo<Upgraded>>;
 
 /// What the socket gave the reading loop: an item, or `None` at the end of the stream.
 type Next = Option<Result<Received, ReadError>>;
-
-/// How long the server keeps reading after it sent a close frame, so that the client's close
-/// reply (and any data it was still sending) is consumed rather than answered with a TCP reset.
-const LINGER: Duration = Duration::from_millis(500);
-
-/// Most bytes read and discarded while lingering.
-const LINGER_BYTES: u64 = 1 << 20;
 
 /// Why the reading loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,10 +85,10 @@ enum End {
 /// bytes more took it over tokio's 128-byte rounding and the allocator's size class
 /// (an idle connection went from 3.69 to 4.30 KiB).
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn run(
+pub(crate) fn run<T: Transport>(
     shared: Arc<Shared>,
-    socket: Box<Socket>,
-    peer: SocketAddr,
+    socket: Box<T>,
+    peer: Peer,
     slots: (OwnedSemaphorePermit, IpSlot),
     user: Option<Box<User>>,
 ) -> impl Future<Output = ()> + Send {
@@ -117,6 +107,7 @@ pub(crate) fn run(
         let limits = &shared.config.limits;
         let (outbox, receiver) = Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes);
         let mut writer = receiver.into_writer();
+        let mut sign_in = SignIn::new(&shared, user.as_deref(), &peer);
         let mut connection = Connection::new(
             id,
             peer,
@@ -124,7 +115,6 @@ pub(crate) fn run(
             ServerHandle::from_shared(shared.clone()),
         );
 
-        let mut sign_in = SignIn::new(&shared, user.as_deref());
         connection.set_user(user.map(|user| *user));
 
         let opened = {
@@ -165,11 +155,11 @@ pub(crate) fn run(
 
 /// Ends the connection after its hooks ran: queues the close frame `end` calls for, lets the
 /// writer send it after what is queued, then lingers for the client's reply.
-async fn finish(
+async fn finish<T: Transport>(
     end: End,
     outbox: Outbox,
     mut writer: Writer,
-    mut socket: Socket,
+    mut socket: T,
     metrics: &Metrics,
     timeout: Duration,
 ) {
@@ -183,7 +173,7 @@ async fn finish(
     drop(outbox);
     let written = std::future::poll_fn(|cx| writer.poll_write(&mut socket, cx, metrics));
     if let Ok(WriterEnd::Closed) = tokio::time::timeout(timeout, written).await {
-        linger(socket).await;
+        socket.linger().await;
     }
 }
 
@@ -191,8 +181,8 @@ async fn finish(
 /// processor that awaits must not stop this connection's deliveries. The writer is polled only
 /// when `work` is not ready, so work that never waits costs nothing more. `work` comes pinned
 /// by the caller: held here by value, it would take its size twice in the connection's task.
-fn while_writing<'a, F: Future>(
-    socket: &'a mut Socket,
+fn while_writing<'a, T: Transport, F: Future>(
+    socket: &'a mut T,
     writer: &'a mut Writer,
     metrics: &'a Metrics,
     mut work: Pin<&'a mut F>,
@@ -245,8 +235,10 @@ struct SignIn {
 }
 
 impl SignIn {
-    fn new(shared: &Shared, user: Option<&User>) -> SignIn {
-        let required_by = (user.is_none() && !shared.config.auth.anonymous)
+    /// A client over a Unix socket is known by its credentials and one in-process is the
+    /// embedding program: neither must authenticate.
+    fn new(shared: &Shared, user: Option<&User>, peer: &Peer) -> SignIn {
+        let required_by = (user.is_none() && !shared.config.auth.anonymous && peer.ip().is_some())
             .then(|| Box::pin(tokio::time::sleep(shared.config.auth.auth_timeout())));
         SignIn {
             required_by,
@@ -296,8 +288,8 @@ enum SocketEvent {
 }
 
 /// Writes what is queued, and waits for the next received item.
-fn socket_event<'a>(
-    socket: &'a mut Socket,
+fn socket_event<'a, T: Transport>(
+    socket: &'a mut T,
     writer: &'a mut Writer,
     metrics: &'a Metrics,
 ) -> impl Future<Output = SocketEvent> + 'a {
@@ -309,11 +301,11 @@ fn socket_event<'a>(
     })
 }
 
-async fn read_loop(
+async fn read_loop<T: Transport>(
     shared: &Shared,
     connection: &mut Connection,
     sign_in: &mut SignIn,
-    socket: &mut Socket,
+    socket: &mut T,
     writer: &mut Writer,
 ) -> End {
     let outbox = connection.outbox().clone();
@@ -403,7 +395,7 @@ async fn read_loop(
 /// The next item of `stream` if it is ready now, without waiting. Polled with the task's own
 /// waker (not a no-op one, as `now_or_never` would): a layer underneath may keep the waker of
 /// the last poll, and must not be left with one that wakes nobody.
-async fn ready_now(socket: &mut Socket) -> Option<Next> {
+async fn ready_now<T: Transport>(socket: &mut T) -> Option<Next> {
     std::future::poll_fn(|cx| match socket.poll_next(cx) {
         std::task::Poll::Ready(item) => std::task::Poll::Ready(Some(item)),
         std::task::Poll::Pending => std::task::Poll::Ready(None),
@@ -479,8 +471,8 @@ fn receive<'c, 's>(
 
 /// Maps a WebSocket-level error to the close the client gets.
 fn protocol_error(shared: &Shared, error: &ReadError) -> End {
-    let violation = match error {
-        ReadError::Violation(violation) => violation,
+    let broken = match error {
+        ReadError::Violation(broken) => broken,
         ReadError::Busy => {
             add(&shared.metrics.unfinished_budget_closes, 1);
             tracing::debug!("unfinished messages over the server's budget");
@@ -492,14 +484,8 @@ fn protocol_error(shared: &Shared, error: &ReadError) -> End {
         }
         ReadError::Io(_) => return End::Peer,
     };
-    let end = match violation.close_code() {
-        1009 => End::Close(1009, "message too big"),
-        1007 => End::Close(1007, "invalid UTF-8 in a text frame"),
-        code => End::Close(code, "WebSocket protocol violation"),
-    };
     add(&shared.metrics.protocol_closes, 1);
-    tracing::debug!(%error, "WebSocket violation");
-    end
+    End::Close(broken.code, broken.reason)
 }
 
 /// Parses one received message and runs it through the chain, answering every outcome that is
@@ -614,21 +600,24 @@ fn authenticate(
     let token = message
         .header("token")
         .ok_or_else(|| Rejection::new(401, "auth needs a token header"))?;
-    let ip = connection.peer_addr().ip();
-    shared
-        .auth_throttle
-        .admit(ip, token, Instant::now())
-        .map_err(|refusal| {
-            let counter = match refusal {
-                Refusal::Throttled => &shared.metrics.auth_throttled,
-                Refusal::TooLong => &shared.metrics.auth_failures,
-            };
-            add(counter, 1);
-            Rejection::new(refusal.status(), refusal.reason())
-        })?;
+    let ip = connection.peer().ip();
+    let admitted = match ip {
+        Some(ip) => shared.auth_throttle.admit(ip, token, Instant::now()),
+        None => shared.auth_throttle.admit_local(token),
+    };
+    admitted.map_err(|refusal| {
+        let counter = match refusal {
+            Refusal::Throttled => &shared.metrics.auth_throttled,
+            Refusal::TooLong => &shared.metrics.auth_failures,
+        };
+        add(counter, 1);
+        Rejection::new(refusal.status(), refusal.reason())
+    })?;
     let user = shared.verifier.verify(token).map_err(|e| {
         add(&shared.metrics.auth_failures, 1);
-        shared.auth_throttle.failed(ip, Instant::now());
+        if let Some(ip) = ip {
+            shared.auth_throttle.failed(ip, Instant::now());
+        }
         Rejection::new(401, e.to_string())
     })?;
     // A new identity on a live connection would inherit subscriptions and state made for
@@ -694,27 +683,4 @@ fn ok_message(request_id: lhttp_proto::Text) -> Message {
         .header("request-id", request_id)
         .build()
         .expect("a received request-id is a valid header value")
-}
-
-/// After the close frame is written: read until the client's close reply arrives or the
-/// stream ends; if the WebSocket layer already gave up on the stream (after a violation), drain
-/// the raw socket briefly so the client can read the close frame before the TCP connection
-/// closes.
-async fn linger(mut socket: Socket) {
-    let reading = std::future::poll_fn(|cx| {
-        // Anything the client still sends is read and dropped, up to its close frame.
-        while std::task::ready!(socket.poll_next(cx)).is_some() {}
-        Poll::Ready(())
-    });
-    let _ = tokio::time::timeout(LINGER, reading).await;
-    if socket.close_received() {
-        return;
-    }
-    let raw = socket.get_mut();
-    let mut discard = tokio::io::sink();
-    let _ = tokio::time::timeout(
-        LINGER,
-        tokio::io::copy(&mut raw.take(LINGER_BYTES), &mut discard),
-    )
-    .await;
 }

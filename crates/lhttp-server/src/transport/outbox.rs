@@ -19,16 +19,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::{Metrics, add},
-    transport::websocket::{MAX_SERVER_HEADER, Outgoing, WebSocket},
+    transport::{Outgoing, Transport},
 };
-
-/// A WebSocket frame as the writer sends it.
-pub(crate) type WsMessage = Outgoing;
 
 /// Most messages written per flush: enough to turn a burst into few syscalls, few enough to
 /// return to the overflow check regularly.
@@ -42,16 +38,16 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Wraps encoded lhttp bytes in a text frame, or a binary frame when they are not UTF-8 (a
 /// binary body); the bytes are shared, not copied.
-pub(crate) fn frame(bytes: Bytes) -> WsMessage {
+pub(crate) fn frame(bytes: Bytes) -> Outgoing {
     if std::str::from_utf8(&bytes).is_err() {
-        return WsMessage::Binary(bytes);
+        return Outgoing::Binary(bytes);
     }
-    WsMessage::Text(bytes)
+    Outgoing::Text(bytes)
 }
 
 /// A close frame with `code` and `reason`.
-pub(crate) fn close_frame(code: u16, reason: &'static str) -> WsMessage {
-    WsMessage::Close(code, reason)
+pub(crate) fn close_frame(code: u16, reason: &'static str) -> Outgoing {
+    Outgoing::Close(code, reason)
 }
 
 /// Why a push did not queue the message.
@@ -68,7 +64,7 @@ pub enum SendError {
 /// The frames waiting for the writer, and what it needs to wake up.
 #[derive(Debug, Default)]
 struct Queue {
-    frames: VecDeque<WsMessage>,
+    frames: VecDeque<Outgoing>,
     /// Bytes pushed and not yet written (including the batch the writer is writing).
     bytes: usize,
     /// The writer, when it is waiting for frames.
@@ -178,7 +174,7 @@ impl Outbox {
     }
 
     /// Queues `message` without waiting; on overflow marks the connection as a slow consumer.
-    pub(crate) fn push(&self, message: WsMessage) -> Result<(), SendError> {
+    pub(crate) fn push(&self, message: Outgoing) -> Result<(), SendError> {
         if self.shared.overflowed_flag.load(Relaxed) {
             return Err(SendError::SlowConsumer);
         }
@@ -206,7 +202,7 @@ impl Outbox {
 
     /// Queues a close frame after everything already queued. It may exceed the limits by this
     /// one frame: a close must get through even to a full queue, and it is sent once.
-    pub(crate) fn push_close(&self, message: WsMessage) {
+    pub(crate) fn push_close(&self, message: Outgoing) {
         let mut queue = self.shared.queue();
         if queue.closed {
             return;
@@ -250,16 +246,16 @@ const IDLE_CAPACITY: usize = 64;
 /// the writer will feed it from `batch` (at most one write's worth) in one allocation, rather than doubling towards it frame by frame: an
 /// idle connection's buffer is given back, so every burst starts from nothing. A buffer that
 /// still holds bytes grows as usual: reserving there would move those bytes for nothing.
-fn reserve_for<S>(socket: &mut WebSocket<S>, batch: &VecDeque<WsMessage>) {
+fn reserve_for<T: Transport>(socket: &mut T, batch: &VecDeque<Outgoing>) {
     if socket.unwritten() > 0 {
         return;
     }
     let bytes = batch
         .iter()
         .take(MAX_BATCH)
-        .map(|frame| frame.len() + MAX_SERVER_HEADER)
+        .map(|frame| frame.len() + T::MAX_FRAME_OVERHEAD)
         .sum::<usize>();
-    socket.reserve(bytes.min(WRITE_CHUNK + MAX_SERVER_HEADER));
+    socket.reserve(bytes.min(WRITE_CHUNK + T::MAX_FRAME_OVERHEAD));
 }
 
 impl OutboxReceiver {
@@ -303,7 +299,7 @@ pub(crate) struct Writer {
     /// How writing ended, once it has: every later poll says the same.
     ended: Option<WriterEnd>,
     /// Frames taken from the queue and not yet fed to the socket.
-    batch: VecDeque<WsMessage>,
+    batch: VecDeque<Outgoing>,
     fed: Fed,
     /// Bytes flushed but still counted against the queue's byte limit: given back under the
     /// queue lock the writer takes next anyway, rather than under a lock of their own.
@@ -317,15 +313,12 @@ impl Writer {
     /// woken by the next push) or writing is over: a close frame was written, every producer
     /// is gone and everything is written, or the socket failed. An overflow is not noticed
     /// here: the connection's task checks for it and ends with [`close_slow`].
-    pub(crate) fn poll_write<S>(
+    pub(crate) fn poll_write<T: Transport>(
         &mut self,
-        socket: &mut WebSocket<S>,
+        socket: &mut T,
         cx: &mut Context<'_>,
         metrics: &Metrics,
-    ) -> Poll<WriterEnd>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    ) -> Poll<WriterEnd> {
         if let Some(end) = self.ended {
             return Poll::Ready(end);
         }
@@ -341,15 +334,12 @@ impl Writer {
         self.ended.is_some()
     }
 
-    fn write<S>(
+    fn write<T: Transport>(
         &mut self,
-        socket: &mut WebSocket<S>,
+        socket: &mut T,
         cx: &mut Context<'_>,
         metrics: &Metrics,
-    ) -> Poll<WriterEnd>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    ) -> Poll<WriterEnd> {
         loop {
             while !self.fed.close
                 && (self.fed.messages as usize) < MAX_BATCH
@@ -431,7 +421,7 @@ impl OutboxReceiver {
     /// waits for the next push (giving back large buffers first).
     fn poll_wait(
         &self,
-        batch: &mut VecDeque<WsMessage>,
+        batch: &mut VecDeque<Outgoing>,
         written: usize,
         cx: &mut Context<'_>,
     ) -> Poll<Option<WriterEnd>> {
@@ -460,10 +450,7 @@ impl OutboxReceiver {
 
 /// Sends close 1008 "slow consumer" after what the socket already took, giving up after
 /// [`CLOSE_WRITE_TIMEOUT`] (a slow consumer may not read it at all).
-pub(crate) async fn close_slow<S>(socket: &mut WebSocket<S>, metrics: &Metrics)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+pub(crate) async fn close_slow<T: Transport>(socket: &mut T, metrics: &Metrics) {
     add(&metrics.slow_consumers, 1);
     socket.feed(&close_frame(1008, "slow consumer"));
     let written = std::future::poll_fn(|cx| socket.poll_flush(cx));
@@ -473,6 +460,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::websocket::WebSocket;
     use futures_util::StreamExt;
     use tokio::io::DuplexStream;
     use tokio_tungstenite::{
@@ -480,8 +468,8 @@ mod tests {
         tungstenite::{self, protocol::Role},
     };
 
-    fn text(s: &'static str) -> WsMessage {
-        WsMessage::Text(Bytes::from_static(s.as_bytes()))
+    fn text(s: &'static str) -> Outgoing {
+        Outgoing::Text(Bytes::from_static(s.as_bytes()))
     }
 
     /// The server's socket over an in-memory pipe, and the client's end, read with tungstenite
@@ -546,7 +534,7 @@ mod tests {
         let other = outbox.clone();
         let producer = tokio::spawn(async move {
             for i in 0..5000u32 {
-                let m = WsMessage::Text(i.to_string().into());
+                let m = Outgoing::Text(i.to_string().into());
                 other.push(m).unwrap();
                 if i % 100 == 0 {
                     tokio::task::yield_now().await;

@@ -9,10 +9,7 @@
 //! an idle connection. The handshake is still checked with tungstenite's accept-key function.
 //! docs/architecture.md ("WebSocket layer") has the measurements.
 
-pub(crate) mod budget;
 pub(crate) mod frame;
 pub(crate) mod socket;
 
-pub(crate) use budget::UnfinishedBudget;
-pub(crate) use frame::{MAX_SERVER_HEADER, Outgoing};
-pub(crate) use socket::{ReadError, Received, WebSocket};
+pub(crate) use socket::WebSocket;

@@ -34,7 +34,7 @@ pub async fn start() -> TestServer {
 
 /// Starts a server built from `builder` on 127.0.0.1:0.
 pub async fn start_with(builder: ServerBuilder) -> TestServer {
-    run(builder.build().expect("server builds")).await
+    run_server(builder.build().expect("server builds")).await
 }
 
 /// Starts a server that serves `/metrics` and `/healthz` on `metrics` instead.
@@ -42,14 +42,17 @@ pub async fn start_with_metrics(
     builder: ServerBuilder,
     metrics: tokio::net::TcpListener,
 ) -> TestServer {
-    run(builder
-        .build()
-        .expect("server builds")
-        .metrics_listener(metrics))
+    run_server(
+        builder
+            .build()
+            .expect("server builds")
+            .metrics_listener(metrics),
+    )
     .await
 }
 
-async fn run(server: Server) -> TestServer {
+/// Runs `server` on 127.0.0.1:0.
+pub async fn run_server(server: Server) -> TestServer {
     let handle = server.handle();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -328,3 +331,4 @@ pub fn body(m: &Message) -> String {
     String::from_utf8(m.body().to_vec()).expect("UTF-8 body")
 }
 pub mod storm;
+pub mod stream;

@@ -6,6 +6,8 @@
 
 use bytes::Bytes;
 
+use crate::transport::{Broken, Outgoing, ReadError};
+
 /// Frame opcodes (RFC 6455, section 5.2).
 mod opcode {
     pub(super) const CONTINUATION: u8 = 0x0;
@@ -53,6 +55,25 @@ pub(crate) enum Violation {
     /// Anything else RFC 6455 forbids: 1002.
     #[error("{0}")]
     Protocol(&'static str),
+}
+
+impl From<Violation> for Broken {
+    fn from(violation: Violation) -> Broken {
+        tracing::debug!(%violation, "WebSocket violation");
+        let code = violation.close_code();
+        let reason = match violation {
+            Violation::TooBig(_) => "message too big",
+            Violation::InvalidUtf8 => "invalid UTF-8 in a text frame",
+            Violation::Protocol(_) => "WebSocket protocol violation",
+        };
+        Broken { code, reason }
+    }
+}
+
+impl From<Violation> for ReadError {
+    fn from(violation: Violation) -> ReadError {
+        ReadError::Violation(violation.into())
+    }
 }
 
 impl Violation {
@@ -319,51 +340,21 @@ pub(crate) fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// A frame the server sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outgoing {
-    /// An lhttp message that is UTF-8 (see [`crate::transport::outbox::frame`]).
-    Text(Bytes),
-    /// An lhttp message with a binary body.
-    Binary(Bytes),
-    /// A keepalive ping, empty.
-    Ping,
-    /// A pong answering a client's ping.
-    Pong(Bytes),
-    /// A close frame; nothing follows it.
-    Close(u16, &'static str),
-}
-
-impl Outgoing {
-    /// Payload bytes, as counted against the outbox's byte limit.
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            Outgoing::Text(bytes) | Outgoing::Binary(bytes) | Outgoing::Pong(bytes) => bytes.len(),
-            Outgoing::Ping => 0,
-            Outgoing::Close(_, reason) => 2 + reason.len(),
-        }
-    }
-
-    pub(crate) fn is_close(&self) -> bool {
-        matches!(self, Outgoing::Close(..))
-    }
-
-    /// Appends the frame, header then payload, to `out`.
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Outgoing::Text(bytes) => encode(out, opcode::TEXT, &[bytes]),
-            Outgoing::Binary(bytes) => encode(out, opcode::BINARY, &[bytes]),
-            Outgoing::Ping => encode(out, opcode::PING, &[]),
-            Outgoing::Pong(bytes) => encode(out, opcode::PONG, &[bytes]),
-            Outgoing::Close(code, reason) => {
-                // A reason is a static string the server chose: within a control frame's 125
-                // bytes (checked by a test over every reason the server uses).
-                encode(
-                    out,
-                    opcode::CLOSE,
-                    &[&code.to_be_bytes(), reason.as_bytes()],
-                );
-            }
+/// Appends `frame` as a WebSocket frame, header then payload, to `out`.
+pub(crate) fn encode_outgoing(frame: &Outgoing, out: &mut Vec<u8>) {
+    match frame {
+        Outgoing::Text(bytes) => encode(out, opcode::TEXT, &[bytes]),
+        Outgoing::Binary(bytes) => encode(out, opcode::BINARY, &[bytes]),
+        Outgoing::Ping => encode(out, opcode::PING, &[]),
+        Outgoing::Pong(bytes) => encode(out, opcode::PONG, &[bytes]),
+        Outgoing::Close(code, reason) => {
+            // A reason is a static string the server chose: within a control frame's 125
+            // bytes (checked by a test over every reason the server uses).
+            encode(
+                out,
+                opcode::CLOSE,
+                &[&code.to_be_bytes(), reason.as_bytes()],
+            );
         }
     }
 }

@@ -21,7 +21,6 @@
 //! syscall per batch; the writer gives the buffer back when it has nothing left to write.
 
 use std::{
-    cell::RefCell,
     io,
     pin::Pin,
     sync::Arc,
@@ -29,59 +28,28 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    time::{Instant, Sleep},
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+
+use super::frame::{Decoder, Incoming, MAX_SERVER_HEADER, encode_outgoing};
+use crate::transport::{
+    Outgoing, ReadError, Received, Transport, budget::UnfinishedBudget, deadline::Deadline, scratch,
 };
 
-use super::{
-    budget::UnfinishedBudget,
-    frame::{Decoder, Incoming, Outgoing, Violation},
-};
+/// How long the server keeps reading after it sent a close frame, so that the client's close
+/// reply (and any data it was still sending) is consumed rather than answered with a TCP reset.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: u64 = 1 << 20;
 
 /// Bytes read from the socket per syscall (at most, but for a large frame's payload); also the
 /// size of buffer a connection holds, uncharged, for a frame split across reads.
-pub(crate) const SCRATCH: usize = 16 * 1024;
+pub(crate) const SCRATCH: usize = scratch::SIZE;
 
 /// Encoded bytes waiting to be written beyond which a client's pings are not answered: a
 /// client that sends pings and never reads the pongs is not buffered for.
 const MAX_UNWRITTEN: usize = 64 * 1024;
-
-thread_local! {
-    /// One scratch buffer per runtime thread; used only inside one poll, never across an await,
-    /// so connections on the same thread never see each other's bytes.
-    static SCRATCH_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
-}
-
-/// What [`WebSocket::poll_next`] received.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Received {
-    /// A whole text or binary message.
-    Message(Bytes),
-    /// A ping (already answered), a pong, or a fragment of a message not complete yet: the
-    /// client is alive.
-    Control,
-}
-
-/// Why reading stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum ReadError {
-    /// The client broke the protocol; the connection should be closed with the violation's
-    /// code.
-    #[error(transparent)]
-    Violation(#[from] Violation),
-    /// The socket failed.
-    #[error(transparent)]
-    Io(#[from] io::Error),
-    /// Unfinished messages of all connections hold the whole `limits.unfinished_message_bytes`:
-    /// this connection, whose message would need more, is closed with 1013.
-    #[error("unfinished messages over the server's budget")]
-    Busy,
-    /// A message whose first byte arrived was not complete within `limits.message_timeout_ms`.
-    #[error("message not completed in time")]
-    Overdue,
-}
 
 /// The server's end of one WebSocket connection; see the module documentation.
 #[derive(Debug)]
@@ -108,28 +76,8 @@ pub(crate) struct WebSocket<S> {
     /// Whole messages, and control frames outside a fragmented message, decoded so far
     /// (wrapping): while it does not move, the unfinished message is the same one.
     completed: u32,
-    /// The deadline of the message unfinished now; `None` while there is none to watch.
-    overdue: Option<Box<Overdue>>,
-}
-
-/// The deadline of a message the client has begun and not finished
-/// (`limits.message_timeout_ms`), on a clock of its own: a client that stops in the middle of a
-/// frame sends nothing that would wake the connection otherwise.
-///
-/// Cheap on the normal path: looked at only when a read finds the socket empty (once per
-/// wake-up, not per message). The clock is read when a new message is found unfinished then;
-/// the timer is created if there is none, and left running when the message completes; when
-/// it fires it is reset for the message unfinished then, if any, or dropped. So a connection
-/// whose messages span reads all the time resets its timer at most once per timeout, and one
-/// with nothing unfinished holds none. Boxed, and kept here rather than in the session: the
-/// session's future is every connection's largest allocation, and 72 bytes more there had
-/// taken an idle connection from 3.69 to 4.30 KiB (tokio and the allocator round a task up).
-#[derive(Debug)]
-struct Overdue {
-    /// When the message unfinished now was first seen so, and the count of completed items
-    /// then (another count means another message); `None` once it completed.
-    since: Option<(Instant, u32)>,
-    timer: Pin<Box<Sleep>>,
+    /// The deadline of the message unfinished now.
+    deadline: Deadline,
 }
 
 impl<S> WebSocket<S> {
@@ -148,7 +96,7 @@ impl<S> WebSocket<S> {
             charged_read: 0,
             charged_fragments: 0,
             completed: 0,
-            overdue: None,
+            deadline: Deadline::default(),
         }
     }
 
@@ -186,12 +134,8 @@ impl<S> WebSocket<S> {
         Ok(())
     }
 
-    /// The connection underneath, for draining it after the WebSocket layer gave up on it.
-    pub(crate) fn get_mut(&mut self) -> &mut S {
-        &mut self.io
-    }
-
     /// True once the client sent a close frame.
+    #[cfg(test)]
     pub(crate) fn close_received(&self) -> bool {
         self.close_received
     }
@@ -209,7 +153,7 @@ impl<S> WebSocket<S> {
             return;
         }
         self.close_sent = frame.is_close();
-        frame.encode(&mut self.write);
+        encode_outgoing(frame, &mut self.write);
     }
 
     /// Makes room for `additional` more bytes of frames.
@@ -224,13 +168,6 @@ impl<S> WebSocket<S> {
             self.write = Vec::new();
         }
     }
-}
-
-/// `by` after `at`; a duration too long for the clock (a timeout configured in centuries) is
-/// a century, never an overflow.
-fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by)
-        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Which of a connection's buffers a charge is for.
@@ -298,46 +235,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// With the socket empty: notes the message left unfinished, if any, and completes once
-    /// that message is past its deadline (see [`Overdue`]).
+    /// that message is past its deadline (see [`Deadline`]).
     fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(timeout) = self.budget.as_ref().and_then(|b| b.timeout()) else {
-            return Poll::Pending;
-        };
-        if self.unfinished() {
-            let mark = self.completed;
-            match &mut self.overdue {
-                None => {
-                    let now = Instant::now();
-                    self.overdue = Some(Box::new(Overdue {
-                        since: Some((now, mark)),
-                        timer: Box::pin(tokio::time::sleep_until(later(now, timeout))),
-                    }));
-                }
-                Some(overdue) if overdue.since.map(|(_, m)| m) != Some(mark) => {
-                    overdue.since = Some((Instant::now(), mark));
-                }
-                Some(_) => {}
-            }
-        } else if let Some(overdue) = &mut self.overdue {
-            overdue.since = None;
-        }
-        loop {
-            let Some(overdue) = &mut self.overdue else {
-                return Poll::Pending;
-            };
-            ready!(overdue.timer.as_mut().poll(cx));
-            let Some((since, _)) = overdue.since else {
-                self.overdue = None;
-                return Poll::Pending;
-            };
-            let due = later(since, timeout);
-            if Instant::now() >= due {
-                return Poll::Ready(());
-            }
-            // Set for a message that has since completed: again, for the one unfinished now
-            // (polled once more to be woken).
-            overdue.timer.as_mut().reset(due);
-        }
+        let timeout = self.budget.as_ref().and_then(|b| b.timeout());
+        let unfinished = self.unfinished();
+        self.deadline.poll(timeout, unfinished, self.completed, cx)
     }
 
     /// Reads more bytes. A connection without unread bytes reads into the thread's scratch
@@ -411,37 +313,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Incoming>, ReadError>> {
-        let via_scratch = SCRATCH_BUFFER.try_with(|scratch| {
-            // Never re-entered within one thread; if it were, the read below goes direct.
-            let mut scratch = scratch.try_borrow_mut().ok()?;
-            let mut filled = ReadBuf::new(&mut scratch[..]);
-            Some(match Pin::new(&mut self.io).poll_read(cx, &mut filled) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
-                Poll::Ready(Ok(())) if filled.filled().is_empty() => {
-                    Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())))
-                }
-                Poll::Ready(Ok(())) => {
-                    let bytes = filled.filled();
-                    let decoded = self.decoder.decode(bytes);
-                    let used = decoded.as_ref().map_or(0, |(_, used)| *used);
-                    if used < bytes.len() {
-                        let mut rest = BytesMut::with_capacity(SCRATCH.max(bytes.len() - used));
-                        rest.extend_from_slice(&bytes[used..]);
-                        self.read = rest;
-                    }
-                    Poll::Ready(decoded.map(|(item, _)| item).map_err(ReadError::from))
-                }
-            })
-        });
-        match via_scratch {
-            Ok(Some(poll)) => poll,
-            // The thread is exiting (or a read re-entered): read into a buffer of our own.
-            Ok(None) | Err(_) => {
-                self.read.reserve(SCRATCH);
-                Poll::Ready(Ok(None))
-            }
+        let decoder = &mut self.decoder;
+        let read = scratch::read(&mut self.io, cx, |bytes| Ok(decoder.decode(bytes)?));
+        let (item, rest) = ready!(read)?;
+        if let Some(rest) = rest {
+            self.read = rest;
         }
+        Poll::Ready(Ok(item))
     }
 
     /// Turns a decoded item into what the caller sees, answering pings and close frames.
@@ -509,13 +387,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         Poll::Ready(Some(Err(error)))
     }
 
+    /// After the close frame is written: reads until the client's close reply arrives or the
+    /// stream ends; if the WebSocket layer already gave up on the stream (after a violation),
+    /// drains the raw socket briefly so the client can read the close frame before the TCP
+    /// connection closes.
+    async fn linger_for_close(mut self) {
+        let reading = std::future::poll_fn(|cx| {
+            // Anything the client still sends is read and dropped, up to its close frame.
+            while ready!(self.poll_next(cx)).is_some() {}
+            Poll::Ready(())
+        });
+        let _ = tokio::time::timeout(LINGER, reading).await;
+        if self.close_received {
+            return;
+        }
+        let mut discard = tokio::io::sink();
+        let raw = (&mut self.io).take(LINGER_BYTES);
+        let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut { raw }, &mut discard)).await;
+    }
+
     fn end_reading(&mut self) {
         self.read_ended = true;
         self.read = BytesMut::new();
-        self.overdue = None;
+        self.deadline = Deadline::default();
         self.decoder.forget_fragments();
         let _ = self.charge(Charge::Read, 0);
         let _ = self.charge(Charge::Fragments, 0);
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WebSocket<S> {
+    const MAX_FRAME_OVERHEAD: usize = MAX_SERVER_HEADER;
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Received, ReadError>>> {
+        WebSocket::poll_next(self, cx)
+    }
+
+    fn feed(&mut self, frame: &Outgoing) {
+        WebSocket::feed(self, frame)
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        WebSocket::reserve(self, additional)
+    }
+
+    fn unwritten(&self) -> usize {
+        WebSocket::unwritten(self)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        WebSocket::poll_flush(self, cx)
+    }
+
+    fn release_write_buffer(&mut self) {
+        WebSocket::release_write_buffer(self)
+    }
+
+    fn linger(self) -> impl std::future::Future<Output = ()> + Send {
+        self.linger_for_close()
     }
 }
 
@@ -534,6 +463,7 @@ mod tests {
     };
 
     use super::*;
+    use bytes::Bytes;
 
     /// The server's socket and a real client library's, over an in-memory pipe that holds
     /// `capacity` bytes each way.
@@ -666,7 +596,7 @@ mod tests {
             .await
             .unwrap();
         match next(&mut socket).await {
-            Some(Err(ReadError::Violation(violation))) => assert_eq!(violation.close_code(), 1009),
+            Some(Err(ReadError::Violation(broken))) => assert_eq!(broken.code, 1009),
             other => panic!("expected a violation, got {other:?}"),
         }
         assert!(

@@ -626,7 +626,7 @@ fn server_frames_read_back_with_tungstenite() {
     // One buffer for all, as the socket batches them.
     let mut wire = Vec::new();
     for frame in &frames {
-        frame.encode(&mut wire);
+        encode_outgoing(frame, &mut wire);
     }
     let mut at = 0;
     for frame in &frames {
