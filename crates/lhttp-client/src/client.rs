@@ -420,18 +420,21 @@ impl Client {
     /// use lhttp_client::Client;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lhttp_client::Error> {
-    /// # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    /// # let addr = listener.local_addr().unwrap();
-    /// # tokio::spawn(async move {
-    /// #     let (mut socket, _) = listener.accept().await.unwrap();
-    /// #     let mut buf = [0u8; 64];
-    /// #     let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
-    /// # });
-    /// // Any `AsyncRead + AsyncWrite` stream: here a TCP connection opened by the caller.
-    /// let client = Client::builder_with_connector(move || tokio::net::TcpStream::connect(addr))
-    ///     .connect()
-    ///     .await?;
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A server embedded in this program: each call opens a pipe into a session of its own.
+    /// let server = lhttp_server::Server::builder(lhttp_server::Config::default()).build()?;
+    /// let handle = server.handle();
+    /// let client = Client::builder_with_connector(move || {
+    ///     let stream = handle.connect_in_process();
+    ///     async move { Ok(stream) }
+    /// })
+    /// .connect()
+    /// .await?;
+    /// client.publish("room", "hello").await?;
+    ///
+    /// // Any `AsyncRead + AsyncWrite` stream will do, a TCP connection the caller opens say:
+    /// let addr: std::net::SocketAddr = "127.0.0.1:8082".parse()?;
+    /// let builder = Client::builder_with_connector(move || tokio::net::TcpStream::connect(addr));
     /// # Ok(()) }
     /// ```
     pub fn builder_with_connector<F, Fut, S>(connect: F) -> ClientBuilder
@@ -452,10 +455,11 @@ impl Client {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lhttp_client::Error> {
-    /// // The other end would be a server session; here it only has to exist.
-    /// let (stream, _server_side) = tokio::io::duplex(64 * 1024);
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = lhttp_server::Server::builder(lhttp_server::Config::default()).build()?;
+    /// let stream = server.handle().connect_in_process();
     /// let client = lhttp_client::Client::builder_with_stream(stream).connect().await?;
+    /// client.publish("room", "hello").await?;
     /// # Ok(()) }
     /// ```
     pub fn builder_with_stream<S>(stream: S) -> ClientBuilder
