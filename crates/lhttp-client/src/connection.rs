@@ -256,15 +256,14 @@ async fn session(
     if registry.restoring.is_empty() {
         state.send_if_modified(|s| replace(s, ConnectionState::Connected));
     }
-    // Keepalive: a ping every interval. On a WebSocket, a connection silent for two intervals
-    // is dead (a half-open TCP connection would otherwise look alive forever); the server
-    // answers pings with pongs. On a stream the server does not answer heartbeats, and the
-    // kernel's unacknowledged-data timeout (set to two intervals) finds a dead path instead.
+    // Keepalive: a ping every interval. Where the server answers pings, a connection silent
+    // for two intervals is dead (a half-open TCP connection would otherwise look alive
+    // forever); where it does not (streams), the transport finds a dead path itself.
     let ping_every = options.ping_interval.unwrap_or(Duration::from_secs(3600));
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
-    let silence_kills = matches!(link, Link::WebSocket(_));
+    let silence_kills = link.pings_are_answered();
     loop {
         tokio::select! {
             _ = pings.tick(), if options.ping_interval.is_some() => {

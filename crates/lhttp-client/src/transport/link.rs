@@ -138,6 +138,14 @@ impl Link {
         }
     }
 
+    /// Whether the server answers [`Link::ping`], so that silence means a dead connection: a
+    /// WebSocket's pings get pongs. A stream's heartbeats get nothing; there a TCP connection's
+    /// unacknowledged-data timeout (two ping intervals, set when it is opened) finds a dead
+    /// path, and Unix sockets and in-process pipes have none.
+    pub(crate) fn pings_are_answered(&self) -> bool {
+        matches!(self, Link::WebSocket(_))
+    }
+
     /// Whether a heartbeat just received should be answered: on a stream, when nothing was
     /// written for [`HEARTBEAT_ANSWER_EVERY`]. (tungstenite answers WebSocket pings itself.)
     pub(crate) fn should_answer_heartbeat(&self) -> bool {
