@@ -41,9 +41,14 @@ export class Message {
 
 export class LhttpDecodeError extends Error {}
 
-/** A server's `error` answer, or a local failure (status 0: "timeout", "connection closed", "client closed"). */
+/**
+ * A server's `error` answer, or a local failure (status 0: "timeout", "connection closed",
+ * "client closed", or "certificate rejected": the server's certificate was refused at the first
+ * connection, with Node's TLS error as `cause`).
+ */
 export class LhttpError extends Error {
-  constructor(status: number, reason: string, answer?: Message);
+  /** `options.cause`: the underlying error; its message and code are appended to this one's. */
+  constructor(status: number, reason: string, answer?: Message, options?: { cause?: unknown });
   status: number;
   reason: string;
   answer?: Message;
@@ -82,6 +87,23 @@ export function buildMultipart(parts: PartInit[]): {
 /** Cuts a multipart body into its parts. */
 export function parseMultipart(source: Message | { multipart: string; body: string | Uint8Array }): Part[];
 
+/**
+ * Options for the TLS connection of a wss:// URL in Node, handed to the `ws` package and by it
+ * to Node's `tls.connect()` (which accepts more than is listed here).
+ */
+export interface TlsOptions {
+  /** Certificates to trust instead of Node's bundled CAs: a private CA, or a self-signed certificate (PEM). */
+  ca?: string | Uint8Array | Array<string | Uint8Array>;
+  /** A client certificate chain (PEM), for servers that require one (lhttpd's `client_ca_file`). */
+  cert?: string | Uint8Array | Array<string | Uint8Array>;
+  /** The client certificate's private key (PEM). */
+  key?: string | Uint8Array | Array<string | Uint8Array>;
+  passphrase?: string;
+  /** The name the certificate must hold, when it is not the URL's host. */
+  servername?: string;
+  [option: string]: unknown;
+}
+
 export interface ClientOptions {
   /** Reconnect after the connection is lost (default true; false for Lhttp). */
   reconnect?: boolean;
@@ -102,6 +124,18 @@ export interface ClientOptions {
    * each connection (it may fetch a fresh token).
    */
   token?: string | (() => string | Promise<string>);
+  /**
+   * Node only: TLS options for wss:// URLs, e.g. `{ ca: readFileSync('ca.pem') }` to trust a
+   * private or self-signed certificate. With them the SDK uses the `ws` package even where a
+   * global WebSocket exists (the platform's takes no TLS options), and constructs a given
+   * `WebSocket` class as `new WebSocket(url, [], tls)`. In a browser they are an error: browsers
+   * check certificates against their own trust store.
+   *
+   * A certificate rejected at the first connection is final: connect() and `opened` reject with
+   * LhttpError reason "certificate rejected" instead of retrying. Rejected at a reconnection, it
+   * is an `error` event and the client keeps retrying (the server may be renewing it).
+   */
+  tls?: TlsOptions;
 }
 
 export interface PublishOptions {

@@ -12,6 +12,15 @@
 //   <name>:<value>\r\n        (any number of headers)
 //   \r\n
 //   <body>
+//
+// wss:// URLs work like ws:// ones. Browsers check the server's certificate against their own
+// trust store. In Node the `tls` option carries TLS options to the `ws` package, e.g. the CA of
+// a private or self-signed certificate:
+//
+//   const client = await connect('wss://chat.example:8081/', { tls: { ca: readFileSync('ca.pem') } });
+//
+// A certificate the client rejects at the first connection makes connect() reject with
+// LhttpError reason "certificate rejected" (the TLS error as its `cause`) instead of retrying.
 
 const VERSION = 'LHTTP/1.0';
 const utf8Encoder = new TextEncoder();
@@ -31,16 +40,23 @@ export class LhttpDecodeError extends Error {
 
 /**
  * An error answered by the server (`LHTTP/1.0 error` with `status` and `reason`), or a local
- * failure of a request: `status` 0 with `reason` "timeout", "connection closed" or "client closed".
+ * failure: `status` 0 with `reason` "timeout", "connection closed", "client closed" or
+ * "certificate rejected" (the server's certificate, at the first connection; the TLS error is
+ * the `cause`).
  */
 export class LhttpError extends Error {
   /**
    * @param {number} status HTTP-style status code, 0 for local failures
    * @param {string} reason short text
    * @param {Message} [answer] the server's error message, when there is one
+   * @param {{cause?: Error}} [options] `cause`: the underlying error; its message (and code) are
+   *   appended to this one's
    */
-  constructor(status, reason, answer) {
-    super(status ? `lhttp error ${status}: ${reason}` : `lhttp: ${reason}`);
+  constructor(status, reason, answer, options) {
+    const text = status ? `lhttp error ${status}: ${reason}` : `lhttp: ${reason}`;
+    const cause = options?.cause;
+    const detail = cause ? `: ${cause.message}${cause.code ? ` (${cause.code})` : ''}` : '';
+    super(text + detail, options);
     this.name = 'LhttpError';
     this.status = status;
     this.reason = reason;
@@ -371,17 +387,31 @@ function checkChannel(channel) {
 /**
  * The WebSocket class to use: the one given, the platform's (browsers, Node 22+), or the `ws`
  * package in Node 20. `ws` is imported only when needed, so browsers never try to load it.
+ * With TLS options it is `ws` even where the platform has a WebSocket, which takes none.
  */
-async function webSocketClass(given) {
+async function webSocketClass(given, tls) {
   if (given) return given;
-  if (typeof globalThis.WebSocket === 'function') return globalThis.WebSocket;
+  if (!tls && typeof globalThis.WebSocket === 'function') return globalThis.WebSocket;
   try {
     const ws = await import('ws');
     return ws.WebSocket ?? ws.default;
   } catch (cause) {
+    if (tls) {
+      throw new Error('the tls option needs Node and the "ws" package (browsers use their own certificate trust)', { cause });
+    }
     throw new Error('no WebSocket in this environment: install the "ws" package', { cause });
   }
 }
+
+// Node's error codes for a server certificate the client does not accept: OpenSSL's
+// verification results and the host name check.
+const CERTIFICATE_ERRORS = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN', 'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'CERT_UNTRUSTED',
+  'CERT_REJECTED', 'CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID', 'CERT_REVOKED', 'CERT_SIGNATURE_FAILURE',
+  'INVALID_CA', 'INVALID_PURPOSE', 'CERT_CHAIN_TOO_LONG', 'PATH_LENGTH_EXCEEDED', 'HOSTNAME_MISMATCH',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
 
 /** An event of LhttpClient; the properties given are copied onto it. */
 export class LhttpEvent extends Event {
@@ -400,6 +430,7 @@ const DEFAULTS = {
   binary: 'text',
   WebSocket: undefined,
   token: undefined,
+  tls: undefined,
 };
 
 const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
@@ -428,7 +459,8 @@ export class LhttpClient extends EventTarget {
   #options;
   #ws = null;
   #state = 'connecting';
-  #stopped = false; // close() was called: never reconnect
+  #stopped = false; // close() was called, or #failure is set: never reconnect
+  #failure = null; // why the client gave up by itself (LhttpError), reported to what still waits
   #everOpened = false;
   #connection = 0; // counts connections, so late work for an old one can tell it is stale
   #attempt = 0;
@@ -459,11 +491,21 @@ export class LhttpClient extends EventTarget {
    * @param {string | (() => string | Promise<string>)} [options.token] a JWT sent in an `auth`
    *   message first on every (re)connection; a function is called before each connection, so it
    *   can fetch a fresh token
+   * @param {object} [options.tls] Node only: options for the TLS connection of a wss:// URL,
+   *   handed to the `ws` package and by it to Node's tls.connect(): `ca` (to trust a private or
+   *   self-signed certificate), `cert` and `key` (a client certificate), `servername`, ... With
+   *   them the SDK uses `ws` even where a global WebSocket exists, and constructs a given
+   *   `WebSocket` class as `new WebSocket(url, [], tls)`, the signature of `ws`. In a browser they
+   *   are an error: browsers check certificates against their own trust store.
    */
   constructor(url, options = {}) {
     super();
     this.url = url;
     this.#options = { ...DEFAULTS, ...options };
+    const { tls } = this.#options;
+    if (tls != null && (typeof tls !== 'object' || Array.isArray(tls))) {
+      throw new TypeError('the tls option must be an object of TLS options');
+    }
     /** Resolves at the first successful connection; rejects if the client stops before. */
     this.opened = new Promise((resolve, reject) => {
       this.#settleOpened = { resolve, reject };
@@ -505,10 +547,11 @@ export class LhttpClient extends EventTarget {
     this.#state = 'connecting';
     let ws;
     try {
-      const WebSocketClass = await webSocketClass(this.#options.WebSocket);
+      const { tls } = this.#options;
+      const WebSocketClass = await webSocketClass(this.#options.WebSocket, tls);
       if (!(await this.#resolveToken())) return;
       if (this.#stopped) return;
-      ws = new WebSocketClass(this.url);
+      ws = tls ? new WebSocketClass(this.url, [], { ...tls }) : new WebSocketClass(this.url);
     } catch (error) {
       // A malformed URL or a missing `ws` package does not get better by retrying.
       this.#stopped = true;
@@ -523,7 +566,15 @@ export class LhttpClient extends EventTarget {
     ws.onmessage = (event) => ws === this.#ws && this.#received(event.data);
     ws.onerror = (event) => {
       if (ws !== this.#ws) return;
-      const error = event.error ?? new Error(event.message || 'WebSocket error');
+      let error = event.error ?? new Error(event.message || 'WebSocket error');
+      // A certificate rejected at the first connection is a configuration error that retrying
+      // cannot mend: give up (at close), so that connect() says why instead of waiting for ever.
+      // Later, a rejected certificate may be a renewal in progress on the server: keep trying.
+      // (Browsers do not tell why a connection failed; there it is a failure like any other.)
+      if (!this.#everOpened && CERTIFICATE_ERRORS.has(error.code)) {
+        error = new LhttpError(0, 'certificate rejected', undefined, { cause: error });
+        this.#failure = error;
+      }
       this.#emit('error', { error, source: 'transport' });
     };
     ws.onclose = (event) => {
@@ -599,21 +650,27 @@ export class LhttpClient extends EventTarget {
 
   #closed(code, reason) {
     const wasStopped = this.#stopped;
+    const failure = this.#failure;
+    if (failure) this.#stopped = true;
     this.#state = 'closed';
     // Answers to requests sent on this connection will never come. Subscriptions stay: they
     // are sent again on the next connection.
     for (const [id, request] of this.#pending) {
       clearTimeout(request.timer);
       this.#pending.delete(id);
-      request.reject(new LhttpError(0, wasStopped ? 'client closed' : 'connection closed'));
+      request.reject(failure ?? new LhttpError(0, wasStopped ? 'client closed' : 'connection closed'));
     }
     // Deliveries not started yet belong to the lost connection: the server has already answered
     // them 502 or handed them to another member, and their ids mean nothing on the next one.
     for (const worker of this.#workers.values()) worker.backlog = [];
-    const willReconnect = this.#options.reconnect && !wasStopped;
+    const willReconnect = this.#options.reconnect && !this.#stopped;
     this.#emit('close', { code, reason, willReconnect });
     if (!willReconnect) {
-      this.#settleOpened.reject(new LhttpError(0, 'connection closed'));
+      // No connection will answer what still waits for one (confirmed ones are settled already).
+      const error = failure ?? new LhttpError(0, 'connection closed');
+      this.#settleOpened.reject(error);
+      for (const subscription of this.#subscriptions.values()) subscription.reject(error);
+      for (const worker of this.#workers.values()) worker.reject(error);
       return;
     }
     // Jittered exponential backoff: many clients dropped by one restart do not come back at once.
@@ -711,7 +768,7 @@ export class LhttpClient extends EventTarget {
    */
   send(message) {
     const frame = typeof message === 'string' || message instanceof Uint8Array ? message : encode(message);
-    if (this.#stopped) throw new LhttpError(0, 'client closed');
+    if (this.#stopped) throw this.#failure ?? new LhttpError(0, 'client closed');
     if (this.#ws && this.#ws.readyState === OPEN && this.#state === 'open') {
       this.#ws.send(frame);
     } else if (this.#outbox.length < this.#options.maxQueue) {

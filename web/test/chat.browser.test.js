@@ -1,6 +1,7 @@
 // The chat demo in a real headless Chromium (Debian's /usr/bin/chromium; no browser is ever
 // downloaded), served by a real lhttpd: two people chat, lhttpd restarts, both pages show the
-// loss, come back by themselves and chat again. Saves target/browser-test/chat.png.
+// loss, come back by themselves and chat again; served over https://, the page chats over
+// wss://. Saves target/browser-test/chat.png.
 
 import assert from 'node:assert/strict';
 import { mkdir, readFile } from 'node:fs/promises';
@@ -8,7 +9,7 @@ import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { test } from 'node:test';
 
-import { repoRoot, startLhttpd } from '../../sdk/js/test/lhttpd.js';
+import { httpsFetch, repoRoot, selfSignedCertificate, startLhttpd } from '../../sdk/js/test/lhttpd.js';
 
 // playwright-core and ws are installed with the SDK package (sdk/js/node_modules).
 const requireFromSdk = createRequire(resolve(repoRoot, 'sdk/js/package.json'));
@@ -26,17 +27,23 @@ const CHROMIUM_ARGS = [
 ];
 const WAIT = { timeout: 15000 };
 
-/** Opens the chat page at `url` in its own browser context (own storage) as `name`; waits until joined. */
-async function openChat(browser, url, name) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 620 } });
+/**
+ * Opens the chat page at `url` in its own browser context (own storage) as `name`; waits until
+ * joined. `contextOptions` are Playwright's, for the context. `sockets` lists the URLs of the
+ * WebSockets the page opened.
+ */
+async function openChat(browser, url, name, contextOptions = {}) {
+  const context = await browser.newContext({ viewport: { width: 1000, height: 620 }, ...contextOptions });
   const page = await context.newPage();
   const errors = [];
+  const sockets = [];
   page.on('pageerror', (error) => errors.push(error));
+  page.on('websocket', (socket) => sockets.push(socket.url()));
   await page.goto(url);
   await page.fill('#nick', name);
   await page.press('#nick', 'Tab'); // commits the name (change event)
   await page.locator('#status[data-state="open"]').waitFor(WAIT);
-  return { page, errors };
+  return { page, errors, sockets };
 }
 
 async function say(page, text) {
@@ -51,11 +58,14 @@ async function seen(page, text) {
   return line.locator('.nick').textContent();
 }
 
-/** lhttpd embeds the page and the SDK at build time: a stale binary would test old files. */
-async function assertServesCurrentFiles(base) {
+/**
+ * lhttpd embeds the page and the SDK at build time: a stale binary would test old files.
+ * `ca`: the certificate to trust, for an https:// base.
+ */
+async function assertServesCurrentFiles(base, ca) {
   const files = { '/': 'web/index.html', '/chat.js': 'web/chat.js', '/chat.css': 'web/chat.css', '/sdk/lhttp.js': 'sdk/js/lhttp.js' };
   for (const [path, file] of Object.entries(files)) {
-    const served = await (await fetch(`${base}${path}`)).text();
+    const served = ca ? (await httpsFetch(`${base}${path}`, { ca })).body : await (await fetch(`${base}${path}`)).text();
     const current = await readFile(resolve(repoRoot, file), 'utf8');
     assert.ok(served === current, `lhttpd serves an old ${file}: rebuild it (cargo build --bin lhttpd)`);
   }
@@ -149,4 +159,32 @@ test('rooms are channels; original clients share the page\'s default room', asyn
   const erin = await openChat(browser, `${server.http}/#backstage`, 'erin');
   assert.equal(await erin.page.inputValue('#room'), 'backstage');
   assert.deepEqual([...carol.errors, ...dave.errors, ...erin.errors], []);
+});
+
+test('served over https://, the page chats over wss://', async (t) => {
+  const certificate = await selfSignedCertificate();
+  t.after(() => certificate.remove());
+  const server = await startLhttpd({ tls: certificate });
+  t.after(() => server.stop());
+  assert.match(server.http, /^https:\/\/localhost:/);
+  await assertServesCurrentFiles(server.http, certificate.ca);
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+  t.after(() => browser.close());
+
+  // The test's certificate is self-signed: these contexts accept it, as a browser that trusts
+  // its issuer would.
+  const trusting = { ignoreHTTPSErrors: true };
+  const frank = await openChat(browser, `${server.http}/`, 'frank', trusting);
+  const grace = await openChat(browser, `${server.http}/`, 'grace', trusting);
+
+  await say(frank.page, 'Is this line encrypted?');
+  assert.equal(await seen(grace.page, 'Is this line encrypted?'), 'frank');
+  await say(grace.page, 'From end to server, yes.');
+  assert.equal(await seen(frank.page, 'From end to server, yes.'), 'grace');
+
+  // The page took its WebSocket's scheme from its own: wss:// on the page's host and port.
+  for (const { sockets } of [frank, grace]) {
+    assert.deepEqual(sockets, [`wss://localhost:${server.port}/`]);
+  }
+  assert.deepEqual([...frank.errors, ...grace.errors], [], 'no uncaught errors in the pages');
 });

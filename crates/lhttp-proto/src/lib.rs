@@ -15,6 +15,9 @@
 //! - [`parse`]: turning received bytes into a [`Message`] without copying, under [`Limits`].
 //! - [`headers`]: the ordered, case-insensitive [`Headers`].
 //! - [`multipart`]: bodies cut into parts by byte offsets, and a [`MultipartBuilder`].
+//! - [`names`], [`channel`], [`answer`]: the protocol's vocabulary (header names and
+//!   commands), the channel-name rules and the `ok` / `error` answer shapes, shared by the
+//!   server and the clients.
 //! - [`stream`]: frames that carry messages on byte streams (TCP, TLS, Unix sockets), where
 //!   no WebSocket frame says where a message ends.
 //! - [`error`]: [`ParseError`] (peer's fault), [`BuildError`] (caller's fault),
@@ -22,10 +25,13 @@
 //!
 //! The crate knows nothing of sockets or async runtimes; the server and the clients share it.
 
+pub mod answer;
+pub mod channel;
 pub mod error;
 pub mod headers;
 pub mod message;
 pub mod multipart;
+pub mod names;
 pub mod parse;
 pub mod stream;
 mod text;

@@ -4,7 +4,7 @@ use lhttp_proto::Message;
 
 use crate::{
     Channel, Config, Server, ServerHandle,
-    session::connection::ConnectionId,
+    transport::ConnectionId,
     transport::outbox::{Outbox, OutboxReceiver},
 };
 

@@ -3,14 +3,11 @@
 //! The same structure is read from the TOML file by `lhttpd` (see `config/lhttpd.toml` for the
 //! commented default) and built in code by programs that embed the server.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    ServerError, cluster::Cluster, security::auth::Verifier, security::permissions::Permissions,
-    transport::tls::TlsServer,
-};
+use crate::ServerError;
 
 /// Largest count that sizes a queue or a semaphore (connections, queued messages, calls in
 /// flight). The runtime's own ceiling is far above any real use but below what a TOML integer
@@ -888,65 +885,7 @@ fn default_gateway_timeout_ms() -> u64 {
 /// not start a server whose secret is the placeholder's text.
 pub const REDACTED: &str = "<redacted>";
 
-/// What validating a configuration built and [`crate::ServerBuilder::build`] keeps.
-pub(crate) struct Checked {
-    pub(crate) verifier: Verifier,
-    pub(crate) permissions: Permissions,
-    pub(crate) cluster: Option<Cluster>,
-    /// The certificates of the main port and of `[transports.tls]`, loaded.
-    pub(crate) tls: Listeners,
-}
-
-/// The TLS side of the listeners, loaded by the one validation.
-pub(crate) struct Listeners {
-    pub(crate) main: Option<Arc<TlsServer>>,
-    pub(crate) stream: Option<Arc<TlsServer>>,
-}
-
 impl Config {
-    /// Checks the whole configuration as building a server does (building it calls this): the
-    /// values of every section, and the keys the server will read — key files and environment
-    /// variables are read and parsed, NATS credentials and TLS files must exist. `lhttpd
-    /// --check-config` runs this same check.
-    pub fn validate(&self) -> Result<(), ServerError> {
-        self.checked().map(drop)
-    }
-
-    pub(crate) fn checked(&self) -> Result<Checked, ServerError> {
-        refuse_placeholder(self)?;
-        self.limits.validate().map_err(ServerError::Config)?;
-        self.server.validate().map_err(ServerError::Config)?;
-        self.upstream.validate().map_err(ServerError::Config)?;
-        self.cluster.validate().map_err(ServerError::Config)?;
-        self.validate_messaging().map_err(ServerError::Config)?;
-        self.auth.validate().map_err(ServerError::Config)?;
-        self.validate_transports().map_err(ServerError::Config)?;
-        let tls = Listeners {
-            main: self
-                .server
-                .tls
-                .as_ref()
-                .map(|tls| TlsServer::load("server.tls", tls, &[b"http/1.1"]).map(Arc::new))
-                .transpose()
-                .map_err(ServerError::Config)?,
-            stream: self
-                .transports
-                .tls
-                .as_ref()
-                .map(|t| TlsServer::load("transports.tls", &t.tls(), &[]).map(Arc::new))
-                .transpose()
-                .map_err(ServerError::Config)?,
-        };
-        Ok(Checked {
-            tls,
-            verifier: Verifier::new(&self.auth).map_err(ServerError::Config)?,
-            permissions: Permissions::new(&self.auth).map_err(ServerError::Config)?,
-            cluster: (self.cluster.enabled())
-                .then(|| Cluster::new(&self.cluster))
-                .transpose()?,
-        })
-    }
-
     /// Checks the listeners: no two on one address, a valid Unix socket mode.
     pub fn validate_transports(&self) -> Result<(), String> {
         let t = &self.transports;
@@ -1041,7 +980,7 @@ impl Config {
 }
 
 /// Refuses [`REDACTED`] in any text setting, naming the setting.
-fn refuse_placeholder(config: &Config) -> Result<(), ServerError> {
+pub(crate) fn refuse_placeholder(config: &Config) -> Result<(), ServerError> {
     fn find(value: &serde_json::Value, path: &mut String) -> bool {
         match value {
             serde_json::Value::String(text) => text.contains(REDACTED),

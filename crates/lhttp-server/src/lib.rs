@@ -59,6 +59,7 @@ mod security;
 mod server;
 mod session;
 mod transport;
+mod validation;
 
 pub use async_trait::async_trait;
 pub use config::{

@@ -73,15 +73,7 @@ impl Rejection {
 
     /// The `error` message sent to the client; `request_id` is copied into it.
     pub fn to_message(&self, request_id: Option<&Text>) -> Message {
-        let mut builder = Message::builder("error")
-            .header("status", self.status.to_string())
-            .header("reason", sanitize(&self.reason));
-        if let Some(id) = request_id {
-            builder = builder.header("request-id", id.clone());
-        }
-        builder
-            .build()
-            .unwrap_or_else(|_| unreachable_message(self.status))
+        lhttp_proto::answer::error(self.status, &self.reason, request_id)
     }
 }
 
@@ -89,22 +81,4 @@ impl From<lhttp_proto::ParseError> for Rejection {
     fn from(e: lhttp_proto::ParseError) -> Self {
         Rejection::new(e.status(), e.to_string())
     }
-}
-
-/// Keeps a reason to one printable line, so a reason built from peer input can never break
-/// the message framing.
-fn sanitize(reason: &str) -> String {
-    reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(200)
-        .collect()
-}
-
-/// Only reachable if `sanitize` let a control character through; answer without the reason.
-fn unreachable_message(status: u16) -> Message {
-    Message::builder("error")
-        .header("status", status.to_string())
-        .build()
-        .expect("a numeric status is a valid header value")
 }

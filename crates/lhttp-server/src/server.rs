@@ -14,7 +14,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     Channel, Config, Filter, Hub, Metrics, Processor, PublishReport, Rejection,
     cluster::Cluster,
-    config::Listeners,
     http,
     http::accept,
     http::origin::Site,
@@ -33,6 +32,7 @@ use crate::{
     session::builtin::{self, names},
     transport::budget::UnfinishedBudget,
     transport::outbox::frame,
+    validation::Listeners,
 };
 
 /// Why a server could not be built or run.
@@ -102,6 +102,16 @@ pub(crate) struct Shared {
     pub(crate) permissions: Permissions,
     /// The certificates of the TLS listeners.
     pub(crate) tls: Listeners,
+    /// Files the main port serves over GET ([`ServerBuilder::static_file`]).
+    pub(crate) static_files: Vec<StaticFile>,
+}
+
+/// A file served over GET on the main port.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StaticFile {
+    pub(crate) path: &'static str,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: &'static str,
 }
 
 impl Shared {
@@ -116,6 +126,7 @@ impl Shared {
 /// Builds a [`Server`]: configuration, processors, filters.
 pub struct ServerBuilder {
     config: Config,
+    static_files: Vec<StaticFile>,
     processors: Vec<(String, Arc<dyn Processor>)>,
     filters: Vec<Arc<dyn Filter>>,
     upstream_routes: Vec<(String, String)>,
@@ -127,6 +138,24 @@ impl ServerBuilder {
     /// [`Upstream::call_route`](crate::requests::upstream::Upstream::call_route).
     pub fn upstream_route(mut self, name: &str, url: &str) -> Self {
         self.upstream_routes.push((name.to_owned(), url.to_owned()));
+        self
+    }
+
+    /// Serves `body` at `GET path` on the main port, with `content_type` (and `no-cache`,
+    /// `nosniff`). Nothing is served this way unless added: `lhttpd` adds the chat demo and
+    /// the JavaScript SDK (`/`, `/chat.js`, `/chat.css`, `/sdk/lhttp.js`, `/sdk/lhttp.d.ts`);
+    /// a program that embeds the server adds its own pages, or none.
+    pub fn static_file(
+        mut self,
+        path: &'static str,
+        content_type: &'static str,
+        body: &'static str,
+    ) -> Self {
+        self.static_files.push(StaticFile {
+            path,
+            content_type,
+            body,
+        });
         self
     }
 
@@ -147,7 +176,7 @@ impl ServerBuilder {
     pub fn build(self) -> Result<Server, ServerError> {
         // The one validation, shared with `lhttpd --check-config`; it builds the key verifier,
         // the permissions and the cluster client on the way.
-        let crate::config::Checked {
+        let crate::validation::Checked {
             verifier,
             permissions,
             cluster,
@@ -189,6 +218,7 @@ impl ServerBuilder {
         let gateway = Gateway::new(&self.config.gateway);
         let shared = Shared {
             tls,
+            static_files: self.static_files,
             verifier,
             permissions,
             cluster,
@@ -254,6 +284,7 @@ impl Server {
     pub fn builder(config: Config) -> ServerBuilder {
         ServerBuilder {
             config,
+            static_files: Vec::new(),
             processors: Vec::new(),
             filters: Vec::new(),
             upstream_routes: Vec::new(),

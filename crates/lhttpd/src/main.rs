@@ -1,6 +1,7 @@
 //! `lhttpd`: the lhttp server. Reads the configuration (embedded default, file, environment,
 //! flags), sets up logging, and runs [`lhttp_server::Server`] until SIGINT or SIGTERM.
 
+mod pages;
 mod settings;
 
 use std::{
@@ -165,7 +166,13 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
         None => ("ws", "http"),
     };
     let transports = config.transports.clone();
-    let server = Server::builder(config).build()?;
+    let server = pages::FILES
+        .iter()
+        .fold(
+            Server::builder(config),
+            |builder, &(path, content_type, body)| builder.static_file(path, content_type, body),
+        )
+        .build()?;
     if !nats.is_empty() {
         tracing::info!(servers = ?nats, "cluster mode: sharing channels through NATS");
     }

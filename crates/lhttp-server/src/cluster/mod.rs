@@ -636,7 +636,7 @@ async fn receive_queue(
             == crate::requests::queue::Offer::Refused
         {
             // The requester is on another node: the refusal travels as the answer.
-            if let Some(reply_to) = message.header(crate::session::builtin::names::REPLY_TO) {
+            if let Some(reply_to) = message.header(lhttp_proto::names::REPLY_TO) {
                 let refusal =
                     crate::Rejection::unavailable("no responders: the queue group is full")
                         .to_message(None);
@@ -682,7 +682,7 @@ async fn receive_for_inboxes(
                     add(&cluster.counters.dropped, 1);
                     continue;
                 };
-                let Some(address) = reply.header(crate::session::builtin::names::PUBLISH).map(str::to_owned) else {
+                let Some(address) = reply.header(lhttp_proto::names::PUBLISH).map(str::to_owned) else {
                     continue;
                 };
                 shared.requests.deliver(&address, &reply, &shared.metrics);

@@ -20,7 +20,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
-    time::Duration,
 };
 
 use axum::extract::ConnectInfo;
@@ -44,10 +43,6 @@ use crate::{
 /// per request.
 const HYPER_STACK_HEADERS: usize = 100;
 
-/// Pause after an accept error that is not the peer's (out of file descriptors): retrying at
-/// once would spin while nothing can be accepted.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
 /// The HTTP/1 settings every connection is served with.
 pub(crate) fn http_builder(limits: &Limits) -> http1::Builder {
     let mut builder = http1::Builder::new();
@@ -60,19 +55,6 @@ pub(crate) fn http_builder(limits: &Limits) -> http1::Builder {
         builder.max_headers(limits.http_max_headers);
     }
     builder
-}
-
-/// After an accept error: one that is not the peer's (out of file descriptors) is logged and
-/// waited out, since retrying at once would spin while nothing can be accepted.
-pub(crate) async fn accept_failed(error: &std::io::Error) {
-    let peers_fault = matches!(
-        error.kind(),
-        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
-    );
-    if !peers_fault {
-        tracing::warn!(%error, "cannot accept a connection");
-        tokio::time::sleep(ACCEPT_BACKOFF).await;
-    }
 }
 
 /// Accepts connections on `listener` until shutdown starts, serving `routes` on each, after a
@@ -95,7 +77,7 @@ pub(crate) async fn accept_loop(
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
-                accept_failed(&error).await;
+                crate::transport::accept_failed(&error).await;
                 continue;
             }
         };

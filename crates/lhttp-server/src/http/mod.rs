@@ -34,36 +34,6 @@ use crate::{
     transport::{Peer, websocket::WebSocket},
 };
 
-/// Files served over plain GET, embedded at build time: the chat demo and the JavaScript SDK.
-/// (path, content type, content)
-const STATIC_FILES: &[(&str, &str, &str)] = &[
-    (
-        "/",
-        "text/html; charset=utf-8",
-        include_str!("../../../../web/index.html"),
-    ),
-    (
-        "/chat.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../../../web/chat.js"),
-    ),
-    (
-        "/chat.css",
-        "text/css; charset=utf-8",
-        include_str!("../../../../web/chat.css"),
-    ),
-    (
-        "/sdk/lhttp.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../../../sdk/js/lhttp.js"),
-    ),
-    (
-        "/sdk/lhttp.d.ts",
-        "text/plain; charset=utf-8",
-        include_str!("../../../../sdk/js/lhttp.d.ts"),
-    ),
-];
-
 /// What one listening port serves: its router, and whether `POST /publish` is among its
 /// routes (the accept loop then serves that one itself: see [`http_publish`]).
 #[derive(Clone)]
@@ -89,8 +59,9 @@ impl Routes {
 /// they have a port of their own (`with_ops` false).
 pub(crate) fn router(shared: Arc<Shared>, with_ops: bool, site: Site) -> Routes {
     let mut router = Router::new();
-    for &(path, content_type, body) in STATIC_FILES {
-        router = router.route(path, get(move || static_file(content_type, body)));
+    for file in &shared.static_files {
+        let (content_type, body) = (file.content_type, file.body);
+        router = router.route(file.path, get(move || static_file(content_type, body)));
     }
     for route in &shared.config.gateway {
         let prefix = route_prefix(&route.path).to_owned();

@@ -4,8 +4,7 @@ use std::{borrow::Borrow, collections::HashSet, fmt, sync::Arc};
 
 use crate::Rejection;
 
-/// Longest channel name, in bytes.
-pub const MAX_CHANNEL_LEN: usize = 256;
+pub use lhttp_proto::channel::MAX_CHANNEL_LEN;
 
 /// A validated channel name.
 ///
@@ -32,27 +31,9 @@ impl Channel {
     }
 }
 
-/// Checks a channel name without allocating.
+/// Checks a channel name without allocating (the rules of [`lhttp_proto::channel`]).
 pub fn check(name: &str) -> Result<(), Rejection> {
-    if name.is_empty() {
-        return Err(Rejection::bad_request("empty channel name"));
-    }
-    if name.len() > MAX_CHANNEL_LEN {
-        return Err(Rejection::bad_request("channel name longer than 256 bytes"));
-    }
-    // Printable ASCII other than the pattern characters is the usual case; only other names
-    // need the Unicode rules.
-    let plain = |b: &u8| b.is_ascii_graphic() && *b != b'*' && *b != b'>';
-    if !name.as_bytes().iter().all(plain)
-        && name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '*' || c == '>')
-    {
-        return Err(Rejection::bad_request(
-            "channel names may not contain whitespace, control characters, '*' or '>'",
-        ));
-    }
-    Ok(())
+    lhttp_proto::channel::check(name).map_err(|e| Rejection::bad_request(e.to_string()))
 }
 
 /// The names in `subscribe`, `unsubscribe` or `publish` header values, unchecked.
@@ -123,7 +104,7 @@ impl<'a> PublishList<'a> {
     }
 }
 
-const PUBLISH: &str = crate::session::builtin::names::PUBLISH;
+const PUBLISH: &str = lhttp_proto::names::PUBLISH;
 
 /// Checks every name in the header values, without collecting them.
 pub fn check_list<'a>(values: impl Iterator<Item = &'a str>) -> Result<(), Rejection> {

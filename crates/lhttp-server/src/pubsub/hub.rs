@@ -9,7 +9,7 @@ use dashmap::DashMap;
 use crate::{
     Channel,
     metrics::{Metrics, add},
-    session::connection::ConnectionId,
+    transport::ConnectionId,
     transport::{Outgoing, outbox::Outbox},
 };
 

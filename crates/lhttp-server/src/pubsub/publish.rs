@@ -9,7 +9,7 @@ use bytes::Bytes;
 use lhttp_proto::{Message, PREFIX};
 use serde::Serialize;
 
-use crate::session::builtin::names;
+use lhttp_proto::names;
 
 /// What a publish did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

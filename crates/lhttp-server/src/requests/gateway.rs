@@ -29,6 +29,7 @@
 //! request waits (within its timeout) for a worker to come back: 503 if none joined in time,
 //! 504 if workers were busy or did not answer in time.
 
+use lhttp_proto::names;
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
@@ -48,7 +49,6 @@ use crate::{
     requests::inbox::{AnswerTo, Inbox, is_partial},
     requests::queue::{Env, Offer, Publisher},
     server::Shared,
-    session::builtin::names,
 };
 
 /// The command of a gateway request.

@@ -34,6 +34,7 @@
 //! (`lhttp_request_late_replies_total`). The requester's `request-id` is copied into every
 //! answer, so responders need not carry it.
 
+use lhttp_proto::names;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, Weak},
@@ -50,7 +51,6 @@ use crate::{
     config::RequestsConfig,
     metrics::{Metrics, add},
     requests::queue::QueueGroup,
-    session::builtin::names,
     transport::outbox::{Outbox, frame},
 };
 

@@ -27,6 +27,7 @@
 //! One mutex per group guards its members and its waiting queue; it is never held across an
 //! `.await`, and delivery only pushes into bounded outboxes.
 
+use lhttp_proto::names;
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv6Addr},
@@ -47,8 +48,7 @@ use crate::{
     metrics::{Metrics, add},
     pubsub::publish::encode_for_channel_with,
     requests::inbox::{Requests, is_inbox},
-    session::builtin::names,
-    session::connection::ConnectionId,
+    transport::ConnectionId,
     transport::outbox::{Outbox, frame},
 };
 

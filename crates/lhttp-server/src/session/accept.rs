@@ -113,7 +113,7 @@ pub(crate) async fn tcp_loop(
         let (tcp, addr) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
-                crate::http::accept::accept_failed(&error).await;
+                crate::transport::accept_failed(&error).await;
                 continue;
             }
         };
@@ -181,7 +181,7 @@ pub(crate) async fn unix_loop(listener: UnixListener, path: &Path, shared: Arc<S
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(error) => {
-                crate::http::accept::accept_failed(&error).await;
+                crate::transport::accept_failed(&error).await;
                 continue;
             }
         };

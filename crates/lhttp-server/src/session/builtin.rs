@@ -12,41 +12,7 @@ use crate::{
 };
 
 /// Header names the built-ins act on.
-pub mod names {
-    /// Space-separated channels to subscribe to.
-    pub const SUBSCRIBE: &str = "subscribe";
-    /// Space-separated channels to unsubscribe from.
-    pub const UNSUBSCRIBE: &str = "unsubscribe";
-    /// Space-separated channels to publish the message to.
-    pub const PUBLISH: &str = "publish";
-    /// `METHOD URL` of an HTTP back end to call.
-    pub const UPSTREAM: &str = "upstream";
-    /// Byte offsets of the parts of the body.
-    pub const MULTIPART: &str = "multipart";
-    /// Copied into the answer to a message.
-    pub const REQUEST_ID: &str = "request-id";
-    /// Makes a published message a request; the server sets it to the reply address.
-    pub const REPLY_TO: &str = "reply-to";
-    /// A request's timeout, in milliseconds.
-    pub const TIMEOUT: &str = "timeout";
-    /// `true` on a reply that is not the last one of a streamed answer.
-    pub const PARTIAL: &str = "partial";
-    /// With `subscribe`: the queue group to join; on a delivery: the group it came through.
-    pub const QUEUE: &str = "queue";
-    /// With `subscribe` and `queue`: how many messages the member holds at once.
-    pub const CREDIT: &str = "credit";
-    /// On a queue-group delivery: the number its member acknowledges.
-    pub const DELIVERY_ID: &str = "delivery-id";
-    /// Space-separated delivery ids the sender acknowledges.
-    pub const ACK: &str = "ack";
-    /// `at-least-once`: a queue-group member that leaves without acknowledging the message
-    /// hands it to another member.
-    pub const DELIVERY: &str = "delivery";
-    /// With `queue`: channels whose group the sender leaves once its work is done.
-    pub const DRAIN: &str = "drain";
-    /// In the answer to the `inbox` command: the connection's inbox address.
-    pub const INBOX: &str = "inbox";
-}
+pub use lhttp_proto::names;
 
 /// Rejects a message whose `multipart` header does not describe its body (400), so that no
 /// processor sees a broken multipart message. Parts are computed from the message on demand

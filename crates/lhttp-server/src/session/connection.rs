@@ -21,24 +21,9 @@ use crate::{
 /// The command of the message that tells a client the server ended one of its subscriptions.
 const UNSUBSCRIBED: &str = "unsubscribed";
 
-/// A connection's number, unique for the life of the server process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnectionId(pub(crate) u64);
+pub use crate::transport::ConnectionId;
 
-impl ConnectionId {
-    /// The number.
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for ConnectionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// One WebSocket client.
+/// One client, on any transport.
 ///
 /// Owned by the task that reads the client's messages; processors and filters get `&mut`
 /// access while they run, so per-connection state needs no lock.
@@ -263,7 +248,7 @@ impl Connection {
     fn tell_unsubscribed(&self, channel: &str, group: Option<&str>) {
         let mut builder = Message::builder(UNSUBSCRIBED).header("channel", channel.to_owned());
         if let Some(group) = group {
-            builder = builder.header(crate::session::builtin::names::QUEUE, group.to_owned());
+            builder = builder.header(lhttp_proto::names::QUEUE, group.to_owned());
         }
         let notice = builder
             .header("reason", "not allowed by the connection's new token")

@@ -50,8 +50,8 @@ use crate::{
     security::throttle::Refusal,
     server::Shared,
     session::builtin::names,
-    session::connection::ConnectionId,
     session::rate::{MessageRate, Verdict},
+    transport::ConnectionId,
     transport::outbox::{Outbox, Writer, WriterEnd, close_frame, close_slow},
     transport::{Outgoing, Peer, ReadError, Received, Transport},
 };
@@ -514,7 +514,7 @@ fn dispatch<'c, 's>(
         match authenticate(shared, connection, sign_in, &message) {
             Ok(()) => {
                 if let Some(id) = request_id {
-                    let _ = connection.send(&ok_message(id));
+                    let _ = connection.send(&lhttp_proto::answer::ok(id));
                 }
             }
             Err(rejection) => {
@@ -579,7 +579,7 @@ fn answer(ctx: &Context<'_>, outcome: Result<(), Rejection>) {
             .send_rejection(&rejection, request_id.as_ref()),
         Ok(()) => {
             if let (Some(id), false) = (request_id, ctx.has_replied()) {
-                let _ = ctx.connection().send(&ok_message(id));
+                let _ = ctx.connection().send(&lhttp_proto::answer::ok(id));
             }
         }
     }
@@ -674,13 +674,4 @@ fn run_after(shared: &Shared, ctx: &mut Context<'_>) -> Result<(), Rejection> {
         .iter()
         .rev()
         .try_for_each(|filter| filter.after(ctx))
-}
-
-/// The answer to a successful message that carried a `request-id` and got no other reply.
-fn ok_message(request_id: lhttp_proto::Text) -> Message {
-    Message::builder("ok")
-        .header("status", "200")
-        .header("request-id", request_id)
-        .build()
-        .expect("a received request-id is a valid header value")
 }

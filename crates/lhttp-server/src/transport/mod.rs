@@ -28,7 +28,26 @@ use std::{
     task::{Context, Poll},
 };
 
+use std::time::Duration;
+
 use bytes::Bytes;
+
+/// Pause after an accept error that is not the peer's (out of file descriptors): retrying at
+/// once would spin while nothing can be accepted.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// After an accept error: one that is not the peer's (out of file descriptors) is logged and
+/// waited out, since retrying at once would spin while nothing can be accepted.
+pub(crate) async fn accept_failed(error: &std::io::Error) {
+    let peers_fault = matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+    );
+    if !peers_fault {
+        tracing::warn!(%error, "cannot accept a connection");
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+}
 
 /// What the server sends a client, whatever carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +147,23 @@ pub(crate) trait Transport: Send + Unpin + 'static {
     /// After the server's close was written: reads and drops what the client still sends,
     /// for a short while, so that closing does not reset the connection under the client.
     fn linger(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A connection's number, unique for the life of the server process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl ConnectionId {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Who is at the other end of a connection.

@@ -1,0 +1,66 @@
+//! The protocol's vocabulary: the header names and commands that the server gives a meaning
+//! to, shared by the server and every client so that none of them re-declares (and drifts
+//! from) another's spelling. docs/protocol.md says what each one does.
+
+/// Space-separated channels to subscribe to.
+pub const SUBSCRIBE: &str = "subscribe";
+/// Space-separated channels to unsubscribe from.
+pub const UNSUBSCRIBE: &str = "unsubscribe";
+/// Space-separated channels to publish the message to; on a delivery, the one channel it came
+/// through.
+pub const PUBLISH: &str = "publish";
+/// `METHOD URL` of an HTTP back end to call.
+pub const UPSTREAM: &str = "upstream";
+/// Byte offsets of the parts of the body.
+pub const MULTIPART: &str = "multipart";
+/// Copied into the answer to a message.
+pub const REQUEST_ID: &str = "request-id";
+/// Makes a published message a request; the server sets it to the reply address.
+pub const REPLY_TO: &str = "reply-to";
+/// A request's timeout, in milliseconds.
+pub const TIMEOUT: &str = "timeout";
+/// `true` on a reply that is not the last one of a streamed answer.
+pub const PARTIAL: &str = "partial";
+/// With `subscribe`: the queue group to join; on a delivery: the group it came through.
+pub const QUEUE: &str = "queue";
+/// With `subscribe` and `queue`: how many messages the member holds at once.
+pub const CREDIT: &str = "credit";
+/// On a queue-group delivery: the number its member acknowledges.
+pub const DELIVERY_ID: &str = "delivery-id";
+/// Space-separated delivery ids the sender acknowledges.
+pub const ACK: &str = "ack";
+/// `at-least-once`: a queue-group member that leaves without acknowledging the message hands
+/// it to another member.
+pub const DELIVERY: &str = "delivery";
+/// With `queue`: channels whose group the sender leaves once its work is done.
+pub const DRAIN: &str = "drain";
+/// In the answer to the `inbox` command: the connection's inbox address.
+pub const INBOX: &str = "inbox";
+/// The JWT of an `auth` message.
+pub const TOKEN: &str = "token";
+/// The HTTP-style status of an answer (`ok`: 200; `error`: 400, 401, 403, 404, 413, 429, 503,
+/// 504, ...).
+pub const STATUS: &str = "status";
+/// Why an `error`, an `unsubscribed` or a `close` happened, in a few words.
+pub const REASON: &str = "reason";
+/// On `unsubscribed`: the channel the server ended the subscription to.
+pub const CHANNEL: &str = "channel";
+/// On a byte stream's `close`: the WebSocket close code of the event.
+pub const CODE: &str = "code";
+
+/// Commands the server answers itself or sends.
+pub mod command {
+    /// Authenticates a connection, or refreshes its token (`token` header).
+    pub const AUTH: &str = "auth";
+    /// Asks for the connection's inbox address.
+    pub const INBOX: &str = "inbox";
+    /// The answer to a message with a `request-id` that succeeded and got no other reply.
+    pub const OK: &str = "ok";
+    /// The answer to a message the server could not accept (`status`, `reason`).
+    pub const ERROR: &str = "error";
+    /// The server ended a subscription or queue-group membership (`channel`, `queue`,
+    /// `reason`): the connection's rights no longer cover it.
+    pub const UNSUBSCRIBED: &str = "unsubscribed";
+    /// The last message of a byte stream the server closes (`code`, `reason`).
+    pub const CLOSE: &str = crate::stream::CLOSE_COMMAND;
+}

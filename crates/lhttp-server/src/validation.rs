@@ -1,0 +1,75 @@
+//! The one check of a configuration, shared by building a server and `lhttpd --check-config`:
+//! every section's values, and what they point at — key files and environment variables are
+//! read and parsed, NATS credentials and TLS certificates loaded. What it builds on the way
+//! (the key verifier, the permissions, the cluster client, the certificates) is kept by the
+//! server it was checked for.
+
+use std::sync::Arc;
+
+use crate::{
+    Config, ServerError,
+    cluster::Cluster,
+    config::refuse_placeholder,
+    security::{auth::Verifier, permissions::Permissions},
+    transport::tls::TlsServer,
+};
+
+/// What validating a configuration built and [`crate::ServerBuilder::build`] keeps.
+pub(crate) struct Checked {
+    pub(crate) verifier: Verifier,
+    pub(crate) permissions: Permissions,
+    pub(crate) cluster: Option<Cluster>,
+    /// The certificates of the main port and of `[transports.tls]`, loaded.
+    pub(crate) tls: Listeners,
+}
+
+/// The TLS side of the listeners, loaded by the one validation.
+pub(crate) struct Listeners {
+    pub(crate) main: Option<Arc<TlsServer>>,
+    pub(crate) stream: Option<Arc<TlsServer>>,
+}
+
+impl Config {
+    /// Checks the whole configuration as building a server does (building it calls this): the
+    /// values of every section, and the keys the server will read — key files and environment
+    /// variables are read and parsed, NATS credentials and TLS files must exist. `lhttpd
+    /// --check-config` runs this same check.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        self.checked().map(drop)
+    }
+
+    pub(crate) fn checked(&self) -> Result<Checked, ServerError> {
+        refuse_placeholder(self)?;
+        self.limits.validate().map_err(ServerError::Config)?;
+        self.server.validate().map_err(ServerError::Config)?;
+        self.upstream.validate().map_err(ServerError::Config)?;
+        self.cluster.validate().map_err(ServerError::Config)?;
+        self.validate_messaging().map_err(ServerError::Config)?;
+        self.auth.validate().map_err(ServerError::Config)?;
+        self.validate_transports().map_err(ServerError::Config)?;
+        let tls = Listeners {
+            main: self
+                .server
+                .tls
+                .as_ref()
+                .map(|tls| TlsServer::load("server.tls", tls, &[b"http/1.1"]).map(Arc::new))
+                .transpose()
+                .map_err(ServerError::Config)?,
+            stream: self
+                .transports
+                .tls
+                .as_ref()
+                .map(|t| TlsServer::load("transports.tls", &t.tls(), &[]).map(Arc::new))
+                .transpose()
+                .map_err(ServerError::Config)?,
+        };
+        Ok(Checked {
+            tls,
+            verifier: Verifier::new(&self.auth).map_err(ServerError::Config)?,
+            permissions: Permissions::new(&self.auth).map_err(ServerError::Config)?,
+            cluster: (self.cluster.enabled())
+                .then(|| Cluster::new(&self.cluster))
+                .transpose()?,
+        })
+    }
+}
