@@ -33,6 +33,9 @@ Examples:
   lhttp pub chatroom 'hello everyone'
   echo hi | lhttp pub -c note -H from:ann chatroom -
   lhttp send -c sub -H subscribe:news      (prints the server's ok)
+  lhttp --url tcp://127.0.0.1:8082 sub chatroom
+  lhttp --url tls://chat.example.com:8083 --ca ca.pem sub chatroom
+  lhttp --url unix:///run/lhttp.sock pub chatroom hi
   lhttp                      (interactive session; type `help`)";
 
 /// Command-line client for lhttp servers: subscribe, publish, send, or talk interactively.
@@ -44,7 +47,8 @@ Examples:
 #[derive(Debug, Parser)]
 #[command(name = "lhttp", version, after_help = EXIT_CODES)]
 struct Cli {
-    /// Server URL (ws:// only for now).
+    /// Server URL: ws://host:port/path, wss://host:port/path (WebSocket), tcp://host:port,
+    /// tls://host:port (the lhttp stream framing over TCP or TLS), or unix:///path/to.sock.
     #[arg(
         long,
         env = "LHTTP_URL",
@@ -58,10 +62,23 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Format::Raw, global = true)]
     format: Format,
 
-    /// JWT sent as `Authorization: Bearer` with the WebSocket upgrade, for servers that
-    /// require authentication.
+    /// JWT for servers that require authentication: sent as `Authorization: Bearer` with the
+    /// WebSocket upgrade, or in an `auth` message first on tcp://, tls:// and unix://.
     #[arg(long, env = "LHTTP_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+
+    /// A CA certificate file (PEM) to trust for wss:// and tls://, besides the system's.
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+
+    /// A client certificate file (PEM, the chain) for servers that ask for one (mutual TLS);
+    /// needs --key.
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+
+    /// The private key file (PEM) of --cert.
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<std::path::PathBuf>,
 
     /// Seconds to wait for the connection and for each answer.
     #[arg(long, default_value_t = 10.0, global = true, value_name = "SECONDS")]
@@ -136,7 +153,8 @@ enum Command {
 enum Scenario {
     /// P publishers on --url flood C channels (each publisher round-robin over them); S
     /// subscribers on --sub-url (default: --url), spread over the channels, check that every
-    /// message arrives once, in order per publisher and intact. Prints msg/s and losses.
+    /// message arrives once, in order per publisher and intact. Prints msg/s and losses. Both
+    /// URLs may be ws://, tcp://host:port or unix:///path.
     Throughput {
         /// Where the subscribers connect (another node of a cluster, say).
         #[arg(long, value_name = "URL")]
@@ -170,6 +188,11 @@ enum Scenario {
         /// Most messages in flight ahead of the slowest subscriber.
         #[arg(long, default_value_t = 2000)]
         window: u64,
+        /// Publishers write each message with its own system call (one frame per write), as
+        /// browsers and most client libraries do; by default a publisher writes its batch of
+        /// messages at once.
+        #[arg(long)]
+        write_each: bool,
         /// Draw delivered msg/s over time (a sample per 100 ms) into this SVG file.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<std::path::PathBuf>,
@@ -199,7 +222,7 @@ enum Scenario {
     },
     /// One publisher on --url sends at a fixed rate, each body stamped with its send time; one
     /// subscriber on --sub-url (default: --url) reports publish-to-delivery latency (p50, p90,
-    /// p99, p99.9, max) and checks every delivery.
+    /// p99, p99.9, max) and checks every delivery (ws://, tcp:// or unix://).
     Latency {
         /// Where the subscriber connects.
         #[arg(long, value_name = "URL")]
@@ -243,8 +266,9 @@ enum Scenario {
         json: bool,
     },
     /// Workers join a queue group and echo requests; one requester keeps K requests in flight
-    /// over WebSocket (or, with --http, as POSTs to a gateway route serving that group) and
-    /// checks every answer. Prints requests/s and round-trip percentiles.
+    /// over --url (ws://, tcp:// or unix://; or, with --http, as POSTs to a gateway route
+    /// serving that group) and checks every answer. Prints requests/s and round-trip
+    /// percentiles.
     Requests {
         /// A gateway route's URL (its channel and queue must be --channel and --queue).
         #[arg(long, value_name = "URL")]
@@ -381,6 +405,12 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some(token) = &cli.token {
         builder = builder.token(token.clone());
     }
+    if let Some(ca) = &cli.ca {
+        builder = builder.ca_certificate(read_file(ca, "--ca")?);
+    }
+    if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+        builder = builder.client_certificate(read_file(cert, "--cert")?, read_file(key, "--key")?);
+    }
     match cli.command {
         Some(Command::Sub {
             channels,
@@ -453,6 +483,7 @@ async fn run(cli: Cli) -> Result<()> {
                     size,
                     channel,
                     window,
+                    write_each,
                     plot,
                     json,
                 },
@@ -476,6 +507,7 @@ async fn run(cli: Cli) -> Result<()> {
                 size,
                 channel,
                 window,
+                write_each,
                 timeout,
                 output: bench::Output {
                     progress: !json,
@@ -613,6 +645,11 @@ fn print_report(json: bool, value: serde_json::Value, table: String, clean: bool
         println!("{table}");
     }
     if clean { Ok(()) } else { Err(Exit(1).into()) }
+}
+
+/// The contents of the file a flag names.
+fn read_file(path: &std::path::Path, flag: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
 }
 
 /// `-` reads stdin to the end; anything else is the body itself.

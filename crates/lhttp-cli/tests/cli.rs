@@ -216,10 +216,11 @@ async fn unreachable_server_is_a_clear_error() {
     );
     assert_eq!(done.stderr.lines().count(), 1, "{done:?}");
 
-    let done = run(lhttp(&["--url", "wss://127.0.0.1:1/", "sub", "room"]), b"").await;
+    let done = run(lhttp(&["--url", "ftp://127.0.0.1:1/", "sub", "room"]), b"").await;
     assert_ne!(done.code, Some(0));
     assert!(
-        done.stderr.contains("wss:// is not supported yet"),
+        done.stderr
+            .contains("expected ws://, wss://, tcp://host:port"),
         "{done:?}"
     );
 }

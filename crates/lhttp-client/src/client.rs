@@ -1,6 +1,7 @@
 //! [`Client`], its [`ClientBuilder`] and the [`ConnectionState`] it reports.
 
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -10,12 +11,17 @@ use std::{
 
 use bytes::Bytes;
 use lhttp_proto::{Message, Text};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{mpsc, oneshot, watch},
+};
+use tokio_rustls::rustls;
 
 use crate::{
     Error,
     connection::{self, Command, ListenerId, Sink},
     subscription::{Feed, Incoming, Subscription},
+    transport::{self, Endpoint, Target, TlsOptions},
 };
 
 /// The command [`Client::publish`] uses.
@@ -54,7 +60,7 @@ pub enum ConnectionState {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ClientBuilder {
-    pub(crate) url: String,
+    pub(crate) target: Target,
     pub(crate) options: Options,
 }
 
@@ -70,6 +76,7 @@ pub(crate) struct Options {
     pub(crate) max_message_size: usize,
     pub(crate) ping_interval: Option<Duration>,
     pub(crate) token: Option<String>,
+    pub(crate) tls: TlsOptions,
 }
 
 impl Default for Options {
@@ -84,6 +91,7 @@ impl Default for Options {
             max_message_size: 16 * 1024 * 1024,
             ping_interval: Some(Duration::from_secs(20)),
             token: None,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -102,9 +110,12 @@ impl ClientBuilder {
         self
     }
 
-    /// A JWT sent as `Authorization: Bearer <token>` with every upgrade request, reconnections
-    /// included. A refused token fails [`ClientBuilder::connect`] with [`Error::Connect`] whose
-    /// reason carries the server's (`HTTP 401: token expired`).
+    /// A JWT presented on every connection, reconnections included: on a WebSocket as
+    /// `Authorization: Bearer <token>` with the upgrade request; on a stream (`tcp://`,
+    /// `tls://`, `unix://`, a connector), which has no upgrade, in an `auth` message sent
+    /// first, whose answer the connection waits for. A refused token fails
+    /// [`ClientBuilder::connect`] with [`Error::Connect`] whose reason carries the server's
+    /// (`HTTP 401: token expired` on a WebSocket, `auth 401: token expired` on a stream).
     ///
     /// To refresh a token before it expires on a live connection, send
     /// `LHTTP/1.0 auth` with a `token` header with [`Client::request`]; later reconnections
@@ -115,6 +126,79 @@ impl ClientBuilder {
     /// ```
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.options.token = Some(token.into());
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more PEM `CERTIFICATE` blocks) for
+    /// `wss://` and `tls://` servers, besides the platform's roots (see
+    /// [`ClientBuilder::platform_root_certificates`]). May be called several times. Text that
+    /// holds no certificate fails [`ClientBuilder::connect`] with [`Error::Tls`].
+    ///
+    /// ```no_run
+    /// # fn demo() -> std::io::Result<()> {
+    /// let builder = lhttp_client::Client::builder("tls://lhttp.example.com:8083")
+    ///     .ca_certificate(std::fs::read("ca.pem")?);
+    /// # Ok(()) }
+    /// ```
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.options.tls.ca_pems.push(pem.into());
+        self
+    }
+
+    /// Whether the platform's root certificates (read once per process from the system's
+    /// store) are trusted for `wss://` and `tls://` servers (default: yes). Off, only the CAs
+    /// given to [`ClientBuilder::ca_certificate`] are.
+    ///
+    /// ```
+    /// let builder = lhttp_client::Client::builder("wss://127.0.0.1:8081/")
+    ///     .ca_certificate(b"-----BEGIN CERTIFICATE-----...".to_vec())
+    ///     .platform_root_certificates(false);
+    /// ```
+    pub fn platform_root_certificates(mut self, on: bool) -> Self {
+        self.options.tls.platform_roots = on;
+        self
+    }
+
+    /// A client certificate (its PEM chain, the client's own certificate first) and its
+    /// private key (PEM: PKCS#8, PKCS#1 or SEC1), presented to `wss://` and `tls://` servers
+    /// that ask for one (mutual TLS). A key that does not parse or does not match fails
+    /// [`ClientBuilder::connect`] with [`Error::Tls`].
+    ///
+    /// ```no_run
+    /// # fn demo() -> std::io::Result<()> {
+    /// let builder = lhttp_client::Client::builder("tls://lhttp.example.com:8083")
+    ///     .client_certificate(std::fs::read("client.pem")?, std::fs::read("client.key")?);
+    /// # Ok(()) }
+    /// ```
+    pub fn client_certificate(
+        mut self,
+        certificate_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.options.tls.identity = Some((certificate_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// A rustls configuration of the caller's own for `wss://` and `tls://` (its own
+    /// certificate verifier, say). It replaces [`ClientBuilder::ca_certificate`],
+    /// [`ClientBuilder::platform_root_certificates`] and
+    /// [`ClientBuilder::client_certificate`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use lhttp_client::rustls;
+    ///
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let config = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()
+    ///     .unwrap()
+    ///     .with_root_certificates(rustls::RootCertStore::empty())
+    ///     .with_no_client_auth();
+    /// let builder = lhttp_client::Client::builder("wss://127.0.0.1:8081/")
+    ///     .tls_config(Arc::new(config));
+    /// ```
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.options.tls.config = Some(config);
         self
     }
 
@@ -144,7 +228,8 @@ impl ClientBuilder {
         self
     }
 
-    /// How long one connection attempt may take, TCP and WebSocket handshake (default 10 s).
+    /// How long one connection attempt may take (default 10 s): the connection, the TLS and
+    /// WebSocket handshakes, and on a stream the answer to the token's `auth`.
     ///
     /// ```
     /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
@@ -181,9 +266,14 @@ impl ClientBuilder {
         self
     }
 
-    /// How often to ping the server (default every 20 s; `None` turns it off). A connection
-    /// on which nothing arrives for two intervals is treated as lost, so that a dead network
-    /// path is noticed (and the client reconnects) even when the socket never reports an error.
+    /// How often to ping the server (default every 20 s; `None` turns it off), so that a dead
+    /// network path is noticed (and the client reconnects) even when the socket never reports
+    /// an error. On a WebSocket, a connection on which nothing arrives for two intervals (the
+    /// server answers each ping with a pong) is treated as lost. On a stream the ping is a
+    /// heartbeat, which the server does not answer: a TCP connection (`tcp://`, `tls://`) is
+    /// lost when the kernel has had written bytes unacknowledged for two intervals. The
+    /// heartbeats also keep the server's idle timeout from closing a quiet stream; with pings
+    /// off, the client answers the server's heartbeats instead.
     ///
     /// ```
     /// use std::time::Duration;
@@ -195,10 +285,11 @@ impl ClientBuilder {
         self
     }
 
-    /// Connects (one attempt, no retry) and starts the background task that owns the socket.
+    /// Connects (one attempt, no retry) and starts the background task that owns the
+    /// connection.
     ///
-    /// Fails with [`Error::InvalidUrl`], [`Error::WssNotSupported`] or [`Error::Connect`].
-    /// Must be called inside a tokio runtime.
+    /// Fails with [`Error::InvalidUrl`], [`Error::Tls`] (unusable certificates or keys given
+    /// to the builder) or [`Error::Connect`]. Must be called inside a tokio runtime.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), lhttp_client::Error> {
@@ -206,14 +297,14 @@ impl ClientBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn connect(self) -> Result<Client, Error> {
-        connection::check_url(&self.url)?;
-        let ws = connection::open(&self.url, &self.options).await?;
+        let endpoint = Endpoint::resolve(&self.target, &self.options.tls)?;
+        let link = transport::open(&endpoint, &self.options).await?;
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (drops, drop_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ConnectionState::Connected);
         tokio::spawn(connection::run(
-            ws,
-            self.url,
+            link,
+            endpoint,
             self.options.clone(),
             command_rx,
             drop_rx,
@@ -233,7 +324,7 @@ impl ClientBuilder {
 
 /// A connection to an lhttp server. Cheap to clone; every clone uses the same connection.
 ///
-/// A background task owns the WebSocket. It stops, closing the connection, after
+/// A background task owns the connection. It stops, closing the connection, after
 /// [`Client::close`] or once every `Client` clone, [`Subscription`] and [`Incoming`] is dropped.
 ///
 /// ```no_run
@@ -286,8 +377,13 @@ impl Client {
         self.shared.options.subscription_capacity
     }
 
-    /// Connects to `url` (`ws://host:port/path`) with the default options: reconnect on,
-    /// backoff 100 ms to 10 s, request timeout 10 s.
+    /// Connects to `url` with the default options: reconnect on, backoff 100 ms to 10 s,
+    /// request timeout 10 s. The URL is one of
+    ///
+    /// - `ws://host:port/path` and `wss://host:port/path` (WebSocket, TLS for `wss`);
+    /// - `tcp://host:port` and `tls://host:port` (the lhttp stream framing over TCP, or over
+    ///   TLS over TCP);
+    /// - `unix:///absolute/path/to.sock` (the stream framing over a Unix socket).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), lhttp_client::Error> {
@@ -298,14 +394,80 @@ impl Client {
         Client::builder(url).connect().await
     }
 
-    /// Starts configuring a client for `url`.
+    /// Starts configuring a client for `url` (any scheme of [`Client::connect`]). The URL is
+    /// checked by [`ClientBuilder::connect`].
     ///
     /// ```
     /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/").reconnect(false);
     /// ```
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
-            url: url.into(),
+            target: Target::Url(url.into()),
+            options: Options::default(),
+        }
+    }
+
+    /// Starts configuring a client that reaches its server through byte streams that
+    /// `connect` opens: once now, and again for every reconnection. The streams carry the
+    /// lhttp stream framing (`lhttp_proto::stream`), as `tcp://` connections do, so anything
+    /// that leads to a server session speaking it will do: a socket of a kind the URLs do not
+    /// cover, a tunnel, or the in-process pipe of a server embedded in the same program.
+    ///
+    /// With a [`ClientBuilder::token`], each new stream first presents it in an `auth`
+    /// message and waits for the server's answer.
+    ///
+    /// ```
+    /// use lhttp_client::Client;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A server embedded in this program: each call opens a pipe into a session of its own.
+    /// let server = lhttp_server::Server::builder(lhttp_server::Config::default()).build()?;
+    /// let handle = server.handle();
+    /// let client = Client::builder_with_connector(move || {
+    ///     let stream = handle.connect_in_process();
+    ///     async move { Ok(stream) }
+    /// })
+    /// .connect()
+    /// .await?;
+    /// client.publish("room", "hello").await?;
+    ///
+    /// // Any `AsyncRead + AsyncWrite` stream will do, a TCP connection the caller opens say:
+    /// let addr: std::net::SocketAddr = "127.0.0.1:8082".parse()?;
+    /// let builder = Client::builder_with_connector(move || tokio::net::TcpStream::connect(addr));
+    /// # Ok(()) }
+    /// ```
+    pub fn builder_with_connector<F, Fut, S>(connect: F) -> ClientBuilder
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        ClientBuilder {
+            target: Target::connector(connect),
+            options: Options::default(),
+        }
+    }
+
+    /// Starts configuring a client over one byte stream the caller already opened (framed as
+    /// [`Client::builder_with_connector`]'s). There is no second stream to reconnect with: a
+    /// lost connection closes the client, whatever [`ClientBuilder::reconnect`] says.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = lhttp_server::Server::builder(lhttp_server::Config::default()).build()?;
+    /// let stream = server.handle().connect_in_process();
+    /// let client = lhttp_client::Client::builder_with_stream(stream).connect().await?;
+    /// client.publish("room", "hello").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder_with_stream<S>(stream: S) -> ClientBuilder
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        ClientBuilder {
+            target: Target::stream(stream),
             options: Options::default(),
         }
     }
@@ -519,7 +681,8 @@ impl Client {
         self.shared.state.clone()
     }
 
-    /// Closes the connection (a WebSocket close handshake) and stops reconnecting. Pending
+    /// Closes the connection (a WebSocket close handshake; on a stream, the end of the
+    /// client's half, then the server's) and stops reconnecting. Pending
     /// requests fail with [`Error::Closed`]; subscriptions end.
     ///
     /// ```no_run

@@ -1,5 +1,5 @@
-//! The connection task: owns the WebSocket, matches answers to requests, fans deliveries out
-//! to subscriptions, and reconnects.
+//! The connection task: owns the connection (a [`Link`], whatever its transport), matches
+//! answers to requests, fans deliveries out to subscriptions, and reconnects.
 //!
 //! Everything mutable lives in this one task ([`Registry`]), so no lock is needed: the
 //! [`crate::Client`] handles talk to it through a bounded command queue, and dropped
@@ -14,19 +14,14 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use lhttp_proto::{Limits, Message};
-use tokio::{
-    net::TcpStream,
-    sync::{mpsc, oneshot, watch},
-};
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
-    tungstenite::{self, client::IntoClientRequest, protocol::WebSocketConfig},
-};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::{ConnectionState, Error, client::Options};
+use crate::{
+    ConnectionState, Error,
+    client::Options,
+    transport::{self, Endpoint, Link, Received, WriteError},
+};
 
 pub(crate) const REQUEST_ID: &str = "request-id";
 const PUBLISH: &str = "publish";
@@ -42,8 +37,6 @@ const RESTORE_BATCH: usize = 64;
 
 /// Once this many requests are pending, answers whose caller gave up are swept away.
 const PENDING_SWEEP: usize = 256;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Identifies one [`crate::Subscription`] or [`crate::Incoming`] inside a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,91 +161,16 @@ enum End {
     Lost,
 }
 
-/// Checks that `url` is a ws:// URL this version can connect to.
-pub(crate) fn check_url(url: &str) -> Result<(), Error> {
-    let scheme: String = url.chars().take(6).collect::<String>().to_ascii_lowercase();
-    if scheme.starts_with("wss://") {
-        return Err(Error::WssNotSupported);
-    }
-    if !scheme.starts_with("ws://") {
-        return Err(Error::InvalidUrl {
-            url: url.to_owned(),
-            reason: "expected ws://host:port/path",
-        });
-    }
-    if url.len() <= "ws://".len() {
-        return Err(Error::InvalidUrl {
-            url: url.to_owned(),
-            reason: "no host",
-        });
-    }
-    Ok(())
-}
-
 /// A cheap local check that catches obvious mistakes ("a b" as one name); the server does the
 /// full check (reserved characters, length) and answers 400.
 pub(crate) fn plausible_channel(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// One connection attempt, bounded by the connect timeout.
-pub(crate) async fn open(url: &str, options: &Options) -> Result<Ws, Error> {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(options.max_message_size))
-        .max_frame_size(Some(options.max_message_size));
-    let mut request = url.into_client_request().map_err(|e| Error::Connect {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if let Some(token) = &options.token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Error::Connect {
-                url: url.to_owned(),
-                reason: "the token is not a valid header value".into(),
-            })?;
-        request.headers_mut().insert("authorization", value);
-    }
-    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    match tokio::time::timeout(options.connect_timeout, attempt).await {
-        Err(_) => Err(Error::Connect {
-            url: url.to_owned(),
-            reason: format!("timed out after {:?}", options.connect_timeout),
-        }),
-        Ok(Err(tungstenite::Error::Http(response))) => Err(Error::Connect {
-            url: url.to_owned(),
-            reason: refusal(&response),
-        }),
-        Ok(Err(e)) => Err(Error::Connect {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        }),
-        Ok(Ok((ws, _response))) => Ok(ws),
-    }
-}
-
-/// The server's refusal of an upgrade as `HTTP <status>: <first line of its body>`, so that a
-/// refused token says why (`HTTP 401: token expired`).
-fn refusal(response: &tungstenite::handshake::client::Response) -> String {
-    let body = response
-        .body()
-        .as_deref()
-        .map(String::from_utf8_lossy)
-        .unwrap_or_default();
-    let line: String = body
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect();
-    format!("HTTP {}: {}", response.status().as_u16(), line.trim())
-}
-
 /// The task body: sessions, and reconnect attempts between them.
 pub(crate) async fn run(
-    ws: Ws,
-    url: String,
+    link: Link,
+    endpoint: Endpoint,
     options: Options,
     mut commands: mpsc::Receiver<Command>,
     mut drops: mpsc::UnboundedReceiver<ListenerId>,
@@ -264,18 +182,29 @@ pub(crate) async fn run(
         max_headers: 1024,
         ..Limits::default()
     };
-    let mut ws = Some(ws);
+    let url = endpoint.label();
+    let reconnects = options.reconnect && endpoint.can_reopen();
+    let mut first = Some(link);
     let closer = loop {
-        let socket = match ws.take() {
-            Some(socket) => socket,
-            None => match reconnect(&url, &options, &mut registry, &mut commands, &mut drops).await
-            {
-                Ok(socket) => socket,
-                Err(closer) => break closer,
-            },
+        let link = match first.take() {
+            Some(link) => link,
+            None => {
+                match reconnect(
+                    &endpoint,
+                    &options,
+                    &mut registry,
+                    &mut commands,
+                    &mut drops,
+                )
+                .await
+                {
+                    Ok(link) => link,
+                    Err(closer) => break closer,
+                }
+            }
         };
         let end = session(
-            socket,
+            link,
             &options,
             &limits,
             &mut registry,
@@ -287,12 +216,12 @@ pub(crate) async fn run(
         registry.fail_pending(|| Error::Disconnected);
         match end {
             End::Closed(closer) => break closer,
-            End::Lost if options.reconnect => {
-                tracing::info!(%url, "connection lost; reconnecting");
+            End::Lost if reconnects => {
+                tracing::info!(url, "connection lost; reconnecting");
                 state.send_replace(ConnectionState::Disconnected);
             }
             End::Lost => {
-                tracing::info!(%url, "connection lost");
+                tracing::info!(url, "connection lost");
                 break None;
             }
         }
@@ -308,7 +237,7 @@ pub(crate) async fn run(
 
 /// Serves one connection until it ends.
 async fn session(
-    mut ws: Ws,
+    mut link: Link,
     options: &Options,
     limits: &Limits,
     registry: &mut Registry,
@@ -320,45 +249,54 @@ async fn session(
     // announcing `Connected`, so that what is published after that reaches them.
     let write_timeout = options.request_timeout;
     for message in registry.restore_messages() {
-        if !write(&mut ws, message, write_timeout).await {
+        if !write(&mut link, &message, write_timeout).await {
             return End::Lost;
         }
     }
     if registry.restoring.is_empty() {
         state.send_if_modified(|s| replace(s, ConnectionState::Connected));
     }
-    // Keepalive: a ping every interval; a connection silent for two intervals is dead (a
-    // half-open TCP connection would otherwise look alive forever).
+    // Keepalive: a ping every interval. Where the server answers pings, a connection silent
+    // for two intervals is dead (a half-open TCP connection would otherwise look alive
+    // forever); where it does not (streams), the transport finds a dead path itself.
     let ping_every = options.ping_interval.unwrap_or(Duration::from_secs(3600));
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
+    let silence_kills = link.pings_are_answered();
     loop {
         tokio::select! {
             _ = pings.tick(), if options.ping_interval.is_some() => {
-                if last_heard.elapsed() > ping_every * 2 {
+                if silence_kills && last_heard.elapsed() > ping_every * 2 {
                     tracing::debug!("no answer to pings; the connection is dead");
                     return End::Lost;
                 }
-                if !write(&mut ws, tungstenite::Message::Ping(Bytes::new()), write_timeout).await {
+                if !ping(&mut link, write_timeout).await {
                     return End::Lost;
                 }
             }
-            frame = ws.next() => {
+            received = link.next() => {
                 last_heard = tokio::time::Instant::now();
-                let data = match frame {
-                    Some(Ok(tungstenite::Message::Text(text))) => Bytes::from(text),
-                    Some(Ok(tungstenite::Message::Binary(bytes))) => bytes,
-                    Some(Ok(tungstenite::Message::Close(frame))) => {
-                        tracing::debug!(?frame, "server closed the connection");
+                let data = match received {
+                    Received::Message(data) => data,
+                    Received::Alive => {
+                        // With pings off, answering keeps the server's idle timeout away.
+                        if options.ping_interval.is_none()
+                            && link.should_answer_heartbeat()
+                            && !ping(&mut link, write_timeout).await
+                        {
+                            return End::Lost;
+                        }
+                        continue;
+                    }
+                    Received::Closed { code, reason } => {
+                        tracing::debug!(?code, reason, "server closed the connection");
                         return End::Lost;
                     }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "connection failed");
+                    Received::Ended(reason) => {
+                        tracing::debug!(?reason, "connection ended");
                         return End::Lost;
                     }
-                    None => return End::Lost,
                 };
                 match Message::parse_with(data, limits) {
                     Ok(message) => {
@@ -375,25 +313,25 @@ async fn session(
             command = commands.recv() => {
                 let Some(command) = command else {
                     // Every handle is gone.
-                    close(&mut ws).await;
+                    link.close().await;
                     return End::Closed(None);
                 };
                 match registry.online(command) {
-                    Online::Write(frame) => {
-                        if !write(&mut ws, frame, write_timeout).await {
+                    Online::Write(message) => {
+                        if !write(&mut link, &message, write_timeout).await {
                             return End::Lost;
                         }
                     }
                     Online::Nothing => {}
                     Online::Close(done) => {
-                        close(&mut ws).await;
+                        link.close().await;
                         return End::Closed(Some(done));
                     }
                 }
             }
             Some(id) = drops.recv() => {
-                if let Some(frame) = registry.remove_listener(id, None) {
-                    if !write(&mut ws, frame, write_timeout).await {
+                if let Some(message) = registry.remove_listener(id, None) {
+                    if !write(&mut link, &message, write_timeout).await {
                         return End::Lost;
                     }
                 }
@@ -402,13 +340,28 @@ async fn session(
     }
 }
 
-/// Writes `frame`; false when the connection failed or the write stalled past `timeout` (a
+/// Writes `message`; false when the connection failed or the write stalled past `timeout` (a
 /// server that stopped reading).
-async fn write(ws: &mut Ws, frame: tungstenite::Message, timeout: Duration) -> bool {
-    match tokio::time::timeout(timeout, ws.send(frame)).await {
+async fn write(link: &mut Link, message: &Message, timeout: Duration) -> bool {
+    written(
+        tokio::time::timeout(timeout, link.send(message)).await,
+        timeout,
+    )
+}
+
+/// Writes a ping or heartbeat, as [`write`].
+async fn ping(link: &mut Link, timeout: Duration) -> bool {
+    written(tokio::time::timeout(timeout, link.ping()).await, timeout)
+}
+
+fn written(
+    result: Result<Result<(), WriteError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> bool {
+    match result {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "write failed");
+            tracing::debug!(error = %e.0, "write failed");
             false
         }
         Err(_) => {
@@ -424,24 +377,15 @@ fn replace(current: &mut ConnectionState, new: ConnectionState) -> bool {
     changed
 }
 
-/// Sends a close frame and waits briefly for the server's.
-async fn close(ws: &mut Ws) {
-    let handshake = async {
-        let _ = ws.close(None).await;
-        while let Some(Ok(_)) = ws.next().await {}
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), handshake).await;
-}
-
 /// Waits with jittered exponential backoff and reconnects; handles commands meanwhile.
 /// `Err` when the client is closed, with the closer to tell once closed.
 async fn reconnect(
-    url: &str,
+    endpoint: &Endpoint,
     options: &Options,
     registry: &mut Registry,
     commands: &mut mpsc::Receiver<Command>,
     drops: &mut mpsc::UnboundedReceiver<ListenerId>,
-) -> Result<Ws, Option<oneshot::Sender<()>>> {
+) -> Result<Link, Option<oneshot::Sender<()>>> {
     let mut attempt: u32 = 0;
     loop {
         let delay = backoff(options, attempt);
@@ -462,10 +406,10 @@ async fn reconnect(
             }
         }
         // Commands wait in their queue during the attempt, which the connect timeout bounds.
-        match open(url, options).await {
-            Ok(ws) => {
-                tracing::info!(%url, attempt, "reconnected");
-                return Ok(ws);
+        match transport::open(endpoint, options).await {
+            Ok(link) => {
+                tracing::info!(url = endpoint.label(), attempt, "reconnected");
+                return Ok(link);
             }
             Err(e) => tracing::debug!(error = %e, attempt, "reconnect attempt failed"),
         }
@@ -486,19 +430,9 @@ fn backoff(options: &Options, attempt: u32) -> Duration {
 
 /// What to do on the socket for a command.
 enum Online {
-    Write(tungstenite::Message),
+    Write(Message),
     Nothing,
     Close(oneshot::Sender<()>),
-}
-
-/// The WebSocket frame for `message`: text when it is all UTF-8 (what servers and browsers
-/// expect), binary otherwise.
-fn frame(message: &Message) -> tungstenite::Message {
-    let bytes = message.to_bytes();
-    match tungstenite::Utf8Bytes::try_from(bytes.clone()) {
-        Ok(text) => tungstenite::Message::Text(text),
-        Err(_) => tungstenite::Message::Binary(bytes),
-    }
 }
 
 impl Registry {
@@ -522,7 +456,7 @@ impl Registry {
         match command {
             Command::Send { message, done } => {
                 let _ = done.send(Ok(()));
-                Online::Write(frame(&message))
+                Online::Write(message)
             }
             Command::Request {
                 message,
@@ -530,7 +464,7 @@ impl Registry {
                 answer,
             } => {
                 self.add_pending(id, Pending::Request(answer));
-                Online::Write(frame(&message))
+                Online::Write(message)
             }
             Command::Subscribe {
                 id,
@@ -555,7 +489,7 @@ impl Registry {
                                 answer,
                             },
                         );
-                        Online::Write(frame(&message))
+                        Online::Write(message)
                     }
                     Err(e) => {
                         self.remove_listener(id, None);
@@ -596,7 +530,7 @@ impl Registry {
                             answer,
                         },
                     );
-                    Online::Write(frame(&message))
+                    Online::Write(message)
                 }
                 Err(e) => {
                     let _ = answer.send(Err(e));
@@ -658,7 +592,7 @@ impl Registry {
         &mut self,
         id: ListenerId,
         answer: Option<oneshot::Sender<Result<(), Error>>>,
-    ) -> Option<tungstenite::Message> {
+    ) -> Option<Message> {
         if let Some(worker) = self.workers.remove(&id) {
             return self.leave_group(worker, answer);
         }
@@ -691,7 +625,7 @@ impl Registry {
         channels: String,
         group: Option<String>,
         answer: Option<oneshot::Sender<Result<(), Error>>>,
-    ) -> Option<tungstenite::Message> {
+    ) -> Option<Message> {
         let request_id = self.internal_id("unsub");
         let mut message = Message::builder("unsubscribe").header("unsubscribe", channels);
         if let Some(group) = group {
@@ -700,7 +634,7 @@ impl Registry {
         match message.header(REQUEST_ID, request_id.clone()).build() {
             Ok(message) => {
                 self.add_pending(request_id, Pending::Unsubscribe(answer));
-                Some(frame(&message))
+                Some(message)
             }
             Err(e) => {
                 if let Some(answer) = answer {
@@ -716,7 +650,7 @@ impl Registry {
         &mut self,
         worker: Worker,
         answer: Option<oneshot::Sender<Result<(), Error>>>,
-    ) -> Option<tungstenite::Message> {
+    ) -> Option<Message> {
         self.by_queue
             .remove(&(worker.channel.clone(), worker.group.clone()));
         self.unsubscribe_frame(worker.channel, Some(worker.group), answer)
@@ -724,7 +658,7 @@ impl Registry {
 
     /// `subscribe` messages for every channel held and every queue group joined, registered
     /// as pending restores.
-    fn restore_messages(&mut self) -> Vec<tungstenite::Message> {
+    fn restore_messages(&mut self) -> Vec<Message> {
         let channels: Vec<String> = self.by_channel.keys().cloned().collect();
         let mut frames = Vec::new();
         let ids: Vec<ListenerId> = self.workers.keys().copied().collect();
@@ -734,7 +668,7 @@ impl Registry {
                 Ok(message) => {
                     self.add_pending(request_id.clone(), Pending::Restore);
                     self.restoring.insert(request_id);
-                    frames.push(frame(&message));
+                    frames.push(message);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot rejoin a queue group"),
             }
@@ -749,7 +683,7 @@ impl Registry {
                 Ok(message) => {
                     self.add_pending(request_id.clone(), Pending::Restore);
                     self.restoring.insert(request_id);
-                    frames.push(frame(&message));
+                    frames.push(message);
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot restore subscriptions"),
             }
@@ -891,22 +825,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_checked_before_connecting() {
-        assert!(check_url("ws://127.0.0.1:8081/").is_ok());
-        assert!(check_url("WS://example.com/chat").is_ok());
-        assert!(matches!(
-            check_url("wss://example.com/"),
-            Err(Error::WssNotSupported)
-        ));
-        assert!(matches!(check_url("ws://"), Err(Error::InvalidUrl { .. })));
-        assert!(matches!(
-            check_url("http://x/"),
-            Err(Error::InvalidUrl { .. })
-        ));
-        assert!(matches!(check_url(""), Err(Error::InvalidUrl { .. })));
-    }
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_within_bounds() {

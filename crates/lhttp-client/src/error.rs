@@ -23,7 +23,8 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The URL is not a `ws://` URL.
+    /// The URL is not one the client can connect to (`ws://`, `wss://`, `tcp://host:port`,
+    /// `tls://host:port`, `unix:///path`), or is malformed.
     #[error("invalid URL {url:?}: {reason}")]
     InvalidUrl {
         /// The URL as given.
@@ -31,15 +32,17 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// `wss://` URLs need TLS, which this version does not include.
-    #[error("wss:// is not supported yet; use a ws:// URL")]
-    WssNotSupported,
-    /// The server could not be reached, or refused the WebSocket upgrade.
+    /// The TLS settings given to the builder are unusable: PEM text without a certificate, a
+    /// private key that does not parse or does not match its certificate.
+    #[error("invalid TLS settings: {0}")]
+    Tls(String),
+    /// The server could not be reached, the TLS handshake failed, or the server refused the
+    /// WebSocket upgrade or (on a stream) the token's `auth`.
     #[error("cannot connect to {url}: {reason}")]
     Connect {
         /// The URL the client tried.
         url: String,
-        /// What went wrong (from the socket or the handshake).
+        /// What went wrong (from the socket, the handshake or the server's refusal).
         reason: String,
     },
     /// The server answered with an `error` message.

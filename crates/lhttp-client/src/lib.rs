@@ -25,9 +25,12 @@
 //!   publish, observe the [`ConnectionState`].
 //! - [`Subscription`] and [`Incoming`] (module `subscription`): `Stream`s of received messages
 //!   with bounded buffers.
-//! - module `connection`: the background task that owns the WebSocket, matches answers to
+//! - module `connection`: the background task that owns the connection, matches answers to
 //!   requests by `request-id`, fans deliveries out to subscriptions, and reconnects with
 //!   jittered exponential backoff, restoring subscriptions.
+//! - module `transport`: the URL schemes and caller-provided streams, TLS (rustls), and the
+//!   one seam (`Link`) through which the connection task reads, writes, pings and closes
+//!   without knowing whether a WebSocket or a framed byte stream is underneath.
 //! - [`Error`]: one enum for everything; server refusals carry status and reason.
 //! - module `worker`: requests to channels ([`Client::call`]) and queue-group workers
 //!   ([`Client::serve`], [`Client::join_queue`], [`Client::reply`], [`Reply`]).
@@ -42,7 +45,17 @@
 //!   intervals, or a write stalled past the request timeout, counts as lost.
 //! - Delivery is at most once, as the server's: what is published while the client is
 //!   disconnected is missed.
-//! - Only `ws://` for now; `wss://` fails with [`Error::WssNotSupported`].
+//! - Transports, chosen by the URL: `ws://` and `wss://` (one message per WebSocket message),
+//!   `tcp://host:port`, `tls://host:port` and `unix:///path` (the same messages in the byte
+//!   stream framing of `lhttp_proto::stream`), and any byte stream the caller opens
+//!   ([`Client::builder_with_connector`], [`Client::builder_with_stream`]), such as the
+//!   in-process pipe of a server embedded in the same program. Every transport gives the
+//!   same API and behaviour: requests, subscriptions, pings, reconnects.
+//! - TLS (`wss://`, `tls://`) is rustls with the platform's root certificates, plus any CA
+//!   given to [`ClientBuilder::ca_certificate`]; [`ClientBuilder::client_certificate`] adds
+//!   a client certificate for servers that ask for one.
+//! - A token ([`ClientBuilder::token`]) goes in the upgrade request on a WebSocket, and in an
+//!   `auth` message sent first on a stream.
 //!
 //! Messages, headers and multipart bodies are the types of `lhttp-proto`, re-exported here.
 
@@ -50,6 +63,7 @@ mod client;
 mod connection;
 mod error;
 mod subscription;
+mod transport;
 mod worker;
 
 pub use client::{Client, ClientBuilder, ConnectionState, DEFAULT_COMMAND};
@@ -58,4 +72,6 @@ pub use lhttp_proto::{
     self as proto, BuildError, Header, Headers, Message, MessageBuilder, MultipartBuilder, Part,
 };
 pub use subscription::{Incoming, Subscription};
+/// The TLS library, for [`ClientBuilder::tls_config`].
+pub use tokio_rustls::rustls;
 pub use worker::Reply;

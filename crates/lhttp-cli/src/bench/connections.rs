@@ -212,8 +212,8 @@ pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> 
     bar.finish_and_clear();
     let mut per_source = BTreeMap::new();
     for socket in &sockets {
-        if let tokio_tungstenite::MaybeTlsStream::Plain(stream) = socket.get_ref() {
-            *per_source.entry(stream.local_addr()?.ip()).or_insert(0) += 1;
+        if let Some(local) = socket.local_addr() {
+            *per_source.entry(local.ip()).or_insert(0) += 1;
         }
     }
     // Let the server settle (allocator, deferred frees) before reading its memory.

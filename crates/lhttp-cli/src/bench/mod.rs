@@ -4,8 +4,10 @@
 //! Layout: `throughput.rs` (P publishers, S subscribers, C channels), `latency.rs` (fixed rate,
 //! HDR histogram), `http_publish.rs` (keep-alive `POST /publish`), `connections.rs` (idle
 //! connections and the server's memory per connection); `progress.rs` is the bar on stderr and
-//! `plot.rs` draws the SVG charts of `--plot`. The scenarios speak WebSocket directly (not through
-//! the SDK) to stay lean: on a small machine the load generator shares the CPU with the server.
+//! `plot.rs` draws the SVG charts of `--plot`; `socket.rs` is the one connection type, a
+//! WebSocket or a stream-framed TCP or Unix socket. The scenarios speak the wire directly (not
+//! through the SDK) to stay lean: on a small machine the load generator shares the CPU with the
+//! server.
 
 mod connections;
 mod http1;
@@ -14,6 +16,7 @@ mod latency;
 mod plot;
 mod progress;
 pub(crate) mod requests;
+mod socket;
 mod throughput;
 
 use std::{
@@ -27,14 +30,13 @@ pub(crate) use connections::{Connections, connections};
 use futures_util::{SinkExt, StreamExt};
 pub(crate) use http_publish::{HttpPublish, http_publish};
 pub(crate) use latency::{Latency, latency};
+pub(crate) use socket::Socket;
 pub(crate) use throughput::{Amount, Throughput, throughput};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, client_async_with_config,
+    MaybeTlsStream, client_async_with_config,
     tungstenite::{Message as Frame, protocol::WebSocketConfig},
 };
-
-pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Options every scenario shares.
 #[derive(Debug, Clone, Default)]
@@ -60,15 +62,36 @@ fn client_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(32 * 1024)
 }
 
-/// Connects to `url` (Nagle off, as a real-time client should be: latency must not include its
-/// delays).
+/// Connects to `url`: `ws://...`, `tcp://host:port` or `unix:///path` (Nagle off, as a
+/// real-time client should be: latency must not include its delays).
 pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Socket> {
-    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(client_config()), true);
-    let (socket, _) = tokio::time::timeout(timeout, connecting)
+    let connecting = async {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("ws") => {
+                let (socket, _) =
+                    tokio_tungstenite::connect_async_with_config(url, Some(client_config()), true)
+                        .await?;
+                anyhow::Ok(Socket::websocket(socket))
+            }
+            Some("tcp") => {
+                let addr = &url["tcp://".len()..];
+                let stream = TcpStream::connect(addr.trim_end_matches('/')).await?;
+                stream.set_nodelay(true)?;
+                Ok(Socket::stream(stream))
+            }
+            #[cfg(unix)]
+            Some("unix") => {
+                let path = &url["unix://".len()..];
+                Ok(Socket::stream(tokio::net::UnixStream::connect(path).await?))
+            }
+            _ => bail!("bench speaks ws://, tcp://host:port and unix:///path, not {url}"),
+        }
+    };
+    tokio::time::timeout(timeout, connecting)
         .await
         .context("connecting timed out")?
-        .with_context(|| format!("cannot connect to {url}"))?;
-    Ok(socket)
+        .with_context(|| format!("cannot connect to {url}"))
 }
 
 /// Connects to `server` (the address of `url`) from the local address `source` (port chosen by
@@ -98,7 +121,7 @@ pub(crate) async fn connect_from(
             client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(client_config()))
                 .await
                 .with_context(|| format!("WebSocket handshake with {url} failed"))?;
-        anyhow::Ok(socket)
+        anyhow::Ok(Socket::websocket(socket))
     };
     tokio::time::timeout(timeout, connecting)
         .await

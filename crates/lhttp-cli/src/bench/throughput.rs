@@ -59,6 +59,9 @@ pub(crate) struct Throughput {
     pub size: usize,
     pub channel: String,
     pub window: u64,
+    /// Write each message with its own system call, as browsers and most client libraries
+    /// do, instead of a batch per write.
+    pub write_each: bool,
     pub timeout: Duration,
     pub output: Output,
 }
@@ -351,6 +354,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
             until,
             size: opts.size,
             window: opts.window,
+            write_each: opts.write_each,
             stall: opts.timeout,
             heads: heads.clone(),
             received: received.clone(),
@@ -546,6 +550,8 @@ struct Publisher {
     until: Option<Instant>,
     size: usize,
     window: u64,
+    /// Flush after every message: one frame per write.
+    write_each: bool,
     /// Give up when the subscribers make no progress for this long.
     stall: Duration,
     heads: Arc<Vec<String>>,
@@ -628,7 +634,11 @@ async fn publish_all(p: &mut Publisher, refused: &mut u64) -> Result<(Vec<u64>, 
             body(p.index, seq[c], &filler, &mut message);
             seq[c] += 1;
             batch_counts[c] += 1;
-            p.socket.feed(Frame::binary(message)).await?;
+            if p.write_each {
+                p.socket.send(Frame::binary(message)).await?;
+            } else {
+                p.socket.feed(Frame::binary(message)).await?;
+            }
         }
         total += batch;
         for (c, count) in batch_counts.iter_mut().enumerate() {

@@ -1,6 +1,9 @@
 //! Test support: a real lhttp server in this process, on a loopback port.
 #![allow(dead_code)]
 
+pub mod everywhere;
+pub mod pki;
+
 use std::{net::SocketAddr, time::Duration};
 
 use lhttp_server::{Config, Server, ServerHandle};
