@@ -23,13 +23,8 @@ use crate::{
     transport::{self, Endpoint, Link, Received, WriteError},
 };
 
-pub(crate) const REQUEST_ID: &str = "request-id";
-const PUBLISH: &str = "publish";
-/// On a queue-group delivery: the group it came through.
-const QUEUE: &str = "queue";
-/// The server ended a subscription (`channel`) or a queue-group membership (`channel` and
-/// `queue`) because the connection's rights no longer cover it.
-const UNSUBSCRIBED: &str = "unsubscribed";
+pub(crate) use lhttp_proto::names::REQUEST_ID;
+use lhttp_proto::names::{self, PUBLISH, QUEUE, command::UNSUBSCRIBED};
 
 /// Channels per `subscribe` message when restoring after a reconnect, so that one message
 /// stays far below the server's size limit (256 channels of 256 bytes would be 64 KiB).
@@ -128,8 +123,8 @@ pub(crate) struct Worker {
 impl Worker {
     /// The message that joins the group (again, after a reconnect).
     fn join_message(&self, request_id: &str) -> Result<Message, Error> {
-        Ok(Message::builder("subscribe")
-            .header("subscribe", self.channel.clone())
+        Ok(Message::builder(names::SUBSCRIBE)
+            .header(names::SUBSCRIBE, self.channel.clone())
             .header(QUEUE, self.group.clone())
             .header("credit", self.credit.to_string())
             .header(REQUEST_ID, request_id.to_owned())
@@ -476,8 +471,8 @@ impl Registry {
                 self.add_listener(id, channels.clone(), sink);
                 // Always asked of the server, even when another subscription already holds
                 // the channels (subscribing twice is harmless): the answer confirms it.
-                let message = Message::builder("subscribe")
-                    .header("subscribe", channels.join(" "))
+                let message = Message::builder(names::SUBSCRIBE)
+                    .header(names::SUBSCRIBE, channels.join(" "))
                     .header(REQUEST_ID, request_id.clone())
                     .build();
                 match message {
@@ -627,7 +622,7 @@ impl Registry {
         answer: Option<oneshot::Sender<Result<(), Error>>>,
     ) -> Option<Message> {
         let request_id = self.internal_id("unsub");
-        let mut message = Message::builder("unsubscribe").header("unsubscribe", channels);
+        let mut message = Message::builder(names::UNSUBSCRIBE).header(names::UNSUBSCRIBE, channels);
         if let Some(group) = group {
             message = message.header(QUEUE, group);
         }
@@ -675,8 +670,8 @@ impl Registry {
         }
         for batch in channels.chunks(RESTORE_BATCH) {
             let request_id = self.internal_id("restore");
-            let message = Message::builder("subscribe")
-                .header("subscribe", batch.join(" "))
+            let message = Message::builder(names::SUBSCRIBE)
+                .header(names::SUBSCRIBE, batch.join(" "))
                 .header(REQUEST_ID, request_id.clone())
                 .build();
             match message {
@@ -765,7 +760,7 @@ impl Registry {
                 let _ = answer.send(Ok(message));
             }
             Pending::Subscribe { listener, answer } => {
-                if message.command() == "error" {
+                if message.command() == names::command::ERROR {
                     // The server refused the whole message: nothing changed there, so the
                     // listener goes without an unsubscribe.
                     if let Some(worker) = self.workers.remove(&listener) {
@@ -793,10 +788,10 @@ impl Registry {
                 if let Some(id) = message.header(REQUEST_ID) {
                     self.restoring.remove(id);
                 }
-                if message.command() == "error" {
+                if message.command() == names::command::ERROR {
                     tracing::warn!(
-                        status = message.header("status"),
-                        reason = message.header("reason"),
+                        status = message.header(names::STATUS),
+                        reason = message.header(names::REASON),
                         "the server refused to restore subscriptions"
                     );
                 }

@@ -1,5 +1,6 @@
 //! [`Error`]: everything a client operation can fail with.
 
+use lhttp_proto::names;
 use std::time::Duration;
 
 use lhttp_proto::{BuildError, Message};
@@ -92,14 +93,14 @@ impl Error {
 
     /// Turns an `error` answer into [`Error::Server`]; any other message is returned as is.
     pub(crate) fn check_answer(message: Message) -> Result<Message, Error> {
-        if message.command() != "error" {
+        if message.command() != names::command::ERROR {
             return Ok(message);
         }
         let status = message
-            .header("status")
+            .header(names::STATUS)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let reason = message.header("reason").unwrap_or_default().to_owned();
+        let reason = message.header(names::REASON).unwrap_or_default().to_owned();
         Err(Error::Server {
             status,
             reason,

@@ -6,6 +6,7 @@
 //! 503 or 504); a queue-group member receives deliveries with `delivery-id`, answers on
 //! `reply-to` and acknowledges with `ack`, which frees its credit.
 
+use lhttp_proto::names;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
@@ -60,11 +61,11 @@ impl Reply {
 
     fn into_message(self, delivery: &Message, partial: bool) -> Result<Message, Error> {
         let reply_to = delivery
-            .header("reply-to")
+            .header(names::REPLY_TO)
             .ok_or_else(|| Error::InvalidChannel("the delivery has no reply-to".into()))?;
         let mut builder = Message::builder(self.command)
             .header("publish", reply_to.to_owned())
-            .header("status", self.status.to_string());
+            .header(names::STATUS, self.status.to_string());
         for (name, value) in self.headers {
             builder = builder.header(name, value);
         }
@@ -118,7 +119,7 @@ impl Client {
         }
         let mut builder = Message::builder(command.to_owned())
             .header("publish", channel.to_owned())
-            .header("reply-to", "")
+            .header(names::REPLY_TO, "")
             .header("timeout", timeout.as_millis().max(1).to_string());
         for (name, value) in headers {
             builder = builder.header(name, value);
@@ -286,7 +287,7 @@ impl Client {
         let client = self.clone();
         let handler = handler.clone();
         running.spawn(async move {
-            let is_request = delivery.header("reply-to").is_some();
+            let is_request = delivery.header(names::REPLY_TO).is_some();
             let reply = handler(delivery.clone()).await;
             let sent = if is_request {
                 client.reply(&delivery, reply).await

@@ -7,6 +7,7 @@
 mod link;
 mod tls;
 
+use lhttp_proto::names;
 use std::{
     fmt,
     future::Future,
@@ -404,8 +405,8 @@ fn first_line(text: &str) -> String {
 /// Presents `token` with `auth` (a stream has no upgrade request to carry it) and waits for
 /// the server's answer. A refusal fails like a refused upgrade: `auth 401: token expired`.
 async fn authenticate(link: &mut Link, token: &str, endpoint: &Endpoint) -> Result<(), Error> {
-    let message = Message::builder("auth")
-        .header("token", token.to_owned())
+    let message = Message::builder(names::command::AUTH)
+        .header(names::TOKEN, token.to_owned())
         .header(crate::connection::REQUEST_ID, AUTH_REQUEST_ID)
         .build()
         .map_err(|_| endpoint.error("the token is not a valid header value"))?;
@@ -424,8 +425,8 @@ async fn authenticate(link: &mut Link, token: &str, endpoint: &Endpoint) -> Resu
                 if answer.command() == "error" {
                     return Err(endpoint.error(format!(
                         "auth {}: {}",
-                        answer.header("status").unwrap_or("?"),
-                        first_line(answer.header("reason").unwrap_or_default())
+                        answer.header(names::STATUS).unwrap_or("?"),
+                        first_line(answer.header(names::REASON).unwrap_or_default())
                     )));
                 }
                 return Ok(());
