@@ -8,6 +8,8 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
+use crate::transport::TransportKind;
+
 /// Counters of the whole server.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -54,6 +56,10 @@ pub struct Metrics {
     pub(crate) http_connections_refused: AtomicU64,
     pub(crate) auth_throttled: AtomicU64,
     pub(crate) auth_failure_closes: AtomicU64,
+    /// Connections opened and closed, by `TransportKind`: their difference is the gauge
+    /// `lhttp_connections_by_transport`.
+    pub(crate) opened_by_transport: [AtomicU64; TransportKind::ALL.len()],
+    pub(crate) closed_by_transport: [AtomicU64; TransportKind::ALL.len()],
 }
 
 /// Gauges read from the hub at scrape time.
@@ -86,7 +92,7 @@ impl Metrics {
         };
         gauge(
             "connections",
-            "Open WebSocket connections.",
+            "Open connections (every transport; by transport: lhttp_connections_by_transport).",
             gauges.connections,
         );
         gauge(
@@ -355,6 +361,22 @@ impl Metrics {
                 out,
                 "# HELP lhttp_{name} {help}\n# TYPE lhttp_{name} counter\nlhttp_{name} {}\n",
                 counter.load(Relaxed)
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP lhttp_connections_by_transport Open connections, by transport.\n\
+             # TYPE lhttp_connections_by_transport gauge\n"
+        );
+        for kind in TransportKind::ALL {
+            let i = kind as usize;
+            let open = self.opened_by_transport[i]
+                .load(Relaxed)
+                .saturating_sub(self.closed_by_transport[i].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "lhttp_connections_by_transport{{transport=\"{}\"}} {open}",
+                kind.label()
             );
         }
         out

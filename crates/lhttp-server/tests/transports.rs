@@ -88,6 +88,16 @@ async fn a_tcp_client_and_a_websocket_client_chat_with_each_other() {
     assert_eq!(got.body().as_ref(), b"\xff\x00bytes");
     assert_eq!(tcp.recv().await.body().as_ref(), b"\xff\x00bytes");
 
+    let metrics = server.handle.render_metrics();
+    for line in [
+        "lhttp_connections 2\n",
+        "lhttp_connections_by_transport{transport=\"tcp\"} 1\n",
+        "lhttp_connections_by_transport{transport=\"ws\"} 1\n",
+        "lhttp_connections_by_transport{transport=\"unix\"} 0\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+
     // Shutting down ends a stream with a close message, after what was queued.
     server.handle.shutdown();
     assert_eq!(
@@ -394,6 +404,11 @@ async fn an_in_process_connection_gets_every_message_once_and_in_order() {
     }
     assert_eq!(body(&ws.recv().await), "from inside");
     assert_eq!(server.handle.connection_count(), 2);
+    let metrics = server.handle.render_metrics();
+    assert!(
+        metrics.contains("lhttp_connections_by_transport{transport=\"in_process\"} 1\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

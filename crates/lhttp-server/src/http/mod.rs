@@ -241,6 +241,7 @@ fn accept(shared: Arc<Shared>, site: Site, mut request: Request) -> Response {
             Err(error) => return tracing::debug!(%error, "upgrade failed"),
         };
         let socket = WebSocket::new(TokioIo::new(upgraded), max_message)
+            .over_tls(shared.tls.main.is_some())
             .with_budget(shared.unfinished.clone());
         let tracker = shared.tasks.clone();
         let session = session::run(

@@ -23,7 +23,7 @@ use crate::{
     security::peers::IpSlot,
     server::Shared,
     session,
-    transport::{Peer, PeerCredentials, stream::ByteStream, tls::TlsServer},
+    transport::{Peer, PeerCredentials, TransportKind, stream::ByteStream, tls::TlsServer},
 };
 
 /// Bytes each way of an in-process pipe: a batch of writes' worth, like a socket buffer.
@@ -81,12 +81,17 @@ fn admit(shared: &Shared, peer: &Peer) -> Result<(OwnedSemaphorePermit, IpSlot),
     Ok((permit, ip_slot))
 }
 
-/// Starts the session of a byte-stream connection that was admitted.
-fn start<S>(shared: &Arc<Shared>, io: S, peer: Peer, slots: (OwnedSemaphorePermit, IpSlot))
-where
+/// Starts the session of a byte-stream connection of `kind` that was admitted.
+fn start<S>(
+    shared: &Arc<Shared>,
+    io: S,
+    kind: TransportKind,
+    peer: Peer,
+    slots: (OwnedSemaphorePermit, IpSlot),
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let socket = ByteStream::new(io, shared.config.limits.max_message_size)
+    let socket = ByteStream::new(io, kind, shared.config.limits.max_message_size)
         .with_budget(shared.unfinished.clone());
     let session = session::run(shared.clone(), Box::new(socket), peer, slots, None);
     shared.tasks.spawn(session);
@@ -128,7 +133,7 @@ pub(crate) async fn tcp_loop(
         // Real-time traffic: a small frame goes out now, not after Nagle's algorithm waited.
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &tls else {
-            start(&shared, tcp, peer, slots);
+            start(&shared, tcp, TransportKind::Tcp, peer, slots);
             continue;
         };
         // The handshake runs in a task of its own (holding the connection's places), so that
@@ -137,7 +142,7 @@ pub(crate) async fn tcp_loop(
         let handshake = async move {
             let timeout = owned.config.limits.handshake_timeout();
             match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
-                Ok(Ok(stream)) => start(&owned, stream, peer, slots),
+                Ok(Ok(stream)) => start(&owned, stream, TransportKind::Tls, peer, slots),
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                 Err(_) => {
                     add(&owned.metrics.handshake_timeouts, 1);
@@ -198,7 +203,7 @@ pub(crate) async fn unix_loop(listener: UnixListener, path: &Path, shared: Arc<S
         };
         let peer = Peer::Unix(credentials);
         match admit(&shared, &peer) {
-            Ok(slots) => start(&shared, stream, peer, slots),
+            Ok(slots) => start(&shared, stream, TransportKind::Unix, peer, slots),
             Err(refused) => {
                 let _ = stream.try_write(refused.frame());
             }
@@ -214,7 +219,7 @@ pub(crate) fn in_process(shared: &Arc<Shared>) -> DuplexStream {
     let (client, server) = tokio::io::duplex(PIPE_BYTES);
     let peer = Peer::InProcess;
     match admit(shared, &peer) {
-        Ok(slots) => start(shared, server, peer, slots),
+        Ok(slots) => start(shared, server, TransportKind::InProcess, peer, slots),
         Err(refused) => {
             let mut server = server;
             let refusing = async move {

@@ -95,6 +95,8 @@ pub(crate) fn run<T: Transport>(
     async move {
         let metrics = &shared.metrics;
         add(&metrics.connections_opened, 1);
+        let kind = socket.kind();
+        add(&metrics.opened_by_transport[kind as usize], 1);
         let id = ConnectionId(
             shared
                 .next_connection_id
@@ -148,6 +150,7 @@ pub(crate) fn run<T: Transport>(
         let finishing = finish(end, outbox, writer, socket, metrics, timeout);
         Box::pin(finishing).await;
         add(&metrics.connections_closed, 1);
+        add(&metrics.closed_by_transport[kind as usize], 1);
         tracing::debug!(connection = %id, "closed");
         drop(slots);
     }

@@ -147,6 +147,9 @@ pub(crate) trait Transport: Send + Unpin + 'static {
     /// Gives back the write buffer if everything in it was written.
     fn release_write_buffer(&mut self);
 
+    /// Which transport this is, for the metrics.
+    fn kind(&self) -> TransportKind;
+
     /// After the server's close was written: reads and drops what the client still sends,
     /// for a short while, so that closing does not reset the connection under the client.
     fn linger(self) -> impl std::future::Future<Output = ()> + Send;
@@ -166,6 +169,47 @@ impl ConnectionId {
 impl fmt::Display for ConnectionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// The transports a connection can come over, as `/metrics` labels them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransportKind {
+    /// `ws://`.
+    WebSocket = 0,
+    /// `wss://`.
+    WebSocketTls,
+    /// `tcp://`.
+    Tcp,
+    /// `tls://`.
+    Tls,
+    /// `unix://`.
+    Unix,
+    /// [`crate::ServerHandle::connect_in_process`].
+    InProcess,
+}
+
+impl TransportKind {
+    /// Every kind, in label order.
+    pub(crate) const ALL: [TransportKind; 6] = [
+        TransportKind::WebSocket,
+        TransportKind::WebSocketTls,
+        TransportKind::Tcp,
+        TransportKind::Tls,
+        TransportKind::Unix,
+        TransportKind::InProcess,
+    ];
+
+    /// The `transport` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            TransportKind::WebSocket => "ws",
+            TransportKind::WebSocketTls => "wss",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Unix => "unix",
+            TransportKind::InProcess => "in_process",
+        }
     }
 }
 

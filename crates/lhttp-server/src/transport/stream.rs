@@ -28,8 +28,8 @@ use lhttp_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::transport::{
-    Broken, Outgoing, ReadError, Received, Transport, budget::UnfinishedBudget, deadline::Deadline,
-    scratch,
+    Broken, Outgoing, ReadError, Received, Transport, TransportKind, budget::UnfinishedBudget,
+    deadline::Deadline, scratch,
 };
 
 /// How long the server keeps reading after its close, so that closing does not reset the
@@ -43,6 +43,7 @@ const LINGER_BYTES: u64 = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct ByteStream<S> {
     io: S,
+    kind: TransportKind,
     max_message: usize,
     /// Bytes read and not yet decoded; unallocated while the client is quiet.
     read: BytesMut,
@@ -62,10 +63,11 @@ pub(crate) struct ByteStream<S> {
 }
 
 impl<S> ByteStream<S> {
-    /// Takes over `io` for messages of at most `max_message` bytes.
-    pub(crate) fn new(io: S, max_message: usize) -> ByteStream<S> {
+    /// Takes over `io`, a connection of `kind`, for messages of at most `max_message` bytes.
+    pub(crate) fn new(io: S, kind: TransportKind, max_message: usize) -> ByteStream<S> {
         ByteStream {
             io,
+            kind,
             max_message,
             read: BytesMut::new(),
             write: Vec::new(),
@@ -338,6 +340,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for ByteStrea
         }
     }
 
+    fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
     async fn linger(mut self) {
         // The close message is written: the client reads it, then the end of the stream.
         let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
@@ -362,7 +368,7 @@ mod tests {
     #[tokio::test]
     async fn messages_arrive_whole_in_any_pieces_and_a_quiet_connection_holds_no_buffer() {
         let (server, mut client) = tokio::io::duplex(256 * 1024);
-        let mut socket = ByteStream::new(server, 64 * 1024);
+        let mut socket = ByteStream::new(server, TransportKind::InProcess, 64 * 1024);
         let sizes = [1, 125, 5000, 16 * 1024, 40_000, 65_536];
         let mut wire = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
@@ -400,7 +406,8 @@ mod tests {
     async fn a_stalled_large_frame_holds_its_own_size_charged_and_gives_it_back() {
         let (server, mut client) = tokio::io::duplex(256 * 1024);
         let budget = Arc::new(UnfinishedBudget::new(1 << 20, None));
-        let mut socket = ByteStream::new(server, 64 * 1024).with_budget(budget.clone());
+        let mut socket = ByteStream::new(server, TransportKind::InProcess, 64 * 1024)
+            .with_budget(budget.clone());
         client.write_all(b"65000\r\n").await.unwrap();
         client.write_all(&[b'a'; 40_000]).await.unwrap();
         let waiting = tokio::time::timeout(Duration::from_millis(50), next(&mut socket)).await;
@@ -421,7 +428,7 @@ mod tests {
     async fn an_oversized_or_malformed_frame_ends_reading_with_a_close_code() {
         for (wire, code) in [(&b"65537\r\n"[..], 1009), (b"LHTTP/1.0 chat\r\n\r\n", 1002)] {
             let (server, mut client) = tokio::io::duplex(1024);
-            let mut socket = ByteStream::new(server, 65_536);
+            let mut socket = ByteStream::new(server, TransportKind::InProcess, 65_536);
             client.write_all(wire).await.unwrap();
             match next(&mut socket).await {
                 Some(Err(ReadError::Violation(broken))) => assert_eq!(broken.code, code),
@@ -434,7 +441,7 @@ mod tests {
     #[tokio::test]
     async fn the_close_is_a_last_message_then_the_end_of_the_stream() {
         let (server, mut client) = tokio::io::duplex(4096);
-        let mut socket = ByteStream::new(server, 65_536);
+        let mut socket = ByteStream::new(server, TransportKind::InProcess, 65_536);
         socket.feed(&Outgoing::Text(Bytes::from_static(
             b"LHTTP/1.0 chat\r\n\r\nhi",
         )));

@@ -33,7 +33,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{Decoder, Incoming, MAX_SERVER_HEADER, encode_outgoing};
 use crate::transport::{
-    Outgoing, ReadError, Received, Transport, budget::UnfinishedBudget, deadline::Deadline, scratch,
+    Outgoing, ReadError, Received, Transport, TransportKind, budget::UnfinishedBudget,
+    deadline::Deadline, scratch,
 };
 
 /// How long the server keeps reading after it sent a close frame, so that the client's close
@@ -55,6 +56,8 @@ const MAX_UNWRITTEN: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct WebSocket<S> {
     io: S,
+    /// Over TLS or not, for the metrics.
+    kind: TransportKind,
     decoder: Decoder,
     /// Bytes read and not yet decoded; unallocated while the client is quiet.
     read: BytesMut,
@@ -85,6 +88,7 @@ impl<S> WebSocket<S> {
     pub(crate) fn new(io: S, max_message: usize) -> WebSocket<S> {
         WebSocket {
             io,
+            kind: TransportKind::WebSocket,
             decoder: Decoder::new(max_message),
             read: BytesMut::new(),
             write: Vec::new(),
@@ -98,6 +102,14 @@ impl<S> WebSocket<S> {
             completed: 0,
             deadline: Deadline::default(),
         }
+    }
+
+    /// Marks the connection as one over TLS (`wss://`), for the metrics.
+    pub(crate) fn over_tls(mut self, tls: bool) -> WebSocket<S> {
+        if tls {
+            self.kind = TransportKind::WebSocketTls;
+        }
+        self
     }
 
     /// Charges this connection's large unfinished messages to `budget`.
@@ -455,6 +467,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WebSocket
 
     fn release_write_buffer(&mut self) {
         WebSocket::release_write_buffer(self)
+    }
+
+    fn kind(&self) -> TransportKind {
+        self.kind
     }
 
     fn linger(self) -> impl std::future::Future<Output = ()> + Send {
