@@ -8,7 +8,6 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-use crate::transport::TransportKind;
 
 /// Counters of the whole server.
 #[derive(Debug, Default)]
@@ -380,5 +379,46 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// The transports a connection can come over, as `/metrics` labels them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransportKind {
+    /// `ws://`.
+    WebSocket = 0,
+    /// `wss://`.
+    WebSocketTls,
+    /// `tcp://`.
+    Tcp,
+    /// `tls://`.
+    Tls,
+    /// `unix://`.
+    Unix,
+    /// [`crate::ServerHandle::connect_in_process`].
+    InProcess,
+}
+
+impl TransportKind {
+    /// Every kind, in label order.
+    pub(crate) const ALL: [TransportKind; 6] = [
+        TransportKind::WebSocket,
+        TransportKind::WebSocketTls,
+        TransportKind::Tcp,
+        TransportKind::Tls,
+        TransportKind::Unix,
+        TransportKind::InProcess,
+    ];
+
+    /// The `transport` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            TransportKind::WebSocket => "ws",
+            TransportKind::WebSocketTls => "wss",
+            TransportKind::Tcp => "tcp",
+            TransportKind::Tls => "tls",
+            TransportKind::Unix => "unix",
+            TransportKind::InProcess => "in_process",
+        }
     }
 }

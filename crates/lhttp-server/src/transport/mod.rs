@@ -172,46 +172,7 @@ impl fmt::Display for ConnectionId {
     }
 }
 
-/// The transports a connection can come over, as `/metrics` labels them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TransportKind {
-    /// `ws://`.
-    WebSocket = 0,
-    /// `wss://`.
-    WebSocketTls,
-    /// `tcp://`.
-    Tcp,
-    /// `tls://`.
-    Tls,
-    /// `unix://`.
-    Unix,
-    /// [`crate::ServerHandle::connect_in_process`].
-    InProcess,
-}
-
-impl TransportKind {
-    /// Every kind, in label order.
-    pub(crate) const ALL: [TransportKind; 6] = [
-        TransportKind::WebSocket,
-        TransportKind::WebSocketTls,
-        TransportKind::Tcp,
-        TransportKind::Tls,
-        TransportKind::Unix,
-        TransportKind::InProcess,
-    ];
-
-    /// The `transport` label.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            TransportKind::WebSocket => "ws",
-            TransportKind::WebSocketTls => "wss",
-            TransportKind::Tcp => "tcp",
-            TransportKind::Tls => "tls",
-            TransportKind::Unix => "unix",
-            TransportKind::InProcess => "in_process",
-        }
-    }
-}
+pub(crate) use crate::metrics::TransportKind;
 
 /// Who is at the other end of a connection.
 #[derive(Clone, PartialEq, Eq)]
