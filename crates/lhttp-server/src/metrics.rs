@@ -8,7 +8,6 @@ use std::{
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
-
 /// Counters of the whole server.
 #[derive(Debug, Default)]
 pub struct Metrics {

@@ -69,17 +69,9 @@ pub(crate) async fn accept_loop(
     tls: Option<Arc<TlsServer>>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                crate::transport::accept_failed(&error).await;
-                continue;
-            }
+        let Some((tcp, peer)) = crate::transport::accept_tcp(&listener, &shared.shutdown).await
+        else {
+            return;
         };
         // Real-time traffic: a small frame goes out now, not when Nagle's algorithm has waited
         // for the peer's (possibly delayed) acknowledgement.

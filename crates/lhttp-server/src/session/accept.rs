@@ -110,17 +110,9 @@ pub(crate) async fn tcp_loop(
     tls: Option<Arc<TlsServer>>,
 ) {
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, addr) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                crate::transport::accept_failed(&error).await;
-                continue;
-            }
+        let Some((tcp, addr)) = crate::transport::accept_tcp(&listener, &shared.shutdown).await
+        else {
+            return;
         };
         let peer = Peer::Ip(addr);
         let slots = match admit(&shared, &peer) {

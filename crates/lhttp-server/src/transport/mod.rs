@@ -49,6 +49,25 @@ pub(crate) async fn accept_failed(error: &std::io::Error) {
     }
 }
 
+/// The next connection on `listener`, or `None` once `shutdown` is cancelled; accept errors
+/// are handled as [`accept_failed`] says.
+pub(crate) async fn accept_tcp(
+    listener: &tokio::net::TcpListener,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(pair) => return Some(pair),
+            Err(error) => accept_failed(&error).await,
+        }
+    }
+}
+
 /// What the server sends a client, whatever carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outgoing {

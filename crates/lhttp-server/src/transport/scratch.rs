@@ -72,3 +72,28 @@ where
         Ok(None) | Err(_) => Poll::Ready(Ok((None, Some(BytesMut::with_capacity(SIZE))))),
     }
 }
+
+/// Reads more of `io` into `buf`, a connection's own buffer (with room reserved by the
+/// caller). The end of the stream is an error: a frame was unfinished. When the socket has
+/// nothing and `buf` holds nothing, `buf` is given back (the client has gone quiet, perhaps for
+/// a long time), so that a quiet connection holds no buffer.
+pub(crate) fn read_more<S>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<Result<(), ReadError>>
+where
+    S: AsyncRead + Unpin,
+{
+    match tokio_util::io::poll_read_buf(Pin::new(io), cx, buf) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()))),
+        Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+        Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+        Poll::Pending => {
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+            Poll::Pending
+        }
+    }
+}

@@ -248,21 +248,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ByteStream<S> {
         } else {
             self.read.reserve(scratch::SIZE);
         }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
-            Poll::Ready(Ok(0)) => {
-                Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())))
-            }
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(None)),
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
-            Poll::Pending => {
-                if self.read.is_empty() {
-                    // The client has gone quiet, perhaps for a long time: the buffer goes back.
-                    self.read = BytesMut::new();
-                    let _ = self.charge(0);
-                }
-                Poll::Pending
-            }
+        let read = scratch::read_more(&mut self.io, cx, &mut self.read);
+        if read.is_pending() && self.read.capacity() == 0 {
+            let _ = self.charge(0);
         }
+        read.map_ok(|()| None)
     }
 
     fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Received, ReadError>>> {

@@ -286,21 +286,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         } else {
             self.read.reserve(SCRATCH);
         }
-        match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read) {
-            Poll::Ready(Ok(0)) => {
-                Poll::Ready(Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into())))
-            }
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(None)),
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
-            Poll::Pending => {
-                if self.read.is_empty() {
-                    // The client has gone quiet, perhaps for a long time: the buffer goes back.
-                    self.read = BytesMut::new();
-                    let _ = self.charge(Charge::Read, 0);
-                }
-                Poll::Pending
-            }
+        let read = scratch::read_more(&mut self.io, cx, &mut self.read);
+        if read.is_pending() && self.read.capacity() == 0 {
+            let _ = self.charge(Charge::Read, 0);
         }
+        read.map_ok(|()| None)
     }
 
     /// Makes room for the rest of the frame at the front of the read buffer, `frame_len`
