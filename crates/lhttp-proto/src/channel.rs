@@ -1,5 +1,6 @@
 //! The rules channel names follow, shared by the server (which refuses other names with 400)
-//! and the clients (which can check before sending).
+//! and the clients (which can check before sending); the channels the server reserves for
+//! inboxes; and the rules of queue-group names.
 
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 256;
@@ -41,6 +42,23 @@ pub fn check(name: &str) -> Result<(), ChannelError> {
     Ok(())
 }
 
+/// The prefix of inbox and reply addresses (`_inbox.<node>.<token>`): channels the server
+/// gives out, to which no client may subscribe by name.
+pub const INBOX_PREFIX: &str = "_inbox.";
+
+/// True when `channel` is an inbox or a reply address.
+pub fn is_inbox(channel: &str) -> bool {
+    channel.starts_with(INBOX_PREFIX)
+}
+
+/// True when `name` may name a queue group: 1 to 128 ASCII letters, digits, `.`, `_` or `-`.
+pub fn is_valid_group(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +72,12 @@ mod tests {
         for bad in ["a b", "a\tb", "chat.*", ">", "a\u{7}"] {
             assert_eq!(check(bad), Err(ChannelError::ReservedCharacter), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn inboxes_and_group_names() {
+        assert!(is_inbox("_inbox.n1.abc") && !is_inbox("inbox.n1"));
+        assert!(is_valid_group("workers-1.eu_west"));
+        assert!(!is_valid_group("") && !is_valid_group("a b") && !is_valid_group(&"g".repeat(129)));
     }
 }

@@ -7,8 +7,6 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ServerError;
-
 /// Largest count that sizes a queue or a semaphore (connections, queued messages, calls in
 /// flight). The runtime's own ceiling is far above any real use but below what a TOML integer
 /// can say; beyond it building the server would panic instead of reporting the value.
@@ -330,10 +328,7 @@ impl AuthConfig {
         if self.leeway_secs > 86_400 {
             return Err("auth.leeway_secs must be at most 86400".into());
         }
-        for rule in &self.rules {
-            crate::security::permissions::Pattern::parse(&rule.channels)
-                .map_err(|e| format!("auth.rules channels {:?}: {e}", rule.channels))?;
-        }
+        // The rules' patterns are checked where they are compiled, by `Config::validate`.
         Ok(())
     }
 }
@@ -513,10 +508,6 @@ impl UpstreamConfig {
             "upstream.max_in_flight_per_connection",
             self.max_in_flight_per_connection,
         )?;
-        for prefix in self.allow.iter().chain(self.routes.values()) {
-            crate::requests::upstream::Target::parse(prefix)
-                .map_err(|e| format!("upstream URL {:?}: {e}", url_without_credentials(prefix)))?;
-        }
         for name in self.routes.keys() {
             if name.is_empty() || name.contains(['/', ':', ' ']) {
                 return Err(format!("upstream route name {name:?} must be a plain word"));
@@ -959,13 +950,13 @@ impl Config {
             }
             crate::Channel::new(&route.channel)
                 .map_err(|e| format!("gateway channel {:?}: {}", route.channel, e.reason()))?;
-            if crate::requests::inbox::is_inbox(&route.channel) {
+            if lhttp_proto::channel::is_inbox(&route.channel) {
                 return Err(format!(
                     "gateway channel {:?} is an inbox name",
                     route.channel
                 ));
             }
-            if !crate::requests::queue::is_valid_group(&route.queue) {
+            if !lhttp_proto::channel::is_valid_group(&route.queue) {
                 return Err(format!(
                     "gateway queue {:?}: 1 to 128 letters, digits, '.', '_' or '-'",
                     route.queue
@@ -980,7 +971,7 @@ impl Config {
 }
 
 /// Refuses [`REDACTED`] in any text setting, naming the setting.
-pub(crate) fn refuse_placeholder(config: &Config) -> Result<(), ServerError> {
+pub(crate) fn refuse_placeholder(config: &Config) -> Result<(), String> {
     fn find(value: &serde_json::Value, path: &mut String) -> bool {
         match value {
             serde_json::Value::String(text) => text.contains(REDACTED),
@@ -1001,13 +992,13 @@ pub(crate) fn refuse_placeholder(config: &Config) -> Result<(), ServerError> {
         }
     }
     let value = serde_json::to_value(config)
-        .map_err(|e| ServerError::Config(format!("cannot inspect the configuration: {e}")))?;
+        .map_err(|e| format!("cannot inspect the configuration: {e}"))?;
     let mut path = String::new();
     if find(&value, &mut path) {
-        return Err(ServerError::Config(format!(
+        return Err(format!(
             "{path} holds {REDACTED:?}, the placeholder lhttpd --check-config prints for a \
              secret: put the real value back, or give it with the _file or _env form"
-        )));
+        ));
     }
     Ok(())
 }

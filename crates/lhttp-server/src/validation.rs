@@ -9,7 +9,8 @@ use std::sync::Arc;
 use crate::{
     Config, ServerError,
     cluster::Cluster,
-    config::refuse_placeholder,
+    config::{refuse_placeholder, url_without_credentials},
+    requests::upstream::Target,
     security::{auth::Verifier, permissions::Permissions},
     transport::tls::TlsServer,
 };
@@ -39,10 +40,23 @@ impl Config {
     }
 
     pub(crate) fn checked(&self) -> Result<Checked, ServerError> {
-        refuse_placeholder(self)?;
+        refuse_placeholder(self).map_err(ServerError::Config)?;
         self.limits.validate().map_err(ServerError::Config)?;
         self.server.validate().map_err(ServerError::Config)?;
         self.upstream.validate().map_err(ServerError::Config)?;
+        for prefix in self
+            .upstream
+            .allow
+            .iter()
+            .chain(self.upstream.routes.values())
+        {
+            Target::parse(prefix).map_err(|e| {
+                ServerError::Config(format!(
+                    "upstream URL {:?}: {e}",
+                    url_without_credentials(prefix)
+                ))
+            })?;
+        }
         self.cluster.validate().map_err(ServerError::Config)?;
         self.validate_messaging().map_err(ServerError::Config)?;
         self.auth.validate().map_err(ServerError::Config)?;

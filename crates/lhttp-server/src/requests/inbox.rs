@@ -54,13 +54,7 @@ use crate::{
     transport::outbox::{Outbox, frame},
 };
 
-/// First characters of every inbox and reply address.
-pub(crate) const INBOX_PREFIX: &str = "_inbox.";
-
-/// True when `channel` is an inbox or a reply address (never subscribable).
-pub(crate) fn is_inbox(channel: &str) -> bool {
-    channel.starts_with(INBOX_PREFIX)
-}
+pub(crate) use lhttp_proto::channel::{INBOX_PREFIX, is_inbox};
 
 /// True when `channel` is a reply address, `_inbox.<node>.<replies>.<key>`: the right to
 /// answer one request, which no channel rule needs to grant. A connection's own inbox

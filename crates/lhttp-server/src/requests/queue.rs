@@ -968,13 +968,7 @@ fn drained_message(group: &QueueGroup, request_id: Option<Text>) -> Message {
         .expect("channel and group names are valid header values")
 }
 
-/// Group names: 1 to 128 letters, digits, `.`, `_` or `-`.
-pub(crate) fn is_valid_group(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
+pub(crate) use lhttp_proto::channel::is_valid_group;
 
 /// True when the message asks to be handed to another member if its member leaves without
 /// acknowledging it.
