@@ -21,6 +21,7 @@ pub(crate) mod scratch;
 pub(crate) mod stream;
 pub(crate) mod tls;
 pub(crate) mod websocket;
+pub(crate) mod write;
 
 use std::{
     fmt, io,

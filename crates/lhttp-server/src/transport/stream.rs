@@ -14,7 +14,6 @@
 
 use std::{
     io,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
@@ -29,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::transport::{
     Broken, Outgoing, ReadError, Received, Transport, TransportKind, budget::UnfinishedBudget,
-    deadline::Deadline, scratch,
+    deadline::Deadline, scratch, write::WriteBuffer,
 };
 
 /// How long the server keeps reading after its close, so that closing does not reset the
@@ -47,9 +46,8 @@ pub(crate) struct ByteStream<S> {
     max_message: usize,
     /// Bytes read and not yet decoded; unallocated while the client is quiet.
     read: BytesMut,
-    /// Encoded frames, of which the first `written` bytes are written.
-    write: Vec<u8>,
-    written: usize,
+    /// Encoded frames waiting to be written.
+    write: WriteBuffer,
     /// Nothing more will be read: the stream ended or the client broke the framing.
     read_ended: bool,
     /// The close message was queued: no frame may follow it.
@@ -70,8 +68,7 @@ impl<S> ByteStream<S> {
             kind,
             max_message,
             read: BytesMut::new(),
-            write: Vec::new(),
-            written: 0,
+            write: WriteBuffer::default(),
             read_ended: false,
             close_sent: false,
             budget: None,
@@ -261,16 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ByteStream<S> {
     }
 
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.write.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
-        }
-        self.write.clear();
-        self.written = 0;
-        Pin::new(&mut self.io).poll_flush(cx)
+        self.write.poll_flush(&mut self.io, cx)
     }
 }
 
@@ -301,13 +289,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for ByteStrea
         }
         match frame {
             Outgoing::Text(bytes) | Outgoing::Binary(bytes) => {
-                stream::encode(bytes, &mut self.write)
+                stream::encode(bytes, self.write.bytes_mut())
             }
-            Outgoing::Ping => self.write.extend_from_slice(stream::HEARTBEAT),
+            Outgoing::Ping => self.write.bytes_mut().extend_from_slice(stream::HEARTBEAT),
             Outgoing::Pong(_) => {}
             Outgoing::Close(code, reason) => {
                 self.close_sent = true;
-                stream::encode(&close_message(*code, reason), &mut self.write);
+                stream::encode(&close_message(*code, reason), self.write.bytes_mut());
             }
         }
     }
@@ -317,7 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for ByteStrea
     }
 
     fn unwritten(&self) -> usize {
-        self.write.len() - self.written
+        self.write.unwritten()
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -325,9 +313,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for ByteStrea
     }
 
     fn release_write_buffer(&mut self) {
-        if self.write.is_empty() {
-            self.write = Vec::new();
-        }
+        self.write.release();
     }
 
     fn kind(&self) -> TransportKind {

@@ -22,7 +22,6 @@
 
 use std::{
     io,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll, ready},
     time::Duration,
@@ -34,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::frame::{Decoder, Incoming, MAX_SERVER_HEADER, encode_outgoing};
 use crate::transport::{
     Outgoing, ReadError, Received, Transport, TransportKind, budget::UnfinishedBudget,
-    deadline::Deadline, scratch,
+    deadline::Deadline, scratch, write::WriteBuffer,
 };
 
 /// How long the server keeps reading after it sent a close frame, so that the client's close
@@ -61,9 +60,8 @@ pub(crate) struct WebSocket<S> {
     decoder: Decoder,
     /// Bytes read and not yet decoded; unallocated while the client is quiet.
     read: BytesMut,
-    /// Encoded frames, of which the first `written` bytes are written.
-    write: Vec<u8>,
-    written: usize,
+    /// Encoded frames waiting to be written.
+    write: WriteBuffer,
     /// Nothing more will be read: the client closed, the stream ended, or it broke the
     /// protocol.
     read_ended: bool,
@@ -91,8 +89,7 @@ impl<S> WebSocket<S> {
             kind: TransportKind::WebSocket,
             decoder: Decoder::new(max_message),
             read: BytesMut::new(),
-            write: Vec::new(),
-            written: 0,
+            write: WriteBuffer::default(),
             read_ended: false,
             close_received: false,
             close_sent: false,
@@ -154,7 +151,7 @@ impl<S> WebSocket<S> {
 
     /// Encoded bytes not yet written.
     pub(crate) fn unwritten(&self) -> usize {
-        self.write.len() - self.written
+        self.write.unwritten()
     }
 
     /// Encodes `frame` after what waits to be written; [`WebSocket::poll_flush`] writes it.
@@ -165,7 +162,7 @@ impl<S> WebSocket<S> {
             return;
         }
         self.close_sent = frame.is_close();
-        encode_outgoing(frame, &mut self.write);
+        encode_outgoing(frame, self.write.bytes_mut());
     }
 
     /// Makes room for `additional` more bytes of frames.
@@ -176,9 +173,7 @@ impl<S> WebSocket<S> {
     /// Gives back the write buffer if everything in it was written: the writer has nothing more
     /// for now, and an idle connection should hold no buffer.
     pub(crate) fn release_write_buffer(&mut self) {
-        if self.write.is_empty() {
-            self.write = Vec::new();
-        }
+        self.write.release();
     }
 }
 
@@ -200,17 +195,7 @@ impl<S> Drop for WebSocket<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Writes everything fed so far.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.write.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
-        }
-        // Keeps the capacity: more frames are likely to follow while the writer is busy.
-        self.write.clear();
-        self.written = 0;
-        Pin::new(&mut self.io).poll_flush(cx)
+        self.write.poll_flush(&mut self.io, cx)
     }
 
     /// The next message or control frame from the client; `None` once nothing more will be
