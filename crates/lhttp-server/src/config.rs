@@ -948,8 +948,8 @@ impl Config {
             if !paths.insert(path.as_str()) {
                 return Err(format!("gateway path {path:?} appears twice"));
             }
-            crate::Channel::new(&route.channel)
-                .map_err(|e| format!("gateway channel {:?}: {}", route.channel, e.reason()))?;
+            lhttp_proto::channel::check(&route.channel)
+                .map_err(|e| format!("gateway channel {:?}: {e}", route.channel))?;
             if lhttp_proto::channel::is_inbox(&route.channel) {
                 return Err(format!(
                     "gateway channel {:?} is an inbox name",

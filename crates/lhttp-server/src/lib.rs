@@ -46,10 +46,11 @@
 
 #[doc(hidden)]
 pub mod bench_support;
-mod cluster;
+mod broker;
 pub mod config;
 #[doc(hidden)]
 pub mod conformance;
+mod error;
 #[doc(hidden)]
 pub mod fuzz_support;
 mod http;
@@ -68,6 +69,7 @@ pub use config::{
     AuthConfig, ChannelRule, ClusterConfig, Config, GatewayRoute, Limits, QueuesConfig,
     RequestsConfig, UpstreamConfig,
 };
+pub use error::ServerError;
 pub use lhttp_proto as proto;
 pub use metrics::Metrics;
 pub use pubsub::channel::{Channel, MAX_CHANNEL_LEN};
@@ -76,11 +78,12 @@ pub use pubsub::publish::PublishReport;
 pub use rejection::Rejection;
 pub use requests::upstream;
 pub use security::auth::{AuthError, User};
-pub use server::{Server, ServerBuilder, ServerError, ServerHandle};
+pub use server::{Server, ServerBuilder};
 pub use session::builtin;
 pub use session::connection::{Connection, ConnectionHandle, ConnectionId};
 pub use session::context::Context;
 pub use session::extensions::Extensions;
 pub use session::filter::Filter;
+pub use session::handle::ServerHandle;
 pub use session::processor::Processor;
 pub use transport::outbox::SendError;

@@ -7,12 +7,13 @@
 use std::sync::Arc;
 
 use crate::{
-    Config, ServerError,
-    cluster::Cluster,
+    Config,
+    broker::cluster::Cluster,
     config::{refuse_placeholder, url_without_credentials},
+    error::ServerError,
     requests::upstream::Target,
     security::{auth::Verifier, permissions::Permissions},
-    transport::tls::TlsServer,
+    transport::tls::{Listeners, TlsServer},
 };
 
 /// What validating a configuration built and [`crate::ServerBuilder::build`] keeps.
@@ -22,12 +23,6 @@ pub(crate) struct Checked {
     pub(crate) cluster: Option<Cluster>,
     /// The certificates of the main port and of `[transports.tls]`, loaded.
     pub(crate) tls: Listeners,
-}
-
-/// The TLS side of the listeners, loaded by the one validation.
-pub(crate) struct Listeners {
-    pub(crate) main: Option<Arc<TlsServer>>,
-    pub(crate) stream: Option<Arc<TlsServer>>,
 }
 
 impl Config {

@@ -36,7 +36,7 @@ use tower_service::Service;
 
 use crate::{
     config::Limits, http::Routes, http::publish, metrics::add, security::peers::IpSlot,
-    server::Shared, transport::tls::TlsServer,
+    session::sessions::Sessions, transport::tls::TlsServer,
 };
 
 /// hyper parses up to this many headers on the stack; any other limit costs one allocation
@@ -63,7 +63,7 @@ pub(crate) fn http_builder(limits: &Limits) -> http1::Builder {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     routes: Routes,
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     builder: Arc<http1::Builder>,
     connections: TaskTracker,
     tls: Option<Arc<TlsServer>>,
@@ -76,12 +76,21 @@ pub(crate) async fn accept_loop(
         // Real-time traffic: a small frame goes out now, not when Nagle's algorithm has waited
         // for the peer's (possibly delayed) acknowledgement.
         // Per address first: a refused client must not take one of the server's places.
-        let Some(ip_slot) = shared.http_connections_per_ip.try_acquire(peer.ip()) else {
+        let Some(ip_slot) = shared
+            .admission
+            .http_connections_per_ip
+            .try_acquire(peer.ip())
+        else {
             add(&shared.metrics.http_connections_refused_per_ip, 1);
             refuse(&tcp, TOO_MANY_FROM_ADDRESS);
             continue;
         };
-        let Ok(permit) = shared.http_connection_slots.clone().try_acquire_owned() else {
+        let Ok(permit) = shared
+            .admission
+            .http_connection_slots
+            .clone()
+            .try_acquire_owned()
+        else {
             add(&shared.metrics.http_connections_refused, 1);
             refuse(&tcp, TOO_MANY_CONNECTIONS);
             continue;
@@ -150,7 +159,7 @@ async fn serve_connection<S>(
     tcp: S,
     peer: SocketAddr,
     routes: Routes,
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     builder: Arc<http1::Builder>,
     _slots: (OwnedSemaphorePermit, IpSlot),
 ) where

@@ -2,6 +2,7 @@
 //! `GET /healthz`, `GET /metrics` and the chat page at `GET /`.
 
 pub(crate) mod accept;
+pub(crate) mod gateway;
 pub(crate) mod origin;
 pub(crate) mod publish;
 
@@ -29,10 +30,18 @@ use crate::{
     http::origin::Site,
     metrics::add,
     security::throttle::Refusal,
-    server::Shared,
     session,
+    session::sessions::Sessions,
     transport::{Peer, websocket::WebSocket},
 };
+
+/// A file served over GET on the main port ([`crate::ServerBuilder::static_file`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StaticFile {
+    pub(crate) path: &'static str,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: &'static str,
+}
 
 /// What one listening port serves: its router, and whether `POST /publish` is among its
 /// routes (the accept loop then serves that one itself: see [`http_publish`]).
@@ -57,9 +66,14 @@ impl Routes {
 
 /// The main port: upgrades, `/publish`, the static files, and `/healthz` and `/metrics` unless
 /// they have a port of their own (`with_ops` false).
-pub(crate) fn router(shared: Arc<Shared>, with_ops: bool, site: Site) -> Routes {
+pub(crate) fn router(
+    shared: Arc<Sessions>,
+    with_ops: bool,
+    site: Site,
+    static_files: &[StaticFile],
+) -> Routes {
     let mut router = Router::new();
-    for file in &shared.static_files {
+    for file in static_files {
         let (content_type, body) = (file.content_type, file.body);
         router = router.route(file.path, get(move || static_file(content_type, body)));
     }
@@ -68,9 +82,7 @@ pub(crate) fn router(shared: Arc<Shared>, with_ops: bool, site: Site) -> Routes 
         let route = Arc::new(route.clone());
         let handler = {
             let shared = shared.clone();
-            move |info, request| {
-                crate::requests::gateway::serve(shared.clone(), route.clone(), info, request)
-            }
+            move |info, request| gateway::serve(shared.clone(), route.clone(), info, request)
         };
         router = router
             .route(&format!("{prefix}/{{*rest}}"), any(handler.clone()))
@@ -98,7 +110,7 @@ pub(crate) fn router(shared: Arc<Shared>, with_ops: bool, site: Site) -> Routes 
 
 /// `/healthz` and `/metrics`; on a loopback-only listener, only for requests addressed to a
 /// loopback name (a page that rebound its own name to 127.0.0.1 cannot read them).
-fn ops_routes(site: Site) -> Router<Arc<Shared>> {
+fn ops_routes(site: Site) -> Router<Arc<Sessions>> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -123,7 +135,7 @@ fn route_prefix(path: &str) -> &str {
 }
 
 /// The metrics port (`server.metrics_listen`): `/healthz` and `/metrics` only.
-pub(crate) fn ops_router(shared: Arc<Shared>, site: Site) -> Routes {
+pub(crate) fn ops_router(shared: Arc<Sessions>, site: Site) -> Routes {
     let router = ops_routes(site).with_state(shared);
     Routes {
         router,
@@ -135,7 +147,7 @@ pub(crate) fn ops_router(shared: Arc<Shared>, site: Site) -> Routes {
 /// The original clients connect to `/`, `/echo` and `/chat`: an upgrade request is accepted on
 /// any path, before routing.
 async fn upgrade_any_path(
-    State((shared, site)): State<(Arc<Shared>, Site)>,
+    State((shared, site)): State<(Arc<Sessions>, Site)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -158,7 +170,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 /// Validates the RFC 6455 handshake and hands the upgraded socket to a session task.
-fn accept(shared: Arc<Shared>, site: Site, mut request: Request) -> Response {
+fn accept(shared: Arc<Sessions>, site: Site, mut request: Request) -> Response {
     if request.method() != Method::GET {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -210,14 +222,19 @@ fn accept(shared: Arc<Shared>, site: Site, mut request: Request) -> Response {
     }
     // Per address first: a refused client must not take one of the server's slots, even
     // briefly.
-    let Some(ip_slot) = shared.connections_per_ip.try_acquire(peer.ip()) else {
+    let Some(ip_slot) = shared.admission.connections_per_ip.try_acquire(peer.ip()) else {
         add(&shared.metrics.connections_refused_per_ip, 1);
         return plain(
             StatusCode::TOO_MANY_REQUESTS,
             "too many connections from your address\n",
         );
     };
-    let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
+    let Ok(permit) = shared
+        .admission
+        .connection_slots
+        .clone()
+        .try_acquire_owned()
+    else {
         add(&shared.metrics.connections_refused, 1);
         return plain(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
     };
@@ -267,8 +284,8 @@ fn accept(shared: Arc<Shared>, site: Site, mut request: Request) -> Response {
 
 /// Verifies the token of an upgrade request from `ip`, unless that address failed too often
 /// lately (429, unverified) or the token is too long (401, unparsed).
-fn verify_token(shared: &Shared, ip: IpAddr, token: &str) -> Result<User, Box<Response>> {
-    let refused = match shared.auth_throttle.admit(ip, token, Instant::now()) {
+fn verify_token(shared: &Sessions, ip: IpAddr, token: &str) -> Result<User, Box<Response>> {
+    let refused = match shared.security.throttle.admit(ip, token, Instant::now()) {
         Err(Refusal::Throttled) => {
             add(&shared.metrics.auth_throttled, 1);
             let reason = Refusal::Throttled.reason();
@@ -276,10 +293,10 @@ fn verify_token(shared: &Shared, ip: IpAddr, token: &str) -> Result<User, Box<Re
             return Err(Box::new(response.into_response()));
         }
         Err(Refusal::TooLong) => Refusal::TooLong.reason().to_owned(),
-        Ok(()) => match shared.verifier.verify(token) {
+        Ok(()) => match shared.security.verifier.verify(token) {
             Ok(user) => return Ok(user),
             Err(error) => {
-                shared.auth_throttle.failed(ip, Instant::now());
+                shared.security.throttle.failed(ip, Instant::now());
                 error.to_string()
             }
         },
@@ -326,7 +343,7 @@ async fn static_file(content_type: &'static str, body: &'static str) -> Response
         .into_response()
 }
 
-async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+async fn healthz(State(shared): State<Arc<Sessions>>) -> Response {
     if shared.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -336,7 +353,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     }
     // A clustered node without NATS still serves its own clients, but a load balancer should
     // prefer nodes whose clients also reach the other nodes' channels.
-    match shared.cluster.as_ref().map(|c| c.is_connected()) {
+    match shared.broker.cluster.as_ref().map(|c| c.is_connected()) {
         None => Json(json!({"status": "ok"})).into_response(),
         Some(true) => Json(json!({"status": "ok", "nats": "connected"})).into_response(),
         Some(false) => (
@@ -347,8 +364,8 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let body = ServerHandle::from_shared(shared).render_metrics();
+async fn metrics(State(shared): State<Arc<Sessions>>) -> Response {
+    let body = ServerHandle::new(shared).render_metrics();
     (
         [(
             header::CONTENT_TYPE,
@@ -362,7 +379,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// `POST /publish` when it comes through the router: the accept loop serves it directly
 /// ([`http_publish::serve`]); the route stays so that other methods get 405 and both paths
 /// answer alike.
-async fn publish(State(shared): State<Arc<Shared>>, site: Site, request: Request) -> Response {
+async fn publish(State(shared): State<Arc<Sessions>>, site: Site, request: Request) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -27,7 +27,7 @@ use crate::{
     http::origin::{Site, listed},
     metrics::add,
     pubsub::publish::PublishReport,
-    server::Shared,
+    session::sessions::Sessions,
 };
 
 /// The answer type of [`serve`]: a complete body, never boxed.
@@ -36,7 +36,7 @@ pub(crate) type Answer = Response<Full<Bytes>>;
 /// Serves one `POST /publish` from `peer` (None when the address is unknown, which counts as
 /// not loopback).
 pub(crate) async fn serve<B>(
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     peer: Option<SocketAddr>,
     site: Site,
     request: Request<B>,
@@ -84,7 +84,7 @@ where
         Ok(message) => message,
         Err(error) => return json_error(error.status(), &error.to_string()),
     };
-    match ServerHandle::from_shared(shared).publish(&message) {
+    match ServerHandle::new(shared).publish(&message) {
         Ok(report) => json_answer(StatusCode::OK, report_json(&report)),
         Err(rejection) => json_error(rejection.status(), rejection.reason()),
     }
@@ -97,7 +97,7 @@ where
 /// without a key, a request must name a loopback host (421): after DNS rebinding, a foreign
 /// page's requests come from loopback too, but name the page's own host.
 fn refusal<B>(
-    shared: &Shared,
+    shared: &Sessions,
     peer: Option<SocketAddr>,
     site: Site,
     request: &Request<B>,

@@ -43,7 +43,7 @@ use lhttp_proto::{Message, Text};
 use tokio::time::Instant;
 
 use crate::{
-    Channel, Rejection, ServerHandle,
+    Channel, Rejection,
     config::QueuesConfig,
     metrics::{Metrics, add},
     pubsub::publish::encode_for_channel_with,
@@ -60,7 +60,7 @@ pub(crate) enum Publisher {
     Connection(ConnectionId),
     /// An HTTP gateway client, by address (IPv6 by /64 network, as connections per address).
     Address(IpAddr),
-    /// `POST /publish` and [`ServerHandle::publish`]: trusted publishers (loopback or API key
+    /// `POST /publish` and [`ServerHandle::publish`](crate::ServerHandle::publish): trusted publishers (loopback or API key
     /// holders, and the embedding code), one shared account.
     Http,
     /// Work other cluster nodes sent this node's groups through NATS. Its publishers are not
@@ -356,20 +356,36 @@ pub(crate) struct Queues {
     budget: Arc<Budget>,
 }
 
-/// The context a group needs to act: where requests are answered, and the counters.
+/// What queue groups reach beyond themselves, provided by the broker that routes publishes
+/// (a trait, because the broker sits above the groups it routes to).
+pub(crate) trait QueueHost: Send + Sync {
+    /// Every group of the server.
+    fn queues(&self) -> &Queues;
+    /// Where requests wait for their answers.
+    fn requests(&self) -> &Requests;
+    fn metrics(&self) -> &Metrics;
+    /// A group gained its first or lost its last local member (a cluster node holds a NATS
+    /// queue subscription for a group while it has local members).
+    fn queue_interest_changed(&self, group: &QueueGroup);
+    /// Answers the request waiting at `address`, which may be on another node.
+    fn answer(&self, address: &str, answer: &Message);
+    /// An owned handle for a group's expiry timer; `None` once the server is gone.
+    fn owned(&self) -> Option<Arc<dyn QueueHost>>;
+}
+
+/// The context a group needs to act: its host, where requests are answered, and the counters.
 pub(crate) struct Env<'a> {
-    pub(crate) server: &'a ServerHandle,
+    pub(crate) host: &'a dyn QueueHost,
     pub(crate) requests: &'a Requests,
     pub(crate) metrics: &'a Metrics,
 }
 
 impl<'a> Env<'a> {
-    pub(crate) fn of(server: &'a ServerHandle) -> Self {
-        let shared = server.shared();
+    pub(crate) fn of(host: &'a dyn QueueHost) -> Self {
         Env {
-            server,
-            requests: &shared.requests,
-            metrics: &shared.metrics,
+            host,
+            requests: host.requests(),
+            metrics: host.metrics(),
         }
     }
 }
@@ -481,7 +497,7 @@ impl Queues {
         }
         self.pump(&group, &mut state, env);
         drop(state);
-        env.server.queue_interest_changed(&group);
+        env.host.queue_interest_changed(&group);
         group
     }
 
@@ -528,7 +544,7 @@ impl Queues {
                         env.requests.fail(address, &rejection, env.metrics);
                     } else {
                         // The requester is on another node: the error travels as the answer.
-                        let _ = env.server.publish_to(address, &rejection.to_message(None));
+                        env.host.answer(address, &rejection.to_message(None));
                     }
                 }
                 (false, None) => add(&env.metrics.queue_lost, 1),
@@ -717,8 +733,11 @@ impl Queues {
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                     return;
                 };
+                let Some(host) = env.host.owned() else {
+                    return;
+                };
                 state.sweep_at = Some(expires);
-                runtime.spawn(Self::sweep(env.server.clone(), Arc::downgrade(group)));
+                runtime.spawn(Self::sweep(host, Arc::downgrade(group)));
             }
         }
     }
@@ -728,7 +747,7 @@ impl Queues {
     /// earliest deadline left; ends when nothing waits (and removes the group if it has no
     /// member either). One task per group with waiting work, none per message; an idle group
     /// costs nothing.
-    async fn sweep(server: ServerHandle, group: std::sync::Weak<QueueGroup>) {
+    async fn sweep(host: Arc<dyn QueueHost>, group: std::sync::Weak<QueueGroup>) {
         loop {
             let Some(group) = group.upgrade() else {
                 return;
@@ -742,7 +761,7 @@ impl Queues {
                 // An earlier deadline: look at `sweep_at` again.
                 _ = group.sweep_wake.notified() => continue,
             }
-            let env = Env::of(&server);
+            let env = Env::of(&*host);
             let (next, memberless) = {
                 let mut state = group.state.lock().expect("group lock");
                 let next = expire_all(&mut state, &env);
@@ -751,7 +770,7 @@ impl Queues {
             };
             if next.is_none() {
                 if memberless && !group.declared {
-                    server.shared().queues.remove_if_unused(&group);
+                    host.queues().remove_if_unused(&group);
                 }
                 return;
             }
@@ -877,7 +896,7 @@ impl Queues {
     }
 
     fn after_member_gone(&self, group: &Arc<QueueGroup>, env: &Env<'_>) {
-        env.server.queue_interest_changed(group);
+        env.host.queue_interest_changed(group);
         let (empty, waiting) = {
             let state = group.state.lock().expect("group lock");
             (state.members.is_empty(), !state.waiting.is_empty())

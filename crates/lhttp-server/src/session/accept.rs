@@ -21,8 +21,8 @@ use crate::{
     config::UnixTransport,
     metrics::add,
     security::peers::IpSlot,
-    server::Shared,
     session,
+    session::sessions::Sessions,
     transport::{Peer, PeerCredentials, TransportKind, stream::ByteStream, tls::TlsServer},
 };
 
@@ -58,19 +58,24 @@ impl Refused {
 }
 
 /// A place in the server's connection counts for a client at `peer`.
-fn admit(shared: &Shared, peer: &Peer) -> Result<(OwnedSemaphorePermit, IpSlot), Refused> {
+fn admit(shared: &Sessions, peer: &Peer) -> Result<(OwnedSemaphorePermit, IpSlot), Refused> {
     if shared.shutdown.is_cancelled() {
         return Err(Refused::ShuttingDown);
     }
     // Per address first: a refused client must not take one of the server's places.
     let ip_slot = match peer.ip() {
-        Some(ip) => shared.connections_per_ip.try_acquire(ip).ok_or_else(|| {
-            add(&shared.metrics.connections_refused_per_ip, 1);
-            Refused::FromAddress
-        })?,
+        Some(ip) => shared
+            .admission
+            .connections_per_ip
+            .try_acquire(ip)
+            .ok_or_else(|| {
+                add(&shared.metrics.connections_refused_per_ip, 1);
+                Refused::FromAddress
+            })?,
         None => IpSlot::none(),
     };
     let permit = shared
+        .admission
         .connection_slots
         .clone()
         .try_acquire_owned()
@@ -83,7 +88,7 @@ fn admit(shared: &Shared, peer: &Peer) -> Result<(OwnedSemaphorePermit, IpSlot),
 
 /// Starts the session of a byte-stream connection of `kind` that was admitted.
 fn start<S>(
-    shared: &Arc<Shared>,
+    shared: &Arc<Sessions>,
     io: S,
     kind: TransportKind,
     peer: Peer,
@@ -106,7 +111,7 @@ fn refuse(stream: &TcpStream, refused: Refused) {
 /// with `tls`, after a TLS handshake.
 pub(crate) async fn tcp_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     tls: Option<Arc<TlsServer>>,
 ) {
     loop {
@@ -168,7 +173,7 @@ pub(crate) fn bind_unix(config: &UnixTransport) -> std::io::Result<UnixListener>
 
 /// Accepts Unix-socket connections until shutdown starts, each known by its peer credentials;
 /// removes the socket file when it stops.
-pub(crate) async fn unix_loop(listener: UnixListener, path: &Path, shared: Arc<Shared>) {
+pub(crate) async fn unix_loop(listener: UnixListener, path: &Path, shared: Arc<Sessions>) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -207,7 +212,7 @@ pub(crate) async fn unix_loop(listener: UnixListener, path: &Path, shared: Arc<S
 /// A connection from this process: the client's end of a pipe whose other end is a session,
 /// speaking the byte-stream framing. Refused as any connection is when the server is full or
 /// shutting down (the client then reads the `close` message and the end of the stream).
-pub(crate) fn in_process(shared: &Arc<Shared>) -> DuplexStream {
+pub(crate) fn in_process(shared: &Arc<Sessions>) -> DuplexStream {
     let (client, server) = tokio::io::duplex(PIPE_BYTES);
     let peer = Peer::InProcess;
     match admit(shared, &peer) {

@@ -39,7 +39,7 @@ impl Filter for UpstreamCall {
         let Some(value) = ctx.message().header(names::UPSTREAM) else {
             return Ok(());
         };
-        ctx.server().shared().upstream.resolve(value)?;
+        ctx.server().sessions().upstream.resolve(value)?;
         ctx.set_handled();
         Ok(())
     }
@@ -49,7 +49,7 @@ impl Filter for UpstreamCall {
             return Ok(());
         };
         let server = ctx.server().clone();
-        let upstream = &server.shared().upstream;
+        let upstream = &server.sessions().upstream;
         let call = upstream.resolve(value)?;
         let per_connection = upstream.per_connection();
         let connection_slot = ctx
@@ -65,12 +65,12 @@ impl Filter for UpstreamCall {
         let request = ctx.message().clone();
         let client = ctx.connection().handle();
         ctx.defer_reply();
-        add(&server.shared().metrics.upstream_calls, 1);
+        add(&server.sessions().metrics.upstream_calls, 1);
         tokio::spawn(async move {
             let _slots = (connection_slot, server_slot);
             let headers: Vec<(&str, &str)> =
                 headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            let shared = server.shared();
+            let shared = server.sessions();
             let result = shared
                 .upstream
                 .call(&call, request.body().clone(), &headers)
@@ -269,6 +269,8 @@ impl Filter for PubSub {
             // Found before the processor and unchanged since: one checked channel, and no
             // `reply-to` or `ack` (it publishes only), so nothing else to look for.
             ctx.server()
+                .sessions()
+                .broker
                 .publish_checked_by(channel, ctx.message(), publisher)?;
             return Ok(());
         }
@@ -276,7 +278,10 @@ impl Filter for PubSub {
             if ctx.message().headers().contains(names::REPLY_TO) {
                 publish_request(ctx)?;
             } else {
-                ctx.server().publish_as(ctx.message(), publisher)?;
+                ctx.server()
+                    .sessions()
+                    .broker
+                    .publish_as(ctx.message(), publisher)?;
             }
         }
         if !ctx.message().headers().contains(names::ACK) {
@@ -296,7 +301,7 @@ fn credit(ctx: &Context<'_>) -> Result<Option<usize>, Rejection> {
     let Some(value) = ctx.message().header(names::CREDIT) else {
         return Ok(None);
     };
-    let max = ctx.server().shared().config.queues.max_credit;
+    let max = ctx.server().sessions().config.queues.max_credit;
     match value.parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
         _ => Err(Rejection::bad_request(format!(
@@ -354,7 +359,8 @@ fn check_request(ctx: &Context<'_>) -> Result<RequestKind, Rejection> {
         ));
     }
     ctx.server()
-        .shared()
+        .sessions()
+        .broker
         .requests
         .timeout_for(message.header(names::TIMEOUT))?;
     Ok(RequestKind::New)
@@ -367,8 +373,9 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
         return forward_request(ctx);
     }
     let server = ctx.server().clone();
-    let shared = server.shared();
+    let shared = server.sessions();
     let timeout = shared
+        .broker
         .requests
         .timeout_for(ctx.message().header(names::TIMEOUT))?;
     let request_id = ctx
@@ -377,7 +384,7 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
         .expect("checked by check_request");
     let inbox = ctx.connection_mut().inbox();
     let answer_to = inbox::AnswerTo::Connection(ctx.connection().outbox().clone());
-    let address = shared.requests.start(
+    let address = shared.broker.requests.start(
         &inbox,
         request_id,
         timeout,
@@ -390,16 +397,21 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
         .set(names::REPLY_TO, address.clone())
         .expect("a reply address is a valid header value");
     let publisher = Publisher::Connection(ctx.connection().id());
-    match server.publish_as(ctx.message(), publisher) {
+    match server
+        .sessions()
+        .broker
+        .publish_as(ctx.message(), publisher)
+    {
         // Other nodes may take it: NATS tells when none subscribes (see `crate::cluster`).
-        Ok(report) if report.deliveries + report.queued == 0 && shared.cluster.is_some() => {
+        Ok(report) if report.deliveries + report.queued == 0 && shared.broker.cluster.is_some() => {
             shared
+                .broker
                 .requests
                 .await_remote(&address, report.channels, &shared.metrics);
             Ok(())
         }
         Ok(report) if report.deliveries + report.queued == 0 => {
-            shared.requests.fail(
+            shared.broker.requests.fail(
                 &address,
                 &Rejection::unavailable(
                     "no responders: nobody is subscribed and no queue group took the request",
@@ -410,7 +422,7 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
         }
         Ok(_) => Ok(()),
         Err(rejection) => {
-            shared.requests.cancel(&address);
+            shared.broker.requests.cancel(&address);
             Err(rejection)
         }
     }
@@ -422,7 +434,7 @@ fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
 /// already ended): the answer itself goes to the requester.
 fn forward_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
     let server = ctx.server().clone();
-    let requests = &server.shared().requests;
+    let requests = &server.sessions().broker.requests;
     let address = forwarded(ctx.message()).expect("checked by the caller");
     // A request of another node cannot be checked here; that node drops answers to one that
     // ended.
@@ -432,8 +444,11 @@ fn forward_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
             "the request to forward has already had its answer, or never existed",
         ));
     }
-    let report = server.publish_as(ctx.message(), Publisher::Connection(ctx.connection().id()))?;
-    if report.deliveries + report.queued == 0 && server.shared().cluster.is_none() {
+    let report = server
+        .sessions()
+        .broker
+        .publish_as(ctx.message(), Publisher::Connection(ctx.connection().id()))?;
+    if report.deliveries + report.queued == 0 && server.sessions().broker.cluster.is_none() {
         return Err(Rejection::unavailable(
             "no responders: nobody is subscribed and no queue group took the forwarded request",
         ));

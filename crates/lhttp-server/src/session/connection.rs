@@ -46,7 +46,7 @@ pub struct Connection {
     /// The authenticated user; boxed so an anonymous connection pays one pointer.
     user: Option<Box<User>>,
     /// What this connection may subscribe and publish to; `None`: anything (no rules), so an
-    /// unrestricted node never matches patterns. Shared by every anonymous connection.
+    /// unrestricted node never matches patterns. Sessions by every anonymous connection.
     grants: Option<Arc<Grants>>,
 }
 
@@ -79,11 +79,11 @@ impl Connection {
 
     /// This connection's inbox, opened now if it has none yet.
     pub(crate) fn inbox(&mut self) -> Arc<Inbox> {
-        let shared = self.server.shared();
+        let shared = self.server.sessions();
         let max = shared.config.requests.max_pending_per_inbox;
         let outbox = &self.outbox;
         self.inbox
-            .get_or_insert_with(|| shared.requests.open_inbox(Some(outbox.clone()), max))
+            .get_or_insert_with(|| shared.broker.requests.open_inbox(Some(outbox.clone()), max))
             .clone()
     }
 
@@ -109,7 +109,7 @@ impl Connection {
             .collect::<Result<Vec<_>, _>>()?;
         for channel in &channels {
             self.server
-                .shared()
+                .sessions()
                 .gateway
                 .check_subscribe(channel.as_str(), Some(group))?;
         }
@@ -118,20 +118,23 @@ impl Connection {
             permissions::check_subscribe(grants, channels.iter().map(Channel::as_str))
                 .inspect_err(|_| self.count_denial())?;
         }
-        let max = self.server.shared().config.limits.max_subscriptions;
+        let max = self.server.sessions().config.limits.max_subscriptions;
         if self.subscriptions.len() + self.groups.len() + channels.len() > max {
             return Err(Rejection::limited(format!(
                 "subscription limit of {max} channels per connection reached"
             )));
         }
         let server = self.server.clone();
-        let env = Env::of(&server);
+        let env = Env::of(&*server.sessions().broker);
         for channel in channels {
-            let joined =
-                server
-                    .shared()
-                    .queues
-                    .join(&channel, group, credit, self.id, &self.outbox, &env);
+            let joined = server.sessions().broker.queues.join(
+                &channel,
+                group,
+                credit,
+                self.id,
+                &self.outbox,
+                &env,
+            );
             if !self.groups.iter().any(|g| Arc::ptr_eq(g, &joined)) {
                 self.groups.push(joined);
             }
@@ -143,11 +146,11 @@ impl Connection {
     /// `None`.
     pub(crate) fn leave_queue(&mut self, channel: &str, group: Option<&str>) {
         let server = self.server.clone();
-        let env = Env::of(&server);
+        let env = Env::of(&*server.sessions().broker);
         self.groups.retain(|g| {
             let matches = g.channel() == channel && group.is_none_or(|name| g.name() == name);
             if matches {
-                server.shared().queues.leave(g, self.id, &env);
+                server.sessions().broker.queues.leave(g, self.id, &env);
             }
             !matches
         });
@@ -156,8 +159,8 @@ impl Connection {
     /// Acknowledges queue-group deliveries; 400 for an id this connection does not hold.
     pub(crate) fn ack(&mut self, ids: &[u64]) -> Result<(), Rejection> {
         let server = self.server.clone();
-        let env = Env::of(&server);
-        let queues = &server.shared().queues;
+        let env = Env::of(&*server.sessions().broker);
+        let queues = &server.sessions().broker.queues;
         let mut unknown = 0;
         for &id in ids {
             if !self.groups.iter().any(|g| queues.ack(g, self.id, id, &env)) {
@@ -181,7 +184,7 @@ impl Connection {
         request_id: Option<&lhttp_proto::Text>,
     ) -> Result<(), Rejection> {
         let server = self.server.clone();
-        let env = Env::of(&server);
+        let env = Env::of(&*server.sessions().broker);
         let targets: Vec<Arc<QueueGroup>> = self
             .groups
             .iter()
@@ -195,7 +198,8 @@ impl Connection {
         }
         for g in &targets {
             server
-                .shared()
+                .sessions()
+                .broker
                 .queues
                 .drain(g, self.id, request_id.cloned(), &env);
         }
@@ -213,7 +217,7 @@ impl Connection {
     /// subscription the new identity may not hold, so nothing keeps flowing to a connection
     /// that lost the right to it.
     pub(crate) fn set_user(&mut self, user: Option<User>) {
-        let permissions = &self.server.shared().permissions;
+        let permissions = &self.server.sessions().security.permissions;
         self.grants = permissions.grants_of(user.as_ref(), &self.peer);
         self.user = user.map(Box::new);
         let Some(grants) = self.grants.clone() else {
@@ -283,7 +287,7 @@ impl Connection {
         &self,
         channels: impl Iterator<Item = &'a str>,
     ) -> Result<(), Rejection> {
-        let gateway = &self.server.shared().gateway;
+        let gateway = &self.server.sessions().gateway;
         match (&self.grants, gateway.has_channels()) {
             (None, false) => Ok(()),
             (None, true) => gateway.check_publish(channels),
@@ -296,7 +300,7 @@ impl Connection {
     }
 
     fn count_denial(&self) {
-        crate::metrics::add(&self.server.shared().metrics.permission_denials, 1);
+        crate::metrics::add(&self.server.sessions().metrics.permission_denials, 1);
     }
 
     /// A slot for one more upstream call, or `None` when `max` are in flight.
@@ -379,7 +383,7 @@ impl Connection {
             if !self.subscriptions.contains(name)
                 && !new.iter().any(|c: &Channel| c.as_str() == name)
             {
-                self.server.shared().gateway.check_subscribe(name, None)?;
+                self.server.sessions().gateway.check_subscribe(name, None)?;
                 new.push(Channel::new(name)?);
             }
         }
@@ -387,16 +391,16 @@ impl Connection {
             permissions::check_subscribe(grants, new.iter().map(Channel::as_str))
                 .inspect_err(|_| self.count_denial())?;
         }
-        let max = self.server.shared().config.limits.max_subscriptions;
+        let max = self.server.sessions().config.limits.max_subscriptions;
         if self.subscriptions.len() + new.len() > max {
             return Err(Rejection::limited(format!(
                 "subscription limit of {max} channels per connection reached"
             )));
         }
-        let hub = &self.server.shared().hub;
+        let hub = &self.server.sessions().broker.hub;
         for channel in new {
             if hub.subscribe(&channel, self.id, &self.outbox) {
-                self.server.interest_changed(&channel);
+                self.server.sessions().broker.interest_changed(&channel);
             }
             self.subscriptions.insert(channel);
         }
@@ -408,21 +412,22 @@ impl Connection {
         if let Some(channel) = self.subscriptions.take(channel) {
             if self
                 .server
-                .shared()
+                .sessions()
+                .broker
                 .hub
                 .unsubscribe(channel.as_str(), self.id)
             {
-                self.server.interest_changed(&channel);
+                self.server.sessions().broker.interest_changed(&channel);
             }
         }
     }
 
     /// Removes every subscription.
     pub fn unsubscribe_all(&mut self) {
-        let hub = &self.server.shared().hub;
+        let hub = &self.server.sessions().broker.hub;
         for channel in self.subscriptions.drain() {
             if hub.unsubscribe(channel.as_str(), self.id) {
-                self.server.interest_changed(&channel);
+                self.server.sessions().broker.interest_changed(&channel);
             }
         }
     }
@@ -437,7 +442,7 @@ impl Connection {
         rejection: &Rejection,
         request_id: Option<&lhttp_proto::Text>,
     ) {
-        crate::metrics::add(&self.server.shared().metrics.error_replies, 1);
+        crate::metrics::add(&self.server.sessions().metrics.error_replies, 1);
         let _ = self.send(&rejection.to_message(request_id));
     }
 }
@@ -449,12 +454,12 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.unsubscribe_all();
         let server = self.server.clone();
-        let env = Env::of(&server);
+        let env = Env::of(&*server.sessions().broker);
         for group in self.groups.drain(..) {
-            server.shared().queues.leave(&group, self.id, &env);
+            server.sessions().broker.queues.leave(&group, self.id, &env);
         }
         if let Some(inbox) = self.inbox.take() {
-            server.shared().requests.close_inbox(&inbox);
+            server.sessions().broker.requests.close_inbox(&inbox);
         }
     }
 }

@@ -30,8 +30,10 @@ pub(crate) mod connection;
 pub(crate) mod context;
 pub(crate) mod extensions;
 pub(crate) mod filter;
+pub(crate) mod handle;
 pub(crate) mod processor;
 pub(crate) mod rate;
+pub(crate) mod sessions;
 
 use std::{sync::Arc, time::Duration};
 
@@ -48,10 +50,9 @@ use crate::{
     metrics::{Metrics, add},
     security::peers::IpSlot,
     security::throttle::Refusal,
-    server::Shared,
     session::builtin::names,
     session::rate::{MessageRate, Verdict},
-    transport::ConnectionId,
+    session::sessions::Sessions,
     transport::outbox::{Outbox, Writer, WriterEnd, close_frame, close_slow},
     transport::{Outgoing, Peer, ReadError, Received, Transport},
 };
@@ -86,7 +87,7 @@ enum End {
 /// (an idle connection went from 3.69 to 4.30 KiB).
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn run<T: Transport>(
-    shared: Arc<Shared>,
+    shared: Arc<Sessions>,
     socket: Box<T>,
     peer: Peer,
     slots: (OwnedSemaphorePermit, IpSlot),
@@ -97,11 +98,7 @@ pub(crate) fn run<T: Transport>(
         add(&metrics.connections_opened, 1);
         let kind = socket.kind();
         add(&metrics.opened_by_transport[kind as usize], 1);
-        let id = ConnectionId(
-            shared
-                .next_connection_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        );
+        let id = shared.admission.next_id();
         tracing::debug!(connection = %id, %peer, "connected");
         // Moved out whole, so that the box is freed now: a value only partly moved out of a box
         // keeps the allocation until the end of the function.
@@ -110,12 +107,8 @@ pub(crate) fn run<T: Transport>(
         let (outbox, receiver) = Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes);
         let mut writer = receiver.into_writer();
         let mut sign_in = SignIn::new(&shared, user.as_deref(), &peer);
-        let mut connection = Connection::new(
-            id,
-            peer,
-            outbox.clone(),
-            ServerHandle::from_shared(shared.clone()),
-        );
+        let mut connection =
+            Connection::new(id, peer, outbox.clone(), ServerHandle::new(shared.clone()));
 
         connection.set_user(user.map(|user| *user));
 
@@ -203,22 +196,22 @@ fn while_writing<'a, T: Transport, F: Future>(
 }
 
 /// Runs the open hooks: filters (which may refuse), then processors.
-async fn open(shared: &Shared, connection: &mut Connection) -> Result<(), Rejection> {
-    for filter in &shared.filters {
+async fn open(shared: &Sessions, connection: &mut Connection) -> Result<(), Rejection> {
+    for filter in &shared.commands.filters {
         filter.on_open(connection)?;
     }
-    for processor in &shared.processor_order {
+    for processor in &shared.commands.processor_order {
         processor.on_open(connection).await;
     }
     Ok(())
 }
 
 /// Runs the close hooks, then removes every subscription.
-async fn close(shared: &Shared, connection: &mut Connection) {
-    for processor in &shared.processor_order {
+async fn close(shared: &Sessions, connection: &mut Connection) {
+    for processor in &shared.commands.processor_order {
         processor.on_close(connection).await;
     }
-    for filter in shared.filters.iter().rev() {
+    for filter in shared.commands.filters.iter().rev() {
         filter.on_close(connection);
     }
     connection.unsubscribe_all();
@@ -240,7 +233,7 @@ struct SignIn {
 impl SignIn {
     /// A client over a Unix socket is known by its credentials and one in-process is the
     /// embedding program: neither must authenticate.
-    fn new(shared: &Shared, user: Option<&User>, peer: &Peer) -> SignIn {
+    fn new(shared: &Sessions, user: Option<&User>, peer: &Peer) -> SignIn {
         let required_by = (user.is_none() && !shared.config.auth.anonymous && peer.ip().is_some())
             .then(|| Box::pin(tokio::time::sleep(shared.config.auth.auth_timeout())));
         SignIn {
@@ -251,7 +244,7 @@ impl SignIn {
     }
 
     /// `user` authenticated: no deadline any more, and the connection ends with its token.
-    fn authenticated(&mut self, shared: &Shared, user: &User) {
+    fn authenticated(&mut self, shared: &Sessions, user: &User) {
         self.required_by = None;
         let at = expiry(shared, user);
         match &mut self.expires {
@@ -262,12 +255,12 @@ impl SignIn {
 }
 
 /// The instant a connection authenticated as `user` must be closed.
-fn expiry(shared: &Shared, user: &User) -> Instant {
+fn expiry(shared: &Sessions, user: &User) -> Instant {
     let left = user
         .expires_at()
         .duration_since(std::time::SystemTime::now())
         .unwrap_or(Duration::ZERO)
-        + Duration::from_secs(shared.verifier.leeway());
+        + Duration::from_secs(shared.security.verifier.leeway());
     // A clamped `exp` is still centuries away: never reached, but it must not overflow.
     Instant::now()
         .checked_add(left)
@@ -305,7 +298,7 @@ fn socket_event<'a, T: Transport>(
 }
 
 async fn read_loop<T: Transport>(
-    shared: &Shared,
+    shared: &Sessions,
     connection: &mut Connection,
     sign_in: &mut SignIn,
     socket: &mut T,
@@ -431,7 +424,7 @@ enum Step<'c, 's> {
 /// Handles one item of the WebSocket stream, received at `now`, as far as it can without
 /// waiting.
 fn receive<'c, 's>(
-    shared: &'s Shared,
+    shared: &'s Sessions,
     connection: &'c mut Connection,
     sign_in: &mut SignIn,
     rate: &mut MessageRate,
@@ -473,7 +466,7 @@ fn receive<'c, 's>(
 }
 
 /// Maps a WebSocket-level error to the close the client gets.
-fn protocol_error(shared: &Shared, error: &ReadError) -> End {
+fn protocol_error(shared: &Sessions, error: &ReadError) -> End {
     let broken = match error {
         ReadError::Violation(broken) => broken,
         ReadError::Busy => {
@@ -496,7 +489,7 @@ fn protocol_error(shared: &Shared, error: &ReadError) -> End {
 /// unknown command (404), and, for a message with a `request-id`, success (`ok`). Stops before
 /// a processor, which may wait: the caller runs it with [`process`].
 fn dispatch<'c, 's>(
-    shared: &'s Shared,
+    shared: &'s Sessions,
     connection: &'c mut Connection,
     sign_in: &mut SignIn,
     data: Bytes,
@@ -548,7 +541,7 @@ fn dispatch<'c, 's>(
         answer(&ctx, Err(rejection));
         return Step::Done(None);
     }
-    if let Some(processor) = shared.processors.get(ctx.message().command()) {
+    if let Some(processor) = shared.commands.processors.get(ctx.message().command()) {
         return Step::Process(ctx, processor.as_ref());
     }
     let outcome = run_after(shared, &mut ctx);
@@ -558,7 +551,7 @@ fn dispatch<'c, 's>(
 
 /// The rest of the chain for a message that has a processor: the processor, then the
 /// after-filters.
-async fn process(shared: &Shared, mut ctx: Context<'_>, processor: &dyn Processor) {
+async fn process(shared: &Sessions, mut ctx: Context<'_>, processor: &dyn Processor) {
     ctx.set_handled();
     let outcome = match processor.on_message(&mut ctx).await {
         Ok(()) => run_after(shared, &mut ctx),
@@ -595,7 +588,7 @@ const AUTH: &str = "auth";
 /// (or, for the same user, replaces its token and so postpones its expiry); anything else is
 /// refused with 401 and changes nothing.
 fn authenticate(
-    shared: &Shared,
+    shared: &Sessions,
     connection: &mut Connection,
     sign_in: &mut SignIn,
     message: &Message,
@@ -605,8 +598,8 @@ fn authenticate(
         .ok_or_else(|| Rejection::new(401, "auth needs a token header"))?;
     let ip = connection.peer().ip();
     let admitted = match ip {
-        Some(ip) => shared.auth_throttle.admit(ip, token, Instant::now()),
-        None => shared.auth_throttle.admit_local(token),
+        Some(ip) => shared.security.throttle.admit(ip, token, Instant::now()),
+        None => shared.security.throttle.admit_local(token),
     };
     admitted.map_err(|refusal| {
         let counter = match refusal {
@@ -616,10 +609,10 @@ fn authenticate(
         add(counter, 1);
         Rejection::new(refusal.status(), refusal.reason())
     })?;
-    let user = shared.verifier.verify(token).map_err(|e| {
+    let user = shared.security.verifier.verify(token).map_err(|e| {
         add(&shared.metrics.auth_failures, 1);
         if let Some(ip) = ip {
-            shared.auth_throttle.failed(ip, Instant::now());
+            shared.security.throttle.failed(ip, Instant::now());
         }
         Rejection::new(401, e.to_string())
     })?;
@@ -663,16 +656,18 @@ fn salvage_request_id(data: &Bytes) -> Option<lhttp_proto::Text> {
 
 /// The chain is the before-filters in order, the processor, the after-filters in reverse
 /// order. This is its first part.
-fn run_before(shared: &Shared, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+fn run_before(shared: &Sessions, ctx: &mut Context<'_>) -> Result<(), Rejection> {
     shared
+        .commands
         .filters
         .iter()
         .try_for_each(|filter| filter.before(ctx))
 }
 
 /// The last part of the chain (see [`run_before`]).
-fn run_after(shared: &Shared, ctx: &mut Context<'_>) -> Result<(), Rejection> {
+fn run_after(shared: &Sessions, ctx: &mut Context<'_>) -> Result<(), Rejection> {
     shared
+        .commands
         .filters
         .iter()
         .rev()

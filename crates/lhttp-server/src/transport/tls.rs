@@ -209,3 +209,9 @@ fn read_certificate(
     })?;
     Ok(certified)
 }
+
+/// The TLS side of the listeners, loaded by the one validation.
+pub(crate) struct Listeners {
+    pub(crate) main: Option<Arc<TlsServer>>,
+    pub(crate) stream: Option<Arc<TlsServer>>,
+}

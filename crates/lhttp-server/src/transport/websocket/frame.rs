@@ -9,6 +9,8 @@ use bytes::Bytes;
 use crate::transport::{Broken, Outgoing, ReadError};
 
 /// Frame opcodes (RFC 6455, section 5.2).
+pub(crate) mod contract;
+
 mod opcode {
     pub(super) const CONTINUATION: u8 = 0x0;
     pub(super) const TEXT: u8 = 0x1;

@@ -1,5 +1,5 @@
+use super::contract::feed;
 use super::*;
-use crate::fuzz_support::feed;
 
 use std::{
     io::Cursor,
@@ -344,12 +344,12 @@ proptest! {
         // The fuzz target's checks hold on what real clients send.
         let mut input = vec![chunk_sizes[0] as u8];
         input.extend_from_slice(&stream);
-        crate::fuzz_support::websocket_frames(&input);
+        super::contract::websocket_frames(&input);
     }
 
     #[test]
     fn the_fuzz_target_never_panics_on_arbitrary_bytes(bytes in vec(any::<u8>(), 0..300)) {
-        crate::fuzz_support::websocket_frames(&bytes);
+        super::contract::websocket_frames(&bytes);
     }
 }
 

@@ -1,6 +1,6 @@
 //! The NATS side of the broker seam: several nodes share channels through a NATS server.
 //!
-//! A single node has no [`Cluster`] at all (`Shared::cluster` is `None`): publishing is local
+//! A single node has no [`Cluster`] at all (`Broker::cluster` is `None`): publishing is local
 //! fan-out through the [`Hub`](crate::Hub) and no NATS code runs. With `[cluster] nats` set:
 //!
 //! - **Subjects.** Channel `c` is subject `<prefix>.ch.<token>`, where the token is `c` with
@@ -43,11 +43,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Channel,
-    config::ClusterConfig,
-    metrics::add,
-    server::{ServerError, Shared},
-    transport::outbox::frame,
+    Channel, broker::Broker, config::ClusterConfig, error::ServerError, metrics::add,
+    requests::queue::Publisher, transport::outbox::frame,
 };
 
 /// NATS header that names the node a message was published on.
@@ -166,7 +163,7 @@ impl Cluster {
 
     /// Starts the client (which keeps trying to reach NATS in the background) and the
     /// forwarding task. Returns at once, whether NATS is reachable or not.
-    pub(crate) async fn start(&self, shared: &Arc<Shared>) -> Result<(), ServerError> {
+    pub(crate) async fn start(&self, broker: &Arc<Broker>) -> Result<(), ServerError> {
         let Some((options, queue_options, addrs)) = self
             .pending_connect
             .lock()
@@ -196,14 +193,14 @@ impl Cluster {
                 rx,
                 headers,
                 self.counters.clone(),
-                shared.shutdown.clone(),
+                broker.shutdown.clone(),
             ));
         }
         tokio::spawn(receive_for_inboxes(
-            shared.clone(),
+            broker.clone(),
             client.clone(),
-            format!("{}{}", self.inbox_base, shared.requests.node()),
-            format!("{}{}.>", self.noresp_base, shared.requests.node()),
+            format!("{}{}", self.inbox_base, broker.requests.node()),
+            format!("{}{}.>", self.noresp_base, broker.requests.node()),
         ));
         tracing::info!(node = %self.node_id, "cluster: connecting to NATS");
         let _ = self.running.set(Running {
@@ -302,7 +299,7 @@ impl Cluster {
 
     /// Makes this node's NATS queue subscription for group `group` of `channel` match whether
     /// the group has local members. Called after every membership change.
-    pub(crate) fn reconcile_queue(&self, shared: &Arc<Shared>, channel: &Channel, group: &str) {
+    pub(crate) fn reconcile_queue(&self, broker: &Arc<Broker>, channel: &Channel, group: &str) {
         let Some(running) = self.running.get() else {
             return;
         };
@@ -311,12 +308,12 @@ impl Cluster {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let key = (channel.clone(), group.to_owned());
-        let wanted = shared.queues.local_members(channel.as_str(), group) > 0;
+        let wanted = broker.queues.local_members(channel.as_str(), group) > 0;
         match (wanted, interest.contains_key(&key)) {
             (true, false) => {
-                let stop = shared.shutdown.child_token();
+                let stop = broker.shutdown.child_token();
                 running.runtime.spawn(receive_queue(
-                    shared.clone(),
+                    broker.clone(),
                     running.queue_client.clone(),
                     channel.clone(),
                     group.to_owned(),
@@ -336,17 +333,17 @@ impl Cluster {
 
     /// Makes this node's NATS subscription for `channel` match whether it has local
     /// subscribers. Called after every change that created or removed the channel in the hub.
-    pub(crate) fn reconcile(&self, shared: &Arc<Shared>, channel: &Channel) {
+    pub(crate) fn reconcile(&self, broker: &Arc<Broker>, channel: &Channel) {
         let Some(running) = self.running.get() else {
             return; // Not started: no connection can have subscribed yet.
         };
         let mut interest = self.interest.lock().unwrap_or_else(PoisonError::into_inner);
-        let wanted = shared.hub.has_subscribers(channel.as_str());
+        let wanted = broker.hub.has_subscribers(channel.as_str());
         if wanted && !interest.contains_key(channel.as_str()) {
-            let stop = shared.shutdown.child_token();
+            let stop = broker.shutdown.child_token();
             let live = Arc::new(AtomicBool::new(false));
             running.runtime.spawn(receive(
-                shared.clone(),
+                broker.clone(),
                 running.client.clone(),
                 channel.clone(),
                 self.subject(channel.as_str()),
@@ -594,14 +591,14 @@ async fn server_barrier(client: &Client, subject: String) {
 /// Holds this node's NATS queue subscription for group `group` of `channel` (queue name: the
 /// group's name) and hands each message NATS picks this node for to the local group.
 async fn receive_queue(
-    shared: Arc<Shared>,
+    broker: Arc<Broker>,
     client: Client,
     channel: Channel,
     group: String,
     subject: String,
     stop: CancellationToken,
 ) {
-    let Some(cluster) = shared.cluster.as_ref() else {
+    let Some(cluster) = broker.cluster.as_ref() else {
         return;
     };
     let mut subscription = tokio::select! {
@@ -614,7 +611,6 @@ async fn receive_queue(
             }
         },
     };
-    let server = crate::ServerHandle::from_shared(shared.clone());
     loop {
         let message = tokio::select! {
             _ = stop.cancelled() => break,
@@ -624,13 +620,13 @@ async fn receive_queue(
             },
         };
         add(&cluster.counters.received, 1);
-        let Ok(message) = lhttp_proto::Message::parse_with(message.payload, &shared.parser_limits)
+        let Ok(message) = lhttp_proto::Message::parse_with(message.payload, &broker.parser_limits)
         else {
             add(&cluster.counters.dropped, 1);
             continue;
         };
-        let env = crate::requests::queue::Env::of(&server);
-        if shared
+        let env = crate::requests::queue::Env::of(&*broker);
+        if broker
             .queues
             .offer_to_group(channel.as_str(), &group, &message, &env)
             == crate::requests::queue::Offer::Refused
@@ -640,7 +636,7 @@ async fn receive_queue(
                 let refusal =
                     crate::Rejection::unavailable("no responders: the queue group is full")
                         .to_message(None);
-                let _ = server.publish_to(reply_to, &refusal);
+                let _ = broker.publish_to(reply_to, &refusal, Publisher::Http);
             }
         }
     }
@@ -650,7 +646,7 @@ async fn receive_queue(
 /// Receives what other nodes send to this node's inboxes (replies to requests made here) and
 /// NATS's "no responders" notices for requests made here.
 async fn receive_for_inboxes(
-    shared: Arc<Shared>,
+    broker: Arc<Broker>,
     client: Client,
     inbox_subject: String,
     noresp_subject: String,
@@ -666,26 +662,26 @@ async fn receive_for_inboxes(
             return;
         }
     };
-    let Some(cluster) = shared.cluster.as_ref() else {
+    let Some(cluster) = broker.cluster.as_ref() else {
         return;
     };
     // `<prefix>.noresp.<node>.<replies>.<key>` -> `_inbox.<node>.<replies>.<key>`.
     let noresp_prefix = cluster.noresp_base.as_str();
     loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = broker.shutdown.cancelled() => return,
             message = inbox.next() => {
                 let Some(message) = message else { return };
                 add(&cluster.counters.received, 1);
                 // The copy an inbox receives is encoded with `publish` set to its address.
-                let Ok(reply) = lhttp_proto::Message::parse_with(message.payload, &shared.parser_limits) else {
+                let Ok(reply) = lhttp_proto::Message::parse_with(message.payload, &broker.parser_limits) else {
                     add(&cluster.counters.dropped, 1);
                     continue;
                 };
                 let Some(address) = reply.header(lhttp_proto::names::PUBLISH).map(str::to_owned) else {
                     continue;
                 };
-                shared.requests.deliver(&address, &reply, &shared.metrics);
+                broker.requests.deliver(&address, &reply, &broker.metrics);
             }
             message = noresp.next() => {
                 let Some(message) = message else { return };
@@ -694,7 +690,7 @@ async fn receive_for_inboxes(
                 }
                 if let Some(rest) = message.subject.as_str().strip_prefix(noresp_prefix) {
                     let address = format!("{}{rest}", crate::requests::inbox::INBOX_PREFIX);
-                    shared.requests.no_remote_responders(&address, &shared.metrics);
+                    broker.requests.no_remote_responders(&address, &broker.metrics);
                 }
             }
         }
@@ -704,14 +700,14 @@ async fn receive_for_inboxes(
 /// Holds the NATS subscription for `channel` and delivers what other nodes publish to it to
 /// the local subscribers, until `stop` is cancelled.
 async fn receive(
-    shared: Arc<Shared>,
+    broker: Arc<Broker>,
     client: Client,
     channel: Channel,
     subject: String,
     stop: CancellationToken,
     live: Arc<AtomicBool>,
 ) {
-    let Some(cluster) = shared.cluster.as_ref() else {
+    let Some(cluster) = broker.cluster.as_ref() else {
         return;
     };
     let mut subscription = tokio::select! {
@@ -730,7 +726,7 @@ async fn receive(
     let flush = server_barrier(&client, cluster.barrier_subject.clone());
     tokio::pin!(flush);
     let mut flushed = false;
-    let max = shared.config.limits.max_message_size;
+    let max = broker.max_message_size;
     loop {
         tokio::select! {
             biased;
@@ -749,9 +745,9 @@ async fn receive(
                     continue;
                 }
                 add(&cluster.counters.received, 1);
-                shared
+                broker
                     .hub
-                    .publish(channel.as_str(), &frame(message.payload), &shared.metrics);
+                    .publish(channel.as_str(), &frame(message.payload), &broker.metrics);
             }
         }
     }
