@@ -3,24 +3,24 @@
 //! `lhttpd` is a thin binary over this crate; programs that embed the server use the same API
 //! to add their own commands ([`Processor`]) and hooks ([`Filter`]).
 //!
-//! Layout, following a message from the socket to its subscribers:
+//! Layout, following a message from the socket to its subscribers (docs/architecture.md draws
+//! it, with what each part may import):
+//! - `transport`: how bytes reach a client — WebSocket, byte streams over TCP, TLS and Unix
+//!   sockets, in-process pipes — behind one seam, with each connection's bounded outbox.
 //! - [`http`](crate::Server::run): one port for WebSocket upgrades (any path), `POST /publish`,
-//!   `/healthz`, `/metrics` and the chat page.
+//!   `/healthz`, `/metrics`, the gateway's routes and the pages an embedder adds.
 //! - `session`: one task per connection reads messages, parses them (`lhttp-proto`), runs
-//!   the filter chain and the processor ([`Context`]), and drains the connection's bounded
-//!   `outbox` into the same socket, several frames per write.
-//! - `builtin`: the `subscribe`, `unsubscribe`, `publish`, `upstream` and `multipart` headers,
-//!   as the first filters of the chain.
-//! - [`Hub`]: channel -> subscribers; a published message is encoded once per channel and the
-//!   same bytes are queued for every subscriber.
-//! - `cluster`: the NATS side of the broker seam, present only when `[cluster] nats` is set:
-//!   channels with local subscribers are subscribed in NATS, and publishes are also sent there
-//!   for the other nodes.
-//! - `auth` and `permissions`: JWT verification ([`User`]) and channel rules, checked at the
-//!   upgrade, on the `auth` command, and by the subscribe and publish built-ins.
-//! - `request`: inboxes and requests (`reply-to`), each ending with exactly one terminal
-//!   answer; `queue`: queue groups (work queues with credit, acks, at-least-once hand-over,
-//!   drain); `gateway`: HTTP requests under `[[gateway]]` paths as requests to a queue group.
+//!   the filter chain ([`builtin`] headers first) and the processor ([`Context`]), and drains
+//!   the connection's outbox into the same socket, several frames per write.
+//! - `broker`: where a publish goes — the [`Hub`] (channel -> subscribers; a published
+//!   message is encoded once per channel and the same bytes are queued for every
+//!   subscriber), queue groups, request inboxes, and, when `[cluster] nats` is set, the other
+//!   nodes through NATS.
+//! - `requests`: inboxes and requests (`reply-to`), each ending with exactly one terminal
+//!   answer; queue groups (work queues with credit, acks, at-least-once hand-over, drain); the
+//!   gateway's channels; calls to HTTP back ends ([`upstream`]).
+//! - `security`: JWT verification ([`User`]), channel rules, failed-auth throttling and the
+//!   connection limits, checked at accept, at the upgrade, on `auth`, and by the built-ins.
 //! - [`Config`], [`Metrics`], [`Rejection`] (the `error` answer), [`Channel`] (name rules).
 //!
 //! ```no_run

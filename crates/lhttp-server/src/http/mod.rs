@@ -44,7 +44,7 @@ pub(crate) struct StaticFile {
 }
 
 /// What one listening port serves: its router, and whether `POST /publish` is among its
-/// routes (the accept loop then serves that one itself: see [`http_publish`]).
+/// routes (the accept loop then serves that one itself: see [`mod@publish`]).
 #[derive(Clone)]
 pub(crate) struct Routes {
     pub(crate) router: Router,
@@ -54,7 +54,7 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    /// Whether `request` is a `POST /publish` that [`http_publish::serve`] answers exactly as
+    /// Whether `request` is a `POST /publish` that [`publish::serve`] answers exactly as
     /// the router would (a WebSocket upgrade on any path goes to the router's middleware).
     pub(crate) fn is_publish<B>(&self, request: &hyper::Request<B>) -> bool {
         self.publish
@@ -377,7 +377,7 @@ async fn metrics(State(shared): State<Arc<Sessions>>) -> Response {
 }
 
 /// `POST /publish` when it comes through the router: the accept loop serves it directly
-/// ([`http_publish::serve`]); the route stays so that other methods get 405 and both paths
+/// ([`publish::serve`]); the route stays so that other methods get 405 and both paths
 /// answer alike.
 async fn publish(State(shared): State<Arc<Sessions>>, site: Site, request: Request) -> Response {
     let peer = request

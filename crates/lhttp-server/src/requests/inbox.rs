@@ -3,10 +3,10 @@
 //! An *inbox* is a private address, `_inbox.<node>.<token>`, that delivers to one owner only:
 //! a WebSocket connection or the HTTP gateway. `<node>` names the server process (8 hex digits,
 //! random at start), so that in a cluster any node can route a reply to the node that holds
-//! the inbox (see [`crate::cluster`]); the token is random (128 bits); nobody can subscribe to
+//! the inbox (see [`crate::broker::cluster`]); the token is random (128 bits); nobody can subscribe to
 //! one. Only its owner learns the address (the `inbox` command) and may hand it out; when
 //! channel rules are configured, a plain message to an inbox also needs a rule that lets the
-//! sender publish there (see [`crate::permissions`]). A connection gets its inbox the first
+//! sender publish there (see [`crate::security::permissions`]). A connection gets its inbox the first
 //! time it needs one, so idle connections pay nothing.
 //!
 //! A *request* is a published message with a `reply-to` header. The server, not the client,

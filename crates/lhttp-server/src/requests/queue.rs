@@ -10,7 +10,7 @@
 //! - A member never holds more unacknowledged messages than its credit.
 //! - While no member has credit, messages wait in a bounded queue (`queues.max_queued`): a
 //!   request until its own timeout (then 503 if the group had no member, 504 otherwise; see
-//!   [`crate::request`]), a plain message for at most `queues.max_wait_ms` (then it is dropped
+//!   [`crate::requests::inbox`]), a plain message for at most `queues.max_wait_ms` (then it is dropped
 //!   and counted). A request the queue cannot take is answered 503 at once.
 //! - A member that leaves with unacknowledged messages: those that asked for at-least-once
 //!   delivery (`delivery:at-least-once`) go to another member; a request that did not ask gets
@@ -936,7 +936,7 @@ fn expire_all(state: &mut GroupState, env: &Env<'_>) -> Option<Instant> {
 
 /// True when a waiting job will not be delivered: a plain message (or another node's request)
 /// past `max_wait_ms`, or a request of this node that had its terminal answer or is past its
-/// timeout (its own timer answers it 503/504; see [`crate::request`]).
+/// timeout (its own timer answers it 503/504; see [`crate::requests::inbox`]).
 fn is_finished(job: &Job, now: Instant, env: &Env<'_>) -> bool {
     match &job.reply_to {
         Some(address) if env.requests.is_local(address) => {
@@ -948,7 +948,7 @@ fn is_finished(job: &Job, now: Instant, env: &Env<'_>) -> bool {
 
 /// Drops finished work from the front of the waiting queue: plain messages past
 /// `queues.max_wait_ms`, and requests that already had their terminal answer (their own timer
-/// answers them 503/504 at their deadline; see [`crate::request`]).
+/// answers them 503/504 at their deadline; see [`crate::requests::inbox`]).
 fn expire_waiting(state: &mut GroupState, env: &Env<'_>) {
     let now = Instant::now();
     // Only the front: this runs on every offer, and a full pass is the timer's job.

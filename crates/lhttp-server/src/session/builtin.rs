@@ -31,7 +31,7 @@ impl Filter for MultipartCheck {
 /// The `upstream` header: checked before the processor (400 malformed, 403 not allowed, so a
 /// refused call refuses the whole message), called after it on a task of its own, once the
 /// message has been published. The back end's answer is relayed to the client (see
-/// [`crate::upstream`]); it is the one answer to a `request-id`.
+/// [`crate::requests::upstream`]); it is the one answer to a `request-id`.
 pub(crate) struct UpstreamCall;
 
 impl Filter for UpstreamCall {
@@ -144,7 +144,7 @@ fn header_safe(id: &str) -> String {
 }
 
 /// `subscribe` and `unsubscribe` before the processor; `publish` after it. With them, the
-/// headers of requests and queue groups (see [`crate::request`] and [`crate::queue`]):
+/// headers of requests and queue groups (see [`crate::requests::inbox`] and [`crate::requests::queue`]):
 /// `queue`/`credit` make a subscribe join a queue group, `drain` leaves one gracefully, `ack`
 /// acknowledges deliveries, `reply-to` makes a publish a request, and the `inbox` command
 /// answers with the connection's inbox address.
@@ -367,7 +367,7 @@ fn check_request(ctx: &Context<'_>) -> Result<RequestKind, Rejection> {
 }
 
 /// Publishes a request: the server sets `reply-to` to a fresh reply address of the sender's
-/// inbox, and the request then gets exactly one terminal answer (see [`crate::request`]).
+/// inbox, and the request then gets exactly one terminal answer (see [`crate::requests::inbox`]).
 fn publish_request(ctx: &mut Context<'_>) -> Result<(), Rejection> {
     if check_request(ctx)? == RequestKind::Forward {
         return forward_request(ctx);

@@ -12,9 +12,11 @@ use lhttp_proto::Message;
 
 use crate::{
     Channel, Rejection, ServerHandle, User,
+    broker::Broker,
     requests::inbox::Inbox,
     requests::queue::{Env, QueueGroup, is_valid_group},
     security::permissions::{self, Grants},
+    session::sessions::Sessions,
     transport::outbox::{Outbox, SendError, frame},
 };
 
@@ -108,8 +110,7 @@ impl Connection {
             .map(|name| Channel::new(name))
             .collect::<Result<Vec<_>, _>>()?;
         for channel in &channels {
-            self.server
-                .sessions()
+            self.sessions()
                 .gateway
                 .check_subscribe(channel.as_str(), Some(group))?;
         }
@@ -118,23 +119,18 @@ impl Connection {
             permissions::check_subscribe(grants, channels.iter().map(Channel::as_str))
                 .inspect_err(|_| self.count_denial())?;
         }
-        let max = self.server.sessions().config.limits.max_subscriptions;
+        let max = self.sessions().config.limits.max_subscriptions;
         if self.subscriptions.len() + self.groups.len() + channels.len() > max {
             return Err(Rejection::limited(format!(
                 "subscription limit of {max} channels per connection reached"
             )));
         }
-        let server = self.server.clone();
-        let env = Env::of(&*server.sessions().broker);
+        let broker = self.broker().clone();
+        let env = Env::of(&*broker);
         for channel in channels {
-            let joined = server.sessions().broker.queues.join(
-                &channel,
-                group,
-                credit,
-                self.id,
-                &self.outbox,
-                &env,
-            );
+            let joined = broker
+                .queues
+                .join(&channel, group, credit, self.id, &self.outbox, &env);
             if !self.groups.iter().any(|g| Arc::ptr_eq(g, &joined)) {
                 self.groups.push(joined);
             }
@@ -145,12 +141,12 @@ impl Connection {
     /// Leaves queue group `group` of `channel`, or every group of `channel` when `group` is
     /// `None`.
     pub(crate) fn leave_queue(&mut self, channel: &str, group: Option<&str>) {
-        let server = self.server.clone();
-        let env = Env::of(&*server.sessions().broker);
+        let broker = self.broker().clone();
+        let env = Env::of(&*broker);
         self.groups.retain(|g| {
             let matches = g.channel() == channel && group.is_none_or(|name| g.name() == name);
             if matches {
-                server.sessions().broker.queues.leave(g, self.id, &env);
+                broker.queues.leave(g, self.id, &env);
             }
             !matches
         });
@@ -158,9 +154,9 @@ impl Connection {
 
     /// Acknowledges queue-group deliveries; 400 for an id this connection does not hold.
     pub(crate) fn ack(&mut self, ids: &[u64]) -> Result<(), Rejection> {
-        let server = self.server.clone();
-        let env = Env::of(&*server.sessions().broker);
-        let queues = &server.sessions().broker.queues;
+        let broker = self.broker().clone();
+        let env = Env::of(&*broker);
+        let queues = &broker.queues;
         let mut unknown = 0;
         for &id in ids {
             if !self.groups.iter().any(|g| queues.ack(g, self.id, id, &env)) {
@@ -183,8 +179,8 @@ impl Connection {
         group: &str,
         request_id: Option<&lhttp_proto::Text>,
     ) -> Result<(), Rejection> {
-        let server = self.server.clone();
-        let env = Env::of(&*server.sessions().broker);
+        let broker = self.broker().clone();
+        let env = Env::of(&*broker);
         let targets: Vec<Arc<QueueGroup>> = self
             .groups
             .iter()
@@ -197,11 +193,7 @@ impl Connection {
             ));
         }
         for g in &targets {
-            server
-                .sessions()
-                .broker
-                .queues
-                .drain(g, self.id, request_id.cloned(), &env);
+            broker.queues.drain(g, self.id, request_id.cloned(), &env);
         }
         self.forget_left_groups();
         Ok(())
@@ -217,7 +209,7 @@ impl Connection {
     /// subscription the new identity may not hold, so nothing keeps flowing to a connection
     /// that lost the right to it.
     pub(crate) fn set_user(&mut self, user: Option<User>) {
-        let permissions = &self.server.sessions().security.permissions;
+        let permissions = &self.sessions().security.permissions;
         self.grants = permissions.grants_of(user.as_ref(), &self.peer);
         self.user = user.map(Box::new);
         let Some(grants) = self.grants.clone() else {
@@ -287,7 +279,7 @@ impl Connection {
         &self,
         channels: impl Iterator<Item = &'a str>,
     ) -> Result<(), Rejection> {
-        let gateway = &self.server.sessions().gateway;
+        let gateway = &self.sessions().gateway;
         match (&self.grants, gateway.has_channels()) {
             (None, false) => Ok(()),
             (None, true) => gateway.check_publish(channels),
@@ -300,7 +292,7 @@ impl Connection {
     }
 
     fn count_denial(&self) {
-        crate::metrics::add(&self.server.sessions().metrics.permission_denials, 1);
+        crate::metrics::add(&self.sessions().metrics.permission_denials, 1);
     }
 
     /// A slot for one more upstream call, or `None` when `max` are in flight.
@@ -343,6 +335,16 @@ impl Connection {
         &self.server
     }
 
+    /// What this server's sessions share.
+    pub(crate) fn sessions(&self) -> &Sessions {
+        self.server.sessions()
+    }
+
+    /// Where this connection's publishes and subscriptions go.
+    pub(crate) fn broker(&self) -> &Arc<Broker> {
+        &self.server.sessions().broker
+    }
+
     /// Queues `message` for this client without waiting.
     pub fn send(&self, message: &Message) -> Result<(), SendError> {
         self.outbox.push(frame(message.to_bytes()))
@@ -383,7 +385,7 @@ impl Connection {
             if !self.subscriptions.contains(name)
                 && !new.iter().any(|c: &Channel| c.as_str() == name)
             {
-                self.server.sessions().gateway.check_subscribe(name, None)?;
+                self.sessions().gateway.check_subscribe(name, None)?;
                 new.push(Channel::new(name)?);
             }
         }
@@ -391,16 +393,16 @@ impl Connection {
             permissions::check_subscribe(grants, new.iter().map(Channel::as_str))
                 .inspect_err(|_| self.count_denial())?;
         }
-        let max = self.server.sessions().config.limits.max_subscriptions;
+        let max = self.sessions().config.limits.max_subscriptions;
         if self.subscriptions.len() + new.len() > max {
             return Err(Rejection::limited(format!(
                 "subscription limit of {max} channels per connection reached"
             )));
         }
-        let hub = &self.server.sessions().broker.hub;
+        let broker = &self.server.sessions().broker;
         for channel in new {
-            if hub.subscribe(&channel, self.id, &self.outbox) {
-                self.server.sessions().broker.interest_changed(&channel);
+            if broker.hub.subscribe(&channel, self.id, &self.outbox) {
+                broker.interest_changed(&channel);
             }
             self.subscriptions.insert(channel);
         }
@@ -410,24 +412,18 @@ impl Connection {
     /// Unsubscribes from `channel`; a channel never subscribed is ignored.
     pub fn unsubscribe(&mut self, channel: &str) {
         if let Some(channel) = self.subscriptions.take(channel) {
-            if self
-                .server
-                .sessions()
-                .broker
-                .hub
-                .unsubscribe(channel.as_str(), self.id)
-            {
-                self.server.sessions().broker.interest_changed(&channel);
+            if self.broker().hub.unsubscribe(channel.as_str(), self.id) {
+                self.broker().interest_changed(&channel);
             }
         }
     }
 
     /// Removes every subscription.
     pub fn unsubscribe_all(&mut self) {
-        let hub = &self.server.sessions().broker.hub;
+        let broker = &self.server.sessions().broker;
         for channel in self.subscriptions.drain() {
-            if hub.unsubscribe(channel.as_str(), self.id) {
-                self.server.sessions().broker.interest_changed(&channel);
+            if broker.hub.unsubscribe(channel.as_str(), self.id) {
+                broker.interest_changed(&channel);
             }
         }
     }
@@ -442,7 +438,7 @@ impl Connection {
         rejection: &Rejection,
         request_id: Option<&lhttp_proto::Text>,
     ) {
-        crate::metrics::add(&self.server.sessions().metrics.error_replies, 1);
+        crate::metrics::add(&self.sessions().metrics.error_replies, 1);
         let _ = self.send(&rejection.to_message(request_id));
     }
 }
@@ -453,13 +449,13 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.unsubscribe_all();
-        let server = self.server.clone();
-        let env = Env::of(&*server.sessions().broker);
+        let broker = self.broker().clone();
+        let env = Env::of(&*broker);
         for group in self.groups.drain(..) {
-            server.sessions().broker.queues.leave(&group, self.id, &env);
+            broker.queues.leave(&group, self.id, &env);
         }
         if let Some(inbox) = self.inbox.take() {
-            server.sessions().broker.requests.close_inbox(&inbox);
+            broker.requests.close_inbox(&inbox);
         }
     }
 }

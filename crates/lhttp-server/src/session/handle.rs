@@ -154,7 +154,7 @@ impl ServerHandle {
         &self.sessions.config
     }
 
-    /// Starts a graceful shutdown, as the `shutdown` future of [`Server::run`] does.
+    /// Starts a graceful shutdown, as the `shutdown` future of [`Server::run`](crate::Server::run) does.
     pub fn shutdown(&self) {
         self.sessions.shutdown.cancel();
     }

@@ -1,6 +1,8 @@
-//! One WebSocket connection from handshake to close, in one task: it reads messages and runs
-//! the filter chain and processors on them, and between and during them it drives the
-//! connection's [`Writer`], which drains the outbox into the same socket.
+//! One connection, on any transport, from accept to close, in one task: it reads messages and
+//! runs the filter chain and processors on them, and between and during them it drives the
+//! connection's [`Writer`], which drains the outbox into the same socket. The close codes
+//! below are WebSocket's; a byte stream gets the same code and reason in its last `close`
+//! message.
 //!
 //! How a connection ends, and what the client sees:
 //! - the client closes or disconnects: close hooks run, subscriptions are removed;

@@ -5,7 +5,7 @@
 //! A client can announce a frame of the largest size and then send nothing: the server holds
 //! a buffer for it until the message deadline or the idle timeout. Each connection is bounded
 //! by the largest message; this bounds them all together. Only large buffers are charged: a
-//! read buffer grown past [`super::socket::SCRATCH`] for one frame, and the reassembly of a
+//! read buffer grown past [`super::scratch::SIZE`] for one frame, and the reassembly of a
 //! fragmented message past the same size. Small messages, however they are split across
 //! reads, never touch the counter, so the normal path pays nothing for it.
 
