@@ -33,6 +33,7 @@ pub mod message;
 pub mod multipart;
 pub mod names;
 pub mod parse;
+pub mod pattern;
 pub mod stream;
 mod text;
 mod validate;

@@ -43,8 +43,26 @@ pub const TOKEN: &str = "token";
 pub const STATUS: &str = "status";
 /// Why an `error`, an `unsubscribed` or a `close` happened, in a few words.
 pub const REASON: &str = "reason";
-/// On `unsubscribed`: the channel the server ended the subscription to.
+/// On `unsubscribed`: the channel the server ended the subscription to; on `subscribed` and
+/// `history`: the channel the answer is about; on a `history` read: the channel to read.
 pub const CHANNEL: &str = "channel";
+/// On a message of a channel that keeps history: its position in the channel (1, 2, 3, ...,
+/// consecutive). Set by the server only.
+pub const OFFSET: &str = "offset";
+/// On a message of a channel that keeps history: the channel's epoch, which changes whenever
+/// the history before it was lost (offsets are comparable only within one epoch). Set by the
+/// server only.
+pub const EPOCH: &str = "epoch";
+/// With `subscribe` (one channel) and `epoch`, or on a `history` read: the offset of the last
+/// message the client has; the server sends what came after it.
+pub const SINCE: &str = "since";
+/// With `subscribe` (one channel), or on a `history` read: send the last `N` messages kept.
+pub const RECENT: &str = "recent";
+/// On `subscribed` and `history`: how many history messages follow the answer.
+pub const COUNT: &str = "count";
+/// On `subscribed` and `history` after `since`: `true` when every message after `since` is
+/// among those that follow, `false` when some were lost (too old, or another epoch).
+pub const RECOVERED: &str = "recovered";
 /// On a byte stream's `close`: the WebSocket close code of the event.
 pub const CODE: &str = "code";
 
@@ -61,6 +79,12 @@ pub mod command {
     /// The server ended a subscription or queue-group membership (`channel`, `queue`,
     /// `reason`): the connection's rights no longer cover it.
     pub const UNSUBSCRIBED: &str = "unsubscribed";
+    /// The answer to a `subscribe` with `since` or `recent` (`channel`, `epoch`, `offset`,
+    /// `count`, `recovered`), followed by `count` history messages, then live ones.
+    pub const SUBSCRIBED: &str = "subscribed";
+    /// A read of a channel's history (`channel`, `since` and `epoch`, or `recent`); answered
+    /// with `history` (the same headers as `subscribed`) followed by `count` messages.
+    pub const HISTORY: &str = "history";
     /// The last message of a byte stream the server closes (`code`, `reason`).
     pub const CLOSE: &str = crate::stream::CLOSE_COMMAND;
 }

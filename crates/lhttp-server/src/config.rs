@@ -58,6 +58,11 @@ pub struct Config {
     /// Listeners of byte streams besides the WebSocket port: raw TCP, TLS, a Unix socket. All
     /// off by default.
     pub transports: TransportsConfig,
+    /// Options per channel pattern (`[[channels]]`): which channels keep history. None by
+    /// default: no channel keeps anything.
+    pub channels: Vec<ChannelOptions>,
+    /// Where channel history is kept, and its bounds over the server.
+    pub history: HistoryConfig,
 }
 
 /// Certificate and key of a TLS listener, as PEM files. The files are read again when they
@@ -810,6 +815,117 @@ impl Default for RequestsConfig {
             max_pending_per_inbox: 1024,
             max_pending_gateway: 10_000,
         }
+    }
+}
+
+/// One `[[channels]]` block: options for the channels its pattern matches. The first block
+/// whose pattern matches a channel decides its options.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelOptions {
+    /// Channel pattern: tokens separated by `.`; `*` matches one token, `>` (last) one or more
+    /// (`chat.*`, `news.>`, `>`).
+    pub pattern: String,
+    /// Most messages kept per channel; 0 keeps none (no history, no offsets). At most
+    /// `limits.outbound_queue`, since a catch-up queues them for a client at once.
+    pub history_size: usize,
+    /// Most bytes of messages kept per channel (the copies subscribers receive). At most
+    /// `limits.outbound_queue_bytes`, for the same reason.
+    pub history_bytes: usize,
+    /// How long a message is kept, in seconds.
+    pub history_ttl_secs: u64,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            pattern: String::new(),
+            history_size: 0,
+            history_bytes: 1024 * 1024,
+            history_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+impl ChannelOptions {
+    /// The checks that need no other section (the pattern is checked where it is compiled).
+    pub(crate) fn validate(&self, limits: &Limits) -> Result<(), String> {
+        let name = format!("channels {:?}", self.pattern);
+        check_count(&format!("{name}: history_size"), self.history_size)?;
+        if self.history_size > limits.outbound_queue {
+            return Err(format!(
+                "{name}: history_size ({}) must be at most limits.outbound_queue ({}): a catch-up queues the whole history for one client",
+                self.history_size, limits.outbound_queue
+            ));
+        }
+        if self.history_size > 0 {
+            if self.history_bytes == 0 || self.history_ttl_secs == 0 {
+                return Err(format!(
+                    "{name}: history_bytes and history_ttl_secs must be greater than 0 when history_size is"
+                ));
+            }
+            if self.history_bytes > limits.outbound_queue_bytes {
+                return Err(format!(
+                    "{name}: history_bytes ({}) must be at most limits.outbound_queue_bytes ({}): a catch-up queues the whole history for one client",
+                    self.history_bytes, limits.outbound_queue_bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[history]`: where the history of `[[channels]]` with `history_size` is kept.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// `"disk"`: kept in memory and written to the file at `path`, read back at start
+    /// (history survives a restart); `"memory"`: lost at a restart.
+    pub store: String,
+    /// The store's file (an embedded database), made if missing.
+    pub path: PathBuf,
+    /// Most bytes of history over every channel. A channel that would exceed it drops its own
+    /// oldest messages; a message that still does not fit is published but not kept.
+    pub max_bytes: usize,
+    /// Most channels with history. A channel beyond it is published without history.
+    pub max_channels: usize,
+    /// Most changes waiting to be written to disk; beyond it they are dropped and counted, and
+    /// the next start gives every channel a new epoch.
+    pub write_queue: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            store: "disk".to_owned(),
+            path: PathBuf::from("lhttpd-history.redb"),
+            max_bytes: 256 * 1024 * 1024,
+            max_channels: 100_000,
+            write_queue: 65_536,
+        }
+    }
+}
+
+impl HistoryConfig {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if !matches!(self.store.as_str(), "disk" | "memory") {
+            return Err(format!(
+                "history.store must be \"disk\" or \"memory\", not {:?}",
+                self.store
+            ));
+        }
+        if self.store == "disk" && self.path.as_os_str().is_empty() {
+            return Err("history.path must name a file when history.store is \"disk\"".into());
+        }
+        check_count("history.max_channels", self.max_channels)?;
+        check_count("history.write_queue", self.write_queue)?;
+        if self.max_bytes == 0 || self.max_channels == 0 || self.write_queue == 0 {
+            return Err(
+                "history.max_bytes, history.max_channels and history.write_queue must be greater than 0"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 

@@ -39,6 +39,15 @@ pub struct Metrics {
     pub(crate) queue_refused: AtomicU64,
     pub(crate) queue_expired: AtomicU64,
     pub(crate) queue_refused_bytes: AtomicU64,
+    /// Messages of history channels published without being kept (a full budget, or a
+    /// channel beyond `history.max_channels`).
+    pub(crate) history_refused: AtomicU64,
+    /// Kept messages dropped to make room for newer ones.
+    pub(crate) history_trimmed: AtomicU64,
+    /// Kept messages dropped at the end of their `history_ttl_secs`.
+    pub(crate) history_expired: AtomicU64,
+    /// Changes to the disk store dropped because its writer fell behind.
+    pub(crate) history_write_dropped: AtomicU64,
     pub(crate) gateway_requests: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
     pub(crate) permission_denials: AtomicU64,
@@ -72,6 +81,8 @@ pub(crate) struct Gauges {
     pub queue_groups: u64,
     pub queue_members: u64,
     pub queued_bytes: u64,
+    pub history_channels: u64,
+    pub history_bytes: u64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -137,6 +148,16 @@ impl Metrics {
             "queued_bytes",
             "Bytes of queue-group work held (waiting, or delivered and not acknowledged).",
             gauges.queued_bytes,
+        );
+        gauge(
+            "history_channels",
+            "Channels with a history (a stream of kept messages).",
+            gauges.history_channels,
+        );
+        gauge(
+            "history_bytes",
+            "Bytes of channel history held in memory.",
+            gauges.history_bytes,
         );
         let counters: [(&str, &str, &AtomicU64); 23] = [
             (
@@ -255,7 +276,7 @@ impl Metrics {
                 &self.http_body_timeouts,
             ),
         ];
-        let messaging: [(&str, &str, &AtomicU64); 13] = [
+        let messaging: [(&str, &str, &AtomicU64); 17] = [
             (
                 "requests_total",
                 "Requests started (messages with reply-to, and gateway requests).",
@@ -320,6 +341,26 @@ impl Metrics {
                 "gateway_requests_total",
                 "HTTP requests received by gateway routes.",
                 &self.gateway_requests,
+            ),
+            (
+                "history_refused_total",
+                "Messages of history channels published without being kept (history.max_bytes or history.max_channels reached).",
+                &self.history_refused,
+            ),
+            (
+                "history_trimmed_total",
+                "Kept messages dropped to make room for newer ones.",
+                &self.history_trimmed,
+            ),
+            (
+                "history_expired_total",
+                "Kept messages dropped at the end of their history_ttl_secs.",
+                &self.history_expired,
+            ),
+            (
+                "history_write_dropped_total",
+                "Changes to the history store dropped because its writer fell behind (the next start gives every channel a new epoch).",
+                &self.history_write_dropped,
             ),
         ];
         let edge: [(&str, &str, &AtomicU64); 6] = [

@@ -10,6 +10,7 @@ use crate::{
     Channel, Config, Filter, Processor, ServerError, ServerHandle,
     broker::{self, Broker},
     http::{self, StaticFile, accept, origin::Site},
+    pubsub::history::{self, History},
     requests::gateway::Gateway,
     requests::inbox::Requests,
     requests::queue::Queues,
@@ -116,12 +117,15 @@ impl ServerBuilder {
             queues.declare(&channel, &route.queue);
         }
         let gateway = Gateway::new(&self.config.gateway);
-        let metrics = Arc::default();
+        let metrics: Arc<crate::Metrics> = Arc::default();
         let shutdown = CancellationToken::new();
+        let history = History::new(&self.config.history, &self.config.channels, metrics.clone())
+            .map_err(ServerError::Config)?;
         let broker = Broker::new(
             broker::Parts {
                 requests: Requests::new(requests_config),
                 queues,
+                history,
                 cluster,
                 metrics: Arc::clone(&metrics),
                 shutdown: shutdown.clone(),
@@ -294,6 +298,23 @@ impl Server {
                 .tasks
                 .spawn(tls.clone().watch(shared.shutdown.clone()));
         }
+        if shared.broker.history.is_some() {
+            let broker = shared.broker.clone();
+            let stop = shared.shutdown.clone();
+            // Expiry runs on its own clock, whatever the traffic.
+            shared.tasks.spawn(async move {
+                let mut ticks = tokio::time::interval(history::EXPIRY_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = ticks.tick() => {}
+                    }
+                    if let Some(history) = &broker.history {
+                        history.expire();
+                    }
+                }
+            });
+        }
         // The accept loops return once shutdown has started.
         tokio::join!(signal, main, ops, streams.serve(&shared));
         // HTTP requests in flight get the shutdown timeout too; a slow client cannot hold the
@@ -317,6 +338,16 @@ impl Server {
         }
         if let Some(cluster) = &shared.broker.cluster {
             cluster.stop().await;
+        }
+        if shared.broker.history.is_some() {
+            // Everything is published by now: write what is queued, then mark the store clean.
+            let broker = shared.broker.clone();
+            let closing = tokio::task::spawn_blocking(move || {
+                if let Some(history) = &broker.history {
+                    history.close();
+                }
+            });
+            let _ = closing.await;
         }
         Ok(())
     }

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use lhttp_proto::pattern::Pattern;
+
 use crate::{
     Config,
     broker::cluster::Cluster,
@@ -56,6 +58,7 @@ impl Config {
         self.validate_messaging().map_err(ServerError::Config)?;
         self.auth.validate().map_err(ServerError::Config)?;
         self.validate_transports().map_err(ServerError::Config)?;
+        self.validate_channels().map_err(ServerError::Config)?;
         let tls = Listeners {
             main: self
                 .server
@@ -80,5 +83,37 @@ impl Config {
                 .then(|| Cluster::new(&self.cluster))
                 .transpose()?,
         })
+    }
+}
+
+impl Config {
+    /// `[[channels]]` and `[history]`: patterns, per-channel bounds that a catch-up can queue,
+    /// and no history where it cannot be kept safely.
+    fn validate_channels(&self) -> Result<(), String> {
+        self.history.validate()?;
+        let mut keeps_history = false;
+        for options in &self.channels {
+            let pattern = Pattern::parse(&options.pattern)
+                .map_err(|e| format!("channels pattern {:?}: {e}", options.pattern))?;
+            options.validate(&self.limits)?;
+            if options.history_size == 0 {
+                continue;
+            }
+            keeps_history = true;
+            // Gateway requests carry HTTP clients' credentials: never kept for replay.
+            if let Some(route) = self.gateway.iter().find(|r| pattern.matches(&r.channel)) {
+                return Err(format!(
+                    "channels {:?} would keep the history of gateway channel {:?}: gateway requests carry HTTP clients' credentials",
+                    options.pattern, route.channel
+                ));
+            }
+        }
+        if keeps_history && self.cluster.enabled() {
+            return Err(
+                "channel history ([[channels]] with history_size) is kept by a single node; a cluster ([cluster] nats) would serve a different history on every node, so the two cannot be combined"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }

@@ -17,10 +17,12 @@ use crate::{
     config::Limits,
     metrics::add,
     pubsub::channel,
+    pubsub::history::{Catchup, History, Want},
     pubsub::publish::encode_for_channel,
     requests::inbox::{InboxDelivery, Requests, is_inbox},
     requests::queue::{Charge, Env, Offered, Publisher, QueueGroup, QueueHost, Queues, Refusal},
-    transport::outbox::frame,
+    transport::ConnectionId,
+    transport::outbox::{Outbox, SendError, frame},
 };
 use cluster::Cluster;
 
@@ -33,6 +35,8 @@ pub(crate) struct Broker {
     pub(crate) requests: Requests,
     /// Queue groups by channel.
     pub(crate) queues: Queues,
+    /// The channels that keep history; `None` when no `[[channels]]` block keeps any.
+    pub(crate) history: Option<History>,
     /// `None` on a single node, where publishing is local fan-out only; the NATS membership
     /// when `[cluster] nats` is set.
     pub(crate) cluster: Option<Cluster>,
@@ -54,6 +58,7 @@ pub(crate) struct Broker {
 pub(crate) struct Parts {
     pub(crate) requests: Requests,
     pub(crate) queues: Queues,
+    pub(crate) history: Option<History>,
     pub(crate) cluster: Option<Cluster>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: CancellationToken,
@@ -65,6 +70,7 @@ impl Broker {
             hub: Hub::default(),
             requests: parts.requests,
             queues: parts.queues,
+            history: parts.history,
             cluster: parts.cluster,
             metrics: parts.metrics,
             parser_limits: limits.parser(),
@@ -209,6 +215,16 @@ impl Broker {
                 .offer(channel, message, publisher, charge, &Env::of(self))
         };
         let Some(cluster) = &shared.cluster else {
+            if let Some(history) = &shared.history {
+                // Kept and delivered under the channel's stream lock, in offset order.
+                let deliver = |bytes| shared.hub.publish(channel, &frame(bytes), metrics);
+                if let Some(deliveries) = history.publish(channel, message, deliver) {
+                    return Routed {
+                        deliveries,
+                        offered,
+                    };
+                }
+            }
             // Encoded only when the channel has subscribers, found with one lookup.
             let encode = || frame(encode_for_channel(message, channel));
             let deliveries = shared.hub.publish_with(channel, encode, metrics);
@@ -264,6 +280,55 @@ impl Broker {
         channel::check(channel)?;
         let (deliveries, queued) = self.publish_checked_by(channel, message, publisher)?;
         Ok(deliveries + queued)
+    }
+}
+
+impl Broker {
+    /// Subscribes `connection` to `channel` and queues for it, as one batch, the answer
+    /// (`command`) and the history `want` asks for; or, with `subscribe` false, only reads
+    /// the history. Atomic with the channel's publishes: no message is missed or repeated
+    /// between the history and what follows live. Returns true when the subscription created
+    /// the channel in the hub.
+    pub(crate) fn catch_up(
+        &self,
+        channel: &Channel,
+        want: &Want,
+        command: &str,
+        request_id: Option<&str>,
+        subscriber: Option<(ConnectionId, &Outbox)>,
+        outbox: &Outbox,
+    ) -> Result<bool, SendError> {
+        let mut created = false;
+        let subscribe = || {
+            if let Some((connection, outbox)) = subscriber {
+                created = self.hub.subscribe(channel, connection, outbox);
+            }
+        };
+        let queue = |catchup: Catchup| {
+            let mut frames = Vec::with_capacity(catchup.frames.len() + 1);
+            frames.push(frame(catchup.answer.to_bytes()));
+            frames.extend(catchup.frames.into_iter().map(frame));
+            outbox.push_all(frames)
+        };
+        let queued = match &self.history {
+            Some(history) => history.catch_up(
+                channel.as_str(),
+                want,
+                command,
+                request_id,
+                subscribe,
+                queue,
+            ),
+            None => crate::pubsub::history::without_history(
+                channel.as_str(),
+                want,
+                command,
+                request_id,
+                subscribe,
+                queue,
+            ),
+        };
+        queued.map(|()| created)
     }
 }
 

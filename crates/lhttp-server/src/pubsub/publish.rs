@@ -29,14 +29,15 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// Headers a subscriber never sees: they acted on the publisher's connection, or only the
-/// server may set them (a publisher must not be able to forge a queue delivery).
+/// server may set them (a publisher must not be able to forge a queue delivery, nor a
+/// history message's `offset` and `epoch`).
 pub(crate) fn is_stripped(name: &str) -> bool {
     // By length first: this runs for every header of every published message, and most
     // headers (`publish`, `request-id`, an application's own) have no candidate of their length.
     let candidates: &[&str] = match name.len() {
         3 => &[names::ACK],
-        5 => &[names::QUEUE, names::DRAIN],
-        6 => &[names::CREDIT],
+        5 => &[names::QUEUE, names::DRAIN, names::EPOCH],
+        6 => &[names::CREDIT, names::OFFSET],
         8 => &[names::UPSTREAM],
         9 => &[names::SUBSCRIBE],
         11 => &[names::UNSUBSCRIBE, names::DELIVERY_ID],

@@ -20,11 +20,10 @@ use std::{
 };
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use lhttp_proto::pattern::Pattern;
 use serde_json::{Map, Value};
 
-use crate::{
-    config::AuthConfig, security::permissions::Pattern, security::permissions::TokenChannels,
-};
+use crate::{config::AuthConfig, security::permissions::TokenChannels};
 
 /// The authenticated user of a connection, from its token's claims.
 #[derive(Debug, Clone, PartialEq)]

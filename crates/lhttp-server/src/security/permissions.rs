@@ -12,6 +12,8 @@
 
 use std::sync::Arc;
 
+use lhttp_proto::pattern::Pattern;
+
 use crate::{
     Rejection,
     config::{AuthConfig, ChannelRule},
@@ -22,102 +24,13 @@ use crate::{
 /// The placeholder for the user id in a pattern.
 const SUB: &str = "{sub}";
 
-/// One token of a pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Token {
-    /// Matches this exact token (may still contain `{sub}` in a template).
-    Literal(Box<str>),
-    /// `*`: one token.
-    One,
-    /// `>`: one or more tokens, last only.
-    Rest,
-}
-
-/// A parsed channel pattern, possibly with `{sub}` placeholders.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Pattern {
-    tokens: Vec<Token>,
-    /// True when a literal token holds `{sub}`.
-    templated: bool,
-}
-
-impl Pattern {
-    /// Parses a pattern; the error says what is wrong with it.
-    pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
-        if text.is_empty() {
-            return Err("empty pattern".into());
-        }
-        let mut tokens = Vec::new();
-        let mut templated = false;
-        let count = text.split('.').count();
-        for (i, token) in text.split('.').enumerate() {
-            let token = match token {
-                "" => return Err("empty token (two dots, or a dot at an end)".into()),
-                "*" => Token::One,
-                ">" if i + 1 == count => Token::Rest,
-                ">" => return Err("'>' may only be the last token".into()),
-                t if t.contains(['*', '>']) => {
-                    return Err("'*' and '>' must be whole tokens".into());
-                }
-                t if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                    return Err("whitespace or control character".into());
-                }
-                t => {
-                    templated |= t.contains(SUB);
-                    Token::Literal(t.into())
-                }
-            };
-            tokens.push(token);
-        }
-        Ok(Pattern { tokens, templated })
+/// A rule's pattern for `sub`, the connection's user id (`None`: anonymous, and a pattern with
+/// `{sub}` then applies to nothing). The id is matched literally.
+fn for_user(pattern: &Pattern, sub: Option<&str>) -> Option<Pattern> {
+    if !pattern.has_in_literals(SUB) {
+        return Some(pattern.clone());
     }
-
-    /// The pattern for user `sub` (`None`: anonymous, and a templated pattern then applies to
-    /// nothing).
-    fn for_user(&self, sub: Option<&str>) -> Option<Pattern> {
-        if !self.templated {
-            return Some(self.clone());
-        }
-        let sub = sub?;
-        let tokens = self
-            .tokens
-            .iter()
-            .map(|t| match t {
-                Token::Literal(l) => Token::Literal(l.replace(SUB, sub).into()),
-                other => other.clone(),
-            })
-            .collect();
-        Some(Pattern {
-            tokens,
-            templated: false,
-        })
-    }
-
-    /// True when it matches every channel (`>`).
-    fn is_everything(&self) -> bool {
-        self.tokens == [Token::Rest]
-    }
-
-    /// True when `channel` matches. Allocates nothing.
-    pub(crate) fn matches(&self, channel: &str) -> bool {
-        let mut parts = channel.split('.');
-        for token in &self.tokens {
-            match token {
-                Token::Rest => return parts.next().is_some(),
-                Token::One => {
-                    if parts.next().is_none() {
-                        return false;
-                    }
-                }
-                Token::Literal(l) => {
-                    if parts.next() != Some(l) {
-                        return false;
-                    }
-                }
-            }
-        }
-        parts.next().is_none()
-    }
+    Some(pattern.replace_in_literals(SUB, sub?))
 }
 
 /// What one restricted connection may do: the patterns that apply to it, `{sub}` resolved.
@@ -271,7 +184,7 @@ impl Permissions {
         let mut grants = Grants::default();
         if !only {
             for rule in self.rules.iter().filter(|r| r.applies_to(user, peer)) {
-                if let Some(pattern) = rule.pattern.for_user(sub) {
+                if let Some(pattern) = for_user(&rule.pattern, sub) {
                     if rule.subscribe {
                         grants.subscribe.add(pattern.clone());
                     }
@@ -283,10 +196,10 @@ impl Permissions {
         }
         if let Some(claim) = claim {
             for p in &claim.subscribe {
-                grants.subscribe.extend_from(p.for_user(sub));
+                grants.subscribe.extend_from(for_user(p, sub));
             }
             for p in &claim.publish {
-                grants.publish.extend_from(p.for_user(sub));
+                grants.publish.extend_from(for_user(p, sub));
             }
         }
         Some(Arc::new(grants))
@@ -330,42 +243,15 @@ fn denied(what: &str, channel: &str) -> Rejection {
 mod tests {
     use super::*;
 
-    fn matches(pattern: &str, channel: &str) -> bool {
-        Pattern::parse(pattern).unwrap().matches(channel)
-    }
-
-    #[test]
-    fn tokens_match_like_nats_subjects() {
-        assert!(matches("public.*", "public.lobby"));
-        assert!(!matches("public.*", "public"));
-        assert!(!matches("public.*", "public.a.b"));
-        assert!(matches("admin.>", "admin.x"));
-        assert!(matches("admin.>", "admin.x.y.z"));
-        assert!(!matches("admin.>", "admin"));
-        assert!(!matches("admin.>", "administrator.x"));
-        assert!(matches(">", "anything.at.all"));
-        assert!(matches("a.*.c", "a.b.c"));
-        assert!(!matches("a.*.c", "a.b.d"));
-        assert!(matches("lobby", "lobby"));
-        assert!(!matches("lobby", "lobby2"));
-    }
-
-    #[test]
-    fn bad_patterns_are_refused() {
-        for bad in ["", "a..b", ".a", "a.", "a.>.b", "a*", "a.b>", "a b"] {
-            assert!(Pattern::parse(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
     #[test]
     fn sub_is_replaced_literally() {
         let p = Pattern::parse("user.{sub}.*").unwrap();
-        let alice = p.for_user(Some("alice")).unwrap();
+        let alice = for_user(&p, Some("alice")).unwrap();
         assert!(alice.matches("user.alice.inbox"));
         assert!(!alice.matches("user.bob.inbox"));
         // An id with wildcard or separator characters cannot widen the pattern.
-        assert!(!p.for_user(Some("*")).unwrap().matches("user.bob.inbox"));
-        assert!(!p.for_user(Some("a.b")).unwrap().matches("user.a.b.inbox"));
-        assert!(p.for_user(None).is_none());
+        assert!(!for_user(&p, Some("*")).unwrap().matches("user.bob.inbox"));
+        assert!(!for_user(&p, Some("a.b")).unwrap().matches("user.a.b.inbox"));
+        assert!(for_user(&p, None).is_none());
     }
 }

@@ -1,11 +1,12 @@
 //! The built-in headers, implemented as the first filters of the chain.
 
-use lhttp_proto::Message;
+use lhttp_proto::{Headers, Message};
 
 use crate::{
     Context, Filter, Rejection,
     metrics::add,
     pubsub::channel::{self, PublishList},
+    pubsub::history::Want,
     requests::inbox,
     requests::queue::Publisher,
     requests::upstream,
@@ -154,6 +155,36 @@ fn header_safe(id: &str) -> String {
 /// channel list is checked before anything changes: one invalid name rejects the message whole.
 pub(crate) struct PubSub;
 
+/// What a subscribe or a history read asks for: `since` (with `epoch`) or `recent`; `None`
+/// when it names neither. 400 for a value that is not a number, `since` without `epoch`, or
+/// both.
+fn want(headers: &Headers) -> Result<Option<Want>, Rejection> {
+    let number = |name: &str, value: &str| {
+        value.parse::<u64>().map_err(|_| {
+            Rejection::bad_request(format!("{name} must be a whole number, not {value:?}"))
+        })
+    };
+    match (headers.get(names::SINCE), headers.get(names::RECENT)) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(Rejection::bad_request(
+            "since and recent exclude each other",
+        )),
+        (Some(since), None) => {
+            let epoch = headers.get(names::EPOCH).ok_or_else(|| {
+                Rejection::bad_request("since needs the epoch its offset belongs to")
+            })?;
+            Ok(Some(Want::Since {
+                offset: number(names::SINCE, since)?,
+                epoch: epoch.to_owned(),
+            }))
+        }
+        (None, Some(recent)) => {
+            let n = number(names::RECENT, recent)?;
+            Ok(Some(Want::Recent(usize::try_from(n).unwrap_or(usize::MAX))))
+        }
+    }
+}
+
 /// The command that asks for the connection's inbox address.
 const INBOX_COMMAND: &str = "inbox";
 
@@ -174,6 +205,7 @@ const CONNECTION_HEADERS: [&str; 7] = [
 /// a dozen lookups.
 fn publishes_only(message: &Message) -> bool {
     message.command() != INBOX_COMMAND
+        && message.command() != names::command::HISTORY
         && message.headers().iter().all(|h| {
             let name = h.name();
             !CONNECTION_HEADERS
@@ -226,17 +258,45 @@ impl Filter for PubSub {
         if headers.contains(names::REPLY_TO) {
             check_request(ctx)?;
         }
+        let want = want(headers)?;
+        let reads_history = ctx.message().command() == names::command::HISTORY;
+        if want.is_some() && !reads_history && (subscribe.len() != 1 || queue.is_some()) {
+            return Err(Rejection::bad_request(
+                "since and recent apply to a subscribe of one channel, without queue",
+            ));
+        }
+        let history_channel = match reads_history {
+            true => {
+                let channel = headers.get(names::CHANNEL).ok_or_else(|| {
+                    Rejection::bad_request("a history read needs a channel header")
+                })?;
+                if want.is_none() {
+                    return Err(Rejection::bad_request(
+                        "a history read needs since (with epoch) or recent",
+                    ));
+                }
+                Some(channel.to_owned())
+            }
+            false => None,
+        };
         // The lists borrow the message; own them before the connection is borrowed mutably.
         let own = |list: Vec<&str>| list.into_iter().map(str::to_owned).collect::<Vec<_>>();
         let (subscribe, unsubscribe, drain) = (own(subscribe), own(unsubscribe), own(drain));
         let request_id = ctx.request_id_text().cloned();
+        let id = request_id.as_ref().map(|id| id.as_str());
         let connection = ctx.connection_mut();
-        match &queue {
-            Some(group) if !subscribe.is_empty() => {
+        match (&queue, &want) {
+            (Some(group), _) if !subscribe.is_empty() => {
                 let list: Vec<&str> = subscribe.iter().map(String::as_str).collect();
                 connection.join_queue(&list, group, credit.unwrap_or(1))?;
             }
+            (_, Some(want)) if !subscribe.is_empty() => {
+                connection.subscribe_catching_up(&subscribe[0], want, id)?;
+            }
             _ => connection.subscribe(subscribe.iter().map(String::as_str))?,
+        }
+        if let (Some(channel), Some(want)) = (&history_channel, &want) {
+            connection.read_history(channel, want, id)?;
         }
         for name in &unsubscribe {
             if queue.is_none() {
@@ -254,6 +314,11 @@ impl Filter for PubSub {
             let address = ctx.connection_mut().inbox().address();
             let answer = inbox::inbox_answer(&address, ctx.request_id_text());
             let _ = ctx.reply(&answer);
+            ctx.set_handled();
+        }
+        if want.is_some() {
+            // `subscribed` or `history` is the answer, already queued.
+            ctx.defer_reply();
             ctx.set_handled();
         }
         if acts {

@@ -8,11 +8,12 @@ use crate::transport::Peer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Extensions;
-use lhttp_proto::Message;
+use lhttp_proto::{Message, names};
 
 use crate::{
     Channel, Rejection, ServerHandle, User,
     broker::Broker,
+    pubsub::history::Want,
     requests::inbox::Inbox,
     requests::queue::{Env, QueueGroup, is_valid_group},
     security::permissions::{self, Grants},
@@ -405,6 +406,93 @@ impl Connection {
                 broker.interest_changed(&channel);
             }
             self.subscriptions.insert(channel);
+        }
+        Ok(())
+    }
+
+    /// Subscribes to `channel` (checked as [`Connection::subscribe`] checks) and queues the
+    /// `subscribed` answer and the history `want` asks for, atomically with the channel's
+    /// publishes. Already subscribed: only the answer and the history are queued.
+    pub(crate) fn subscribe_catching_up(
+        &mut self,
+        channel: &str,
+        want: &Want,
+        request_id: Option<&str>,
+    ) -> Result<(), Rejection> {
+        let subscribed = self.subscriptions.contains(channel);
+        if !subscribed {
+            // The same checks, and the same errors, as a plain subscribe.
+            self.check_new_subscription(channel)?;
+        }
+        let channel = Channel::new(channel)?;
+        let broker = self.server.sessions().broker.clone();
+        let subscriber = (!subscribed).then_some((self.id, &self.outbox));
+        let queued = broker.catch_up(
+            &channel,
+            want,
+            names::command::SUBSCRIBED,
+            request_id,
+            subscriber,
+            &self.outbox,
+        );
+        // An error means the connection is ending (slow consumer, or closed); its
+        // subscriptions go with it.
+        if let Ok(true) = queued {
+            broker.interest_changed(&channel);
+        }
+        if !subscribed {
+            self.subscriptions.insert(channel);
+        }
+        Ok(())
+    }
+
+    /// Queues the `history` answer and the history of `channel` that `want` asks for; the
+    /// connection needs the right to subscribe to it.
+    pub(crate) fn read_history(
+        &mut self,
+        channel: &str,
+        want: &Want,
+        request_id: Option<&str>,
+    ) -> Result<(), Rejection> {
+        let channel = Channel::new(channel)?;
+        if crate::requests::inbox::is_inbox(channel.as_str()) {
+            return Err(Rejection::forbidden("inboxes keep no history"));
+        }
+        if let Some(grants) = &self.grants {
+            permissions::check_subscribe(grants, std::iter::once(channel.as_str()))
+                .inspect_err(|_| self.count_denial())?;
+        }
+        let broker = &self.server.sessions().broker;
+        // A full queue ends the connection as a slow consumer: nothing more to answer.
+        let _ = broker.catch_up(
+            &channel,
+            want,
+            names::command::HISTORY,
+            request_id,
+            None,
+            &self.outbox,
+        );
+        Ok(())
+    }
+
+    /// The checks a new subscription to `name` passes: not an inbox, not a gateway channel,
+    /// allowed by the rules, within `max_subscriptions`.
+    fn check_new_subscription(&self, name: &str) -> Result<(), Rejection> {
+        if crate::requests::inbox::is_inbox(name) {
+            return Err(Rejection::forbidden(
+                "inboxes cannot be subscribed: they deliver to their owner only",
+            ));
+        }
+        self.sessions().gateway.check_subscribe(name, None)?;
+        if let Some(grants) = &self.grants {
+            permissions::check_subscribe(grants, std::iter::once(name))
+                .inspect_err(|_| self.count_denial())?;
+        }
+        let max = self.sessions().config.limits.max_subscriptions;
+        if self.subscriptions.len() + 1 > max {
+            return Err(Rejection::limited(format!(
+                "subscription limit of {max} channels per connection reached"
+            )));
         }
         Ok(())
     }

@@ -167,6 +167,7 @@ impl ServerHandle {
     /// Every metric in the Prometheus text format, as served at `GET /metrics`.
     pub fn render_metrics(&self) -> String {
         let hub = &self.broker().hub;
+        let history = self.broker().history.as_ref();
         let mut out = self.sessions.metrics.render(&Gauges {
             connections: self.connection_count() as u64,
             http_connections: self.http_connection_count() as u64,
@@ -178,6 +179,8 @@ impl ServerHandle {
             queue_groups: self.broker().queues.group_count() as u64,
             queue_members: self.broker().queues.member_count() as u64,
             queued_bytes: self.broker().queues.queued_bytes() as u64,
+            history_channels: history.map_or(0, |h| h.stream_count() as u64),
+            history_bytes: history.map_or(0, |h| h.held_bytes() as u64),
         });
         if let Some(cluster) = &self.broker().cluster {
             cluster.render(&mut out);

@@ -200,6 +200,34 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues `messages` one after another with nothing between them, or none of them: on
+    /// overflow marks the connection as a slow consumer, as [`Outbox::push`] does.
+    pub(crate) fn push_all(&self, messages: Vec<Outgoing>) -> Result<(), SendError> {
+        if self.shared.overflowed_flag.load(Relaxed) {
+            return Err(SendError::SlowConsumer);
+        }
+        let len: usize = messages.iter().map(Outgoing::len).sum();
+        let mut queue = self.shared.queue();
+        if queue.closed {
+            return Err(SendError::Closed);
+        }
+        if queue.frames.len() + messages.len() > self.shared.max_messages
+            || queue.bytes + len > self.shared.max_bytes
+        {
+            drop(queue);
+            self.shared.overflow();
+            return Err(SendError::SlowConsumer);
+        }
+        queue.frames.extend(messages);
+        queue.bytes += len;
+        let writer = queue.writer.take();
+        drop(queue);
+        if let Some(writer) = writer {
+            writer.wake();
+        }
+        Ok(())
+    }
+
     /// Queues a close frame after everything already queued. It may exceed the limits by this
     /// one frame: a close must get through even to a full queue, and it is sent once.
     pub(crate) fn push_close(&self, message: Outgoing) {
