@@ -901,7 +901,7 @@ impl Default for HistoryConfig {
             path: PathBuf::from("lhttpd-history.redb"),
             max_bytes: 256 * 1024 * 1024,
             max_channels: 100_000,
-            write_queue: 65_536,
+            write_queue: 50_000,
         }
     }
 }
