@@ -154,7 +154,8 @@ enum Scenario {
     /// P publishers on --url flood C channels (each publisher round-robin over them); S
     /// subscribers on --sub-url (default: --url), spread over the channels, check that every
     /// message arrives once, in order per publisher and intact. Prints msg/s and losses. Both
-    /// URLs may be ws://, tcp://host:port or unix:///path.
+    /// URLs may be ws://, wss://, tcp://host:port, tls://host:port or unix:///path (TLS with
+    /// --ca, --cert and --key).
     Throughput {
         /// Where the subscribers connect (another node of a cluster, say).
         #[arg(long, value_name = "URL")]
@@ -188,11 +189,15 @@ enum Scenario {
         /// Most messages in flight ahead of the slowest subscriber.
         #[arg(long, default_value_t = 2000)]
         window: u64,
-        /// Publishers write each message with its own system call (one frame per write), as
-        /// browsers and most client libraries do; by default a publisher writes its batch of
-        /// messages at once.
+        /// Publishers write each message with its own system call (one frame per write; one
+        /// TLS record per write over wss:// and tls://), as browsers and most client
+        /// libraries do; by default a publisher writes its batch of messages at once.
         #[arg(long)]
         write_each: bool,
+        /// The server's process id: report its CPU time (user + system, from
+        /// /proc/PID/stat) from the first publish to the last delivery, and per delivery.
+        #[arg(long)]
+        pid: Option<u32>,
         /// Draw delivered msg/s over time (a sample per 100 ms) into this SVG file.
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<std::path::PathBuf>,
@@ -201,7 +206,8 @@ enum Scenario {
         json: bool,
     },
     /// Opens N connections, each subscribed to a channel, and reports the server's memory per
-    /// connection (from /proc/PID/status when --pid is given). Raise `ulimit -n` first.
+    /// connection (from /proc/PID/status when --pid is given), over any transport of --url.
+    /// Raise `ulimit -n` first.
     Connections {
         /// Connections to open.
         #[arg(short = 'n', long, default_value_t = 1000)]
@@ -213,7 +219,8 @@ enum Scenario {
         #[arg(long)]
         pid: Option<u32>,
         /// Spread the connections over this many source addresses 127.0.0.1, .2, ... (default:
-        /// as many as the ephemeral port range requires; needs a server on 127.0.0.0/8).
+        /// as many as the ephemeral port range requires; needs a server on 127.0.0.0/8 and a
+        /// TCP-based URL: ws://, wss://, tcp:// or tls://).
         #[arg(long, value_name = "N")]
         source_addrs: Option<usize>,
         /// Print the report as JSON.
@@ -222,7 +229,7 @@ enum Scenario {
     },
     /// One publisher on --url sends at a fixed rate, each body stamped with its send time; one
     /// subscriber on --sub-url (default: --url) reports publish-to-delivery latency (p50, p90,
-    /// p99, p99.9, max) and checks every delivery (ws://, tcp:// or unix://).
+    /// p99, p99.9, max) and checks every delivery (ws://, wss://, tcp://, tls:// or unix://).
     Latency {
         /// Where the subscriber connects.
         #[arg(long, value_name = "URL")]
@@ -246,9 +253,13 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
-    /// K concurrent keep-alive `POST /publish` loops (to --url's host, over HTTP); one
-    /// WebSocket subscriber checks that every accepted message arrives. Exit 1 if any failed.
+    /// K concurrent keep-alive `POST /publish` loops to --url's host and port (the main port:
+    /// ws:// or http:// posts over HTTP, wss:// or https:// over HTTPS); one subscriber on
+    /// --sub-url checks that every accepted message arrives. Exit 1 if any failed.
     HttpPublish {
+        /// Where the subscriber connects: any transport (default: --url, as a WebSocket).
+        #[arg(long, value_name = "URL")]
+        sub_url: Option<String>,
         /// Requests in flight.
         #[arg(short = 'k', long, default_value_t = 16)]
         concurrency: usize,
@@ -266,9 +277,9 @@ enum Scenario {
         json: bool,
     },
     /// Workers join a queue group and echo requests; one requester keeps K requests in flight
-    /// over --url (ws://, tcp:// or unix://; or, with --http, as POSTs to a gateway route
-    /// serving that group) and checks every answer. Prints requests/s and round-trip
-    /// percentiles.
+    /// over --url (ws://, wss://, tcp://, tls:// or unix://; or, with --http, as POSTs to a
+    /// gateway route serving that group) and checks every answer. Prints requests/s and
+    /// round-trip percentiles.
     Requests {
         /// A gateway route's URL (its channel and queue must be --channel and --queue).
         #[arg(long, value_name = "URL")]
@@ -484,6 +495,7 @@ async fn run(cli: Cli) -> Result<()> {
                     channel,
                     window,
                     write_each,
+                    pid,
                     plot,
                     json,
                 },
@@ -508,6 +520,8 @@ async fn run(cli: Cli) -> Result<()> {
                 channel,
                 window,
                 write_each,
+                pid,
+                tls: bench_tls(&builder)?,
                 timeout,
                 output: bench::Output {
                     progress: !json,
@@ -533,6 +547,7 @@ async fn run(cli: Cli) -> Result<()> {
                 channels,
                 pid,
                 source_addrs,
+                tls: bench_tls(&builder)?,
                 timeout,
                 output: bench::Output {
                     progress: !json,
@@ -565,6 +580,7 @@ async fn run(cli: Cli) -> Result<()> {
                 duration,
                 size,
                 channel,
+                tls: bench_tls(&builder)?,
                 timeout,
                 output: bench::Output {
                     progress: !json,
@@ -577,6 +593,7 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench {
             scenario:
                 Scenario::HttpPublish {
+                    sub_url,
                     concurrency,
                     count,
                     size,
@@ -586,10 +603,12 @@ async fn run(cli: Cli) -> Result<()> {
         }) => {
             let report = bench::http_publish(bench::HttpPublish {
                 url: cli.url,
+                sub_url,
                 concurrency,
                 count,
                 size,
                 channel,
+                tls: bench_tls(&builder)?,
                 timeout,
                 output: bench::Output {
                     progress: !json,
@@ -623,6 +642,7 @@ async fn run(cli: Cli) -> Result<()> {
                 concurrency,
                 count,
                 size,
+                tls: bench_tls(&builder)?,
                 timeout,
             })
             .await?;
@@ -634,6 +654,12 @@ async fn run(cli: Cli) -> Result<()> {
             session::run(&client, cli.format, terminal, &cli.url).await
         }
     }
+}
+
+/// The TLS of a bench's `wss://`, `tls://` and `https://` connections: the configuration the
+/// client library makes of `--ca`, `--cert` and `--key`, as for every other command.
+fn bench_tls(builder: &lhttp_client::ClientBuilder) -> Result<bench::Tls> {
+    Ok(bench::Tls::new(builder.tls_client_config()?))
 }
 
 /// Prints a bench report as JSON or as a table; a run that lost, duplicated, reordered or

@@ -1,6 +1,6 @@
 //! `lhttp --url` with every scheme against a real server listening on every transport:
 //! `wss://` and `tls://` (with `--ca`, `--cert`, `--key`), `tcp://`, `unix://`; and
-//! `lhttp bench throughput` over `tcp://` and `unix://`.
+//! `lhttp bench` over each of them, TLS with a PKI made at test time.
 
 mod common;
 
@@ -319,4 +319,170 @@ async fn bench_throughput_runs_over_tcp_and_unix_sockets() {
         .await;
         assert_eq!(done.code, Some(0), "{url}: {done:?}");
     }
+}
+
+/// Runs `command` (a bench with `--json`), expects success, returns the report.
+async fn bench_report(command: tokio::process::Command, what: &str) -> serde_json::Value {
+    let done = run(command, b"").await;
+    assert_eq!(done.code, Some(0), "{what}: {done:?}");
+    serde_json::from_str(done.stdout.trim()).unwrap_or_else(|e| panic!("{what}: {e}: {done:?}"))
+}
+
+fn assert_every_delivery_clean(report: &serde_json::Value, what: &str) {
+    for field in ["lost", "duplicated", "out_of_order", "corrupted"] {
+        assert_eq!(report[field], 0, "{what}: {field}: {report}");
+    }
+}
+
+/// Every bench scenario over `wss://` and `tls://`, trusting the test CA and presenting a
+/// client certificate it signed (the server requires one): every message arrives, once, in
+/// order and intact, also with one frame per write, with publishers and subscribers on
+/// different TLS transports, and with `POST /publish` over HTTPS.
+#[tokio::test]
+async fn bench_runs_over_wss_and_tls_with_certificates_made_at_test_time() {
+    let server = everywhere(true).await;
+    let (wss, tls) = (server.urls[0].as_str(), server.urls[2].as_str());
+    for url in [wss, tls] {
+        for extra in [&[][..], &["--write-each"][..]] {
+            let mut args = vec!["bench", "throughput", "-p", "2", "-s", "2", "-n", "2000"];
+            args.extend_from_slice(extra);
+            args.push("--json");
+            let what = format!("{url} throughput {extra:?}");
+            let report = bench_report(server.lhttp(url, &args), &what).await;
+            assert_eq!(report["published"], 2000, "{what}: {report}");
+            assert_eq!(report["deliveries"], 4000, "{what}: {report}");
+            assert_every_delivery_clean(&report, &what);
+        }
+
+        let args = [
+            "bench",
+            "latency",
+            "--rate",
+            "2000",
+            "--duration",
+            "0.5",
+            "--json",
+        ];
+        let what = format!("{url} latency");
+        let report = bench_report(server.lhttp(url, &args), &what).await;
+        assert_eq!(report["published"], 1000, "{what}: {report}");
+        assert_eq!(report["deliveries"], 1000, "{what}: {report}");
+        assert_every_delivery_clean(&report, &what);
+
+        let args = ["bench", "requests", "-n", "500", "-k", "16", "--json"];
+        let what = format!("{url} requests");
+        let report = bench_report(server.lhttp(url, &args), &what).await;
+        assert_eq!(report["answered"], 500, "{what}: {report}");
+        assert_eq!(report["errors"], serde_json::json!({}), "{what}: {report}");
+        for field in ["duplicated", "corrupted", "unanswered"] {
+            assert_eq!(report[field], 0, "{what}: {field}: {report}");
+        }
+
+        let args = [
+            "bench",
+            "connections",
+            "-n",
+            "20",
+            "--channels",
+            "2",
+            "--source-addrs",
+            "2",
+            "--json",
+        ];
+        let what = format!("{url} connections");
+        let report = bench_report(server.lhttp(url, &args), &what).await;
+        assert_eq!(report["connections"], 20, "{what}: {report}");
+        assert_eq!(
+            report["connections_per_source"],
+            serde_json::json!({"127.0.0.1": 10, "127.0.0.2": 10}),
+            "{what}: {report}"
+        );
+        server.wait_subscribers("idle-0", 0).await;
+    }
+
+    // Publishers on one TLS transport, subscribers on the other.
+    let args = [
+        "bench",
+        "throughput",
+        "--sub-url",
+        tls,
+        "-s",
+        "3",
+        "-n",
+        "2000",
+        "--write-each",
+        "--json",
+    ];
+    let report = bench_report(server.lhttp(wss, &args), "wss -> tls").await;
+    assert_eq!(report["deliveries"], 6000, "{report}");
+    assert_every_delivery_clean(&report, "wss -> tls");
+
+    // POST /publish over HTTPS on the main port; the subscriber on tls://.
+    let args = [
+        "bench",
+        "http-publish",
+        "--sub-url",
+        tls,
+        "-k",
+        "4",
+        "-n",
+        "500",
+        "--json",
+    ];
+    let report = bench_report(server.lhttp(wss, &args), "https -> tls").await;
+    let publish_url = format!(
+        "https://{}/publish",
+        &wss["wss://".len()..].trim_end_matches('/')
+    );
+    assert_eq!(report["publish_url"], publish_url.as_str(), "{report}");
+    assert_eq!(report["ok"], 500, "{report}");
+    assert_eq!(report["deliveries"], 500, "{report}");
+    assert_eq!(
+        (&report["lost"], &report["duplicated"]),
+        (&0.into(), &0.into()),
+        "{report}"
+    );
+}
+
+/// `bench connections` opens its connections over a Unix socket too; spreading them over
+/// source addresses is refused there with the reason, before anything is opened.
+#[tokio::test]
+async fn bench_connections_over_a_unix_socket_take_no_source_addresses() {
+    let server = everywhere(true).await;
+    let unix = server.urls[3].as_str();
+    let args = [
+        "bench",
+        "connections",
+        "-n",
+        "20",
+        "--channels",
+        "2",
+        "--json",
+    ];
+    let report = bench_report(lhttp(&[&["--url", unix][..], &args].concat()), "unix").await;
+    assert_eq!(report["connections"], 20, "{report}");
+    assert_eq!(report["source_addrs"], 0, "{report}");
+    server.wait_subscribers("idle-0", 0).await;
+
+    let done = run(
+        lhttp(&[
+            "--url",
+            unix,
+            "bench",
+            "connections",
+            "-n",
+            "20",
+            "--source-addrs",
+            "2",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(1), "{done:?}");
+    assert!(
+        done.stderr
+            .contains("--source-addrs applies to TCP-based URLs (ws://, wss://, tcp://, tls://)"),
+        "{done:?}"
+    );
+    assert_eq!(server.handle.connection_count(), 0, "nothing was opened");
 }

@@ -202,6 +202,23 @@ impl ClientBuilder {
         self
     }
 
+    /// The rustls configuration this builder's `wss://` and `tls://` connections use: the
+    /// one given to [`ClientBuilder::tls_config`], or the one made from the CAs, the
+    /// platform's roots and the client certificate given to the builder. For a program that
+    /// opens TLS connections of its own with the same trust and identity (the `lhttp bench`
+    /// load client does). Fails with [`Error::Tls`] as [`ClientBuilder::connect`] would.
+    ///
+    /// ```
+    /// let config = lhttp_client::Client::builder("tls://127.0.0.1:8083")
+    ///     .platform_root_certificates(false)
+    ///     .tls_client_config()?;
+    /// assert!(config.alpn_protocols.is_empty());
+    /// # Ok::<(), lhttp_client::Error>(())
+    /// ```
+    pub fn tls_client_config(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
+        self.options.tls.client_config()
+    }
+
     /// Bounds of the exponential reconnect backoff (default 100 ms to 10 s). Attempt *n*
     /// waits a random time between half and all of `min * 2^n`, capped at `max`.
     ///

@@ -44,8 +44,6 @@
 //! # Ok(()) }
 //! ```
 
-#[doc(hidden)]
-pub mod bench_support;
 mod broker;
 pub mod config;
 #[doc(hidden)]

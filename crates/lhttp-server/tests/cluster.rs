@@ -11,8 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
-use lhttp_server::{Server, proto::Message};
+use common::{
+    stream::{StreamClient, TestCert},
+    *,
+};
+use lhttp_server::{
+    Server,
+    config::{TcpTransport, TlsTransport, UnixTransport},
+    proto::Message,
+};
+use tokio::net::UnixStream;
+use tokio_rustls::client::TlsStream;
 
 /// How long nats-server may take to accept connections, and a node to (re)connect to it.
 const NATS_UP: Duration = Duration::from_secs(15);
@@ -188,6 +197,79 @@ async fn node(nats_url: &str) -> TestServer {
     start_with(Server::builder(config(move |c| c.cluster.nats = vec![url]))).await
 }
 
+/// A node of the cluster on every transport: WebSocket on its main port, and byte streams over
+/// raw TCP, TLS and a Unix socket.
+struct EveryTransport {
+    server: TestServer,
+    tcp: SocketAddr,
+    tls: SocketAddr,
+    unix: PathBuf,
+}
+
+/// Starts a node that joins the cluster through `nats_url` and serves every transport; its
+/// TLS port presents `cert`, its Unix socket is `<name>.sock` in the certificate's directory.
+async fn node_on_every_transport(nats_url: &str, cert: &TestCert, name: &str) -> EveryTransport {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (tcp_addr, tls_addr) = (tcp.local_addr().unwrap(), tls.local_addr().unwrap());
+    let unix = cert.dir.join(format!("{name}.sock"));
+    let url = nats_url.to_owned();
+    let config = config(|c| {
+        c.cluster.nats = vec![url];
+        c.transports.tcp = Some(TcpTransport { listen: tcp_addr });
+        c.transports.tls = Some(TlsTransport {
+            listen: tls_addr,
+            cert_file: cert.cert_file.clone(),
+            key_file: cert.key_file.clone(),
+            client_ca_file: None,
+            reload_interval_ms: 0,
+        });
+        c.transports.unix = Some(UnixTransport {
+            path: unix.clone(),
+            mode: "0600".into(),
+        });
+    });
+    let server = Server::builder(config)
+        .build()
+        .expect("server builds")
+        .tcp_listener(tcp)
+        .tls_listener(tls);
+    let server = run_server(server).await;
+    let deadline = Instant::now() + WAIT;
+    while !unix.exists() {
+        assert!(Instant::now() < deadline, "no Unix socket at {unix:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    EveryTransport {
+        server,
+        tcp: tcp_addr,
+        tls: tls_addr,
+        unix,
+    }
+}
+
+impl EveryTransport {
+    async fn tcp_client(&self) -> StreamClient<tokio::net::TcpStream> {
+        StreamClient::new(tokio::net::TcpStream::connect(self.tcp).await.unwrap())
+    }
+
+    async fn unix_client(&self) -> StreamClient<UnixStream> {
+        StreamClient::new(UnixStream::connect(&self.unix).await.unwrap())
+    }
+
+    /// A client over TLS that trusts `cert` only, as a client of `localhost`.
+    async fn tls_client(&self, cert: &TestCert) -> StreamClient<TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(self.tls).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = cert
+            .connector()
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        StreamClient::new(tls)
+    }
+}
+
 /// Waits until `server` is connected to NATS (`true`) or knows it is not (`false`).
 async fn wait_connected(server: &TestServer, connected: bool) {
     let deadline = Instant::now() + NATS_UP;
@@ -226,6 +308,30 @@ async fn bodies(client: &mut Client, n: usize) -> Vec<String> {
         out.push(body(&client.recv().await));
     }
     out
+}
+
+/// [`bodies`] on a byte-stream connection.
+async fn stream_bodies<S>(client: &mut StreamClient<S>, n: usize) -> Vec<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(body(&client.recv().await));
+    }
+    out
+}
+
+/// Asserts that `got` holds, among other publishers' messages, exactly `prefix0` ..
+/// `prefix<n-1>`, each once, in that order.
+fn assert_all_in_order(got: &[String], prefix: &str, n: usize, what: &str) {
+    let of: Vec<&str> = got
+        .iter()
+        .filter(|b| b.starts_with(prefix))
+        .map(String::as_str)
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    assert_eq!(of, want, "{what}: the messages of publisher {prefix}");
 }
 
 /// Keeps publishing numbered messages to `channel` through `publisher` (one every 100 ms)
@@ -742,4 +848,101 @@ async fn forwarded_and_nested_requests_cross_nodes_and_guesses_do_not() {
     assert_eq!(choice.header("request-id"), Some("n1"));
     assert_eq!(body(&choice), "this one");
     requester.expect_silence(300).await;
+}
+
+/// Transports mix across the cluster. Subscribers on node A over raw TCP and over WebSocket,
+/// publishers on node B over a Unix socket and over TLS: each subscriber gets every message of
+/// both publishers exactly once, in each publisher's order, and nothing else. Requests cross
+/// too: one made over TCP on A is served by a queue-group worker connected over TLS on B, one
+/// made over the Unix socket on B is answered by a subscriber connected over WebSocket on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transports_mix_across_nodes_for_pub_sub_and_requests() {
+    const N: usize = 200;
+    let nats = NatsServer::start();
+    let cert = TestCert::new("cluster");
+    let a = node_on_every_transport(&nats.url(), &cert, "a").await;
+    let b = node_on_every_transport(&nats.url(), &cert, "b").await;
+    for node in [&a, &b] {
+        wait_connected(&node.server, true).await;
+    }
+
+    let mut sub_tcp = a.tcp_client().await;
+    let mut sub_ws = a.server.client().await;
+    sub_tcp.subscribe("mixed").await;
+    sub_ws.subscribe("mixed").await;
+    wait_interest(&a.server, "mixed").await;
+
+    let mut pub_unix = b.unix_client().await;
+    let mut pub_tls = b.tls_client(&cert).await;
+    for i in 0..N {
+        pub_unix.send(&chat("mixed", &format!("unix-{i}"))).await;
+        pub_tls.send(&chat("mixed", &format!("tls-{i}"))).await;
+    }
+    let over_tcp = stream_bodies(&mut sub_tcp, 2 * N).await;
+    let over_ws = bodies(&mut sub_ws, 2 * N).await;
+    for (what, got) in [
+        ("TCP subscriber", &over_tcp),
+        ("WebSocket subscriber", &over_ws),
+    ] {
+        assert_all_in_order(got, "unix-", N, what);
+        assert_all_in_order(got, "tls-", N, what);
+    }
+    sub_tcp.expect_silence(300).await;
+    sub_ws.expect_silence(300).await;
+
+    // TCP on A -> a queue group's worker over TLS on B.
+    let mut worker = b.tls_client(&cert).await;
+    let joined = worker
+        .request("LHTTP/1.0 sub\r\nsubscribe:jobs\r\nqueue:w\r\ncredit:5\r\n\r\n")
+        .await;
+    assert_eq!(joined.command(), "ok", "{joined:?}");
+    nats.wait_subject_count("lhttp.ch.jobs", 1).await;
+    let mut requester = a.tcp_client().await;
+    for i in 0..10 {
+        requester
+            .send(&format!(
+                "LHTTP/1.0 ask\r\npublish:jobs\r\nreply-to:\r\nrequest-id:r{i}\r\n\r\nq{i}"
+            ))
+            .await;
+        let job = worker.recv().await;
+        assert_eq!(body(&job), format!("q{i}"));
+        let (reply_to, id) = (
+            job.header("reply-to").unwrap(),
+            job.header("delivery-id").unwrap(),
+        );
+        worker
+            .send(&format!(
+                "LHTTP/1.0 done\r\npublish:{reply_to}\r\nack:{id}\r\n\r\na{i}"
+            ))
+            .await;
+        let answer = requester.recv().await;
+        assert_eq!(answer.header("request-id"), Some(format!("r{i}").as_str()));
+        assert_eq!(body(&answer), format!("a{i}"));
+    }
+    requester.expect_silence(300).await;
+
+    // The Unix socket on B -> a subscriber over WebSocket on A.
+    let mut responder = a.server.client().await;
+    responder.subscribe("svc").await;
+    wait_interest(&a.server, "svc").await;
+    let mut asker = b.unix_client().await;
+    for i in 0..10 {
+        asker
+            .send(&format!(
+                "LHTTP/1.0 ask\r\npublish:svc\r\nreply-to:\r\nrequest-id:u{i}\r\n\r\nq{i}"
+            ))
+            .await;
+        let request = responder.recv().await;
+        assert_eq!(body(&request), format!("q{i}"));
+        let reply_to = request.header("reply-to").unwrap();
+        responder
+            .send(&format!(
+                "LHTTP/1.0 answer\r\npublish:{reply_to}\r\n\r\na{i}"
+            ))
+            .await;
+        let answer = asker.recv().await;
+        assert_eq!(answer.header("request-id"), Some(format!("u{i}").as_str()));
+        assert_eq!(body(&answer), format!("a{i}"));
+    }
+    asker.expect_silence(300).await;
 }

@@ -5,7 +5,9 @@
 //! the hard one) and source ports — one source address has ~28k ephemeral ports towards one
 //! server port, and a server may limit connections per IP. So connections are spread over
 //! several 127.0.0.x source addresses (bound before connecting) when the server is on loopback:
-//! `--source-addrs N`, or as many as the ephemeral port range requires.
+//! `--source-addrs N`, or as many as the ephemeral port range requires. That applies to the
+//! TCP-based URLs (`ws://`, `wss://`, `tcp://`, `tls://`); a Unix socket has no ports to run
+//! out of, and its connections are opened without it.
 
 use std::{
     collections::BTreeMap,
@@ -15,7 +17,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Output, connect_from, progress, request, round2};
+use super::{
+    Output, Socket, Tls, connect,
+    dial::{Target, connect_from},
+    progress, request, round2,
+};
 
 /// What `lhttp bench connections` was asked to do.
 #[derive(Debug, Clone)]
@@ -26,6 +32,7 @@ pub(crate) struct Connections {
     pub pid: Option<u32>,
     /// How many 127.0.0.x source addresses to spread over; `None`: as many as ports require.
     pub source_addrs: Option<usize>,
+    pub tls: Tls,
     pub timeout: Duration,
     pub output: Output,
 }
@@ -39,7 +46,7 @@ pub(crate) struct ConnectionsReport {
     pub rss_kib: Option<(u64, u64)>,
     /// The open-files limit of this process after raising it (soft, hard).
     pub open_files: (u64, u64),
-    /// Connections per local address actually used.
+    /// Connections per local address actually used (none over a Unix socket).
     pub per_source: BTreeMap<IpAddr, usize>,
 }
 
@@ -70,12 +77,19 @@ impl ConnectionsReport {
     }
 
     pub(crate) fn table(&self) -> String {
+        let from = if self.per_source.is_empty() {
+            "over a Unix socket".to_owned()
+        } else {
+            format!(
+                "from        {:>8} source address(es)",
+                self.per_source.len()
+            )
+        };
         let mut out = format!(
             "connections {:>8} (each subscribed, then idle)\nopened in   {:>8.3} s\n\
-             from        {:>8} source address(es); open-files limit {}",
+             {from}; open-files limit {}",
             self.connections,
             self.elapsed.as_secs_f64(),
-            self.per_source.len(),
             self.open_files.0
         );
         if let (Some((before, after)), Some(per)) = (self.rss_kib, self.per_connection_kib()) {
@@ -149,33 +163,36 @@ fn sources(server: SocketAddr, count: usize, wanted: Option<usize>) -> Result<Ve
         .collect())
 }
 
-/// The server's socket address from a `ws://host:port/path` URL.
-fn server_addr(url: &str) -> Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("ws://")
-        .context("bench connections speaks ws:// only")?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    with_port
+/// The server's socket address: the host and port of a TCP-based target, resolved.
+fn server_addr(target: &Target) -> Result<SocketAddr> {
+    let (host, port) = target
+        .host_port()
+        .context("a Unix socket has no server address")?;
+    (host, port)
         .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {authority}"))?
+        .with_context(|| format!("cannot resolve {host}"))?
         .next()
-        .with_context(|| format!("{authority} has no address"))
+        .with_context(|| format!("{host} has no address"))
 }
 
 /// Opens `count` connections, each subscribed to one of `channels` channels, and measures the
 /// server's memory growth. The connections stay open until the report is made.
 pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> {
     let open_files = raise_open_files()?;
-    let server = server_addr(&opts.url)?;
-    let sources = sources(server, opts.count, opts.source_addrs)?;
+    let target = Target::parse(&opts.url)?;
+    // Over TCP: where to connect, and from which addresses; over a Unix socket, neither.
+    let route = match target.host_port() {
+        Some(_) => {
+            let server = server_addr(&target)?;
+            Some((server, sources(server, opts.count, opts.source_addrs)?))
+        }
+        None if opts.source_addrs.is_some() => bail!(
+            "--source-addrs applies to TCP-based URLs (ws://, wss://, tcp://, tls://): a Unix \
+             socket ({}) has no source address or ephemeral port to spread over",
+            opts.url
+        ),
+        None => None,
+    };
     let before = opts.pid.map(rss_kib).transpose()?;
     let bar = progress::bar(opts.output.progress, opts.count as u64, "connections");
     let started = Instant::now();
@@ -185,10 +202,10 @@ pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> 
     for wave in (0..opts.count).step_by(WAVE) {
         let end = (wave + WAVE).min(opts.count);
         let opened = futures_util::future::try_join_all((wave..end).map(|i| {
-            let (url, channels, timeout) = (opts.url.as_str(), opts.channels.max(1), opts.timeout);
-            let source = sources[i % sources.len()];
+            let (channels, timeout) = (opts.channels.max(1), opts.timeout);
+            let (target, route, opts) = (&target, &route, &opts);
             async move {
-                let mut socket = connect_from(url, server, source, timeout).await?;
+                let (mut socket, local) = open(target, route, i, opts).await?;
                 let id = format!("idle-{i}");
                 request(
                     &mut socket,
@@ -200,8 +217,11 @@ pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> 
                     timeout,
                 )
                 .await
-                .with_context(|| format!("connection {i} (from {source})"))?;
-                anyhow::Ok(socket)
+                .with_context(|| match local {
+                    Some(local) => format!("connection {i} (from {local})"),
+                    None => format!("connection {i}"),
+                })?;
+                anyhow::Ok((socket, local))
             }
         }))
         .await?;
@@ -211,10 +231,8 @@ pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> 
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let mut per_source = BTreeMap::new();
-    for socket in &sockets {
-        if let Some(local) = socket.local_addr() {
-            *per_source.entry(local.ip()).or_insert(0) += 1;
-        }
+    for local in sockets.iter().filter_map(|(_, local)| *local) {
+        *per_source.entry(local.ip()).or_insert(0) += 1;
     }
     // Let the server settle (allocator, deferred frees) before reading its memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -227,6 +245,25 @@ pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> 
         open_files,
         per_source,
     })
+}
+
+/// Opens connection `i`: over TCP from its source address (the local address it got is
+/// returned), or over the Unix socket.
+async fn open(
+    target: &Target,
+    route: &Option<(SocketAddr, Vec<IpAddr>)>,
+    i: usize,
+    opts: &Connections,
+) -> Result<(Socket, Option<SocketAddr>)> {
+    match route {
+        Some((server, sources)) => {
+            let source = sources[i % sources.len()];
+            let (socket, local) =
+                connect_from(target, *server, source, &opts.tls, opts.timeout).await?;
+            Ok((socket, Some(local)))
+        }
+        None => Ok((connect(&opts.url, &opts.tls, opts.timeout).await?, None)),
+    }
 }
 
 #[cfg(test)]
@@ -248,10 +285,19 @@ mod tests {
 
     #[test]
     fn server_address_comes_from_the_url() {
-        assert_eq!(
-            server_addr("ws://127.0.0.1:9000/chat").unwrap(),
-            "127.0.0.1:9000".parse().unwrap()
-        );
-        assert!(server_addr("wss://127.0.0.1:9000/").is_err());
+        for (url, addr) in [
+            ("ws://127.0.0.1:9000/chat", "127.0.0.1:9000"),
+            ("wss://127.0.0.1/", "127.0.0.1:443"),
+            ("tcp://127.0.0.1:9001", "127.0.0.1:9001"),
+            ("tls://[::1]:9002", "[::1]:9002"),
+        ] {
+            let target = Target::parse(url).unwrap();
+            assert_eq!(
+                server_addr(&target).unwrap(),
+                addr.parse().unwrap(),
+                "{url}"
+            );
+        }
+        assert!(server_addr(&Target::parse("unix:///tmp/x.sock").unwrap()).is_err());
     }
 }

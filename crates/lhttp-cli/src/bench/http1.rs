@@ -1,12 +1,13 @@
-//! A lean keep-alive HTTP/1.1 client for `lhttp bench http-publish`: one TCP connection, one
-//! `POST` at a time with a `Content-Length` body, answers read by their `Content-Length`.
+//! A lean keep-alive HTTP/1.1 client for `lhttp bench http-publish`: one TCP connection (TLS
+//! for `https://`), one `POST` at a time with a `Content-Length` body, answers read by their
+//! `Content-Length`.
 //!
 //! The load client shares the CPU with the server it measures, so every instruction it spends
 //! is one the server does not get. reqwest spent 2.3× the server's instructions per request
 //! (parsing the URL with IDNA each time, its pool, header maps, a timer per request); this
 //! client writes a request head prepared once and reads the answer into a reused buffer.
 
-use std::{mem::MaybeUninit, time::Duration};
+use std::{mem::MaybeUninit, pin::Pin, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use tokio::{
@@ -14,13 +15,15 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::{Tls, socket::Io};
+
 /// Room for the headers of an answer; hyper sends three or four.
 const MAX_HEADERS: usize = 32;
 
 /// An answer's head and body beyond this size are refused: the bench's answers are small JSON.
 const MAX_ANSWER: usize = 1 << 20;
 
-/// `http://host:port/path` split into what a request needs.
+/// `http://host:port/path` or `https://...` split into what a request needs.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     /// `host:port` as written, for the `Host` header.
@@ -28,13 +31,19 @@ pub(crate) struct Target {
     /// Where to connect: the authority with the default port added when it has none.
     address: String,
     path: String,
+    /// For `https://`: the name the server's certificate must carry (the host, without the
+    /// brackets of an IPv6 address).
+    tls_name: Option<String>,
 }
 
 impl Target {
-    /// Plain `http://` only: the bench speaks no TLS.
     pub(crate) fn parse(url: &str) -> Result<Self> {
-        let Some(rest) = url.strip_prefix("http://") else {
-            bail!("only plain http:// URLs are supported here: {url}");
+        let (rest, secure) = if let Some(rest) = url.strip_prefix("http://") {
+            (rest, false)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (rest, true)
+        } else {
+            bail!("expected an http:// or https:// URL: {url}");
         };
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
@@ -50,12 +59,21 @@ impl Target {
         let address = if has_port {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{}", if secure { 443 } else { 80 })
         };
+        let tls_name = secure.then(|| {
+            let host = match authority.rsplit_once(':') {
+                Some((host, _)) if has_port => host,
+                _ => authority,
+            };
+            let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+            unbracketed.unwrap_or(host).to_owned()
+        });
         Ok(Target {
             authority: authority.to_owned(),
             address,
             path: path.to_owned(),
+            tls_name,
         })
     }
 }
@@ -69,7 +87,7 @@ pub(crate) struct Answer<'a> {
 
 /// One keep-alive connection.
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: Pin<Box<dyn Io>>,
     /// `POST <path> HTTP/1.1`, `Host` and the start of `Content-Length`, prepared once.
     head: Vec<u8>,
     request: Vec<u8>,
@@ -81,13 +99,22 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn open(target: &Target, timeout: Duration) -> Result<Self> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&target.address))
+    pub(crate) async fn open(target: &Target, tls: &Tls, timeout: Duration) -> Result<Self> {
+        let connecting = async {
+            let tcp = TcpStream::connect(&target.address)
+                .await
+                .with_context(|| format!("cannot connect to {}", target.address))?;
+            // The request goes out in one write; no reason to wait for the previous ACK.
+            tcp.set_nodelay(true)?;
+            let stream: Pin<Box<dyn Io>> = match &target.tls_name {
+                Some(name) => tls.handshake(name, tcp).await?,
+                None => Box::pin(tcp),
+            };
+            anyhow::Ok(stream)
+        };
+        let stream = tokio::time::timeout(timeout, connecting)
             .await
-            .with_context(|| format!("connecting to {} timed out", target.address))?
-            .with_context(|| format!("cannot connect to {}", target.address))?;
-        // The request goes out in one write; no reason to wait for the previous ACK.
-        stream.set_nodelay(true)?;
+            .with_context(|| format!("connecting to {} timed out", target.address))??;
         let head = format!(
             "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-length: ",
             target.path, target.authority
@@ -231,7 +258,20 @@ mod tests {
             Target::parse("http://[::1]:9/p").unwrap().address,
             "[::1]:9"
         );
-        assert!(Target::parse("https://example.org/").is_err());
+        let secure = Target::parse("https://[::1]:8443/publish").unwrap();
+        assert_eq!(
+            (secure.address.as_str(), secure.tls_name.as_deref()),
+            ("[::1]:8443", Some("::1"))
+        );
+        let secure = Target::parse("https://localhost:8443/publish").unwrap();
+        assert_eq!(secure.tls_name.as_deref(), Some("localhost"));
+        let secure = Target::parse("https://localhost/publish").unwrap();
+        assert_eq!(
+            (secure.address.as_str(), secure.tls_name.as_deref()),
+            ("localhost:443", Some("localhost"))
+        );
+        assert_eq!(t.tls_name, None);
+        assert!(Target::parse("ftp://example.org/").is_err());
     }
 
     #[test]

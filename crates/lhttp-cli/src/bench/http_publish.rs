@@ -1,6 +1,6 @@
-//! `lhttp bench http-publish`: K tasks each doing keep-alive `POST /publish` on a connection
-//! of their own; one WebSocket subscriber checks that every accepted message arrives exactly
-//! once (order is not checked: K requests race).
+//! `lhttp bench http-publish`: K tasks each doing keep-alive `POST /publish` (over `http://`
+//! or `https://`) on a connection of their own; one subscriber, on any transport, checks that
+//! every accepted message arrives exactly once (order is not checked: K requests race).
 
 use std::{
     sync::{
@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Filler, Output, connect,
+    Filler, Output, Tls, connect,
     http1::{Connection, Target},
     parse_digits, payload, progress, push_padded, request,
 };
@@ -29,12 +29,17 @@ const BAR_STEP: u64 = 64;
 /// What `lhttp bench http-publish` was asked to do.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpPublish {
-    /// The WebSocket URL (`--url`); the publish URL is derived from it.
+    /// The server's main port (`--url`: `ws://`, `wss://`, `http://` or `https://`); the
+    /// publish URL is derived from it.
     pub url: String,
+    /// Where the checking subscriber connects (any transport; by default `url`, as a
+    /// WebSocket URL).
+    pub sub_url: Option<String>,
     pub concurrency: usize,
     pub count: u64,
     pub size: usize,
     pub channel: String,
+    pub tls: Tls,
     pub timeout: Duration,
     pub output: Output,
 }
@@ -99,6 +104,18 @@ impl HttpPublishReport {
     }
 }
 
+/// `http://host:port/path` -> `ws://host:port/path` (`https` -> `wss`); a WebSocket URL as it
+/// is.
+fn websocket_url(url: &str) -> String {
+    if let Some(rest) = url.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        url.to_owned()
+    }
+}
+
 /// `ws://host:port/path` -> `http://host:port/publish` (`wss` -> `https`).
 pub(crate) fn publish_url(ws_url: &str) -> Result<String> {
     let (scheme, rest) = if let Some(rest) = ws_url.strip_prefix("ws://") {
@@ -110,7 +127,11 @@ pub(crate) fn publish_url(ws_url: &str) -> Result<String> {
     } else if let Some(rest) = ws_url.strip_prefix("https://") {
         ("https", rest)
     } else {
-        bail!("--url must start with ws:// or wss://: {ws_url}");
+        bail!(
+            "--url must be the server's main port, ws://, wss://, http:// or https://, where \
+             POST /publish is served (the subscriber may connect elsewhere with --sub-url): \
+             {ws_url}"
+        );
     };
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
@@ -129,7 +150,11 @@ pub(crate) async fn http_publish(opts: HttpPublish) -> Result<HttpPublishReport>
     let head = format!("LHTTP/1.0 bench\r\npublish:{}\r\n\r\n", opts.channel);
 
     // The checking subscriber.
-    let mut subscriber = connect(&opts.url, opts.timeout).await?;
+    let sub_url = opts
+        .sub_url
+        .clone()
+        .unwrap_or_else(|| websocket_url(&opts.url));
+    let mut subscriber = connect(&sub_url, &opts.tls, opts.timeout).await?;
     request(
         &mut subscriber,
         format!(
@@ -191,7 +216,7 @@ pub(crate) async fn http_publish(opts: HttpPublish) -> Result<HttpPublishReport>
         }
         let posted = tokio::time::timeout(
             opts.timeout,
-            post(&mut warm_up, &target, &probe, opts.timeout),
+            post(&mut warm_up, &target, &opts.tls, &probe, opts.timeout),
         )
         .await
         .map_err(|_| anyhow::anyhow!("timed out"))
@@ -208,6 +233,7 @@ pub(crate) async fn http_publish(opts: HttpPublish) -> Result<HttpPublishReport>
     for _ in 0..opts.concurrency.max(1) {
         let worker = Worker {
             target: target.clone(),
+            tls: opts.tls.clone(),
             head: head.clone(),
             next: next.clone(),
             count: opts.count,
@@ -252,6 +278,7 @@ pub(crate) async fn http_publish(opts: HttpPublish) -> Result<HttpPublishReport>
 /// worker's own keep-alive connection, and counts the answer.
 struct Worker {
     target: Target,
+    tls: Tls,
     /// The lhttp head every body starts with.
     head: String,
     next: Arc<AtomicU64>,
@@ -287,7 +314,7 @@ impl Worker {
                 .reset(tokio::time::Instant::now() + self.timeout);
             let outcome = tokio::select! {
                 biased;
-                posted = post(&mut connection, &self.target, &body, self.timeout) => posted,
+                posted = post(&mut connection, &self.target, &self.tls, &body, self.timeout) => posted,
                 () = &mut deadline => {
                     // The request may be half sent or half answered: start afresh.
                     connection = None;
@@ -320,12 +347,13 @@ impl Worker {
 async fn post(
     connection: &mut Option<Connection>,
     target: &Target,
+    tls: &Tls,
     body: &[u8],
     timeout: Duration,
 ) -> Result<(), String> {
     if !connection.as_ref().is_some_and(Connection::reusable) {
         *connection = Some(
-            Connection::open(target, timeout)
+            Connection::open(target, tls, timeout)
                 .await
                 .map_err(|error| format!("{error:#}"))?,
         );
@@ -362,5 +390,11 @@ mod tests {
             "https://example.org/publish"
         );
         assert!(publish_url("ftp://x").is_err());
+        assert!(publish_url("tls://127.0.0.1:8083").is_err());
+        assert_eq!(
+            websocket_url("https://127.0.0.1:8443/"),
+            "wss://127.0.0.1:8443/"
+        );
+        assert_eq!(websocket_url("ws://127.0.0.1/"), "ws://127.0.0.1/");
     }
 }

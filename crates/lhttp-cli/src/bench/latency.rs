@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Filler, Output, connect, drain_refusals, parse_digits, payload_sized, plot, progress,
+    Filler, Output, Tls, connect, drain_refusals, parse_digits, payload_sized, plot, progress,
     push_padded, request, take_refusals, with_refusals,
 };
 
@@ -37,6 +37,7 @@ pub(crate) struct Latency {
     pub duration: Duration,
     pub size: usize,
     pub channel: String,
+    pub tls: Tls,
     pub timeout: Duration,
     pub output: Output,
 }
@@ -149,7 +150,7 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
         bail!("--rate must be positive");
     }
     let count = ((opts.rate as f64 * opts.duration.as_secs_f64()).round() as u64).max(1);
-    let mut subscriber = connect(&opts.sub_url, opts.timeout).await?;
+    let mut subscriber = connect(&opts.sub_url, &opts.tls, opts.timeout).await?;
     request(
         &mut subscriber,
         format!(
@@ -160,7 +161,7 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
         opts.timeout,
     )
     .await?;
-    let mut publisher = connect(&opts.url, opts.timeout).await?;
+    let mut publisher = connect(&opts.url, &opts.tls, opts.timeout).await?;
     let head = format!("LHTTP/1.0 bench\r\npublish:{}\r\n\r\n", opts.channel);
 
     let base = Instant::now();

@@ -5,11 +5,14 @@
 //! HDR histogram), `http_publish.rs` (keep-alive `POST /publish`), `connections.rs` (idle
 //! connections and the server's memory per connection); `progress.rs` is the bar on stderr and
 //! `plot.rs` draws the SVG charts of `--plot`; `socket.rs` is the one connection type, a
-//! WebSocket or a stream-framed TCP or Unix socket. The scenarios speak the wire directly (not
-//! through the SDK) to stay lean: on a small machine the load generator shares the CPU with the
-//! server.
+//! WebSocket or a stream-framed TCP, TLS or Unix socket, and `dial.rs` opens it from a URL
+//! (`ws://`, `wss://`, `tcp://`, `tls://`, `unix://`). The scenarios speak the wire directly
+//! (not through the SDK) to stay lean: on a small machine the load generator shares the CPU
+//! with the server. TLS is the SDK's configuration, though: the same `--ca`, `--cert` and
+//! `--key` as every other command.
 
 mod connections;
+mod dial;
 mod http1;
 mod http_publish;
 mod latency;
@@ -19,24 +22,17 @@ pub(crate) mod requests;
 mod socket;
 mod throughput;
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    sync::atomic::AtomicU64,
-    time::Duration,
-};
+use std::{sync::atomic::AtomicU64, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 pub(crate) use connections::{Connections, connections};
+pub(crate) use dial::{Tls, connect};
 use futures_util::{SinkExt, StreamExt};
 pub(crate) use http_publish::{HttpPublish, http_publish};
 pub(crate) use latency::{Latency, latency};
 pub(crate) use socket::Socket;
 pub(crate) use throughput::{Amount, Throughput, throughput};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::{
-    MaybeTlsStream, client_async_with_config,
-    tungstenite::{Message as Frame, protocol::WebSocketConfig},
-};
+use tokio_tungstenite::tungstenite::Message as Frame;
 
 /// Options every scenario shares.
 #[derive(Debug, Clone, Default)]
@@ -52,81 +48,6 @@ pub(crate) struct Output {
 #[derive(Debug, Default)]
 #[repr(align(64))]
 pub(crate) struct Counter(pub AtomicU64);
-
-/// How the load client's WebSocket connections read. tungstenite zeroes its whole read chunk
-/// before every read (128 KiB by default), and a subscriber among a hundred reads a few
-/// messages at a time: at 1 → 100 that zeroing was a sixth of the client's instructions. 32 KiB
-/// still takes a burst in one read (1 → 100: 3.65M → 4.08M deliveries/s, client CPU 0.33 →
-/// 0.29 µs per delivery; 1 → 1 unchanged within noise; docs/performance.md).
-fn client_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(32 * 1024)
-}
-
-/// Connects to `url`: `ws://...`, `tcp://host:port` or `unix:///path` (Nagle off, as a
-/// real-time client should be: latency must not include its delays).
-pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<Socket> {
-    let connecting = async {
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("ws") => {
-                let (socket, _) =
-                    tokio_tungstenite::connect_async_with_config(url, Some(client_config()), true)
-                        .await?;
-                anyhow::Ok(Socket::websocket(socket))
-            }
-            Some("tcp") => {
-                let addr = &url["tcp://".len()..];
-                let stream = TcpStream::connect(addr.trim_end_matches('/')).await?;
-                stream.set_nodelay(true)?;
-                Ok(Socket::stream(stream))
-            }
-            #[cfg(unix)]
-            Some("unix") => {
-                let path = &url["unix://".len()..];
-                Ok(Socket::stream(tokio::net::UnixStream::connect(path).await?))
-            }
-            _ => bail!("bench speaks ws://, tcp://host:port and unix:///path, not {url}"),
-        }
-    };
-    tokio::time::timeout(timeout, connecting)
-        .await
-        .context("connecting timed out")?
-        .with_context(|| format!("cannot connect to {url}"))
-}
-
-/// Connects to `server` (the address of `url`) from the local address `source` (port chosen by
-/// the kernel): binding first lets many connections share one server port beyond the ~28k
-/// ephemeral ports of one source address.
-pub(crate) async fn connect_from(
-    url: &str,
-    server: SocketAddr,
-    source: IpAddr,
-    timeout: Duration,
-) -> Result<Socket> {
-    let connecting = async {
-        let socket = if server.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .with_context(|| format!("cannot bind to {source}"))?;
-        let stream = socket
-            .connect(server)
-            .await
-            .with_context(|| format!("cannot connect to {server} from {source}"))?;
-        stream.set_nodelay(true)?;
-        let (socket, _) =
-            client_async_with_config(url, MaybeTlsStream::Plain(stream), Some(client_config()))
-                .await
-                .with_context(|| format!("WebSocket handshake with {url} failed"))?;
-        anyhow::Ok(Socket::websocket(socket))
-    };
-    tokio::time::timeout(timeout, connecting)
-        .await
-        .context("connecting timed out")?
-}
 
 /// Sends `text` and waits for the answer carrying request-id `id` (an `ok`).
 pub(crate) async fn request(
@@ -281,6 +202,34 @@ impl Filler {
     }
 }
 
+/// The CPU time (user + system) process `pid` has used so far, from `/proc/PID/stat` (Linux;
+/// in clock ticks, 10 ms on most systems, so a run should last well over a second for a
+/// figure within a few percent).
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}"))?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)
+        .unwrap_or(100) as u64;
+    Ok(Duration::from_nanos(
+        ticks.saturating_mul(1_000_000_000) / per_second,
+    ))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2,
+/// in parentheses) may hold spaces and parentheses itself, so fields are counted from the
+/// last `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 /// Rounds to two decimals, for JSON reports.
 pub(crate) fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
@@ -329,6 +278,16 @@ mod tests {
         assert!(!filler.is_intact(b"bcdefghijklmnopqrstuvwxyzabcde", 2));
         assert!(!filler.is_intact(b"bcdefghijklmnopqrstuvwxyzabcd", 1));
         assert_eq!(Filler::new(0).of(5), b"");
+    }
+
+    #[test]
+    fn cpu_times_are_read_after_the_command_name() {
+        let stat = "4242 (lhttpd (x) y) S 1 4242 4242 0 -1 4194560 2000 0 0 0 \
+                    731 269 0 0 20 0 3 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(1000));
+        assert_eq!(cpu_ticks("4242 (lhttpd) S 1"), None);
+        let own = cpu_time(std::process::id()).expect("this process's CPU time");
+        assert!(own < Duration::from_secs(3600), "{own:?}");
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! `lhttp bench requests`: request/reply through a queue group, over WebSocket or through the
-//! HTTP gateway, checking every answer.
+//! `lhttp bench requests`: request/reply through a queue group, over any transport of `--url`
+//! or through the HTTP gateway, checking every answer.
 //!
 //! W workers join group `--queue` of `--channel` with `--credit` and echo each request's body
 //! back (acknowledging it in the same message). The requester keeps `--concurrency` requests in
-//! flight: over one WebSocket connection (`publish` + `reply-to`), or, with `--http URL`, as
+//! flight: over one connection to `--url` (`publish` + `reply-to`), or, with `--http URL`, as
 //! keep-alive HTTP POSTs to a gateway route whose channel and queue are the ones given. Every
 //! answer is checked: it must come once, for a request that was sent, with the body that was
 //! sent. Errors (503, 504, 502) are counted by status.
@@ -21,13 +21,13 @@ use lhttp_client::Message;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-use super::{Socket, connect, request};
+use super::{Socket, Tls, connect, request};
 
 /// What `lhttp bench requests` was asked to do.
 #[derive(Debug, Clone)]
 pub(crate) struct Requests {
     pub url: String,
-    /// A gateway route's URL: requests go there as HTTP POSTs instead of over WebSocket.
+    /// A gateway route's URL: requests go there as HTTP POSTs instead of over `url`.
     pub http: Option<String>,
     pub channel: String,
     pub queue: String,
@@ -36,6 +36,7 @@ pub(crate) struct Requests {
     pub concurrency: usize,
     pub count: u64,
     pub size: usize,
+    pub tls: Tls,
     pub timeout: Duration,
 }
 
@@ -165,9 +166,15 @@ pub(crate) async fn requests(opts: Requests) -> Result<RequestsReport> {
     if opts.size < 12 {
         bail!("--size must be at least 12 (the sequence number)");
     }
+    if let Some(url) = opts.http.as_deref().filter(|u| !u.starts_with("http://")) {
+        bail!(
+            "--http takes a gateway route's plain http:// URL (its requests go out without \
+             TLS), not {url}"
+        );
+    }
     let mut workers = Vec::new();
     for _ in 0..opts.workers {
-        let mut socket = connect(&opts.url, opts.timeout).await?;
+        let mut socket = connect(&opts.url, &opts.tls, opts.timeout).await?;
         let join = format!(
             "LHTTP/1.0 sub\r\nsubscribe:{}\r\nqueue:{}\r\ncredit:{}\r\nrequest-id:join\r\n\r\n",
             opts.channel, opts.queue, opts.credit
@@ -178,7 +185,7 @@ pub(crate) async fn requests(opts: Requests) -> Result<RequestsReport> {
     let tally = Arc::new(Mutex::new(Tally::new(opts.count)?));
     let started = Instant::now();
     match &opts.http {
-        None => over_websocket(&opts, &tally).await?,
+        None => over_connection(&opts, &tally).await?,
         Some(url) => over_http(&opts, url, &tally).await?,
     }
     let elapsed = started.elapsed();
@@ -232,9 +239,9 @@ async fn answer_delivery(socket: &mut Socket, frame: Frame) -> Result<()> {
     Ok(())
 }
 
-/// Requests over one WebSocket connection, `--concurrency` in flight.
-async fn over_websocket(opts: &Requests, tally: &Arc<Mutex<Tally>>) -> Result<()> {
-    let mut socket = connect(&opts.url, opts.timeout).await?;
+/// Requests over one connection to `--url`, `--concurrency` in flight.
+async fn over_connection(opts: &Requests, tally: &Arc<Mutex<Tally>>) -> Result<()> {
+    let mut socket = connect(&opts.url, &opts.tls, opts.timeout).await?;
     let timeout_ms = opts.timeout.as_millis().max(1);
     let mut next = 0u64;
     let mut in_flight = 0usize;

@@ -1,6 +1,7 @@
-//! [`Socket`]: one load-client connection, a WebSocket (`ws://`) or a byte stream with the lhttp
-//! stream framing (`tcp://host:port`, `unix:///path`), behind one `Stream` + `Sink` of
-//! tungstenite frames, so that every scenario drives either without knowing which.
+//! [`Socket`]: one load-client connection, a WebSocket (`ws://`, `wss://`) or a byte stream with
+//! the lhttp stream framing (`tcp://host:port`, `tls://host:port`, `unix:///path`), behind one
+//! `Stream` + `Sink` of tungstenite frames, so that every scenario drives either without
+//! knowing which. TLS sits underneath, in the boxed stream: the frames are the same.
 //!
 //! On a stream, each message arrives as a binary frame, a server heartbeat as a ping (answered
 //! with a heartbeat, as tungstenite answers WebSocket pings, so that a subscriber that never
@@ -9,7 +10,6 @@
 
 use std::{
     io,
-    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -17,17 +17,14 @@ use std::{
 use bytes::{Buf, BytesMut};
 use futures_util::{Sink, Stream};
 use lhttp_client::proto::stream::{self, Decoded};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream,
+    WebSocketStream,
     tungstenite::{Error, Message as Frame},
 };
 use tokio_util::codec::{Decoder, Encoder, Framed};
 
-/// A stream of any kind (TCP, Unix socket) under the framing.
+/// A stream of any kind (TCP, TLS, Unix socket) under a WebSocket or the framing.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
@@ -42,33 +39,21 @@ const MAX_MESSAGE: usize = 64 << 20;
 
 /// A load-client connection.
 pub(crate) enum Socket {
-    WebSocket(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+    WebSocket(Box<WebSocketStream<Pin<Box<dyn Io>>>>),
     Stream(Box<Framed<Pin<Box<dyn Io>>, StreamCodec>>),
 }
 
 impl Socket {
-    pub(crate) fn websocket(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Socket {
+    pub(crate) fn websocket(ws: WebSocketStream<Pin<Box<dyn Io>>>) -> Socket {
         Socket::WebSocket(Box::new(ws))
     }
 
-    pub(crate) fn stream(io: impl AsyncRead + AsyncWrite + Send + Unpin + 'static) -> Socket {
-        let io: Pin<Box<dyn Io>> = Box::pin(io);
+    pub(crate) fn stream(io: Pin<Box<dyn Io>>) -> Socket {
         Socket::Stream(Box::new(Framed::with_capacity(
             io,
             StreamCodec::default(),
             READ_CAPACITY,
         )))
-    }
-
-    /// The local address of a plain TCP WebSocket connection.
-    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Socket::WebSocket(ws) => match ws.get_ref() {
-                MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok(),
-                _ => None,
-            },
-            Socket::Stream(_) => None,
-        }
     }
 }
 
@@ -191,7 +176,7 @@ mod tests {
     #[tokio::test]
     async fn stream_frames_go_out_as_written_and_heartbeats_are_answered() {
         let (ours, mut theirs) = tokio::io::duplex(1024);
-        let mut socket = Socket::stream(ours);
+        let mut socket = Socket::stream(Box::pin(ours));
         socket.feed(Frame::text("LHTTP/1.0 a")).await.unwrap();
         socket
             .feed(Frame::binary(b"LHTTP/1.0 b".to_vec()))

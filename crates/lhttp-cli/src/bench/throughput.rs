@@ -25,8 +25,9 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Counter, Filler, Output, REFUSED_HINT, Socket, connect, drain_refusals, parse_digits,
-    payload_sized, plot, progress, push_padded, request, round2, take_refusals, with_refusals,
+    Counter, Filler, Output, REFUSED_HINT, Socket, Tls, connect, cpu_time, drain_refusals,
+    parse_digits, payload_sized, plot, progress, push_padded, request, round2, take_refusals,
+    with_refusals,
 };
 
 /// Width of the publisher number at the start of each body.
@@ -62,6 +63,9 @@ pub(crate) struct Throughput {
     /// Write each message with its own system call, as browsers and most client libraries
     /// do, instead of a batch per write.
     pub write_each: bool,
+    /// The server's process id, to report its CPU time per delivery.
+    pub pid: Option<u32>,
+    pub tls: Tls,
     pub timeout: Duration,
     pub output: Output,
 }
@@ -104,6 +108,9 @@ pub(crate) struct Report {
     pub corrupted: u64,
     /// Messages the server refused with 429 (its per-connection rate limit).
     pub refused: u64,
+    /// The server's CPU time (user + system) from the first publish to the last delivery,
+    /// when its pid was given.
+    pub server_cpu: Option<Duration>,
     /// (seconds since the start, deliveries per second over the sample before).
     pub samples: Vec<(f64, f64)>,
 }
@@ -111,6 +118,12 @@ pub(crate) struct Report {
 impl Report {
     pub(crate) fn is_clean(&self) -> bool {
         self.lost + self.duplicated + self.out_of_order + self.corrupted == 0
+    }
+
+    /// Server CPU nanoseconds per delivery, when its pid was given.
+    fn server_ns_per_delivery(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|cpu| cpu.as_nanos() as f64 / self.deliveries.max(1) as f64)
     }
 
     pub(crate) fn json(&self) -> serde_json::Value {
@@ -130,11 +143,20 @@ impl Report {
             "out_of_order": self.out_of_order,
             "corrupted": self.corrupted,
             "rate_limited": self.refused,
+            "server_cpu_ms": self.server_cpu.map(|cpu| cpu.as_millis() as u64),
+            "server_cpu_ns_per_delivery": self.server_ns_per_delivery().map(f64::round),
         })
     }
 
     pub(crate) fn table(&self) -> String {
-        with_refusals(self.counts(), self.refused)
+        let mut table = self.counts();
+        if let (Some(cpu), Some(per)) = (self.server_cpu, self.server_ns_per_delivery()) {
+            table.push_str(&format!(
+                "\nserver CPU {:>12.0} ms  ({per:.0} ns per delivery)",
+                cpu.as_secs_f64() * 1e3
+            ));
+        }
+        with_refusals(table, self.refused)
     }
 
     fn counts(&self) -> String {
@@ -241,7 +263,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
 
     let mut subscribers = Vec::with_capacity(opts.subscribers);
     for i in 0..opts.subscribers {
-        let mut socket = connect(&opts.sub_url, opts.timeout).await?;
+        let mut socket = connect(&opts.sub_url, &opts.tls, opts.timeout).await?;
         let id = format!("bench-sub-{i}");
         let name = channel_name(&opts.channel, i % channels, channels);
         request(
@@ -255,7 +277,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
     }
     let mut sockets = Vec::with_capacity(publishers);
     for _ in 0..publishers {
-        sockets.push(connect(&opts.url, opts.timeout).await?);
+        sockets.push(connect(&opts.url, &opts.tls, opts.timeout).await?);
     }
 
     // Deliveries per subscriber (flow control, progress, samples) and messages sent per channel.
@@ -306,6 +328,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
     };
     let bar = progress::bar(opts.output.progress, len, unit);
 
+    let cpu_before = opts.pid.map(cpu_time).transpose()?;
     let started = Instant::now();
     let stop_sampling = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -384,6 +407,10 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
         total.add(&seen);
         finished = finished.max(at);
     }
+    let server_cpu = match (opts.pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_time(pid)?.saturating_sub(before)),
+        _ => None,
+    };
     stop_sampling.store(true, Relaxed);
     let samples = sampler.await.unwrap_or_default();
     bar.finish_and_clear();
@@ -410,6 +437,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
         out_of_order: total.out_of_order,
         corrupted: total.corrupted,
         refused,
+        server_cpu,
         samples,
     };
     if let Some(path) = &opts.output.plot {

@@ -287,14 +287,6 @@ fn reserve_for<T: Transport>(socket: &mut T, batch: &VecDeque<Outgoing>) {
 }
 
 impl OutboxReceiver {
-    /// Takes everything queued without writing it anywhere; returns how many messages.
-    #[doc(hidden)]
-    pub(crate) fn drain(&mut self) -> usize {
-        let mut queue = self.shared.queue();
-        queue.bytes = 0;
-        queue.frames.drain(..).count()
-    }
-
     /// The writing side of the connection, fed from this queue.
     pub(crate) fn into_writer(self) -> Writer {
         Writer {

@@ -134,6 +134,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> StreamClient<S> {
         }
     }
 
+    /// Asserts that no message arrives for `ms` milliseconds (heartbeats are skipped).
+    pub async fn expect_silence(&mut self, ms: u64) {
+        if let Ok(item) =
+            tokio::time::timeout(std::time::Duration::from_millis(ms), self.item()).await
+        {
+            panic!("expected nothing, got {item:?}");
+        }
+    }
+
     /// Subscribes and waits for `ok`.
     pub async fn subscribe(&mut self, channels: &str) {
         let answer = self
