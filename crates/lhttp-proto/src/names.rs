@@ -85,6 +85,10 @@ pub mod command {
     /// A read of a channel's history (`channel`, `since` and `epoch`, or `recent`); answered
     /// with `history` (the same headers as `subscribed`) followed by `count` messages.
     pub const HISTORY: &str = "history";
+    /// Asks the server for a sign of life; answered with `pong` (copying `request-id`).
+    pub const PING: &str = "ping";
+    /// The answer to `ping`.
+    pub const PONG: &str = "pong";
     /// The last message of a byte stream the server closes (`code`, `reason`).
     pub const CLOSE: &str = crate::stream::CLOSE_COMMAND;
 }

@@ -206,6 +206,7 @@ const CONNECTION_HEADERS: [&str; 7] = [
 fn publishes_only(message: &Message) -> bool {
     message.command() != INBOX_COMMAND
         && message.command() != names::command::HISTORY
+        && message.command() != names::command::PING
         && message.headers().iter().all(|h| {
             let name = h.name();
             !CONNECTION_HEADERS
@@ -309,6 +310,14 @@ impl Filter for PubSub {
             connection.drain(&list, group, request_id.as_ref())?;
             // `drained` is the answer, once the work in hand is acknowledged.
             ctx.defer_reply();
+        }
+        if ctx.message().command() == names::command::PING {
+            let mut pong = Message::builder(names::command::PONG);
+            if let Some(id) = ctx.request_id() {
+                pong = pong.header(names::REQUEST_ID, id.to_owned());
+            }
+            let _ = ctx.reply(&pong.build().expect("a valid pong"));
+            ctx.set_handled();
         }
         if ctx.message().command() == INBOX_COMMAND {
             let address = ctx.connection_mut().inbox().address();
