@@ -7,8 +7,8 @@ pub enum ServerError {
     /// A configuration value is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// A processor was registered for a name that cannot be a command, or for `auth`, which
-    /// the server handles itself.
+    /// A processor was registered for a name that cannot be a command, or for one the server
+    /// answers itself (`auth`, `ping`, `history`).
     #[error("invalid command name {0:?}")]
     InvalidCommand(String),
     /// Two processors were registered for the same command.

@@ -3,6 +3,7 @@
 
 use std::{collections::HashMap, future::Future, sync::Arc};
 
+use lhttp_proto::names;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -86,8 +87,13 @@ impl ServerBuilder {
         let mut processors = HashMap::default();
         let mut processor_order = Vec::new();
         for (command, processor) in self.processors {
-            // `auth` is answered by the server itself (see session.rs), before any processor.
-            if !lhttp_proto::is_valid_command(&command) || command == "auth" {
+            // These are answered by the server itself, before any processor.
+            let builtin = [
+                names::command::AUTH,
+                names::command::PING,
+                names::command::HISTORY,
+            ];
+            if !lhttp_proto::is_valid_command(&command) || builtin.contains(&command.as_str()) {
                 return Err(ServerError::InvalidCommand(command));
             }
             if processors.contains_key(&command) {

@@ -28,7 +28,7 @@ async fn assert_rejected(client: &mut Client, raw: &[u8], status: u16) -> String
         String::from_utf8_lossy(raw)
     );
     let (answer, _) = client
-        .request("LHTTP/1.0 ping\r\nsubscribe:alive\r\n\r\n")
+        .request("LHTTP/1.0 probe\r\nsubscribe:alive\r\n\r\n")
         .await;
     assert_eq!(answer.command(), "ok", "connection unusable after {raw:?}");
     reason
@@ -326,7 +326,9 @@ async fn every_other_class_of_malformed_input_is_answered() {
         if m.command() == "error" {
             errors += 1;
         }
-        let (answer, _) = c.request("LHTTP/1.0 ping\r\nsubscribe:alive\r\n\r\n").await;
+        let (answer, _) = c
+            .request("LHTTP/1.0 probe\r\nsubscribe:alive\r\n\r\n")
+            .await;
         assert_eq!(answer.command(), "ok", "connection unusable");
     }
     // Empty frames, text and binary: a malformed (empty) message each.

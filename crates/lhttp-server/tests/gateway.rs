@@ -387,7 +387,7 @@ async fn an_http_response_comes_only_from_the_worker_that_received_the_request()
                 .await;
         }
         let (ok, _) = mallory
-            .request("LHTTP/1.0 ping\r\npublish:elsewhere\r\n\r\n")
+            .request("LHTTP/1.0 probe\r\npublish:elsewhere\r\n\r\n")
             .await;
         assert_eq!(ok.command(), "ok");
         for request in &requests {

@@ -201,7 +201,7 @@ async fn an_inbox_delivers_to_its_owner_only_and_cannot_be_subscribed() {
         .send("LHTTP/1.0 note\r\npublish:_inbox.00000000.0000000000000000\r\n\r\nx")
         .await;
     let (ok, _) = sender
-        .request("LHTTP/1.0 ping\r\npublish:elsewhere\r\n\r\n")
+        .request("LHTTP/1.0 probe\r\npublish:elsewhere\r\n\r\n")
         .await;
     assert_eq!(ok.command(), "ok");
 }
@@ -308,7 +308,7 @@ async fn a_reply_address_cannot_be_guessed_from_another_one() {
             .await;
     }
     let (ok, _) = attacker
-        .request("LHTTP/1.0 ping\r\npublish:public.other\r\n\r\n")
+        .request("LHTTP/1.0 probe\r\npublish:public.other\r\n\r\n")
         .await;
     assert_eq!(
         ok.command(),

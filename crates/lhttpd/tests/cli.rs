@@ -955,3 +955,115 @@ async fn lhttpd_starts_degraded_when_nats_is_unreachable() {
     let mut ws = connect(&server, "/").await;
     subscribe(&mut ws, "room", "degraded").await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// History across restarts
+
+/// Reads the last messages of `channel` with a `history` read: (epoch, offsets, bodies).
+async fn read_history(ws: &mut Ws, channel: &str) -> (String, Vec<u64>, Vec<String>) {
+    send(
+        ws,
+        &format!("LHTTP/1.0 history\r\nchannel:{channel}\r\nrecent:100\r\n\r\n"),
+    )
+    .await;
+    let answer = Lhttp::parse(&receive_text(ws).await);
+    assert_eq!(answer.command, "history", "{answer:?}");
+    let count: usize = answer.header("count").unwrap().parse().unwrap();
+    let epoch = answer.header("epoch").expect("an epoch").to_owned();
+    let mut offsets = Vec::new();
+    let mut bodies = Vec::new();
+    for _ in 0..count {
+        let message = Lhttp::parse(&receive_text(ws).await);
+        assert_eq!(message.header("epoch"), Some(epoch.as_str()), "{message:?}");
+        offsets.push(message.header("offset").unwrap().parse().unwrap());
+        bodies.push(message.body);
+    }
+    (epoch, offsets, bodies)
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_with_its_epoch_and_a_crash_gives_a_new_epoch() {
+    let store = scratch_file("history.redb");
+    let config = scratch_file("history.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[channels]]\npattern = \"room.*\"\nhistory_size = 100\n\n[history]\npath = {:?}\n",
+            store.display().to_string()
+        ),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let http = http_client();
+    let chat = |body: &str| format!("LHTTP/1.0 chat\r\npublish:room.a\r\n\r\n{body}");
+
+    let mut server = Server::start(&args, &[]).await;
+    for i in 1..=5 {
+        assert_eq!(publish(&http, &server, chat(&format!("m{i}"))).await.0, 200);
+    }
+    let mut ws = connect(&server, "/").await;
+    let (epoch, offsets, _) = read_history(&mut ws, "room.a").await;
+    assert_eq!(offsets, [1, 2, 3, 4, 5]);
+    drop(ws);
+    server.terminate();
+    assert!(server.exit_within(STEP).await.success());
+
+    // A clean stop keeps everything, epoch included: a client recovers across the restart.
+    let server = Server::start(&args, &[]).await;
+    let mut ws = connect(&server, "/").await;
+    assert_eq!(
+        read_history(&mut ws, "room.a").await,
+        (
+            epoch.clone(),
+            vec![1, 2, 3, 4, 5],
+            vec![
+                "m1".into(),
+                "m2".into(),
+                "m3".into(),
+                "m4".into(),
+                "m5".into()
+            ]
+        )
+    );
+    send(
+        &mut ws,
+        &format!("LHTTP/1.0 chat\r\nsubscribe:room.a\r\nsince:3\r\nepoch:{epoch}\r\n\r\n"),
+    )
+    .await;
+    let answer = Lhttp::parse(&receive_text(&mut ws).await);
+    assert_eq!(answer.command, "subscribed", "{answer:?}");
+    assert_eq!(answer.header("recovered"), Some("true"), "{answer:?}");
+    assert_eq!(answer.header("count"), Some("2"), "{answer:?}");
+    for expected in ["4", "5"] {
+        let missed = Lhttp::parse(&receive_text(&mut ws).await);
+        assert_eq!(missed.header("offset"), Some(expected), "{missed:?}");
+    }
+    assert_eq!(publish(&http, &server, chat("m6")).await.0, 200);
+    let live = Lhttp::parse(&receive_text(&mut ws).await);
+    assert_eq!(live.header("offset"), Some("6"), "{live:?}");
+    assert_eq!(live.header("epoch"), Some(epoch.as_str()), "{live:?}");
+    drop(ws);
+    // Written within the store's batch interval; then the process dies without a goodbye.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(server);
+
+    // After a crash the last messages sent may not have been written: a new epoch, so that no
+    // client takes a rewritten offset for one it has. What was written is still there.
+    let server = Server::start(&args, &[]).await;
+    let mut ws = connect(&server, "/").await;
+    let (new_epoch, offsets, bodies) = read_history(&mut ws, "room.a").await;
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(offsets, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(bodies.last().map(String::as_str), Some("m6"));
+    send(
+        &mut ws,
+        &format!("LHTTP/1.0 chat\r\nsubscribe:room.a\r\nsince:6\r\nepoch:{epoch}\r\n\r\n"),
+    )
+    .await;
+    let answer = Lhttp::parse(&receive_text(&mut ws).await);
+    assert_eq!(answer.header("recovered"), Some("false"), "{answer:?}");
+    drop(ws);
+    drop(server);
+    let _ = std::fs::remove_file(&store);
+    let _ = std::fs::remove_file(&config);
+}
