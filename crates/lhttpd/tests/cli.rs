@@ -988,7 +988,7 @@ async fn history_survives_a_restart_with_its_epoch_and_a_crash_gives_a_new_epoch
     std::fs::write(
         &config,
         format!(
-            "[[channels]]\npattern = \"room.*\"\nhistory_size = 100\n\n[history]\npath = {:?}\n",
+            "[[channels]]\npattern = \"room.*\"\nhistory_size = 100\n\n[[channels]]\npattern = \"small.*\"\nhistory_size = 3\n\n[history]\npath = {:?}\n",
             store.display().to_string()
         ),
     )
@@ -1000,6 +1000,11 @@ async fn history_survives_a_restart_with_its_epoch_and_a_crash_gives_a_new_epoch
     let mut server = Server::start(&args, &[]).await;
     for i in 1..=5 {
         assert_eq!(publish(&http, &server, chat(&format!("m{i}"))).await.0, 200);
+    }
+    // A channel that keeps 3 overwrites the oldest: only the last 3 come back.
+    for i in 1..=10 {
+        let message = format!("LHTTP/1.0 chat\r\npublish:small.x\r\n\r\ns{i}");
+        assert_eq!(publish(&http, &server, message).await.0, 200);
     }
     let mut ws = connect(&server, "/").await;
     let (epoch, offsets, _) = read_history(&mut ws, "room.a").await;

@@ -262,6 +262,7 @@ impl History {
                     self.write(|| Op::Append {
                         channel: channel.clone(),
                         offset: entry.offset,
+                        slot: entry.offset % stream.options.history_size as u64,
                         at_ms: entry.at_ms,
                         frame: entry.frame.clone(),
                     });
@@ -386,6 +387,7 @@ impl History {
         self.write(|| Op::Append {
             channel: channel_of(channel),
             offset,
+            slot: offset % stream.options.history_size as u64,
             at_ms: entry.at_ms,
             frame: entry.frame.clone(),
         });
