@@ -100,6 +100,25 @@ impl Pattern {
         self.tokens == [Token::Rest]
     }
 
+    /// True when every channel `other` matches, this pattern matches too. (A channel name is a
+    /// pattern of literal tokens, so this also says whether a subscription pattern stays
+    /// within a rule.)
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let mut theirs = other.tokens.iter();
+        for token in &self.tokens {
+            match (token, theirs.next()) {
+                // `>` takes one or more tokens, whatever they are.
+                (Token::Rest, Some(_)) => return true,
+                (_, None) => return false,
+                // One token: a literal or `*`, never `>`, which may stand for several.
+                (Token::One, Some(Token::Literal(_) | Token::One)) => {}
+                (Token::Literal(mine), Some(Token::Literal(t))) if mine == t => {}
+                _ => return false,
+            }
+        }
+        theirs.next().is_none()
+    }
+
     /// True when some literal token contains `text`.
     pub fn has_in_literals(&self, text: &str) -> bool {
         self.tokens
@@ -161,6 +180,27 @@ mod tests {
         ] {
             assert_eq!(Pattern::parse(bad), Err(error), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_pattern_covers_another_when_it_matches_everything_the_other_can() {
+        let covers = |a: &str, b: &str| {
+            Pattern::parse(a)
+                .unwrap()
+                .covers(&Pattern::parse(b).unwrap())
+        };
+        assert!(covers(">", "a.*"));
+        assert!(covers("a.>", "a.b.>"));
+        assert!(covers("a.>", "a.*"));
+        assert!(covers("a.*", "a.b"));
+        assert!(covers("a.*", "a.*"));
+        assert!(covers("a.*.c", "a.*.c"));
+        assert!(!covers("a.*", "a.>"), "a.> matches a.b.c");
+        assert!(!covers("a.b", "a.*"), "a.* matches a.c");
+        assert!(!covers("a.*", "a.b.c"));
+        assert!(!covers("a.>", "a"));
+        assert!(!covers("a.*.c", "a.*.*"));
+        assert!(!covers("a.b.>", "a.>"));
     }
 
     #[test]

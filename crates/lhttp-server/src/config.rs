@@ -601,8 +601,15 @@ pub struct Limits {
     pub max_message_size: usize,
     /// Most headers in one message (400 beyond it).
     pub max_headers: usize,
-    /// Most channels one connection may be subscribed to at once (429 beyond it).
+    /// Most channels one connection may be subscribed to at once (429 beyond it); wildcard
+    /// patterns count too.
     pub max_subscriptions: usize,
+    /// Most wildcard patterns (`chat.*`, `sensor.>`) one connection may be subscribed to (429
+    /// beyond it); 0 turns wildcard subscriptions off.
+    pub max_patterns_per_connection: usize,
+    /// Most distinct wildcard patterns over the server (503 to the subscribe beyond it): every
+    /// publish matches its channel against each of them.
+    pub max_patterns: usize,
     /// Most simultaneous WebSocket connections (503 to the upgrade request beyond it).
     pub max_connections: usize,
     /// Most messages queued for one client that is not reading fast enough. When a message
@@ -683,6 +690,8 @@ impl Default for Limits {
             max_message_size: 64 * 1024,
             max_headers: 64,
             max_subscriptions: 1024,
+            max_patterns_per_connection: 16,
+            max_patterns: 1000,
             max_connections: 10_000,
             outbound_queue: 4096,
             outbound_queue_bytes: 4 * 1024 * 1024,
@@ -765,6 +774,11 @@ impl Limits {
             }
         }
         check_count("limits.max_connections", self.max_connections)?;
+        check_count("limits.max_patterns", self.max_patterns)?;
+        check_count(
+            "limits.max_patterns_per_connection",
+            self.max_patterns_per_connection,
+        )?;
         check_count("limits.outbound_queue", self.outbound_queue)?;
         check_count("limits.max_http_connections", self.max_http_connections)?;
         if self.messages_per_second > 0 && self.message_burst == 0 {

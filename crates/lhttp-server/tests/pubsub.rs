@@ -183,7 +183,7 @@ async fn header_order_is_preserved_on_every_delivery() {
 async fn channel_names_are_validated() {
     let server = start().await;
     let mut spy = server.client().await;
-    for bad in [">", "*", "news.>", "a*b", &"x".repeat(257)] {
+    for bad in [">", "*", "news.>.x", "a*b", &"x".repeat(257)] {
         let (answer, _) = spy
             .request(&format!("LHTTP/1.0 s\r\nsubscribe:{bad}\r\n\r\n"))
             .await;

@@ -745,9 +745,10 @@ async fn receive(
                     continue;
                 }
                 add(&cluster.counters.received, 1);
+                // Exact subscribers only: a wildcard subscription would hold its own.
                 broker
                     .hub
-                    .publish(channel.as_str(), &frame(message.payload), &broker.metrics);
+                    .publish_exact(channel.as_str(), &frame(message.payload), &broker.metrics);
             }
         }
     }

@@ -118,6 +118,44 @@ const SCAN_DEDUP_MAX: usize = 16;
 /// Splits `subscribe`, `unsubscribe` or `publish` header values into channel names, checking
 /// each and dropping repeats (so `publish:a a` delivers once).
 pub fn parse_list<'a>(values: impl Iterator<Item = &'a str>) -> Result<Vec<&'a str>, Rejection> {
+    parse_list_with(values, check)
+}
+
+/// [`parse_list`] for `subscribe` and `unsubscribe`, whose names may also be wildcard
+/// patterns (`sensor.*.temp`, `chat.>`; see [`is_pattern`]).
+pub(crate) fn parse_subscription_list<'a>(
+    values: impl Iterator<Item = &'a str>,
+) -> Result<Vec<&'a str>, Rejection> {
+    parse_list_with(values, |name| {
+        if !is_pattern(name) {
+            return check(name);
+        }
+        if name.len() > MAX_CHANNEL_LEN {
+            return Err(Rejection::bad_request("pattern longer than 256 bytes"));
+        }
+        // Nothing a client sends may follow every channel: a pattern starts with a channel
+        // token (`chat.>`, not `>` or `*.lobby`).
+        if is_pattern(name.split('.').next().unwrap_or_default()) {
+            return Err(Rejection::bad_request(format!(
+                "pattern {name}: the first token must be a channel name, not a wildcard"
+            )));
+        }
+        lhttp_proto::pattern::Pattern::parse(name)
+            .map(drop)
+            .map_err(|e| Rejection::bad_request(format!("pattern {name}: {e}")))
+    })
+}
+
+/// True when `name` is a wildcard pattern rather than a channel (it holds `*` or `>`, which
+/// no channel name may).
+pub(crate) fn is_pattern(name: &str) -> bool {
+    name.contains(['*', '>'])
+}
+
+fn parse_list_with<'a>(
+    values: impl Iterator<Item = &'a str>,
+    check: impl Fn(&str) -> Result<(), Rejection>,
+) -> Result<Vec<&'a str>, Rejection> {
     let mut list: Vec<&str> = Vec::new();
     let mut seen: Option<HashSet<&str>> = None;
     for name in names(values) {

@@ -4,7 +4,13 @@
 //! contend, and a publish holds only its channel's shard lock, for the time it takes to push a
 //! shared frame into each subscriber's queue (never across an `.await`).
 
+use std::sync::{
+    PoisonError, RwLock,
+    atomic::{AtomicUsize, Ordering::Relaxed},
+};
+
 use dashmap::DashMap;
+use lhttp_proto::pattern::Pattern;
 
 use crate::{
     Channel,
@@ -20,6 +26,14 @@ struct Subscriber {
     outbox: Outbox,
 }
 
+/// The subscribers of one wildcard pattern.
+#[derive(Debug)]
+struct PatternSubscribers {
+    text: Box<str>,
+    pattern: Pattern,
+    subscribers: Vec<Subscriber>,
+}
+
 /// The local subscription table.
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -27,7 +41,17 @@ pub struct Hub {
     /// Hashed with foldhash (randomly seeded per map): every publish hashes its channel name,
     /// and SipHash, the standard choice, was a tenth of the publish path.
     channels: DashMap<Channel, Vec<Subscriber>, foldhash::quality::RandomState>,
+    /// Wildcard subscriptions (`sensor.*.temp`, `chat.>`), each distinct pattern once. A
+    /// publish matches its channel against every one of them (`limits.max_patterns` bounds
+    /// how many), so plain publishes skip this with one atomic load while there is none.
+    patterns: RwLock<Vec<PatternSubscribers>>,
+    /// `patterns.len()`, read without the lock.
+    pattern_count: AtomicUsize,
 }
+
+/// A new pattern would exceed `limits.max_patterns`.
+#[derive(Debug)]
+pub(crate) struct TooManyPatterns;
 
 impl Hub {
     /// Adds a subscription. The connection's own subscription set makes this idempotent; the hub
@@ -68,13 +92,17 @@ impl Hub {
     }
 
     /// [`Hub::publish`] with the frame made by `frame`, called only when `channel` has
-    /// subscribers (and while its shard is read-locked: `frame` must not touch the hub).
+    /// subscribers, exact or by pattern (and while its shard is read-locked: `frame` must not
+    /// touch the hub).
     pub(crate) fn publish_with(
         &self,
         channel: &str,
         frame: impl FnOnce() -> Outgoing,
         metrics: &Metrics,
     ) -> usize {
+        if self.pattern_count.load(Relaxed) > 0 {
+            return self.publish_with_patterns(channel, frame, metrics);
+        }
         let Some(subscribers) = self.channels.get(channel) else {
             return 0;
         };
@@ -95,11 +123,125 @@ impl Hub {
         }
         let dropped = subscribers.len() - delivered;
         drop(subscribers);
-        add(&metrics.deliveries, delivered as u64);
-        if dropped > 0 {
-            add(&metrics.dropped_deliveries, dropped as u64);
-        }
+        count(metrics, delivered, dropped);
         delivered
+    }
+
+    /// [`Hub::publish_with`] while wildcard subscriptions exist: the exact subscribers, then
+    /// those of every pattern that matches `channel` (a connection subscribed both ways gets a
+    /// copy per subscription).
+    fn publish_with_patterns(
+        &self,
+        channel: &str,
+        frame: impl FnOnce() -> Outgoing,
+        metrics: &Metrics,
+    ) -> usize {
+        let exact = self.channels.get(channel);
+        let patterns = self.patterns.read().unwrap_or_else(PoisonError::into_inner);
+        let mut matching = patterns
+            .iter()
+            .filter(|p| p.pattern.matches(channel))
+            .peekable();
+        if exact.is_none() && matching.peek().is_none() {
+            return 0;
+        }
+        let frame = frame();
+        let (mut delivered, mut total) = (0, 0);
+        let subscribers = exact
+            .iter()
+            .flat_map(|s| s.iter())
+            .chain(matching.flat_map(|p| p.subscribers.iter()));
+        for subscriber in subscribers {
+            total += 1;
+            if subscriber.outbox.push(frame.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        drop(patterns);
+        drop(exact);
+        count(metrics, delivered, total - delivered);
+        delivered
+    }
+
+    /// Queues `frame` for the exact subscribers of `channel` only (messages another node
+    /// received through the channel's own NATS subscription).
+    pub(crate) fn publish_exact(
+        &self,
+        channel: &str,
+        frame: &Outgoing,
+        metrics: &Metrics,
+    ) -> usize {
+        let Some(subscribers) = self.channels.get(channel) else {
+            return 0;
+        };
+        let delivered = subscribers
+            .iter()
+            .filter(|s| s.outbox.push(frame.clone()).is_ok())
+            .count();
+        let dropped = subscribers.len() - delivered;
+        drop(subscribers);
+        count(metrics, delivered, dropped);
+        delivered
+    }
+
+    /// Adds a subscription to `pattern` (already parsed and allowed). Returns true when it
+    /// is the pattern's first subscriber; refuses a new pattern beyond `max` distinct ones.
+    pub(crate) fn subscribe_pattern(
+        &self,
+        text: &str,
+        pattern: Pattern,
+        connection: ConnectionId,
+        outbox: &Outbox,
+        max: usize,
+    ) -> Result<bool, TooManyPatterns> {
+        let mut patterns = self
+            .patterns
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let subscriber = Subscriber {
+            connection,
+            outbox: outbox.clone(),
+        };
+        if let Some(entry) = patterns.iter_mut().find(|p| &*p.text == text) {
+            entry.subscribers.push(subscriber);
+            return Ok(false);
+        }
+        if patterns.len() >= max {
+            return Err(TooManyPatterns);
+        }
+        patterns.push(PatternSubscribers {
+            text: text.into(),
+            pattern,
+            subscribers: vec![subscriber],
+        });
+        self.pattern_count.store(patterns.len(), Relaxed);
+        Ok(true)
+    }
+
+    /// Removes a subscription to `pattern`; returns true when it was the pattern's last.
+    pub(crate) fn unsubscribe_pattern(&self, text: &str, connection: ConnectionId) -> bool {
+        let mut patterns = self
+            .patterns
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(i) = patterns.iter().position(|p| &*p.text == text) else {
+            return false;
+        };
+        let subscribers = &mut patterns[i].subscribers;
+        if let Some(j) = subscribers.iter().position(|s| s.connection == connection) {
+            subscribers.swap_remove(j);
+        }
+        if !subscribers.is_empty() {
+            return false;
+        }
+        patterns.swap_remove(i);
+        self.pattern_count.store(patterns.len(), Relaxed);
+        true
+    }
+
+    /// Distinct wildcard patterns with subscribers.
+    pub fn pattern_count(&self) -> usize {
+        self.pattern_count.load(Relaxed)
     }
 
     /// True when `channel` has at least one local subscriber.
@@ -112,13 +254,25 @@ impl Hub {
         self.channels.len()
     }
 
-    /// Number of subscriptions over all channels.
+    /// Number of subscriptions over all channels and patterns.
     pub fn subscription_count(&self) -> usize {
-        self.channels.iter().map(|entry| entry.value().len()).sum()
+        let patterns = self.patterns.read().unwrap_or_else(PoisonError::into_inner);
+        self.channels
+            .iter()
+            .map(|entry| entry.value().len())
+            .sum::<usize>()
+            + patterns.iter().map(|p| p.subscribers.len()).sum::<usize>()
     }
 
     /// Number of subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.channels.get(channel).map_or(0, |s| s.len())
+    }
+}
+
+fn count(metrics: &Metrics, delivered: usize, dropped: usize) {
+    add(&metrics.deliveries, delivered as u64);
+    if dropped > 0 {
+        add(&metrics.dropped_deliveries, dropped as u64);
     }
 }

@@ -73,6 +73,12 @@ impl Grants {
         self.subscribe.allows(channel)
     }
 
+    /// True when `pattern` may be subscribed to: one granted pattern matches every channel it
+    /// could match, so a wildcard never reaches further than the rules.
+    pub(crate) fn may_subscribe_pattern(&self, pattern: &Pattern) -> bool {
+        self.subscribe.everything || self.subscribe.patterns.iter().any(|p| p.covers(pattern))
+    }
+
     /// True when `channel` may be published to.
     pub(crate) fn may_publish(&self, channel: &str) -> bool {
         self.publish.allows(channel)

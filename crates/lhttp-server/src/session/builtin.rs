@@ -236,8 +236,8 @@ impl Filter for PubSub {
             return Ok(());
         }
         let headers = ctx.message().headers();
-        let subscribe = channel::parse_list(headers.get_all(names::SUBSCRIBE))?;
-        let unsubscribe = channel::parse_list(headers.get_all(names::UNSUBSCRIBE))?;
+        let subscribe = channel::parse_subscription_list(headers.get_all(names::SUBSCRIBE))?;
+        let unsubscribe = channel::parse_subscription_list(headers.get_all(names::UNSUBSCRIBE))?;
         // Checked now, so that a bad or forbidden publish list refuses the message before it
         // subscribes.
         channel::check_list(headers.get_all(names::PUBLISH))?;
@@ -261,9 +261,17 @@ impl Filter for PubSub {
         }
         let want = want(headers)?;
         let reads_history = ctx.message().command() == names::command::HISTORY;
-        if want.is_some() && !reads_history && (subscribe.len() != 1 || queue.is_some()) {
+        if want.is_some()
+            && !reads_history
+            && (subscribe.len() != 1 || queue.is_some() || channel::is_pattern(subscribe[0]))
+        {
             return Err(Rejection::bad_request(
-                "since and recent apply to a subscribe of one channel, without queue",
+                "since and recent apply to a subscribe of one channel (not a pattern), without queue",
+            ));
+        }
+        if queue.is_some() && subscribe.iter().any(|c| channel::is_pattern(c)) {
+            return Err(Rejection::bad_request(
+                "a queue group takes the messages of channels, not of patterns",
             ));
         }
         let history_channel = match reads_history {

@@ -8,11 +8,12 @@ use crate::transport::Peer;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Extensions;
-use lhttp_proto::{Message, names};
+use lhttp_proto::{Message, names, pattern::Pattern};
 
 use crate::{
     Channel, Rejection, ServerHandle, User,
     broker::Broker,
+    pubsub::channel::is_pattern,
     pubsub::history::Want,
     requests::inbox::Inbox,
     requests::queue::{Env, QueueGroup, is_valid_group},
@@ -38,6 +39,8 @@ pub struct Connection {
     /// The channels this connection is subscribed to. It is the source of truth that makes
     /// subscribing idempotent and lets a disconnect remove every subscription from the hub.
     subscriptions: HashSet<Channel>,
+    /// The wildcard patterns this connection is subscribed to, as written.
+    patterns: HashSet<Box<str>>,
     outbox: Outbox,
     server: ServerHandle,
     /// Upstream calls in flight, created at the first call so idle connections pay nothing.
@@ -70,6 +73,7 @@ impl Connection {
             peer,
             extensions: Extensions::new(),
             subscriptions: HashSet::new(),
+            patterns: HashSet::new(),
             outbox,
             server,
             upstream_slots: None,
@@ -226,6 +230,18 @@ impl Connection {
             self.unsubscribe(channel.as_str());
             self.tell_unsubscribed(channel.as_str(), None);
         }
+        let lost: Vec<Box<str>> = self
+            .patterns
+            .iter()
+            .filter(|p| {
+                Pattern::parse(p).map_or(true, |pattern| !grants.may_subscribe_pattern(&pattern))
+            })
+            .cloned()
+            .collect();
+        for pattern in lost {
+            self.unsubscribe(&pattern);
+            self.tell_unsubscribed(&pattern, None);
+        }
         // Taking a group's work is reading its channel: a membership the new rights do not
         // cover ends too (what the member holds is handed on as when it leaves).
         let lost: Vec<(Channel, Box<str>)> = self
@@ -359,9 +375,12 @@ impl Connection {
         }
     }
 
-    /// The channels this connection is subscribed to.
+    /// The channels and wildcard patterns this connection is subscribed to.
     pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
-        self.subscriptions.iter().map(Channel::as_str)
+        self.subscriptions
+            .iter()
+            .map(Channel::as_str)
+            .chain(self.patterns.iter().map(|p| &**p))
     }
 
     /// True when subscribed to `channel`.
@@ -377,7 +396,16 @@ impl Connection {
         channels: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), Rejection> {
         let mut new = Vec::new();
+        let mut new_patterns: Vec<(&str, Pattern)> = Vec::new();
         for name in channels {
+            if is_pattern(name) {
+                if !self.patterns.contains(name) && !new_patterns.iter().any(|(n, _)| *n == name) {
+                    let pattern = Pattern::parse(name)
+                        .map_err(|e| Rejection::bad_request(format!("pattern {name}: {e}")))?;
+                    new_patterns.push((name, pattern));
+                }
+                continue;
+            }
             if crate::requests::inbox::is_inbox(name) {
                 return Err(Rejection::forbidden(
                     "inboxes cannot be subscribed: they deliver to their owner only",
@@ -393,14 +421,45 @@ impl Connection {
         if let Some(grants) = &self.grants {
             permissions::check_subscribe(grants, new.iter().map(Channel::as_str))
                 .inspect_err(|_| self.count_denial())?;
+            if let Some((name, _)) = new_patterns
+                .iter()
+                .find(|(_, p)| !grants.may_subscribe_pattern(p))
+            {
+                self.count_denial();
+                return Err(Rejection::forbidden(format!(
+                    "not allowed to subscribe to every channel pattern {name} matches"
+                )));
+            }
         }
-        let max = self.sessions().config.limits.max_subscriptions;
-        if self.subscriptions.len() + new.len() > max {
+        let limits = &self.sessions().config.limits;
+        let max = limits.max_subscriptions;
+        if self.subscriptions.len() + self.patterns.len() + new.len() + new_patterns.len() > max {
             return Err(Rejection::limited(format!(
                 "subscription limit of {max} channels per connection reached"
             )));
         }
+        let max_patterns = limits.max_patterns_per_connection;
+        if self.patterns.len() + new_patterns.len() > max_patterns {
+            return Err(Rejection::limited(format!(
+                "limit of {max_patterns} wildcard patterns per connection reached"
+            )));
+        }
+        let server_max = limits.max_patterns;
         let broker = &self.server.sessions().broker;
+        if !new_patterns.is_empty() && broker.cluster.is_some() {
+            return Err(Rejection::bad_request(
+                "wildcard subscriptions are not available on a cluster node",
+            ));
+        }
+        for (name, pattern) in new_patterns {
+            broker
+                .hub
+                .subscribe_pattern(name, pattern, self.id, &self.outbox, server_max)
+                .map_err(|_| {
+                    Rejection::unavailable("the server holds as many wildcard patterns as it may")
+                })?;
+            self.patterns.insert(name.into());
+        }
         for channel in new {
             if broker.hub.subscribe(&channel, self.id, &self.outbox) {
                 broker.interest_changed(&channel);
@@ -497,8 +556,12 @@ impl Connection {
         Ok(())
     }
 
-    /// Unsubscribes from `channel`; a channel never subscribed is ignored.
+    /// Unsubscribes from `channel` (or wildcard pattern); one never subscribed is ignored.
     pub fn unsubscribe(&mut self, channel: &str) {
+        if self.patterns.remove(channel) {
+            self.broker().hub.unsubscribe_pattern(channel, self.id);
+            return;
+        }
         if let Some(channel) = self.subscriptions.take(channel) {
             if self.broker().hub.unsubscribe(channel.as_str(), self.id) {
                 self.broker().interest_changed(&channel);
@@ -509,6 +572,9 @@ impl Connection {
     /// Removes every subscription.
     pub fn unsubscribe_all(&mut self) {
         let broker = &self.server.sessions().broker;
+        for pattern in self.patterns.drain() {
+            broker.hub.unsubscribe_pattern(&pattern, self.id);
+        }
         for channel in self.subscriptions.drain() {
             if broker.hub.unsubscribe(channel.as_str(), self.id) {
                 broker.interest_changed(&channel);
