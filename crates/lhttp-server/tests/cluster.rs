@@ -443,10 +443,10 @@ async fn nodes_subscribe_in_nats_only_while_they_have_local_subscribers() {
     second.subscribe("only-a").await;
     wait_interest(&a, "only-a").await;
     wait_interest(&a, "a.b").await;
-    // One NATS subscription per channel however many local subscribers; the dot of "a.b"
-    // is escaped, so it is one subject token, not two levels.
+    // One NATS subscription per channel however many local subscribers; the levels of "a.b"
+    // are the subject's levels.
     nats.wait_subject_count("lhttp.ch.only-a", 1).await;
-    nats.wait_subject_count("lhttp.ch.a~2Eb", 1).await;
+    nats.wait_subject_count("lhttp.ch.a.b", 1).await;
     // Besides the channels, each node holds two fixed subscriptions for replies to its
     // requests (`lhttp.inbox.<node>` and `lhttp.noresp.<node>.>`), whatever its clients do.
     let subjects = nats.subjects().await;
@@ -481,7 +481,7 @@ async fn nodes_subscribe_in_nats_only_while_they_have_local_subscribers() {
     first.close().await;
     a.wait_hub_empty().await;
     nats.wait_subject_count("lhttp.ch.only-a", 0).await;
-    nats.wait_subject_count("lhttp.ch.a~2Eb", 0).await;
+    nats.wait_subject_count("lhttp.ch.a.b", 0).await;
     assert_eq!(a.handle.cluster_subscription_count(), 0);
 }
 
@@ -945,4 +945,73 @@ async fn transports_mix_across_nodes_for_pub_sub_and_requests() {
         assert_eq!(body(&answer), format!("a{i}"));
     }
     asker.expect_silence(300).await;
+}
+
+/// A wildcard subscription on one node receives what matches it from the others, through one
+/// NATS subscription of the same pattern; a subscriber of both a channel and a pattern that
+/// matches it gets one copy per subscription, never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscriptions_span_nodes() {
+    let nats = NatsServer::start();
+    let a = node(&nats.url()).await;
+    let b = node(&nats.url()).await;
+    wait_connected(&a, true).await;
+    wait_connected(&b, true).await;
+    let mut temps = a.client().await;
+    temps.subscribe("sensor.*.temp").await;
+    let mut both = a.client().await;
+    both.subscribe("sensor.1.temp sensor.>").await;
+    nats.wait_subject_count("lhttp.ch.sensor.*.temp", 1).await;
+    nats.wait_subject_count("lhttp.ch.sensor.>", 1).await;
+    wait_interest(&a, "sensor.1.temp").await;
+    let mut publisher = b.client().await;
+    // The first messages may race the new NATS subscriptions: publish until one arrives.
+    let got = publish_until_received(&mut publisher, &mut temps, "sensor.1.temp", "t").await;
+    assert_eq!(got.header("publish"), Some("sensor.1.temp"));
+    // Drain what the probes left, then check exact counts on fresh channels.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while tokio::time::timeout(Duration::from_millis(100), temps.recv())
+        .await
+        .is_ok()
+    {}
+    while tokio::time::timeout(Duration::from_millis(100), both.recv())
+        .await
+        .is_ok()
+    {}
+    for (channel, text) in [
+        ("sensor.2.temp", "19"),
+        ("sensor.2.hum", "40"),
+        ("sensor.1.temp", "21"),
+    ] {
+        publisher.publish("reading", channel, text).await;
+    }
+    for (channel, text) in [("sensor.2.temp", "19"), ("sensor.1.temp", "21")] {
+        let m = temps.recv().await;
+        assert_eq!(
+            (m.header("publish"), body(&m).as_str()),
+            (Some(channel), text)
+        );
+    }
+    temps.expect_silence(300).await;
+    // `both`: sensor.> matches all three; sensor.1.temp also arrives on its exact
+    // subscription: four copies in all, and sensor.1.temp twice.
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let m = both.recv().await;
+        got.push(format!("{}={}", m.header("publish").unwrap(), body(&m)));
+    }
+    both.expect_silence(300).await;
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "sensor.1.temp=21",
+            "sensor.1.temp=21",
+            "sensor.2.hum=40",
+            "sensor.2.temp=19"
+        ]
+    );
+    // The last pattern subscriber gone, the node drops the NATS subscription.
+    temps.close().await;
+    nats.wait_subject_count("lhttp.ch.sensor.*.temp", 0).await;
 }

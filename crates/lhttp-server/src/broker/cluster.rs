@@ -3,9 +3,11 @@
 //! A single node has no [`Cluster`] at all (`Broker::cluster` is `None`): publishing is local
 //! fan-out through the [`Hub`](crate::Hub) and no NATS code runs. With `[cluster] nats` set:
 //!
-//! - **Subjects.** Channel `c` is subject `<prefix>.ch.<token>`, where the token is `c` with
-//!   every byte outside `[A-Za-z0-9_-]` written as `~` and two hex digits ([`subject_token`]).
-//!   No channel name can therefore add a subject level (`.`) or act as a wildcard (`*`, `>`).
+//! - **Subjects.** Channel `c` is subject `<prefix>.ch.<tokens>`: each `.`-separated token of
+//!   `c` with every byte outside `[A-Za-z0-9_-]` written as `~` and two hex digits, and an
+//!   empty token as a lone `~` ([`subject_tokens`]). No channel name can act as a NATS
+//!   wildcard (`*`, `>`), and the levels are the channel's own, so a wildcard subscription
+//!   (`chat.*`) is the NATS subscription of the same pattern (`<prefix>.ch.chat.*`).
 //! - **Interest.** A node holds a NATS subscription for a channel only while the channel has
 //!   local subscribers. The hub reports when a channel appears or disappears; [`reconcile`]
 //!   then compares, under one mutex, "has local subscribers" with "holds a NATS subscription"
@@ -118,7 +120,8 @@ pub(crate) struct Cluster {
     outgoing_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     /// Channel -> NATS subscription. Locked only by `reconcile` and queries (never across an
     /// `.await`), which is what makes interest changes from many threads converge.
-    interest: Mutex<HashMap<Channel, Interest>>,
+    /// Keyed by channel name, or by wildcard pattern (which no channel name can equal).
+    interest: Mutex<HashMap<Box<str>, Interest>>,
     counters: Arc<Counters>,
 }
 
@@ -334,25 +337,42 @@ impl Cluster {
     /// Makes this node's NATS subscription for `channel` match whether it has local
     /// subscribers. Called after every change that created or removed the channel in the hub.
     pub(crate) fn reconcile(&self, broker: &Arc<Broker>, channel: &Channel) {
+        let wanted = broker.hub.has_subscribers(channel.as_str());
+        self.reconcile_target(broker, Target::Channel(channel.clone()), wanted);
+    }
+
+    /// [`Cluster::reconcile`] for a wildcard pattern: this node holds a NATS subscription for
+    /// the pattern's subject while the pattern has local subscribers.
+    pub(crate) fn reconcile_pattern(&self, broker: &Arc<Broker>, pattern: &str) {
+        let wanted = broker.hub.has_pattern(pattern);
+        self.reconcile_target(broker, Target::Pattern(pattern.into()), wanted);
+    }
+
+    fn reconcile_target(&self, broker: &Arc<Broker>, target: Target, wanted: bool) {
         let Some(running) = self.running.get() else {
             return; // Not started: no connection can have subscribed yet.
         };
         let mut interest = self.interest.lock().unwrap_or_else(PoisonError::into_inner);
-        let wanted = broker.hub.has_subscribers(channel.as_str());
-        if wanted && !interest.contains_key(channel.as_str()) {
+        let key = target.name();
+        if wanted && !interest.contains_key(key) {
             let stop = broker.shutdown.child_token();
             let live = Arc::new(AtomicBool::new(false));
+            let key: Box<str> = key.into();
+            let subject = match &target {
+                Target::Channel(channel) => self.subject(channel.as_str()),
+                Target::Pattern(pattern) => self.pattern_subject(pattern),
+            };
             running.runtime.spawn(receive(
                 broker.clone(),
                 running.client.clone(),
-                channel.clone(),
-                self.subject(channel.as_str()),
+                target,
+                subject,
                 stop.clone(),
                 live.clone(),
             ));
-            interest.insert(channel.clone(), Interest { stop, live });
+            interest.insert(key, Interest { stop, live });
         } else if !wanted {
-            if let Some(old) = interest.remove(channel.as_str()) {
+            if let Some(old) = interest.remove(key) {
                 old.stop.cancel();
             }
         }
@@ -361,7 +381,24 @@ impl Cluster {
     fn subject(&self, channel: &str) -> String {
         let mut subject = String::with_capacity(self.subject_base.len() + channel.len() * 3);
         subject.push_str(&self.subject_base);
-        subject_token(channel, &mut subject);
+        subject_tokens(channel, &mut subject);
+        subject
+    }
+
+    /// The subject of a wildcard pattern: its channel tokens escaped as in [`subject_tokens`],
+    /// its `*` and `>` kept as NATS wildcards.
+    fn pattern_subject(&self, pattern: &str) -> String {
+        let mut subject = String::with_capacity(self.subject_base.len() + pattern.len() * 3);
+        subject.push_str(&self.subject_base);
+        for (i, token) in pattern.split('.').enumerate() {
+            if i > 0 {
+                subject.push('.');
+            }
+            match token {
+                "*" | ">" => subject.push_str(token),
+                token => subject_token(token, &mut subject),
+            }
+        }
         subject
     }
 
@@ -422,7 +459,23 @@ impl Cluster {
 /// Escapes a channel name into one NATS subject token: `[A-Za-z0-9_-]` stay, every other byte
 /// becomes `~XX` (upper-case hex). The mapping is one-to-one, and the result never contains
 /// `.`, `*`, `>` or whitespace.
+pub(crate) fn subject_tokens(channel: &str, out: &mut String) {
+    for (i, token) in channel.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        subject_token(token, out);
+    }
+}
+
+/// One token of a channel name as a NATS subject token: bytes outside `[A-Za-z0-9_-]` as `~`
+/// and two hex digits, and an empty token (`a..b`) as a lone `~` (NATS tokens cannot be
+/// empty; an escape always has its two digits, so a lone `~` means nothing else).
 pub(crate) fn subject_token(channel: &str, out: &mut String) {
+    if channel.is_empty() {
+        out.push('~');
+        return;
+    }
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in channel.as_bytes() {
         if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
@@ -588,6 +641,23 @@ async fn server_barrier(client: &Client, subject: String) {
     }
 }
 
+/// What one NATS subscription of this node delivers to.
+enum Target {
+    /// The exact subscribers of a channel.
+    Channel(Channel),
+    /// The subscribers of a wildcard pattern.
+    Pattern(Box<str>),
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Channel(channel) => channel.as_str(),
+            Target::Pattern(pattern) => pattern,
+        }
+    }
+}
+
 /// Holds this node's NATS queue subscription for group `group` of `channel` (queue name: the
 /// group's name) and hands each message NATS picks this node for to the local group.
 async fn receive_queue(
@@ -702,7 +772,7 @@ async fn receive_for_inboxes(
 async fn receive(
     broker: Arc<Broker>,
     client: Client,
-    channel: Channel,
+    target: Target,
     subject: String,
     stop: CancellationToken,
     live: Arc<AtomicBool>,
@@ -715,7 +785,7 @@ async fn receive(
         result = client.subscribe(subject) => match result {
             Ok(subscription) => subscription,
             Err(error) => {
-                tracing::warn!(%error, %channel, "cluster: NATS subscribe failed");
+                tracing::warn!(%error, subscription = target.name(), "cluster: NATS subscribe failed");
                 return;
             }
         },
@@ -745,10 +815,17 @@ async fn receive(
                     continue;
                 }
                 add(&cluster.counters.received, 1);
-                // Exact subscribers only: a wildcard subscription would hold its own.
-                broker
-                    .hub
-                    .publish_exact(channel.as_str(), &frame(message.payload), &broker.metrics);
+                // Each subscription of this node delivers to its own subscribers only: a
+                // message matching a channel and a pattern arrives once on each.
+                let frame = frame(message.payload);
+                match &target {
+                    Target::Channel(channel) => {
+                        broker.hub.publish_exact(channel.as_str(), &frame, &broker.metrics)
+                    }
+                    Target::Pattern(pattern) => {
+                        broker.hub.publish_pattern(pattern, &frame, &broker.metrics)
+                    }
+                };
             }
         }
     }
@@ -762,38 +839,44 @@ mod tests {
 
     fn token(channel: &str) -> String {
         let mut out = String::new();
-        subject_token(channel, &mut out);
+        subject_tokens(channel, &mut out);
         out
     }
 
     #[test]
-    fn plain_names_are_kept() {
+    fn plain_names_are_kept_and_dots_separate_levels() {
         assert_eq!(token("room-1_A"), "room-1_A");
+        assert_eq!(token("chat.lobby"), "chat.lobby");
     }
 
     #[test]
-    fn separators_and_wildcards_are_escaped() {
-        assert_eq!(token("a.b"), "a~2Eb");
+    fn wildcards_and_other_bytes_are_escaped_and_empty_tokens_marked() {
         assert_eq!(token("*"), "~2A");
         assert_eq!(token(">"), "~3E");
         assert_eq!(token("a~2Eb"), "a~7E2Eb");
         assert_eq!(token("é"), "~C3~A9");
         assert_eq!(token("x/y:z"), "x~2Fy~3Az");
+        assert_eq!(token("a..b"), "a.~.b");
+        assert_eq!(token(".a"), "~.a");
     }
 
     #[test]
-    fn escaping_is_one_to_one_and_stays_one_token() {
+    fn escaping_is_one_to_one_and_every_level_is_a_nats_token() {
         let names = [
-            "a.b", "a~2Eb", "a~2eb", "a b", "a", "A", ".", "~", "~~", "~7E",
+            "a.b", "a~2Eb", "a~2eb", "a b", "a", "A", ".", "~", "~~", "~7E", "a..b", "a.~.b",
         ];
-        let tokens: std::collections::HashSet<String> = names.iter().map(|n| token(n)).collect();
-        assert_eq!(tokens.len(), names.len());
-        for t in &tokens {
-            assert!(
-                t.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'~'),
-                "{t}"
-            );
+        let subjects: std::collections::HashSet<String> = names.iter().map(|n| token(n)).collect();
+        assert_eq!(subjects.len(), names.len());
+        for subject in &subjects {
+            for level in subject.split('.') {
+                assert!(!level.is_empty(), "{subject}");
+                assert!(
+                    level
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'~'),
+                    "{subject}"
+                );
+            }
         }
     }
 

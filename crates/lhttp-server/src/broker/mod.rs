@@ -260,6 +260,14 @@ impl Broker {
         }
     }
 
+    /// Called when wildcard pattern `pattern` gained its first or lost its last local
+    /// subscriber: a cluster node then subscribes to the pattern in NATS or unsubscribes.
+    pub(crate) fn pattern_interest_changed(&self, pattern: &str) {
+        if let (Some(cluster), Some(me)) = (&self.cluster, self.me.upgrade()) {
+            cluster.reconcile_pattern(&me, pattern);
+        }
+    }
+
     /// Called when `channel` gained its first or lost its last local subscriber: a cluster
     /// node then subscribes to it in NATS or unsubscribes.
     pub(crate) fn interest_changed(&self, channel: &Channel) {

@@ -239,6 +239,30 @@ impl Hub {
         true
     }
 
+    /// Queues `frame` for the subscribers of wildcard pattern `text` only (messages another
+    /// node received through the pattern's own NATS subscription).
+    pub(crate) fn publish_pattern(&self, text: &str, frame: &Outgoing, metrics: &Metrics) -> usize {
+        let patterns = self.patterns.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = patterns.iter().find(|p| &*p.text == text) else {
+            return 0;
+        };
+        let delivered = entry
+            .subscribers
+            .iter()
+            .filter(|s| s.outbox.push(frame.clone()).is_ok())
+            .count();
+        let dropped = entry.subscribers.len() - delivered;
+        drop(patterns);
+        count(metrics, delivered, dropped);
+        delivered
+    }
+
+    /// True when wildcard pattern `text` has a local subscriber.
+    pub(crate) fn has_pattern(&self, text: &str) -> bool {
+        let patterns = self.patterns.read().unwrap_or_else(PoisonError::into_inner);
+        patterns.iter().any(|p| &*p.text == text)
+    }
+
     /// Distinct wildcard patterns with subscribers.
     pub fn pattern_count(&self) -> usize {
         self.pattern_count.load(Relaxed)

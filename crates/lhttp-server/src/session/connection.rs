@@ -446,18 +446,16 @@ impl Connection {
         }
         let server_max = limits.max_patterns;
         let broker = &self.server.sessions().broker;
-        if !new_patterns.is_empty() && broker.cluster.is_some() {
-            return Err(Rejection::bad_request(
-                "wildcard subscriptions are not available on a cluster node",
-            ));
-        }
         for (name, pattern) in new_patterns {
-            broker
+            let first = broker
                 .hub
                 .subscribe_pattern(name, pattern, self.id, &self.outbox, server_max)
                 .map_err(|_| {
                     Rejection::unavailable("the server holds as many wildcard patterns as it may")
                 })?;
+            if first {
+                broker.pattern_interest_changed(name);
+            }
             self.patterns.insert(name.into());
         }
         for channel in new {
@@ -559,7 +557,9 @@ impl Connection {
     /// Unsubscribes from `channel` (or wildcard pattern); one never subscribed is ignored.
     pub fn unsubscribe(&mut self, channel: &str) {
         if self.patterns.remove(channel) {
-            self.broker().hub.unsubscribe_pattern(channel, self.id);
+            if self.broker().hub.unsubscribe_pattern(channel, self.id) {
+                self.broker().pattern_interest_changed(channel);
+            }
             return;
         }
         if let Some(channel) = self.subscriptions.take(channel) {
@@ -573,7 +573,9 @@ impl Connection {
     pub fn unsubscribe_all(&mut self) {
         let broker = &self.server.sessions().broker;
         for pattern in self.patterns.drain() {
-            broker.hub.unsubscribe_pattern(&pattern, self.id);
+            if broker.hub.unsubscribe_pattern(&pattern, self.id) {
+                broker.pattern_interest_changed(&pattern);
+            }
         }
         for channel in self.subscriptions.drain() {
             if broker.hub.unsubscribe(channel.as_str(), self.id) {
