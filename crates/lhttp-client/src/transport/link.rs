@@ -127,7 +127,8 @@ impl Link {
         }
     }
 
-    /// A keepalive: a WebSocket ping (the server answers with a pong), or a heartbeat.
+    /// A sign of life without a message: a WebSocket ping, or on a stream a heartbeat (how the
+    /// client answers the server's heartbeats).
     pub(crate) async fn ping(&mut self) -> Result<(), WriteError> {
         match self {
             Link::WebSocket(ws) => ws
@@ -136,14 +137,6 @@ impl Link {
                 .map_err(|e| WriteError(e.to_string())),
             Link::Stream(framed) => framed.write_frame(&[]).await,
         }
-    }
-
-    /// Whether the server answers [`Link::ping`], so that silence means a dead connection: a
-    /// WebSocket's pings get pongs. A stream's heartbeats get nothing; there a TCP connection's
-    /// unacknowledged-data timeout (two ping intervals, set when it is opened) finds a dead
-    /// path, and Unix sockets and in-process pipes have none.
-    pub(crate) fn pings_are_answered(&self) -> bool {
-        matches!(self, Link::WebSocket(_))
     }
 
     /// Whether a heartbeat just received should be answered: on a stream, when nothing was
