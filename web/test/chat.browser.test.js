@@ -192,7 +192,7 @@ test('where lhttpd keeps the room\'s history, a reload shows the recent conversa
   assert.equal(await seen(bob.page, 'Great, thanks.'), 'alice');
   assert.equal(await bob.page.locator('#messages li.chat', { hasText: 'Did the build pass?' }).count(), 1);
 
-  // A room the server keeps no history of opens empty after a reload, and works as before.
+  // A room the server keeps no history of opens empty after a reload, and chat goes on.
   const carol = await openChat(browser, `${server.http}/#elsewhere`, 'carol');
   const dave = await openChat(browser, `${server.http}/#elsewhere`, 'dave');
   await say(carol.page, 'Nothing kept here.');

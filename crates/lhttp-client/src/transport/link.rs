@@ -31,10 +31,10 @@ pub(crate) type BoxedIo = Pin<Box<dyn Io>>;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// How often, at most, the client answers the server's heartbeats with its own. Answering
-/// keeps a client whose pings are off alive within the server's idle timeout (lhttpd sends a
-/// heartbeat every `server.ping_interval_ms`, 30 s by default, and does not answer them); the
-/// bound keeps a peer that did answer from echoing heartbeats back and forth more than ten
-/// times a second.
+/// keeps a client that only listens (and so never pings: it is never silent) alive within the
+/// server's idle timeout (lhttpd sends a heartbeat every `server.ping_interval_ms`, 30 s by
+/// default, and does not answer them); the bound keeps a peer that did answer from echoing
+/// heartbeats back and forth more than ten times a second.
 const HEARTBEAT_ANSWER_EVERY: Duration = Duration::from_millis(100);
 
 /// An open connection.
