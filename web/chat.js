@@ -5,6 +5,10 @@ import { LhttpClient } from '/sdk/lhttp.js';
 
 const DEFAULT_ROOM = 'chatroom'; // the original demo's room: its clients and `lhttp sub` see ours
 const RECENT_MS = 10 * 60 * 1000; // a name stays in "Talking recently" this long after it spoke
+// Messages the server still keeps of a room are shown when it is opened (or the page
+// reloaded), when the server keeps history for the room's channel; else none are.
+const RECENT_MESSAGES = 50;
+const MAX_LINES = 500;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -64,8 +68,29 @@ function addLine(line) {
   const list = ui.messages;
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.append(line);
-  while (list.children.length > 500) list.firstElementChild.remove(); // bounded memory
+  while (list.children.length > MAX_LINES) list.firstElementChild.remove(); // bounded memory
   if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+// Messages of rooms that keep history have a place (room, epoch, offset): the same message,
+// sent again when a room is opened again, is shown once. Bounded like the lines.
+const shown = new Set();
+
+function firstTime(message) {
+  const offset = message.header('offset');
+  const epoch = message.header('epoch');
+  if (offset === undefined || epoch === undefined) return true;
+  const key = `${message.channel}\n${epoch}\n${offset}`;
+  if (shown.has(key)) return false;
+  shown.add(key);
+  if (shown.size > MAX_LINES) shown.delete(shown.values().next().value);
+  return true;
+}
+
+/** When the message was sent (its `time` header, set by this page), else now. */
+function sentAt(message) {
+  const time = Number(message.header('time'));
+  return Number.isFinite(time) && time > 0 && time <= Date.now() + 60000 ? new Date(time) : new Date();
 }
 
 function showNote(kind, text) {
@@ -77,7 +102,7 @@ function showChat(message) {
   const line = element('li', 'chat');
   line.dataset.nick = nick;
   if (nick === currentNick()) line.classList.add('mine');
-  const time = new Date();
+  const time = sentAt(message);
   const stamp = element('time', 'time', timeFormat.format(time));
   stamp.dateTime = time.toISOString();
   line.append(element('span', 'nick', nick));
@@ -85,16 +110,17 @@ function showChat(message) {
   if (message.command !== 'chat') line.append(element('span', 'tag', `[${message.command}]`));
   line.append(stamp, element('span', 'text', message.text));
   addLine(line);
-  sawTalking(nick);
+  sawTalking(nick, time.getTime());
 }
 
 // ---- who is talking ------------------------------------------------------------------------
 
 const lastSeen = new Map(); // nick -> time of their last message in this room
 
-function sawTalking(nick) {
+function sawTalking(nick, at) {
+  if (at < (lastSeen.get(nick) ?? 0)) return;
   lastSeen.delete(nick); // re-inserted last: the Map stays ordered by recency
-  lastSeen.set(nick, Date.now());
+  lastSeen.set(nick, at);
   renderPeople();
 }
 
@@ -129,16 +155,23 @@ const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
 const client = new LhttpClient(`${scheme}//${location.host}/`, { reconnectDelay: 500, maxReconnectDelay: 5000 });
 
 function onRoomMessage(message) {
-  if (message.text !== '') showChat(message); // like the original demo: empty bodies are not shown
+  // Like the original demo: empty bodies are not shown.
+  if (message.text !== '' && firstTime(message)) showChat(message);
 }
 
-/** Subscribes to `name`; the page is "open" once the server confirmed. */
+let keepsHistory = false; // the server keeps history for the current room's channel
+
+/**
+ * Subscribes to `name`, with the recent messages the server keeps of it (which follow the
+ * answer); the page is "open" once the server confirmed.
+ */
 async function join(name) {
   // While disconnected the SDK subscribes on reconnection; the closed state stays visible.
   if (client.state === 'open') setStatus('connecting', `Joining #${name}…`);
   try {
-    await client.subscribe(name, onRoomMessage);
+    const answer = await client.subscribe(name, onRoomMessage, { recent: RECENT_MESSAGES });
     if (name !== room) return; // the person switched rooms meanwhile
+    keepsHistory = answer?.header('epoch') !== undefined;
     setStatus('open', `Connected · #${name}`);
     showNote('system', `You are in #${name}.`);
   } catch (error) {
@@ -163,9 +196,16 @@ client.on('reconnect', () => {
 client.on('close', () => {
   if (everOpen && !lost) {
     lost = true;
-    showNote('system', 'Connection lost. Messages sent until it is back are missed.');
+    // Where the server keeps the room's history, the SDK fetches what was missed when the
+    // connection is back (or reports a gap, below).
+    showNote('system', keepsHistory
+      ? 'Connection lost. Messages sent meanwhile will be shown when it is back.'
+      : 'Connection lost. Messages sent until it is back are missed.');
   }
   setStatus('closed', 'Disconnected');
+});
+client.on('gap', (event) => {
+  if (event.channel === room) showNote('system', 'Some messages sent while you were away are no longer kept by the server.');
 });
 client.on('reconnecting', (event) => {
   setStatus('closed', `Disconnected · retrying in ${Math.max(1, Math.round(event.delay / 1000))} s`);
@@ -183,7 +223,7 @@ ui.composer.addEventListener('submit', (event) => {
   event.preventDefault();
   const text = ui.input.value;
   if (text.trim() === '' || client.state !== 'open') return;
-  client.publish(room, text, { command: 'chat', headers: { nick: currentNick() } });
+  client.publish(room, text, { command: 'chat', headers: { nick: currentNick(), time: Date.now() } });
   ui.input.value = '';
   ui.input.focus();
 });
@@ -205,6 +245,7 @@ ui.room.addEventListener('change', async () => {
   if (name === room) return;
   const previous = room;
   room = name;
+  keepsHistory = false;
   history.replaceState(null, '', name === DEFAULT_ROOM ? location.pathname : `#${encodeURIComponent(name)}`);
   lastSeen.clear();
   renderPeople();

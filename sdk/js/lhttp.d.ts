@@ -115,6 +115,17 @@ export interface ClientOptions {
   requestTimeout?: number;
   /** Frames kept while disconnected (default 1000). */
   maxQueue?: number;
+  /**
+   * Milliseconds without receiving anything after which the client sends `LHTTP/1.0 ping`
+   * (default 25000); 0 turns the liveness check off.
+   */
+  pingAfter?: number;
+  /**
+   * Milliseconds after that ping without receiving anything before the connection counts as
+   * dead: it is dropped (`close` with code 1006, reason "no answer to ping") and the client
+   * reconnects (default 10000).
+   */
+  pingTimeout?: number;
   /** Bodies of binary frames as text (default) or bytes. */
   binary?: 'text' | 'bytes';
   /** The WebSocket class (default: the global one, else the `ws` package). */
@@ -148,6 +159,29 @@ export interface PublishOptions {
 }
 
 export type MessageHandler = (message: Message, client: LhttpClient) => void;
+
+export interface SubscribeOptions {
+  /**
+   * The server first sends the last `recent` messages it keeps of the channel (none when it
+   * keeps no history), then the live ones. `0`: none, but the client can recover what it
+   * misses from the moment of subscribing. Applies to the first subscribe of a channel.
+   */
+  recent?: number;
+}
+
+/** What history() reads: the last `recent` messages, or those after a position. */
+export type HistoryQuery = { recent: number } | { since: number; epoch: string };
+
+/** The messages of a history() read, oldest first, and where the channel stands now. */
+export interface HistoryResult extends Array<Message> {
+  readonly channel: string;
+  /** The channel's epoch; undefined when it keeps no history. */
+  readonly epoch: string | undefined;
+  /** The channel's last offset (0 before its first message, or without history). */
+  readonly offset: number;
+  /** With `since`: false when some messages after it are no longer kept (none is returned). */
+  readonly recovered: boolean | undefined;
+}
 
 /** Options of request(message, options). */
 export interface RequestOptions {
@@ -229,10 +263,17 @@ export class LhttpEvent extends Event {
   delay?: number;
   /** message */
   message?: Message;
+  /** gap: the channel's epoch now (undefined when it keeps no history any more) */
+  epoch?: string;
+  /** gap: the channel's last offset now */
+  offset?: number;
+  /** gap: epoch and offset of the last message this client had of the channel */
+  lastEpoch?: string;
+  lastOffset?: number;
   /** error */
   error?: unknown;
   source?: 'transport' | 'server' | 'decode' | 'subscribe' | 'auth' | 'handler';
-  /** error, unsubscribed */
+  /** error, unsubscribed, gap */
   channel?: string;
   /** unsubscribed: the queue group, for a membership */
   queue?: string;
@@ -247,9 +288,14 @@ export type ClientEventType =
   | 'reconnect'
   | 'reconnecting'
   | 'message'
-  | 'unsubscribed';
+  | 'unsubscribed'
+  | 'gap';
 
-/** A connection that reconnects with jittered backoff and restores its subscriptions. */
+/**
+ * A connection that reconnects with jittered backoff and restores its subscriptions, with the
+ * messages missed meanwhile on channels that keep history (a `gap` event when some are gone),
+ * and pings a connection that has been silent for `pingAfter`.
+ */
 export class LhttpClient extends EventTarget {
   constructor(url: string, options?: ClientOptions);
   readonly url: string;
@@ -277,8 +323,14 @@ export class LhttpClient extends EventTarget {
    * the server confirmed the membership.
    */
   serve(channel: string, queue: string, handler: WorkHandler, options?: ServeOptions): Promise<Worker>;
-  /** Resolves once the server confirmed the subscription. */
-  subscribe(channel: string, handler: MessageHandler): Promise<void>;
+  /**
+   * Resolves with the server's answer once it confirmed the subscription: `ok`, or with
+   * `recent`, `subscribed` (`epoch`, `offset` and `count` headers); undefined when unsubscribed
+   * before the answer came.
+   */
+  subscribe(channel: string, handler: MessageHandler, options?: SubscribeOptions): Promise<Message | undefined>;
+  /** Reads the history the server keeps of `channel`, without subscribing. */
+  history(channel: string, query: HistoryQuery): Promise<HistoryResult>;
   /** Removes one handler, or all; tells the server when none is left. */
   unsubscribe(channel: string, handler?: MessageHandler): Promise<void>;
   publish(channel: string | string[], body?: string | Uint8Array, options?: PublishOptions & { ack?: false }): undefined;

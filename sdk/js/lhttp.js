@@ -427,6 +427,8 @@ const DEFAULTS = {
   maxReconnectDelay: 30000,
   requestTimeout: 10000,
   maxQueue: 1000,
+  pingAfter: 25000,
+  pingTimeout: 10000,
   binary: 'text',
   WebSocket: undefined,
   token: undefined,
@@ -437,7 +439,10 @@ const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
 
 /**
  * A connection to an lhttp server that survives restarts: it reconnects with jittered exponential
- * backoff and subscribes again to every channel it held.
+ * backoff and subscribes again to every channel it held. On a channel that keeps history (its
+ * messages carry `offset` and `epoch`) it asks for what it missed (`since` and `epoch`), so
+ * that handlers see every message once, in order; when the server no longer has them all, a
+ * `gap` event says so.
  *
  * Events (addEventListener, or on/off):
  * - `open`: a connection is established ({reconnected: boolean}); the subscriptions to restore
@@ -448,12 +453,23 @@ const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
  * - `reconnecting`: the next attempt is scheduled ({attempt, delay} in milliseconds)
  * - `message`: any message that is neither the answer to a request nor a queue delivery taken
  *   by serve() ({message})
+ * - `gap`: after a reconnection, the server could not send every message of `channel` that
+ *   this client missed (trimmed from its history, or lost with a restart): reload what the
+ *   application shows, for example with history(channel, {recent}) ({channel, epoch, offset}:
+ *   the channel's epoch and last offset now, epoch undefined when it keeps no history;
+ *   {lastEpoch, lastOffset}: the last message this client had)
  * - `error`: a transport error, an `error` message not tied to a request, an undecodable frame,
  *   a failed subscription, a refused token, or an exception thrown by a handler ({error, source}:
  *   source is "transport", "server", "decode", "subscribe", "auth" or "handler")
  *
  * With the `token` option, every connection first sends `LHTTP/1.0 auth` with the token (browsers
  * cannot set an Authorization header on a WebSocket), then restores subscriptions.
+ *
+ * Liveness: when nothing has arrived for `pingAfter` milliseconds the client sends
+ * `LHTTP/1.0 ping`; when nothing (the `pong` or anything else) arrives within `pingTimeout`
+ * more, the path to the server is dead even though the socket says nothing (a browser cannot
+ * see WebSocket pings), and the client drops the connection (`close` with code 1006 and reason
+ * "no answer to ping") and reconnects.
  */
 export class LhttpClient extends EventTarget {
   #options;
@@ -467,7 +483,10 @@ export class LhttpClient extends EventTarget {
   #retryTimer = null;
   #outbox = []; // frames sent while not connected, flushed after resubscribing
   #pending = new Map(); // request-id -> {resolve, reject, timer, wait, onPartial}
-  #subscriptions = new Map(); // channel -> {handlers: Set, resolve, reject, promise}
+  // channel -> {handlers: Set, resolve, reject, promise, recent, epoch, offset}: `epoch` and
+  // `offset` are those of the last message received on a channel that keeps history (undefined
+  // before the first, or on a channel that keeps none).
+  #subscriptions = new Map();
   #workers = new Map(); // workerKey(channel, queue) -> the state of one serve() loop
   // Request ids are unique per client, so that a published copy of another client's request
   // (which keeps its request-id) is never mistaken for an answer.
@@ -475,6 +494,13 @@ export class LhttpClient extends EventTarget {
   #nextId = 1;
   #settleOpened;
   #token = null; // the token for the connection being opened, resolved before it opens
+  // A history() read whose answer has come and whose messages are arriving:
+  // {channel, remaining, result, finish, fail}. The server queues the answer and its messages
+  // together, so they arrive one after another and one slot is enough.
+  #reading = null;
+  #lastReceived = 0; // Date.now() of the last frame received
+  #pingSent = 0; // Date.now() of the ping still waiting for a sign of life; 0 when none
+  #livenessTimer = null;
 
   /**
    * Starts connecting at once.
@@ -486,6 +512,10 @@ export class LhttpClient extends EventTarget {
    * @param {number} [options.maxReconnectDelay=30000] the largest backoff delay
    * @param {number} [options.requestTimeout=10000] how long request() and subscribe() wait
    * @param {number} [options.maxQueue=1000] frames kept while disconnected; send() throws beyond
+   * @param {number} [options.pingAfter=25000] milliseconds without receiving anything after which
+   *   the client sends a `ping`; 0 turns the liveness check off
+   * @param {number} [options.pingTimeout=10000] milliseconds after that ping without receiving
+   *   anything before the connection counts as dead and is dropped (then reconnected)
    * @param {'text'|'bytes'} [options.binary='text'] bodies of binary frames as text or bytes
    * @param {typeof WebSocket} [options.WebSocket] the WebSocket class to use
    * @param {string | (() => string | Promise<string>)} [options.token] a JWT sent in an `auth`
@@ -505,6 +535,13 @@ export class LhttpClient extends EventTarget {
     const { tls } = this.#options;
     if (tls != null && (typeof tls !== 'object' || Array.isArray(tls))) {
       throw new TypeError('the tls option must be an object of TLS options');
+    }
+    for (const name of ['pingAfter', 'pingTimeout']) {
+      const value = this.#options[name];
+      if (typeof value !== 'number' || !(value >= 0)) throw new TypeError(`${name} must be a number of milliseconds`);
+    }
+    if (this.#options.pingAfter > 0 && !(this.#options.pingTimeout > 0)) {
+      throw new TypeError('pingTimeout must be positive when pingAfter is');
     }
     /** Resolves at the first successful connection; rejects if the client stops before. */
     this.opened = new Promise((resolve, reject) => {
@@ -591,6 +628,9 @@ export class LhttpClient extends EventTarget {
     const connection = ++this.#connection;
     const attempt = this.#attempt;
     this.#attempt = 0;
+    this.#lastReceived = Date.now();
+    this.#pingSent = 0;
+    this.#armLiveness(this.#options.pingAfter);
     // The server handles messages in order: `auth` first, so that what follows is authorized.
     if (this.#token) this.#sendAuth(this.#token);
     // Subscriptions go before queued frames, so that a queued publish to a channel this client
@@ -653,6 +693,12 @@ export class LhttpClient extends EventTarget {
     const failure = this.#failure;
     if (failure) this.#stopped = true;
     this.#state = 'closed';
+    clearTimeout(this.#livenessTimer);
+    this.#livenessTimer = null;
+    if (this.#reading) {
+      this.#reading.fail(failure ?? new LhttpError(0, wasStopped ? 'client closed' : 'connection closed'));
+      this.#reading = null;
+    }
     // Answers to requests sent on this connection will never come. Subscriptions stay: they
     // are sent again on the next connection.
     for (const [id, request] of this.#pending) {
@@ -685,6 +731,7 @@ export class LhttpClient extends EventTarget {
   }
 
   #received(data) {
+    this.#lastReceived = Date.now();
     let message;
     try {
       message = decode(data, { binary: this.#options.binary });
@@ -692,6 +739,19 @@ export class LhttpClient extends EventTarget {
       this.#emit('error', { error, source: 'decode' });
       return;
     }
+    // The messages that follow a `history` answer belong to that read, not to subscriptions.
+    const reading = this.#reading;
+    if (reading && message.header('publish') === reading.channel) {
+      reading.result.push(message);
+      reading.remaining -= 1;
+      if (reading.remaining === 0) {
+        this.#reading = null;
+        reading.finish();
+      }
+      return;
+    }
+    // Before the messages that follow it: where the subscription of that channel stands now.
+    if (message.command === 'subscribed' && message.header('publish') === undefined) this.#caughtUp(message);
     // The server ended a subscription or a queue-group membership (a new token no longer
     // allows it): forget it, so that a reconnection does not ask for it again.
     if (message.command === 'unsubscribed' && message.header('publish') === undefined) {
@@ -725,6 +785,10 @@ export class LhttpClient extends EventTarget {
         return;
       }
       this.#pending.delete(id);
+      if (request.history !== undefined && message.command === 'history') {
+        this.#startReading(request, message);
+        return;
+      }
       clearTimeout(request.timer);
       if (message.command === 'error') request.reject(errorFrom(message));
       else request.resolve(message);
@@ -745,6 +809,7 @@ export class LhttpClient extends EventTarget {
       this.#emit('error', { error: errorFrom(message), source: 'server' });
     }
     const subscription = channel !== undefined && this.#subscriptions.get(channel);
+    if (subscription && !this.#isNew(subscription, message)) return;
     if (subscription) {
       for (const handler of [...subscription.handlers]) {
         try {
@@ -755,6 +820,135 @@ export class LhttpClient extends EventTarget {
       }
     }
     this.#emit('message', { message });
+  }
+
+  /**
+   * Whether `message`, a delivery to `subscription`, is one it has not had yet; remembers its
+   * position. On a channel that keeps history every message has an offset, and one at or
+   * before the last in the same epoch is a copy already delivered.
+   */
+  #isNew(subscription, message) {
+    const offset = message.header('offset');
+    const epoch = message.header('epoch');
+    if (offset === undefined || epoch === undefined) return true;
+    const position = Number(offset);
+    if (!Number.isSafeInteger(position)) return true;
+    if (epoch === subscription.epoch && position <= subscription.offset) return false;
+    subscription.epoch = epoch;
+    subscription.offset = position;
+    return true;
+  }
+
+  /**
+   * A `subscribed` answer: the channel's epoch and last offset, and how many of its messages
+   * follow. The subscription continues from the first of those; when the server could not send
+   * everything after `since` (`recovered:false`), the application hears of it.
+   */
+  #caughtUp(answer) {
+    const channel = answer.header('channel');
+    const subscription = channel !== undefined && this.#subscriptions.get(channel);
+    if (!subscription) return;
+    const epoch = answer.header('epoch');
+    const last = Number(answer.header('offset') ?? 0);
+    const count = Number(answer.header('count') ?? 0);
+    const { epoch: lastEpoch, offset: lastOffset } = subscription;
+    if (epoch === undefined) {
+      // The channel keeps no history (any more): nothing to ask for next time.
+      subscription.epoch = undefined;
+      subscription.offset = undefined;
+    } else if (Number.isSafeInteger(last) && Number.isSafeInteger(count)) {
+      // Messages already delivered in this epoch (a subscription asked again) stay delivered.
+      const from = last - count;
+      if (epoch !== subscription.epoch || !(subscription.offset >= from)) {
+        subscription.epoch = epoch;
+        subscription.offset = from;
+      }
+    }
+    if (answer.header('recovered') === 'false' && lastEpoch !== undefined) {
+      this.#emit('gap', { channel, epoch, offset: last, lastEpoch, lastOffset });
+    }
+  }
+
+  /** A `history` answer to `request`: its messages follow; resolve once they are all here. */
+  #startReading(request, answer) {
+    const count = Number(answer.header('count') ?? 0);
+    const result = [];
+    const offset = answer.header('offset');
+    const recovered = answer.header('recovered');
+    Object.assign(result, {
+      channel: answer.header('channel') ?? request.history,
+      epoch: answer.header('epoch'),
+      offset: offset === undefined ? 0 : Number(offset),
+      recovered: recovered === undefined ? undefined : recovered === 'true',
+    });
+    const finish = () => {
+      clearTimeout(request.timer);
+      request.resolve(result);
+    };
+    if (!(count > 0)) {
+      finish();
+      return;
+    }
+    const fail = (error) => {
+      clearTimeout(request.timer);
+      request.reject(error);
+    };
+    this.#reading = { channel: result.channel, remaining: count, result, finish, fail };
+  }
+
+  /** (Re)arms the liveness check to run in `delay` milliseconds (never with pingAfter 0). */
+  #armLiveness(delay) {
+    clearTimeout(this.#livenessTimer);
+    this.#livenessTimer = null;
+    if (!(this.#options.pingAfter > 0)) return;
+    this.#livenessTimer = setTimeout(() => this.#checkLiveness(), Math.max(0, delay));
+  }
+
+  /**
+   * Runs when the connection may have been silent for `pingAfter`, or a ping for `pingTimeout`.
+   * The timer is not moved at every frame received: it looks at the time of the last one when it
+   * fires, and sleeps again for what is left.
+   */
+  #checkLiveness() {
+    this.#livenessTimer = null;
+    if (this.#state !== 'open' || !this.#ws) return;
+    const { pingAfter, pingTimeout } = this.#options;
+    const now = Date.now();
+    if (this.#pingSent) {
+      if (this.#lastReceived < this.#pingSent) {
+        const left = this.#pingSent + pingTimeout - now;
+        if (left > 0) this.#armLiveness(left);
+        else this.#abandon('no answer to ping');
+        return;
+      }
+      this.#pingSent = 0;
+    }
+    const silent = now - this.#lastReceived;
+    if (silent < pingAfter) {
+      this.#armLiveness(pingAfter - silent);
+      return;
+    }
+    this.#pingSent = now;
+    // The pong is only a sign of life: the timer, not the answer, decides.
+    this.#ask(new Message('ping'), { wait: null }).catch(() => {});
+    this.#armLiveness(pingTimeout);
+  }
+
+  /**
+   * Gives up on a connection that no longer answers: its socket may never report anything (a
+   * silent network path), so it is closed without waiting for a close handshake, and the client
+   * goes on as after any lost connection.
+   */
+  #abandon(reason) {
+    const ws = this.#ws;
+    this.#ws = null;
+    try {
+      if (typeof ws.terminate === 'function') ws.terminate();
+      else ws.close(4000, reason);
+    } catch {
+      // Already closing: its events are ignored from now on.
+    }
+    this.#closed(1006, reason);
   }
 
   /**
@@ -830,13 +1024,14 @@ export class LhttpClient extends EventTarget {
 
   /**
    * Sends `message` with a fresh `request-id` and waits for the answer carrying it.
-   * `wait`: milliseconds before a local timeout (null: no local timeout).
+   * `wait`: milliseconds before a local timeout (null: no local timeout). `history`: the
+   * channel of a history read, whose answer is followed by its messages.
    */
-  #ask(message, { wait, onPartial }) {
+  #ask(message, { wait, onPartial, history }) {
     const id = `${this.#idPrefix}-${this.#nextId++}`;
     message.setHeader('request-id', id);
     return new Promise((resolve, reject) => {
-      const request = { resolve, reject, timer: null, wait, onPartial };
+      const request = { resolve, reject, timer: null, wait, onPartial, history };
       this.#pending.set(id, request);
       this.#armTimer(id, request);
       try {
@@ -1043,19 +1238,34 @@ export class LhttpClient extends EventTarget {
   /**
    * Subscribes to `channel`: `handler(message, client)` is called for every message published to
    * it. Subscribing again to a channel adds a handler without asking the server again. The
-   * subscription is restored after every reconnection.
+   * subscription is restored after every reconnection; on a channel that keeps history, with
+   * the messages missed meanwhile (each message once, in order), or a `gap` event when the
+   * server no longer has them all.
+   *
+   * With `recent: n` the server first sends the last `n` messages it keeps of the channel (none
+   * when it keeps no history), to the handler like live ones, then the live ones: what a page
+   * that just opened shows. `recent: 0` sends none but lets the client recover from the moment
+   * of subscribing, before the first message. It applies when the subscription is made (the
+   * first subscribe of the channel).
    *
    * @param {string} channel
    * @param {(message: Message, client: LhttpClient) => void} handler
-   * @returns {Promise<void>} resolves once the server confirmed; rejects with LhttpError if it
-   *   refused (the subscription is then dropped), or on timeout
+   * @param {{recent?: number}} [options]
+   * @returns {Promise<Message>} resolves with the server's answer once it confirmed: `ok`, or
+   *   with `recent`, `subscribed` (with `epoch` and `offset` when the channel keeps history,
+   *   and `count`); rejects with LhttpError if it refused (the subscription is then dropped),
+   *   or on timeout
    */
-  subscribe(channel, handler) {
+  subscribe(channel, handler, options = {}) {
     checkChannel(channel);
     if (typeof handler !== 'function') throw new TypeError('subscribe needs a handler function');
+    const { recent } = options ?? {};
+    if (recent !== undefined && !(Number.isSafeInteger(recent) && recent >= 0)) {
+      throw new TypeError('recent must be a whole number of messages');
+    }
     let subscription = this.#subscriptions.get(channel);
     if (!subscription) {
-      subscription = { handlers: new Set() };
+      subscription = { handlers: new Set(), recent };
       subscription.promise = new Promise((resolve, reject) => Object.assign(subscription, { resolve, reject }));
       subscription.promise.catch(() => {}); // reported as an `error` event as well
       this.#subscriptions.set(channel, subscription);
@@ -1068,9 +1278,15 @@ export class LhttpClient extends EventTarget {
   async #subscribeOnServer(channel) {
     const subscription = this.#subscriptions.get(channel);
     const message = new Message('subscribe', [['subscribe', channel]]);
+    // Back after a lost connection: from the last message received, when the channel keeps
+    // history; the server answers `subscribed` and sends what came after it.
+    if (subscription.epoch !== undefined) {
+      message.addHeader('since', subscription.offset).addHeader('epoch', subscription.epoch);
+    } else if (subscription.recent !== undefined) {
+      message.addHeader('recent', subscription.recent);
+    }
     try {
-      await this.request(message);
-      subscription.resolve();
+      subscription.resolve(await this.request(message));
     } catch (error) {
       // A dropped connection is retried on the next one (close() settles the promise itself);
       // a refusal or a timeout is final.
@@ -1079,6 +1295,38 @@ export class LhttpClient extends EventTarget {
       subscription.reject(error);
       this.#emit('error', { error, source: 'subscribe', channel });
     }
+  }
+
+  /**
+   * Reads the history the server keeps of `channel`, without subscribing: the last `recent`
+   * messages, or those after offset `since` of epoch `epoch` (a position taken from a message's
+   * `offset` and `epoch` headers). The connection needs the right to subscribe to the channel.
+   *
+   * @param {string} channel
+   * @param {{recent: number} | {since: number, epoch: string}} query
+   * @returns {Promise<Message[] & {channel: string, epoch?: string, offset: number, recovered?: boolean}>}
+   *   the messages, oldest first, exactly as subscribers received them; and the channel's
+   *   `epoch` (undefined when it keeps no history) and last `offset` now, and with `since`,
+   *   `recovered`: false when some messages after `since` are no longer kept (none is then
+   *   returned)
+   * @throws {LhttpError} the server's refusal (403 not allowed, 400), or status 0 on a timeout or
+   *   a lost connection
+   */
+  history(channel, query) {
+    checkChannel(channel);
+    const { recent, since, epoch } = query ?? {};
+    const headers = [['channel', channel]];
+    if (recent !== undefined) {
+      if (!(Number.isSafeInteger(recent) && recent >= 0)) throw new TypeError('recent must be a whole number of messages');
+      headers.push(['recent', String(recent)]);
+    } else if (since !== undefined) {
+      if (!(Number.isSafeInteger(since) && since >= 0)) throw new TypeError('since must be an offset (a whole number)');
+      if (typeof epoch !== 'string' || epoch === '') throw new TypeError('since needs the epoch its offset belongs to');
+      headers.push(['since', String(since)], ['epoch', epoch]);
+    } else {
+      throw new TypeError('history needs {recent} or {since, epoch}');
+    }
+    return this.#ask(new Message('history', headers), { wait: this.#options.requestTimeout, history: channel });
   }
 
   /**
@@ -1132,6 +1380,8 @@ export class LhttpClient extends EventTarget {
   close(code = 1000, reason = '') {
     this.#stopped = true;
     this.#outbox = [];
+    clearTimeout(this.#livenessTimer);
+    this.#livenessTimer = null;
     // Subscriptions still waiting for the server will not get an answer any more.
     for (const subscription of this.#subscriptions.values()) subscription.reject(new LhttpError(0, 'client closed'));
     for (const worker of this.#workers.values()) worker.reject(new LhttpError(0, 'client closed'));

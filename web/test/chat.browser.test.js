@@ -1,7 +1,8 @@
 // The chat demo in a real headless Chromium (Debian's /usr/bin/chromium; no browser is ever
 // downloaded), served by a real lhttpd: two people chat, lhttpd restarts, both pages show the
-// loss, come back by themselves and chat again; served over https://, the page chats over
-// wss://. Saves target/browser-test/chat.png.
+// loss, come back by themselves and chat again; where lhttpd keeps the room's history, a
+// reload shows the recent conversation; served over https://, the page chats over wss://.
+// Saves target/browser-test/chat.png.
 
 import assert from 'node:assert/strict';
 import { mkdir, readFile } from 'node:fs/promises';
@@ -159,6 +160,51 @@ test('rooms are channels; original clients share the page\'s default room', asyn
   const erin = await openChat(browser, `${server.http}/#backstage`, 'erin');
   assert.equal(await erin.page.inputValue('#room'), 'backstage');
   assert.deepEqual([...carol.errors, ...dave.errors, ...erin.errors], []);
+});
+
+test('where lhttpd keeps the room\'s history, a reload shows the recent conversation', async (t) => {
+  // History for the default room only; room "elsewhere" keeps none.
+  const config = '[[channels]]\npattern = "chatroom"\nhistory_size = 100\n\n[history]\nstore = "memory"\n';
+  const server = await startLhttpd({ config });
+  t.after(() => server.stop());
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+  t.after(() => browser.close());
+
+  const alice = await openChat(browser, `${server.http}/`, 'alice');
+  const bob = await openChat(browser, `${server.http}/`, 'bob');
+  const lines = ['Morning, Bob.', 'Did the build pass?', 'Ping me when it does.'];
+  for (const line of lines) await say(alice.page, line);
+  await say(bob.page, 'It passed.');
+  assert.equal(await seen(bob.page, 'Ping me when it does.'), 'alice');
+  await seen(alice.page, 'It passed.');
+
+  // Bob reloads: the page opens with the conversation so far, in order, each line once.
+  await bob.page.reload();
+  await bob.page.locator('#status[data-state="open"]').waitFor(WAIT);
+  assert.equal(await seen(bob.page, 'It passed.'), 'bob');
+  const texts = bob.page.locator('#messages li.chat .text');
+  await bob.page.waitForFunction((n) => document.querySelectorAll('#messages li.chat').length >= n, 4, WAIT);
+  assert.deepEqual(await texts.allTextContents(), [...lines, 'It passed.']);
+  assert.deepEqual(await bob.page.locator('#messages li.chat .nick').allTextContents(), ['alice', 'alice', 'alice', 'bob']);
+  assert.match(await bob.page.locator('#people').textContent(), /alice/);
+  // And the conversation goes on live.
+  await say(alice.page, 'Great, thanks.');
+  assert.equal(await seen(bob.page, 'Great, thanks.'), 'alice');
+  assert.equal(await bob.page.locator('#messages li.chat', { hasText: 'Did the build pass?' }).count(), 1);
+
+  // A room the server keeps no history of opens empty after a reload, and chat goes on.
+  const carol = await openChat(browser, `${server.http}/#elsewhere`, 'carol');
+  const dave = await openChat(browser, `${server.http}/#elsewhere`, 'dave');
+  await say(carol.page, 'Nothing kept here.');
+  await seen(dave.page, 'Nothing kept here.');
+  await dave.page.reload();
+  await dave.page.locator('#status[data-state="open"]').waitFor(WAIT);
+  await dave.page.locator('#messages li.system', { hasText: 'You are in #elsewhere' }).waitFor(WAIT);
+  await say(carol.page, 'Still here.');
+  assert.equal(await seen(dave.page, 'Still here.'), 'carol');
+  assert.equal(await dave.page.locator('#messages li.chat', { hasText: 'Nothing kept here.' }).count(), 0);
+
+  assert.deepEqual([...alice.errors, ...bob.errors, ...carol.errors, ...dave.errors], [], 'no uncaught errors in the pages');
 });
 
 test('served over https://, the page chats over wss://', async (t) => {

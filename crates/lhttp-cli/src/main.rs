@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
-use lhttp_client::{Client, ConnectionState, Message};
+use lhttp_client::{Client, ConnectionState, Event, Message};
 
 use crate::format::Format;
 
@@ -91,6 +91,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Subscribe to channels and print each message as it arrives (until Ctrl-C).
+    ///
+    /// After a lost connection it reconnects and, on channels the server keeps history of,
+    /// prints what was published meanwhile; when the server no longer has it all, it says so
+    /// once on stderr.
     Sub {
         /// Channels to subscribe to.
         #[arg(required = true, value_name = "CHANNEL")]
@@ -98,6 +102,10 @@ enum Command {
         /// Exit (code 3) when the connection is lost instead of reconnecting.
         #[arg(long)]
         no_reconnect: bool,
+        /// First print the last N messages the server keeps of each channel (none of a
+        /// channel without history).
+        #[arg(long, value_name = "N")]
+        recent: Option<usize>,
     },
     /// Publish a message to a channel and wait for the server to accept it.
     Pub {
@@ -426,9 +434,10 @@ async fn run(cli: Cli) -> Result<()> {
         Some(Command::Sub {
             channels,
             no_reconnect,
+            recent,
         }) => {
             let client = builder.reconnect(!no_reconnect).connect().await?;
-            subscribe(&client, channels, cli.format).await
+            subscribe(&client, channels, recent, cli.format).await
         }
         Some(Command::Pub {
             channel,
@@ -691,21 +700,46 @@ fn read_body(arg: &str) -> Result<Vec<u8>> {
 }
 
 /// `lhttp sub`: prints until Ctrl-C or the end of the client.
-async fn subscribe(client: &Client, channels: Vec<String>, format: Format) -> Result<()> {
-    let mut messages = client.subscribe(channels).await?;
+async fn subscribe(
+    client: &Client,
+    channels: Vec<String>,
+    recent: Option<usize>,
+    format: Format,
+) -> Result<()> {
+    // `recent` applies to a subscribe of one channel: one subscription per channel then.
+    let subscriptions = match recent {
+        None => vec![client.subscribe(channels).await?],
+        Some(n) => {
+            let mut subscriptions = Vec::with_capacity(channels.len());
+            for channel in &channels {
+                subscriptions.push(client.subscribe_recent(channel, n).await?);
+            }
+            subscriptions
+        }
+    };
+    let mut events = futures_util::stream::select_all(subscriptions.into_iter().map(|sub| {
+        Box::pin(futures_util::stream::unfold(sub, |mut sub| async move {
+            sub.recv_event().await.map(|event| (event, sub))
+        }))
+    }));
     let mut states = client.state_changes();
     let out = &mut format::Stdout;
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     loop {
         tokio::select! {
-            message = messages.next() => match message {
-                Some(message) => {
+            event = events.next() => match event {
+                Some(Event::Message(message)) => {
                     if out.print(format, &message).is_err() {
                         // stdout is gone (`lhttp sub x | head -1`): nothing left to do.
                         return Ok(());
                     }
                 }
+                Some(Event::Gap(gap)) => eprintln!(
+                    "lhttp: {}: messages published while disconnected were lost (the server no longer keeps them)",
+                    gap.channel
+                ),
+                Some(_) => {}
                 None => {
                     eprintln!("lhttp: connection to the server lost");
                     return Err(Exit(3).into());

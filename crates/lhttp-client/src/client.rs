@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use lhttp_proto::{Message, Text};
+use lhttp_proto::{Message, Text, names};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     sync::{mpsc, oneshot, watch},
@@ -20,6 +20,7 @@ use tokio_rustls::rustls;
 use crate::{
     Error,
     connection::{self, Command, ListenerId, Sink},
+    history::{History, HistoryQuery},
     subscription::{Feed, Incoming, Subscription},
     transport::{self, Endpoint, Target, TlsOptions},
 };
@@ -75,6 +76,7 @@ pub(crate) struct Options {
     pub(crate) subscription_capacity: usize,
     pub(crate) max_message_size: usize,
     pub(crate) ping_interval: Option<Duration>,
+    pub(crate) ping_timeout: Duration,
     pub(crate) token: Option<String>,
     pub(crate) tls: TlsOptions,
 }
@@ -89,7 +91,8 @@ impl Default for Options {
             connect_timeout: Duration::from_secs(10),
             subscription_capacity: 1024,
             max_message_size: 16 * 1024 * 1024,
-            ping_interval: Some(Duration::from_secs(20)),
+            ping_interval: Some(Duration::from_secs(25)),
+            ping_timeout: Duration::from_secs(10),
             token: None,
             tls: TlsOptions::default(),
         }
@@ -283,14 +286,16 @@ impl ClientBuilder {
         self
     }
 
-    /// How often to ping the server (default every 20 s; `None` turns it off), so that a dead
-    /// network path is noticed (and the client reconnects) even when the socket never reports
-    /// an error. On a WebSocket, a connection on which nothing arrives for two intervals (the
-    /// server answers each ping with a pong) is treated as lost. On a stream the ping is a
-    /// heartbeat, which the server does not answer: a TCP connection (`tcp://`, `tls://`) is
-    /// lost when the kernel has had written bytes unacknowledged for two intervals. The
-    /// heartbeats also keep the server's idle timeout from closing a quiet stream; with pings
-    /// off, the client answers the server's heartbeats instead.
+    /// How long the connection may be silent before the client pings the server (default
+    /// 25 s; `None` turns pings and the liveness check off), so that a dead network path is
+    /// noticed (and the client reconnects) even when the socket never reports an error. When
+    /// nothing has arrived for this long, the client sends `LHTTP/1.0 ping`, which the server
+    /// answers with `pong` on every transport; when nothing arrives within
+    /// [`ClientBuilder::ping_timeout`] more, the connection is treated as lost. A busy
+    /// connection sends no pings. On a TCP stream (`tcp://`, `tls://`) the kernel also fails
+    /// the connection when written bytes stay unacknowledged for the interval and the timeout
+    /// together. On every stream the client answers the server's heartbeats, which keeps the
+    /// server's idle timeout from closing a client that only listens.
     ///
     /// ```
     /// use std::time::Duration;
@@ -299,6 +304,22 @@ impl ClientBuilder {
     /// ```
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
         self.options.ping_interval = interval.filter(|i| !i.is_zero());
+        self
+    }
+
+    /// How long after a ping (see [`ClientBuilder::ping_interval`]) the client waits for
+    /// anything to arrive before it treats the connection as lost and reconnects (default
+    /// 10 s, at least 1 ms). A dead path is thus noticed at most the interval and this
+    /// timeout after the last thing received.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = lhttp_client::Client::builder("ws://127.0.0.1:8081/")
+    ///     .ping_interval(Some(Duration::from_secs(5)))
+    ///     .ping_timeout(Duration::from_secs(2));
+    /// ```
+    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
+        self.options.ping_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
@@ -559,6 +580,11 @@ impl Client {
     /// Several subscriptions of one client may share channels: each gets its own copy, and
     /// the server is told to unsubscribe only when the last one goes.
     ///
+    /// On channels that keep history, a reconnection recovers what was published meanwhile
+    /// from the last message the subscription received (see [`Subscription`]); to recover
+    /// from the moment of subscribing, before the first message, subscribe with
+    /// [`Client::subscribe_recent`] and 0.
+    ///
     /// ```no_run
     /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
     /// use futures_util::StreamExt;
@@ -574,6 +600,39 @@ impl Client {
         S: Into<String>,
     {
         let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
+        self.subscribe_to(channels, None).await
+    }
+
+    /// Subscribes to `channel` and has the server send the last `recent` messages it keeps of
+    /// it first (none when the channel keeps no history), then the live ones: what a view
+    /// that just opened shows. Returns once the server confirmed; the messages follow on the
+    /// subscription, oldest first. With `recent` 0 nothing is sent first, but the
+    /// subscription knows the channel's position at once, so that a reconnection recovers
+    /// even what is published before its first message.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// use futures_util::StreamExt;
+    /// let mut room = client.subscribe_recent("chat.lobby", 50).await?;
+    /// while let Some(message) = room.next().await {
+    ///     println!("{}", String::from_utf8_lossy(message.body()));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_recent(
+        &self,
+        channel: &str,
+        recent: usize,
+    ) -> Result<Subscription, Error> {
+        self.subscribe_to(vec![channel.to_owned()], Some(recent))
+            .await
+    }
+
+    async fn subscribe_to(
+        &self,
+        channels: Vec<String>,
+        recent: Option<usize>,
+    ) -> Result<Subscription, Error> {
         if channels.is_empty() {
             return Err(Error::InvalidChannel(String::new()));
         }
@@ -586,6 +645,7 @@ impl Client {
         self.command(Command::Subscribe {
             id,
             channels: channels.clone(),
+            recent,
             sink,
             request_id: self.fresh_request_id(),
             answer,
@@ -595,6 +655,50 @@ impl Client {
         let answer = self.wait(result).await?;
         Error::check_answer(answer)?;
         Ok(Subscription::new(feed, channels))
+    }
+
+    /// Reads the history the server keeps of `channel`, without subscribing: the last
+    /// messages ([`HistoryQuery::Recent`]) or those after a [`crate::Position`]
+    /// ([`HistoryQuery::Since`], taken from a message with [`crate::Position::of`]). The connection
+    /// needs the right to subscribe to the channel ([`Error::Server`] 403 otherwise). The
+    /// messages read go to the returned [`History`] only, not to subscriptions.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// use lhttp_client::HistoryQuery;
+    /// let history = client.history("chat.lobby", HistoryQuery::Recent(20)).await?;
+    /// for message in &history.messages {
+    ///     println!("{}", String::from_utf8_lossy(message.body()));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn history(&self, channel: &str, query: HistoryQuery) -> Result<History, Error> {
+        if !connection::plausible_channel(channel) {
+            return Err(Error::InvalidChannel(channel.to_owned()));
+        }
+        let id = self.fresh_request_id();
+        let mut message =
+            Message::builder(names::command::HISTORY).header(names::CHANNEL, channel.to_owned());
+        message = match query {
+            HistoryQuery::Recent(n) => message.header(names::RECENT, n.to_string()),
+            HistoryQuery::Since(position) => message
+                .header(names::SINCE, position.offset.to_string())
+                .header(names::EPOCH, position.epoch),
+        };
+        let message = message.header(names::REQUEST_ID, id.clone()).build()?;
+        let (answer, result) = oneshot::channel();
+        self.command(Command::History {
+            message,
+            id,
+            answer,
+        })
+        .await?;
+        let timeout = self.shared.options.request_timeout;
+        match tokio::time::timeout(timeout, result).await {
+            Err(_) => Err(Error::Timeout(timeout)),
+            Ok(Err(_)) => Err(Error::Closed),
+            Ok(Ok(history)) => history,
+        }
     }
 
     /// Every message that is neither an answer to a request of this client nor a delivery to
@@ -774,6 +878,7 @@ impl Client {
             drops: self.shared.drops.clone(),
             request_timeout: self.shared.options.request_timeout,
             active: true,
+            gaps: 0,
         };
         (sink, feed)
     }

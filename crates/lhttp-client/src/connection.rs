@@ -1,6 +1,18 @@
 //! The connection task: owns the connection (a [`Link`], whatever its transport), matches
 //! answers to requests, fans deliveries out to subscriptions, and reconnects.
 //!
+//! **Recovery.** Each subscription remembers, per channel that keeps history, the position
+//! (epoch and offset) of the last message it received. A reconnection subscribes to such a
+//! channel with `since` and `epoch` (one channel per `subscribe`), and the server sends what
+//! was missed after its `subscribed` answer; a delivery at or before a subscription's position
+//! in the same epoch is a copy it already has, and is not handed to it again. An answer with
+//! `recovered:false` becomes a [`Gap`] in the streams of the channel's subscriptions.
+//!
+//! **Liveness.** When nothing has arrived for the ping interval, the task sends
+//! `LHTTP/1.0 ping`; when nothing arrives within the ping timeout after it, the connection is
+//! dead (a network path can fail without either socket hearing of it) and is replaced. The
+//! timer is not moved for every message: when it fires it looks at when the last one came.
+//!
 //! Everything mutable lives in this one task ([`Registry`]), so no lock is needed: the
 //! [`crate::Client`] handles talk to it through a bounded command queue, and dropped
 //! subscriptions through an unbounded queue that holds at most one id per subscription.
@@ -15,16 +27,23 @@ use std::{
 };
 
 use lhttp_proto::{Limits, Message};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::Instant,
+};
 
 use crate::{
     ConnectionState, Error,
     client::Options,
+    history::{self, Answer, Event, Gap, History, Position},
     transport::{self, Endpoint, Link, Received, WriteError},
 };
 
 pub(crate) use lhttp_proto::names::REQUEST_ID;
-use lhttp_proto::names::{self, PUBLISH, QUEUE, command::UNSUBSCRIBED};
+use lhttp_proto::names::{
+    self, PUBLISH, QUEUE,
+    command::{HISTORY, PING, SUBSCRIBED, UNSUBSCRIBED},
+};
 
 /// Channels per `subscribe` message when restoring after a reconnect, so that one message
 /// stays far below the server's size limit (256 channels of 256 bytes would be 64 KiB).
@@ -40,14 +59,23 @@ pub(crate) struct ListenerId(pub(crate) u64);
 /// The sending end of a subscription's bounded buffer.
 #[derive(Debug)]
 pub(crate) struct Sink {
-    pub(crate) tx: mpsc::Sender<Message>,
+    pub(crate) tx: mpsc::Sender<Event>,
     pub(crate) dropped: Arc<AtomicU64>,
 }
 
 impl Sink {
     /// Queues `message`; when the buffer is full, drops it and counts.
     fn deliver(&self, message: &Message) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(message.clone()) {
+        self.queue(Event::Message(message.clone()));
+    }
+
+    /// Queues a gap; counted as dropped, like a message, when the buffer is full.
+    fn gap(&self, gap: Gap) {
+        self.queue(Event::Gap(gap));
+    }
+
+    fn queue(&self, event: Event) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(event) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -67,9 +95,17 @@ pub(crate) enum Command {
     Subscribe {
         id: ListenerId,
         channels: Vec<String>,
+        /// `recent` (one channel): the last messages kept are sent first.
+        recent: Option<usize>,
         sink: Sink,
         request_id: String,
         answer: oneshot::Sender<Result<Message, Error>>,
+    },
+    /// A `history` read: its answer and the messages that follow it.
+    History {
+        message: Message,
+        id: String,
+        answer: oneshot::Sender<Result<History, Error>>,
     },
     Unsubscribe {
         id: ListenerId,
@@ -102,14 +138,87 @@ enum Pending {
     },
     /// An unsubscribe; `None` when nobody waits (a dropped subscription).
     Unsubscribe(Option<oneshot::Sender<Result<(), Error>>>),
-    /// Restoring subscriptions after a reconnect.
-    Restore,
+    /// Restoring subscriptions after a reconnect; `since`: the position asked from, for a
+    /// channel that keeps history.
+    Restore { since: Option<Position> },
+    /// A `history` read.
+    History(oneshot::Sender<Result<History, Error>>),
+    /// A liveness ping: its `pong` is only a sign of life.
+    Ping,
 }
 
 struct Listener {
     /// Empty for an [`crate::Incoming`].
     channels: Vec<String>,
     sink: Sink,
+    /// Per channel that keeps history, the last message this listener received.
+    positions: HashMap<String, Position>,
+}
+
+impl Listener {
+    fn new(channels: Vec<String>, sink: Sink) -> Self {
+        Listener {
+            channels,
+            sink,
+            positions: HashMap::new(),
+        }
+    }
+
+    /// Whether a delivery of `channel` at `position` (its epoch and offset, if it has them) is
+    /// new to this listener, which then remembers it.
+    fn is_new(&mut self, channel: &str, position: Option<(&str, u64)>) -> bool {
+        let Some((epoch, offset)) = position else {
+            return true;
+        };
+        match self.positions.get_mut(channel) {
+            Some(known) if known.epoch == epoch => {
+                if offset <= known.offset {
+                    return false;
+                }
+                known.offset = offset;
+            }
+            Some(known) => {
+                known.epoch = epoch.to_owned();
+                known.offset = offset;
+            }
+            None => {
+                let position = Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                };
+                self.positions.insert(channel.to_owned(), position);
+            }
+        }
+        true
+    }
+
+    /// Takes the channel's position from a `subscribed` answer: the messages that follow it
+    /// come after `offset - count`. Messages already received in the same epoch stay received.
+    fn caught_up(&mut self, answer: &Answer<'_>) {
+        let Some(epoch) = answer.epoch else {
+            // The channel keeps no history (any more).
+            self.positions.remove(answer.channel);
+            return;
+        };
+        let from = answer.offset.saturating_sub(answer.count as u64);
+        let known = self.positions.get(answer.channel);
+        if known.is_some_and(|p| p.epoch == epoch && p.offset >= from) {
+            return;
+        }
+        let position = Position {
+            epoch: epoch.to_owned(),
+            offset: from,
+        };
+        self.positions.insert(answer.channel.to_owned(), position);
+    }
+}
+
+/// A history read whose answer has come and whose messages are arriving. The server queues
+/// the answer and its messages together, so they arrive one after another: one read at a time.
+struct Reading {
+    remaining: usize,
+    history: History,
+    answer: oneshot::Sender<Result<History, Error>>,
 }
 
 /// A membership of a queue group, and where its deliveries go.
@@ -145,6 +254,7 @@ struct Registry {
     pending: HashMap<String, Pending>,
     /// Restore requests not yet answered; `Connected` is announced when it empties.
     restoring: HashSet<String>,
+    reading: Option<Reading>,
     next_internal_id: u64,
 }
 
@@ -251,35 +361,45 @@ async fn session(
     if registry.restoring.is_empty() {
         state.send_if_modified(|s| replace(s, ConnectionState::Connected));
     }
-    // Keepalive: a ping every interval. Where the server answers pings, a connection silent
-    // for two intervals is dead (a half-open TCP connection would otherwise look alive
-    // forever); where it does not (streams), the transport finds a dead path itself.
-    let ping_every = options.ping_interval.unwrap_or(Duration::from_secs(3600));
-    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = tokio::time::Instant::now();
-    let silence_kills = link.pings_are_answered();
+    // Liveness: a connection silent for the ping interval is pinged, and one that stays silent
+    // for the ping timeout after that is dead (a half-open TCP connection would otherwise
+    // look alive forever).
+    let mut liveness = Liveness::new(options);
+    let check = tokio::time::sleep_until(liveness.next_check());
+    tokio::pin!(check);
     loop {
         tokio::select! {
-            _ = pings.tick(), if options.ping_interval.is_some() => {
-                if silence_kills && last_heard.elapsed() > ping_every * 2 {
-                    tracing::debug!("no answer to pings; the connection is dead");
-                    return End::Lost;
-                }
-                if !ping(&mut link, write_timeout).await {
-                    return End::Lost;
+            () = &mut check, if liveness.on() => {
+                match liveness.check(Instant::now()) {
+                    Check::Later(at) => check.as_mut().reset(at),
+                    Check::Ping => {
+                        let id = registry.internal_id("ping");
+                        let Ok(message) = Message::builder(PING).header(REQUEST_ID, id.clone()).build() else {
+                            return End::Lost;
+                        };
+                        registry.add_pending(id, Pending::Ping);
+                        if !write(&mut link, &message, write_timeout).await {
+                            return End::Lost;
+                        }
+                        check.as_mut().reset(liveness.pinged(Instant::now()));
+                    }
+                    Check::Dead => {
+                        tracing::debug!(
+                            timeout = ?options.ping_timeout,
+                            "no answer to a ping; the connection is dead"
+                        );
+                        return End::Lost;
+                    }
                 }
             }
             received = link.next() => {
-                last_heard = tokio::time::Instant::now();
+                liveness.heard(Instant::now());
                 let data = match received {
                     Received::Message(data) => data,
                     Received::Alive => {
-                        // With pings off, answering keeps the server's idle timeout away.
-                        if options.ping_interval.is_none()
-                            && link.should_answer_heartbeat()
-                            && !ping(&mut link, write_timeout).await
-                        {
+                        // On a stream, answering the server's heartbeats keeps its idle
+                        // timeout away from a client that only listens.
+                        if link.should_answer_heartbeat() && !ping(&mut link, write_timeout).await {
                             return End::Lost;
                         }
                         continue;
@@ -332,6 +452,75 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// When to ping a silent connection, and when to give up on it.
+struct Liveness {
+    /// Silence before a ping; `None`: no pings, no liveness check.
+    after: Option<Duration>,
+    timeout: Duration,
+    last_heard: Instant,
+    /// When the ping that still waits for a sign of life was sent.
+    ping_sent: Option<Instant>,
+}
+
+/// What a liveness check found.
+enum Check {
+    /// Nothing to do before this instant.
+    Later(Instant),
+    /// Silent for the ping interval: send a ping.
+    Ping,
+    /// Silent for the ping timeout after a ping: the connection is dead.
+    Dead,
+}
+
+impl Liveness {
+    fn new(options: &Options) -> Self {
+        Liveness {
+            after: options.ping_interval,
+            timeout: options.ping_timeout,
+            last_heard: Instant::now(),
+            ping_sent: None,
+        }
+    }
+
+    fn on(&self) -> bool {
+        self.after.is_some()
+    }
+
+    /// When the first check is due (far away with pings off; the timer is then never polled).
+    fn next_check(&self) -> Instant {
+        self.last_heard + self.after.unwrap_or(Duration::from_secs(3600))
+    }
+
+    fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    fn check(&mut self, now: Instant) -> Check {
+        let Some(after) = self.after else {
+            return Check::Later(now + Duration::from_secs(3600));
+        };
+        if let Some(sent) = self.ping_sent {
+            if self.last_heard < sent {
+                return match now >= sent + self.timeout {
+                    true => Check::Dead,
+                    false => Check::Later(sent + self.timeout),
+                };
+            }
+            self.ping_sent = None;
+        }
+        match now >= self.last_heard + after {
+            true => Check::Ping,
+            false => Check::Later(self.last_heard + after),
+        }
+    }
+
+    /// A ping was sent at `now`; returns when to look again.
+    fn pinged(&mut self, now: Instant) -> Instant {
+        self.ping_sent = Some(now);
+        now + self.timeout
     }
 }
 
@@ -440,7 +629,8 @@ impl Registry {
         if self.pending.len() >= PENDING_SWEEP {
             self.pending.retain(|_, p| match p {
                 Pending::Request(tx) | Pending::Subscribe { answer: tx, .. } => !tx.is_closed(),
-                Pending::Unsubscribe(_) | Pending::Restore => true,
+                Pending::History(tx) => !tx.is_closed(),
+                Pending::Unsubscribe(_) | Pending::Restore { .. } | Pending::Ping => true,
             });
         }
         self.pending.insert(id, pending);
@@ -464,6 +654,7 @@ impl Registry {
             Command::Subscribe {
                 id,
                 channels,
+                recent,
                 sink,
                 request_id,
                 answer,
@@ -471,10 +662,12 @@ impl Registry {
                 self.add_listener(id, channels.clone(), sink);
                 // Always asked of the server, even when another subscription already holds
                 // the channels (subscribing twice is harmless): the answer confirms it.
-                let message = Message::builder(names::SUBSCRIBE)
-                    .header(names::SUBSCRIBE, channels.join(" "))
-                    .header(REQUEST_ID, request_id.clone())
-                    .build();
+                let mut message =
+                    Message::builder(names::SUBSCRIBE).header(names::SUBSCRIBE, channels.join(" "));
+                if let Some(recent) = recent {
+                    message = message.header(names::RECENT, recent.to_string());
+                }
+                let message = message.header(REQUEST_ID, request_id.clone()).build();
                 match message {
                     Ok(message) => {
                         self.add_pending(
@@ -497,14 +690,16 @@ impl Registry {
                 Some(frame) => Online::Write(frame),
                 None => Online::Nothing,
             },
+            Command::History {
+                message,
+                id,
+                answer,
+            } => {
+                self.add_pending(id, Pending::History(answer));
+                Online::Write(message)
+            }
             Command::Listen { id, sink } => {
-                self.listeners.insert(
-                    id,
-                    Listener {
-                        channels: Vec::new(),
-                        sink,
-                    },
-                );
+                self.listeners.insert(id, Listener::new(Vec::new(), sink));
                 self.incoming.push(id);
                 Online::Nothing
             }
@@ -547,6 +742,9 @@ impl Registry {
             | Command::Join { answer, .. } => {
                 let _ = answer.send(Err(Error::NotConnected));
             }
+            Command::History { answer, .. } => {
+                let _ = answer.send(Err(Error::NotConnected));
+            }
             Command::Unsubscribe { id, answer } => {
                 // The server forgot every subscription with the connection.
                 self.remove_listener(id, None);
@@ -555,13 +753,7 @@ impl Registry {
                 }
             }
             Command::Listen { id, sink } => {
-                self.listeners.insert(
-                    id,
-                    Listener {
-                        channels: Vec::new(),
-                        sink,
-                    },
-                );
+                self.listeners.insert(id, Listener::new(Vec::new(), sink));
                 self.incoming.push(id);
             }
             Command::Close { done } => {
@@ -577,7 +769,7 @@ impl Registry {
                 ids.push(id);
             }
         }
-        self.listeners.insert(id, Listener { channels, sink });
+        self.listeners.insert(id, Listener::new(channels, sink));
     }
 
     /// Forgets listener `id`. Returns the `unsubscribe` frame for the channels no other
@@ -652,16 +844,48 @@ impl Registry {
     }
 
     /// `subscribe` messages for every channel held and every queue group joined, registered
-    /// as pending restores.
+    /// as pending restores. A channel whose subscriptions have a position asks for what came
+    /// after it (the earliest, when they differ); the others are subscribed in batches.
     fn restore_messages(&mut self) -> Vec<Message> {
-        let channels: Vec<String> = self.by_channel.keys().cloned().collect();
+        let mut channels = Vec::new();
         let mut frames = Vec::new();
+        let positioned: Vec<(String, Position)> = self
+            .by_channel
+            .iter()
+            .filter_map(
+                |(channel, ids)| match self.earliest_position(channel, ids) {
+                    Some(position) => Some((channel.clone(), position)),
+                    None => {
+                        channels.push(channel.clone());
+                        None
+                    }
+                },
+            )
+            .collect();
+        for (channel, since) in positioned {
+            let request_id = self.internal_id("restore");
+            let message = Message::builder(names::SUBSCRIBE)
+                .header(names::SUBSCRIBE, channel)
+                .header(names::SINCE, since.offset.to_string())
+                .header(names::EPOCH, since.epoch.clone())
+                .header(REQUEST_ID, request_id.clone())
+                .build();
+            match message {
+                Ok(message) => {
+                    let pending = Pending::Restore { since: Some(since) };
+                    self.add_pending(request_id.clone(), pending);
+                    self.restoring.insert(request_id);
+                    frames.push(message);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot restore a subscription"),
+            }
+        }
         let ids: Vec<ListenerId> = self.workers.keys().copied().collect();
         for id in ids {
             let request_id = self.internal_id("restore");
             match self.workers[&id].join_message(&request_id) {
                 Ok(message) => {
-                    self.add_pending(request_id.clone(), Pending::Restore);
+                    self.add_pending(request_id.clone(), Pending::Restore { since: None });
                     self.restoring.insert(request_id);
                     frames.push(message);
                 }
@@ -676,7 +900,7 @@ impl Registry {
                 .build();
             match message {
                 Ok(message) => {
-                    self.add_pending(request_id.clone(), Pending::Restore);
+                    self.add_pending(request_id.clone(), Pending::Restore { since: None });
                     self.restoring.insert(request_id);
                     frames.push(message);
                 }
@@ -686,9 +910,29 @@ impl Registry {
         frames
     }
 
+    /// The earliest position the listeners `ids` have in `channel`, if any has one.
+    fn earliest_position(&self, channel: &str, ids: &[ListenerId]) -> Option<Position> {
+        ids.iter()
+            .filter_map(|id| self.listeners.get(id)?.positions.get(channel))
+            .min_by_key(|position| position.offset)
+            .cloned()
+    }
+
     /// Routes a received message: a delivery to the subscriptions of its channel, an answer to
     /// its request, anything else to the `Incoming` streams.
     fn dispatch(&mut self, message: Message) {
+        if let Some(reading) = &mut self.reading {
+            if message.header(PUBLISH) == Some(reading.history.channel.as_str()) {
+                reading.history.messages.push(message);
+                reading.remaining -= 1;
+                if reading.remaining == 0 {
+                    if let Some(done) = self.reading.take() {
+                        let _ = done.answer.send(Ok(done.history));
+                    }
+                }
+                return;
+            }
+        }
         if message.command() == UNSUBSCRIBED && message.header(PUBLISH).is_none() {
             // Then on to the `Incoming` streams, so the application hears of it.
             self.forget_ended(&message);
@@ -705,11 +949,14 @@ impl Registry {
                 tracing::trace!(channel, "delivery for a channel no longer subscribed");
                 return;
             };
+            let position = history::position_headers(&message);
             // A full buffer drops (and counts); a closed one belongs to a subscription whose
             // drop notice is on its way and will deregister it.
             for id in ids {
-                if let Some(listener) = self.listeners.get(id) {
-                    listener.sink.deliver(&message);
+                if let Some(listener) = self.listeners.get_mut(id) {
+                    if listener.is_new(channel, position) {
+                        listener.sink.deliver(&message);
+                    }
                 }
             }
             return;
@@ -760,6 +1007,13 @@ impl Registry {
                 let _ = answer.send(Ok(message));
             }
             Pending::Subscribe { listener, answer } => {
+                if message.command() == SUBSCRIBED {
+                    if let (Some(answered), Some(listener)) =
+                        (Answer::of(&message), self.listeners.get_mut(&listener))
+                    {
+                        listener.caught_up(&answered);
+                    }
+                }
                 if message.command() == names::command::ERROR {
                     // The server refused the whole message: nothing changed there, so the
                     // listener goes without an unsubscribe.
@@ -784,9 +1038,12 @@ impl Registry {
                     let _ = answer.send(Error::check_answer(message).map(drop));
                 }
             }
-            Pending::Restore => {
+            Pending::Restore { since } => {
                 if let Some(id) = message.header(REQUEST_ID) {
                     self.restoring.remove(id);
+                }
+                if message.command() == SUBSCRIBED {
+                    self.restored(&message, since);
                 }
                 if message.command() == names::command::ERROR {
                     tracing::warn!(
@@ -795,6 +1052,85 @@ impl Registry {
                         "the server refused to restore subscriptions"
                     );
                 }
+            }
+            Pending::History(answer) => self.history_answer(message, answer),
+            Pending::Ping => {}
+        }
+    }
+
+    /// The `subscribed` answer to a restore: every subscription of the channel continues from
+    /// where the answer says, and hears of a gap when the server could not send all that came
+    /// after `since`.
+    fn restored(&mut self, message: &Message, since: Option<Position>) {
+        let Some(answered) = Answer::of(message) else {
+            return;
+        };
+        let lost = answered.recovered == Some(false);
+        let Some(ids) = self.by_channel.get(answered.channel) else {
+            return;
+        };
+        for id in ids {
+            let Some(listener) = self.listeners.get_mut(id) else {
+                continue;
+            };
+            listener.caught_up(&answered);
+            if let (true, Some(last)) = (lost, &since) {
+                listener.sink.gap(Gap {
+                    channel: answered.channel.to_owned(),
+                    last: last.clone(),
+                    epoch: answered.epoch.map(str::to_owned),
+                    offset: answered.offset,
+                });
+            }
+        }
+        if lost {
+            tracing::info!(
+                channel = answered.channel,
+                "messages published while disconnected are no longer kept"
+            );
+        }
+    }
+
+    /// The answer to a `history` read: done when no message follows, else collected from the
+    /// messages that do.
+    fn history_answer(
+        &mut self,
+        message: Message,
+        answer: oneshot::Sender<Result<History, Error>>,
+    ) {
+        let answered = match message.command() {
+            HISTORY => Answer::of(&message),
+            _ => None,
+        };
+        let Some(answered) = answered else {
+            let result = Error::check_answer(message).and_then(|other| {
+                Err(Error::Server {
+                    status: 0,
+                    reason: format!("unexpected answer {:?} to a history read", other.command()),
+                    message: Box::new(other),
+                })
+            });
+            let _ = answer.send(result);
+            return;
+        };
+        let remaining = answered.count;
+        let history = History {
+            channel: answered.channel.to_owned(),
+            messages: Vec::with_capacity(remaining.min(4096)),
+            epoch: answered.epoch.map(str::to_owned),
+            offset: answered.offset,
+            recovered: answered.recovered,
+        };
+        match remaining {
+            0 => {
+                let _ = answer.send(Ok(history));
+            }
+            _ => {
+                self.reading = Some(Reading {
+                    remaining,
+                    history,
+                    answer,
+                });
             }
         }
     }
@@ -806,12 +1142,18 @@ impl Registry {
                 Pending::Request(answer) | Pending::Subscribe { answer, .. } => {
                     let _ = answer.send(Err(error()));
                 }
+                Pending::History(answer) => {
+                    let _ = answer.send(Err(error()));
+                }
                 Pending::Unsubscribe(Some(answer)) => {
                     // The server dropped the subscription with the connection.
                     let _ = answer.send(Ok(()));
                 }
-                Pending::Unsubscribe(None) | Pending::Restore => {}
+                Pending::Unsubscribe(None) | Pending::Restore { .. } | Pending::Ping => {}
             }
+        }
+        if let Some(reading) = self.reading.take() {
+            let _ = reading.answer.send(Err(error()));
         }
         self.restoring.clear();
     }

@@ -25,9 +25,13 @@
 //!   publish, observe the [`ConnectionState`].
 //! - [`Subscription`] and [`Incoming`] (module `subscription`): `Stream`s of received messages
 //!   with bounded buffers.
+//! - [`Position`], [`Gap`], [`Event`], [`HistoryQuery`] and [`History`] (module `history`):
+//!   channel history as the client sees it ([`Client::subscribe_recent`],
+//!   [`Client::history`], [`Subscription::recv_event`]).
 //! - module `connection`: the background task that owns the connection, matches answers to
 //!   requests by `request-id`, fans deliveries out to subscriptions, and reconnects with
-//!   jittered exponential backoff, restoring subscriptions.
+//!   jittered exponential backoff, restoring subscriptions (with what was missed, on channels
+//!   that keep history), and pings a silent connection.
 //! - module `transport`: the URL schemes and caller-provided streams, TLS (rustls), and the
 //!   one seam (`Link`) through which the connection task reads, writes, pings and closes
 //!   without knowing whether a WebSocket or a framed byte stream is underneath.
@@ -41,10 +45,14 @@
 //! - Memory is bounded: at most 256 operations wait for the socket (callers wait beyond), and
 //!   each subscription buffers at most `subscription_capacity` unread messages (1024 by
 //!   default); newer messages are dropped and counted when it is full.
-//! - A ping every 20 s (configurable) notices a dead network path: a connection silent for two
-//!   intervals, or a write stalled past the request timeout, counts as lost.
-//! - Delivery is at most once, as the server's: what is published while the client is
-//!   disconnected is missed.
+//! - A connection silent for 25 s gets an `LHTTP/1.0 ping` (configurable); one still silent
+//!   10 s later, or a write stalled past the request timeout, counts as lost, so a dead
+//!   network path is noticed within 35 s and replaced.
+//! - On channels that keep history (their messages carry `offset` and `epoch`), a
+//!   reconnection recovers what was published meanwhile: every message once, in order; when
+//!   the server no longer has it all, the subscription reports a [`Gap`]
+//!   ([`Subscription::recv_event`]). On other channels delivery is at most once, as the
+//!   server's: what is published while the client is disconnected is missed.
 //! - Transports, chosen by the URL: `ws://` and `wss://` (one message per WebSocket message),
 //!   `tcp://host:port`, `tls://host:port` and `unix:///path` (the same messages in the byte
 //!   stream framing of `lhttp_proto::stream`), and any byte stream the caller opens
@@ -62,12 +70,14 @@
 mod client;
 mod connection;
 mod error;
+mod history;
 mod subscription;
 mod transport;
 mod worker;
 
 pub use client::{Client, ClientBuilder, ConnectionState, DEFAULT_COMMAND};
 pub use error::Error;
+pub use history::{Event, Gap, History, HistoryQuery, Position};
 pub use lhttp_proto::{
     self as proto, BuildError, Header, Headers, Message, MessageBuilder, MultipartBuilder, Part,
 };

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     Error,
     connection::{Command, ListenerId},
+    history::{Event, Gap},
 };
 
 /// The receiving end shared by [`Subscription`] and [`Incoming`]; deregisters itself when
@@ -24,7 +25,8 @@ use crate::{
 #[derive(Debug)]
 pub(crate) struct Feed {
     pub(crate) id: ListenerId,
-    pub(crate) rx: mpsc::Receiver<Message>,
+    /// Messages, and for subscriptions the gaps between them.
+    pub(crate) rx: mpsc::Receiver<Event>,
     /// Messages the connection task could not queue because `rx` was full; shared with it.
     pub(crate) dropped: Arc<AtomicU64>,
     pub(crate) commands: mpsc::Sender<Command>,
@@ -32,6 +34,27 @@ pub(crate) struct Feed {
     pub(crate) request_timeout: Duration,
     /// False once deregistered explicitly, so that `Drop` does not do it again.
     pub(crate) active: bool,
+    /// Gaps received, whether read as events or passed over by `recv`.
+    pub(crate) gaps: u64,
+}
+
+impl Feed {
+    /// The next message, passing over (and counting) gaps.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        loop {
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Event::Message(message))) => return Poll::Ready(Some(message)),
+                Poll::Ready(Some(Event::Gap(gap))) => self.passed_over(&gap),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn passed_over(&mut self, gap: &Gap) {
+        self.gaps += 1;
+        tracing::debug!(channel = gap.channel, "messages lost while disconnected");
+    }
 }
 
 impl Drop for Feed {
@@ -56,6 +79,12 @@ impl Drop for Feed {
 /// Dropping a subscription unsubscribes (in the background); [`Subscription::unsubscribe`]
 /// does it and waits for the server.
 ///
+/// **Reconnections:** the subscription is restored after every reconnection. On a channel
+/// that keeps history (its messages carry `offset` and `epoch`) the client asks for the
+/// messages published meanwhile, so that the stream has every message once, in order; when
+/// the server no longer has them all, [`Subscription::recv_event`] returns a [`Gap`] at that
+/// point (and [`Subscription::recv`] passes over it, counting it in [`Subscription::gaps`]).
+///
 /// ```no_run
 /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
 /// use futures_util::StreamExt;
@@ -74,6 +103,47 @@ pub struct Subscription {
 impl Subscription {
     pub(crate) fn new(feed: Feed, channels: Vec<String>) -> Self {
         Subscription { feed, channels }
+    }
+
+    /// The next message or gap, or `None` once the client is closed. A [`Gap`] comes where
+    /// messages of a channel were lost while the client was disconnected: after the messages
+    /// before it, before those published since.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// use lhttp_client::{Event, HistoryQuery};
+    /// let mut room = client.subscribe_recent("chat.lobby", 50).await?;
+    /// while let Some(event) = room.recv_event().await {
+    ///     match event {
+    ///         Event::Message(message) => println!("{}", String::from_utf8_lossy(message.body())),
+    ///         Event::Gap(gap) => {
+    ///             // Some messages are gone: show what the server still keeps.
+    ///             let kept = client.history(&gap.channel, HistoryQuery::Recent(50)).await?;
+    ///             println!("(reloaded {} messages)", kept.messages.len());
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn recv_event(&mut self) -> Option<Event> {
+        let event = self.feed.rx.recv().await?;
+        if let Event::Gap(_) = event {
+            self.feed.gaps += 1;
+        }
+        Some(event)
+    }
+
+    /// How many gaps this subscription has had (see [`Subscription::recv_event`]), read or not.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// let sub = client.subscribe(["chat.lobby"]).await?;
+    /// assert_eq!(sub.gaps(), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn gaps(&self) -> u64 {
+        self.feed.gaps
     }
 
     /// The channels this subscription receives.
@@ -103,7 +173,7 @@ impl Subscription {
     }
 
     /// The next message, or `None` once the client is closed; the same as
-    /// `StreamExt::next`.
+    /// `StreamExt::next`. Gaps are passed over (and counted, [`Subscription::gaps`]).
     ///
     /// ```no_run
     /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
@@ -112,7 +182,7 @@ impl Subscription {
     /// # Ok(()) }
     /// ```
     pub async fn recv(&mut self) -> Option<Message> {
-        self.feed.rx.recv().await
+        std::future::poll_fn(|cx| self.feed.poll_message(cx)).await
     }
 
     /// Unsubscribes and waits until the server confirmed (when this was the client's last
@@ -148,7 +218,7 @@ impl Stream for Subscription {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.feed.rx.poll_recv(cx)
+        self.feed.poll_message(cx)
     }
 }
 
@@ -193,7 +263,7 @@ impl Incoming {
     /// # Ok(()) }
     /// ```
     pub async fn recv(&mut self) -> Option<Message> {
-        self.feed.rx.recv().await
+        std::future::poll_fn(|cx| self.feed.poll_message(cx)).await
     }
 }
 
@@ -201,6 +271,6 @@ impl Stream for Incoming {
     type Item = Message;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
-        self.feed.rx.poll_recv(cx)
+        self.feed.poll_message(cx)
     }
 }

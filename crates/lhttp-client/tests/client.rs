@@ -355,6 +355,7 @@ async fn a_silent_server_is_detected_by_pings() {
     let client = Client::builder(url)
         .reconnect(false)
         .ping_interval(Some(Duration::from_millis(50)))
+        .ping_timeout(Duration::from_millis(100))
         .connect()
         .await
         .expect("connect");
@@ -369,12 +370,13 @@ async fn pings_keep_a_healthy_connection_open() {
     let server = start().await;
     let client = Client::builder(server.url())
         .ping_interval(Some(Duration::from_millis(60)))
+        .ping_timeout(Duration::from_millis(200))
         .connect()
         .await
         .expect("connect");
     let mut room = client.subscribe(["room"]).await.expect("subscribe");
-    // Many ping intervals pass; the server's pongs keep the connection alive. (60 ms: a
-    // loaded 2-core machine can stall a task for tens of milliseconds.)
+    // Many ping intervals pass; the server's pongs keep the connection alive. (60 ms and
+    // 200 ms: a loaded 2-core machine can stall a task for tens of milliseconds.)
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(client.state(), ConnectionState::Connected);
     client.publish("room", "alive").await.expect("publish");

@@ -31,10 +31,10 @@ pub(crate) type BoxedIo = Pin<Box<dyn Io>>;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// How often, at most, the client answers the server's heartbeats with its own. Answering
-/// keeps a client whose pings are off alive within the server's idle timeout (lhttpd sends a
-/// heartbeat every `server.ping_interval_ms`, 30 s by default, and does not answer them); the
-/// bound keeps a peer that did answer from echoing heartbeats back and forth more than ten
-/// times a second.
+/// keeps a client that only listens (and so never pings: it is never silent) alive within the
+/// server's idle timeout (lhttpd sends a heartbeat every `server.ping_interval_ms`, 30 s by
+/// default, and does not answer them); the bound keeps a peer that did answer from echoing
+/// heartbeats back and forth more than ten times a second.
 const HEARTBEAT_ANSWER_EVERY: Duration = Duration::from_millis(100);
 
 /// An open connection.
@@ -127,7 +127,8 @@ impl Link {
         }
     }
 
-    /// A keepalive: a WebSocket ping (the server answers with a pong), or a heartbeat.
+    /// A sign of life without a message: a WebSocket ping, or on a stream a heartbeat (how the
+    /// client answers the server's heartbeats).
     pub(crate) async fn ping(&mut self) -> Result<(), WriteError> {
         match self {
             Link::WebSocket(ws) => ws
@@ -136,14 +137,6 @@ impl Link {
                 .map_err(|e| WriteError(e.to_string())),
             Link::Stream(framed) => framed.write_frame(&[]).await,
         }
-    }
-
-    /// Whether the server answers [`Link::ping`], so that silence means a dead connection: a
-    /// WebSocket's pings get pongs. A stream's heartbeats get nothing; there a TCP connection's
-    /// unacknowledged-data timeout (two ping intervals, set when it is opened) finds a dead
-    /// path, and Unix sockets and in-process pipes have none.
-    pub(crate) fn pings_are_answered(&self) -> bool {
-        matches!(self, Link::WebSocket(_))
     }
 
     /// Whether a heartbeat just received should be answered: on a stream, when nothing was

@@ -314,11 +314,12 @@ async fn open_link(endpoint: &Endpoint, options: &Options) -> Result<Link, Error
 }
 
 /// How long the kernel may hold written bytes unacknowledged before it fails a stream's TCP
-/// connection: two ping intervals. Heartbeats are written every interval, so a dead network
-/// path fails the connection as the missing pongs do on a WebSocket. (The server does not
-/// answer heartbeats, so silence alone proves nothing on a stream.)
+/// connection: the ping interval and the ping timeout, the bound the pings keep anyway. It
+/// also fails a connection whose writes (not only pings) go unacknowledged that long.
 fn stream_user_timeout(options: &Options) -> Option<Duration> {
-    options.ping_interval.map(|every| every * 2)
+    options
+        .ping_interval
+        .map(|every| every.saturating_add(options.ping_timeout))
 }
 
 /// A TCP connection with Nagle off (a real-time client must not wait to fill packets).
