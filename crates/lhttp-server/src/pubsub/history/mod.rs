@@ -362,13 +362,7 @@ impl History {
                 && self.bytes.load(Relaxed) + size <= self.max_bytes
         };
         let mut dropped = 0;
-        while !fits(stream) {
-            let Some(old) = stream.entries.pop_front() else {
-                break;
-            };
-            let old = entry_bytes(&old);
-            stream.bytes -= old;
-            self.bytes.fetch_sub(old, Relaxed);
+        while !fits(stream) && self.drop_oldest(stream) {
             dropped += 1;
         }
         if dropped > 0 {
@@ -476,13 +470,9 @@ impl History {
                 .entries
                 .front()
                 .is_some_and(|e| now.saturating_sub(e.at_ms) > ttl_ms)
+                && self.drop_oldest(&mut stream)
             {
-                if let Some(old) = stream.entries.pop_front() {
-                    let old = entry_bytes(&old);
-                    stream.bytes -= old;
-                    self.bytes.fetch_sub(old, Relaxed);
-                    dropped += 1;
-                }
+                dropped += 1;
             }
             if dropped > 0 {
                 add(&self.metrics.history_expired, dropped);
@@ -492,6 +482,17 @@ impl History {
                 });
             }
         }
+    }
+
+    /// Drops the oldest message of `stream`; false when it keeps none.
+    fn drop_oldest(&self, stream: &mut Stream) -> bool {
+        let Some(old) = stream.entries.pop_front() else {
+            return false;
+        };
+        let old = entry_bytes(&old);
+        stream.bytes -= old;
+        self.bytes.fetch_sub(old, Relaxed);
+        true
     }
 
     /// Bytes held by every stream.
