@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use lhttp_proto::{Limits, Message};
+use lhttp_proto::{Limits, Message, pattern::Pattern};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     time::Instant,
@@ -53,7 +53,7 @@ const RESTORE_BATCH: usize = 64;
 const PENDING_SWEEP: usize = 256;
 
 /// Identifies one [`crate::Subscription`] or [`crate::Incoming`] inside a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ListenerId(pub(crate) u64);
 
 /// The sending end of a subscription's bounded buffer.
@@ -247,6 +247,10 @@ struct Registry {
     listeners: HashMap<ListenerId, Listener>,
     /// Listeners per channel; a channel is subscribed on the server while it has an entry.
     by_channel: HashMap<String, Vec<ListenerId>>,
+    /// The wildcard patterns among `by_channel`'s keys (`sensor.*.temp`): a delivery names
+    /// its concrete channel, which reaches these listeners too. Refreshed on every change of
+    /// the keys.
+    patterns: Vec<(String, Pattern)>,
     incoming: Vec<ListenerId>,
     /// Queue-group memberships, and the listener of each (channel, group).
     workers: HashMap<ListenerId, Worker>,
@@ -770,6 +774,17 @@ impl Registry {
             }
         }
         self.listeners.insert(id, Listener::new(channels, sink));
+        self.refresh_patterns();
+    }
+
+    /// Recomputes `patterns` from the subscribed channels.
+    fn refresh_patterns(&mut self) {
+        self.patterns = self
+            .by_channel
+            .keys()
+            .filter(|name| name.contains(['*', '>']))
+            .filter_map(|name| Pattern::parse(name).ok().map(|p| (name.clone(), p)))
+            .collect();
     }
 
     /// Forgets listener `id`. Returns the `unsubscribe` frame for the channels no other
@@ -791,6 +806,7 @@ impl Registry {
                     ids.retain(|i| *i != id);
                     if ids.is_empty() {
                         self.by_channel.remove(&channel);
+                        self.refresh_patterns();
                         last.push(channel);
                     }
                 }
@@ -945,15 +961,41 @@ impl Registry {
             }
         }
         if let Some(channel) = message.header(PUBLISH) {
-            let Some(ids) = self.by_channel.get(channel) else {
+            let position = history::position_headers(&message);
+            if self.patterns.is_empty() {
+                let Some(ids) = self.by_channel.get(channel) else {
+                    tracing::trace!(channel, "delivery for a channel no longer subscribed");
+                    return;
+                };
+                // A full buffer drops (and counts); a closed one belongs to a subscription
+                // whose drop notice is on its way and will deregister it.
+                for id in ids {
+                    if let Some(listener) = self.listeners.get_mut(id) {
+                        if listener.is_new(channel, position) {
+                            listener.sink.deliver(&message);
+                        }
+                    }
+                }
+                return;
+            }
+            let exact = self.by_channel.get(channel).into_iter().flatten();
+            let by_pattern = self
+                .patterns
+                .iter()
+                .filter(|(_, pattern)| pattern.matches(channel))
+                .filter_map(|(name, _)| self.by_channel.get(name))
+                .flatten();
+            let mut ids: Vec<ListenerId> = exact.chain(by_pattern).copied().collect();
+            if ids.is_empty() {
                 tracing::trace!(channel, "delivery for a channel no longer subscribed");
                 return;
-            };
-            let position = history::position_headers(&message);
-            // A full buffer drops (and counts); a closed one belongs to a subscription whose
-            // drop notice is on its way and will deregister it.
+            }
+            // A listener of a channel and of a pattern that matches it is one listener: the
+            // server's copies (one per subscription) each reach it once.
+            ids.sort_unstable();
+            ids.dedup();
             for id in ids {
-                if let Some(listener) = self.listeners.get_mut(id) {
+                if let Some(listener) = self.listeners.get_mut(&id) {
                     if listener.is_new(channel, position) {
                         listener.sink.deliver(&message);
                     }
@@ -992,7 +1034,9 @@ impl Registry {
                 }
             }
             None => {
-                for id in self.by_channel.remove(channel).unwrap_or_default() {
+                let removed = self.by_channel.remove(channel).unwrap_or_default();
+                self.refresh_patterns();
+                for id in removed {
                     if let Some(listener) = self.listeners.get_mut(&id) {
                         listener.channels.retain(|c| c != channel);
                     }
@@ -1026,6 +1070,7 @@ impl Registry {
                                 ids.retain(|i| *i != listener);
                                 if ids.is_empty() {
                                     self.by_channel.remove(&channel);
+                                    self.refresh_patterns();
                                 }
                             }
                         }

@@ -389,3 +389,45 @@ async fn pings_keep_a_healthy_connection_open() {
             .contains("lhttp_connections_opened_total 1\n")
     );
 }
+
+#[tokio::test]
+async fn a_wildcard_subscription_receives_the_channels_it_matches() {
+    let server = start().await;
+    let client = Client::connect(&server.url()).await.expect("connect");
+    let mut temps = client
+        .subscribe(["sensor.*.temp"])
+        .await
+        .expect("subscribe");
+    let mut one = client
+        .subscribe(["sensor.1.temp"])
+        .await
+        .expect("subscribe");
+    for (channel, body) in [
+        ("sensor.1.temp", "21"),
+        ("sensor.1.hum", "40"),
+        ("sensor.2.temp", "19"),
+    ] {
+        client.publish(channel, body).await.expect("publish");
+    }
+    // The pattern's subscription gets what matches, with the concrete channel; it also sees
+    // the copy of sensor.1.temp that the exact subscription brought, once per server copy.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let m = next(&mut temps).await;
+        got.push(format!(
+            "{}={}",
+            m.header("publish").unwrap(),
+            String::from_utf8_lossy(m.body())
+        ));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["sensor.1.temp=21", "sensor.1.temp=21", "sensor.2.temp=19"]
+    );
+    let m = next(&mut one).await;
+    assert_eq!(&m.body()[..], b"21");
+    assert_eq!(server.handle.hub().pattern_count(), 1);
+    temps.unsubscribe().await.expect("unsubscribe");
+    assert_eq!(server.handle.hub().pattern_count(), 0);
+}
