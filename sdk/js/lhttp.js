@@ -384,6 +384,23 @@ function checkChannel(channel) {
   }
 }
 
+/** True when `name` is a wildcard pattern (`*` one token, `>` the rest), not a channel. */
+function isPattern(name) {
+  return name.includes('*') || name.includes('>');
+}
+
+/** True when `channel` matches wildcard `pattern`, as the server matches them. */
+function patternMatches(pattern, channel) {
+  const want = pattern.split('.');
+  const have = channel.split('.');
+  for (let i = 0; i < want.length; i += 1) {
+    if (want[i] === '>') return have.length > i;
+    if (i >= have.length) return false;
+    if (want[i] !== '*' && want[i] !== have[i]) return false;
+  }
+  return have.length === want.length;
+}
+
 /**
  * The WebSocket class to use: the one given, the platform's (browsers, Node 22+), or the `ws`
  * package in Node 20. `ws` is imported only when needed, so browsers never try to load it.
@@ -810,8 +827,17 @@ export class LhttpClient extends EventTarget {
     }
     const subscription = channel !== undefined && this.#subscriptions.get(channel);
     if (subscription && !this.#isNew(subscription, message)) return;
-    if (subscription) {
-      for (const handler of [...subscription.handlers]) {
+    const targets = subscription ? [subscription] : [];
+    if (channel !== undefined) {
+      // Wildcard subscriptions (`sensor.*.temp`) receive the concrete channels they match.
+      for (const [name, other] of this.#subscriptions) {
+        if (other !== subscription && isPattern(name) && patternMatches(name, channel)) {
+          targets.push(other);
+        }
+      }
+    }
+    for (const target of targets) {
+      for (const handler of [...target.handlers]) {
         try {
           handler(message, this);
         } catch (error) {

@@ -85,6 +85,25 @@ describe('client against lhttpd', () => {
     assert.equal((await client.request({ command: 'x', headers: { subscribe: 'fine' } })).command, 'ok');
   });
 
+  test('a wildcard subscription receives the channels it matches, with the concrete channel', async () => {
+    const alice = await open();
+    const bob = await open();
+    const temps = inbox();
+    const marker = inbox();
+    await alice.subscribe('sensor.*.temp', temps.handler);
+    await alice.subscribe('marker', marker.handler);
+    bob.publish('sensor.1.temp', '21');
+    bob.publish('sensor.1.hum', '40');
+    bob.publish('sensor.2.temp.raw', 'x');
+    bob.publish('sensor.2.temp', '19');
+    bob.publish('marker', 'done');
+    await marker.waitCount(1);
+    assert.deepEqual(
+      temps.messages.map((m) => `${m.channel}=${m.body}`),
+      ['sensor.1.temp=21', 'sensor.2.temp=19'],
+    );
+  });
+
   test('unsubscribe stops delivery', async () => {
     const alice = await open();
     const bob = await open();
