@@ -65,6 +65,16 @@ pub const COUNT: &str = "count";
 pub const RECOVERED: &str = "recovered";
 /// On a byte stream's `close`: the WebSocket close code of the event.
 pub const CODE: &str = "code";
+/// On `join`, `leave` and presence answers: a connection's random client id.
+pub const CLIENT: &str = "client";
+/// On `join` and `leave`: the member's authenticated user (empty without one).
+pub const USER: &str = "user";
+/// On a subscribe: the text other members see for this one in presence lists.
+pub const PRESENCE_INFO: &str = "presence-info";
+/// On a `presence` query: the most members to list (0: the count only).
+pub const LIMIT: &str = "limit";
+/// On a `presence` answer: how many members its body lists.
+pub const LISTED: &str = "listed";
 
 /// Commands the server answers itself or sends.
 pub mod command {
@@ -89,6 +99,13 @@ pub mod command {
     pub const PING: &str = "ping";
     /// The answer to `ping`.
     pub const PONG: &str = "pong";
+    /// Who is subscribed to a presence channel (`channel`, `limit`); answered with
+    /// `presence` (`count`, `listed`, `client`) and a JSON array of members as body.
+    pub const PRESENCE: &str = "presence";
+    /// To a channel's subscribers: a member joined (`client`, `user`, its info as body).
+    pub const JOIN: &str = "join";
+    /// To a channel's subscribers: a member left.
+    pub const LEAVE: &str = "leave";
     /// The last message of a byte stream the server closes (`code`, `reason`).
     pub const CLOSE: &str = crate::stream::CLOSE_COMMAND;
 }

@@ -610,6 +610,12 @@ pub struct Limits {
     /// Most distinct wildcard patterns over the server (503 to the subscribe beyond it): every
     /// publish matches its channel against each of them.
     pub max_patterns: usize,
+    /// Most presence members the server holds, over every room (503 to a subscribe beyond it).
+    pub max_presence_members: usize,
+    /// Most bytes of a subscribe's `presence-info` (413 beyond it).
+    pub max_presence_info: usize,
+    /// Most members one `presence` answer lists (the default of its `limit`, and the cap).
+    pub max_presence_list: usize,
     /// Most simultaneous WebSocket connections (503 to the upgrade request beyond it).
     pub max_connections: usize,
     /// Most messages queued for one client that is not reading fast enough. When a message
@@ -692,6 +698,9 @@ impl Default for Limits {
             max_subscriptions: 1024,
             max_patterns_per_connection: 16,
             max_patterns: 1000,
+            max_presence_members: 100_000,
+            max_presence_info: 256,
+            max_presence_list: 1000,
             max_connections: 10_000,
             outbound_queue: 4096,
             outbound_queue_bytes: 4 * 1024 * 1024,
@@ -775,6 +784,9 @@ impl Limits {
         }
         check_count("limits.max_connections", self.max_connections)?;
         check_count("limits.max_patterns", self.max_patterns)?;
+        check_count("limits.max_presence_members", self.max_presence_members)?;
+        check_count("limits.max_presence_info", self.max_presence_info)?;
+        check_count("limits.max_presence_list", self.max_presence_list)?;
         check_count(
             "limits.max_patterns_per_connection",
             self.max_patterns_per_connection,
@@ -848,6 +860,11 @@ pub struct ChannelOptions {
     pub history_bytes: usize,
     /// How long a message is kept, in seconds.
     pub history_ttl_secs: u64,
+    /// Track the members of each channel (connections subscribed to it by name), for the
+    /// `presence` command.
+    pub presence: bool,
+    /// Send `join` and `leave` messages to the channel's subscribers (needs `presence`).
+    pub join_leave: bool,
 }
 
 impl Default for ChannelOptions {
@@ -857,6 +874,8 @@ impl Default for ChannelOptions {
             history_size: 0,
             history_bytes: 1024 * 1024,
             history_ttl_secs: 24 * 3600,
+            presence: false,
+            join_leave: false,
         }
     }
 }
@@ -866,6 +885,11 @@ impl ChannelOptions {
     pub(crate) fn validate(&self, limits: &Limits) -> Result<(), String> {
         let name = format!("channels {:?}", self.pattern);
         check_count(&format!("{name}: history_size"), self.history_size)?;
+        if self.join_leave && !self.presence {
+            return Err(format!(
+                "{name}: join_leave needs presence = true (joins and leaves are those of presence)"
+            ));
+        }
         if self.history_size > limits.outbound_queue {
             return Err(format!(
                 "{name}: history_size ({}) must be at most limits.outbound_queue ({}): a catch-up queues the whole history for one client",

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub(crate) history_expired: AtomicU64,
     /// Changes to the disk store dropped because its writer fell behind.
     pub(crate) history_write_dropped: AtomicU64,
+    /// Subscribers left out of presence lists because `limits.max_presence_members` was reached.
+    pub(crate) presence_refused: AtomicU64,
     pub(crate) gateway_requests: AtomicU64,
     pub(crate) auth_failures: AtomicU64,
     pub(crate) permission_denials: AtomicU64,
@@ -83,6 +85,8 @@ pub(crate) struct Gauges {
     pub queued_bytes: u64,
     pub history_channels: u64,
     pub history_bytes: u64,
+    pub presence_members: u64,
+    pub presence_rooms: u64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -158,6 +162,16 @@ impl Metrics {
             "history_bytes",
             "Bytes of channel history held in memory.",
             gauges.history_bytes,
+        );
+        gauge(
+            "presence_members",
+            "Members of channels with presence, over every room.",
+            gauges.presence_members,
+        );
+        gauge(
+            "presence_rooms",
+            "Channels with presence that have members.",
+            gauges.presence_rooms,
         );
         let counters: [(&str, &str, &AtomicU64); 23] = [
             (
@@ -276,7 +290,7 @@ impl Metrics {
                 &self.http_body_timeouts,
             ),
         ];
-        let messaging: [(&str, &str, &AtomicU64); 17] = [
+        let messaging: [(&str, &str, &AtomicU64); 18] = [
             (
                 "requests_total",
                 "Requests started (messages with reply-to, and gateway requests).",
@@ -361,6 +375,11 @@ impl Metrics {
                 "history_write_dropped_total",
                 "Changes to the history store dropped because its writer fell behind (the next start gives every channel a new epoch).",
                 &self.history_write_dropped,
+            ),
+            (
+                "presence_refused_total",
+                "Subscribers left out of presence lists because limits.max_presence_members was reached.",
+                &self.presence_refused,
             ),
         ];
         let edge: [(&str, &str, &AtomicU64); 6] = [

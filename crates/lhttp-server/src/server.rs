@@ -12,6 +12,7 @@ use crate::{
     broker::{self, Broker},
     http::{self, StaticFile, accept, origin::Site},
     pubsub::history::{self, History},
+    pubsub::presence::Presence,
     requests::gateway::Gateway,
     requests::inbox::Requests,
     requests::queue::Queues,
@@ -92,6 +93,7 @@ impl ServerBuilder {
                 names::command::AUTH,
                 names::command::PING,
                 names::command::HISTORY,
+                names::command::PRESENCE,
             ];
             if !lhttp_proto::is_valid_command(&command) || builtin.contains(&command.as_str()) {
                 return Err(ServerError::InvalidCommand(command));
@@ -127,11 +129,14 @@ impl ServerBuilder {
         let shutdown = CancellationToken::new();
         let history = History::new(&self.config.history, &self.config.channels, metrics.clone())
             .map_err(ServerError::Config)?;
+        let presence = Presence::new(&self.config.channels, limits.max_presence_members)
+            .map_err(ServerError::Config)?;
         let broker = Broker::new(
             broker::Parts {
                 requests: Requests::new(requests_config),
                 queues,
                 history,
+                presence,
                 cluster,
                 metrics: Arc::clone(&metrics),
                 shutdown: shutdown.clone(),

@@ -18,6 +18,7 @@ use crate::{
     metrics::add,
     pubsub::channel,
     pubsub::history::{Catchup, History, Want},
+    pubsub::presence::{self, Member, Presence},
     pubsub::publish::encode_for_channel,
     requests::inbox::{InboxDelivery, Requests, is_inbox},
     requests::queue::{Charge, Env, Offered, Publisher, QueueGroup, QueueHost, Queues, Refusal},
@@ -37,6 +38,8 @@ pub(crate) struct Broker {
     pub(crate) queues: Queues,
     /// The channels that keep history; `None` when no `[[channels]]` block keeps any.
     pub(crate) history: Option<History>,
+    /// The members of the channels with presence; `None` when no block has `presence`.
+    pub(crate) presence: Option<Presence>,
     /// `None` on a single node, where publishing is local fan-out only; the NATS membership
     /// when `[cluster] nats` is set.
     pub(crate) cluster: Option<Cluster>,
@@ -59,6 +62,7 @@ pub(crate) struct Parts {
     pub(crate) requests: Requests,
     pub(crate) queues: Queues,
     pub(crate) history: Option<History>,
+    pub(crate) presence: Option<Presence>,
     pub(crate) cluster: Option<Cluster>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown: CancellationToken,
@@ -71,6 +75,7 @@ impl Broker {
             requests: parts.requests,
             queues: parts.queues,
             history: parts.history,
+            presence: parts.presence,
             cluster: parts.cluster,
             metrics: parts.metrics,
             parser_limits: limits.parser(),
@@ -337,6 +342,58 @@ impl Broker {
             ),
         };
         queued.map(|()| created)
+    }
+}
+
+impl Broker {
+    /// Called after `member` subscribed to `channel`: makes it a member when the channel has
+    /// presence, and tells the channel's subscribers when it has `join_leave`. A server
+    /// already holding `limits.max_presence_members` leaves it unlisted (counted), which
+    /// [`Broker::presence_has_room`] makes rare by refusing such subscribes first.
+    pub(crate) fn joined(&self, channel: &str, member: impl FnOnce() -> Member) {
+        let Some(presence) = &self.presence else {
+            return;
+        };
+        let Some(join_leave) = presence.rule(channel) else {
+            return;
+        };
+        let member = member();
+        match presence.join(channel, member.clone()) {
+            Ok(true) if join_leave => self.announce(names::command::JOIN, channel, &member),
+            Ok(_) => {}
+            Err(presence::Refused::Full) => add(&self.metrics.presence_refused, 1),
+        }
+    }
+
+    /// Called after client `client` unsubscribed from `channel` (or disconnected).
+    pub(crate) fn left(&self, channel: &str, client: &str) {
+        let Some(presence) = &self.presence else {
+            return;
+        };
+        let Some(join_leave) = presence.rule(channel) else {
+            return;
+        };
+        if let Some(member) = presence.leave(channel, client) {
+            if join_leave {
+                self.announce(names::command::LEAVE, channel, &member);
+            }
+        }
+    }
+
+    /// True when `channels` (about to be subscribed) would not take the server past
+    /// `limits.max_presence_members`.
+    pub(crate) fn presence_has_room<'a>(&self, channels: impl Iterator<Item = &'a str>) -> bool {
+        let Some(presence) = &self.presence else {
+            return true;
+        };
+        let new = channels.filter(|c| presence.rule(c).is_some()).count();
+        new == 0 || presence.has_room_for(new)
+    }
+
+    fn announce(&self, command: &'static str, channel: &str, member: &Member) {
+        let message = presence::announcement(command, channel, member);
+        self.hub
+            .publish(channel, &frame(message.to_bytes()), &self.metrics);
     }
 }
 

@@ -207,6 +207,7 @@ fn publishes_only(message: &Message) -> bool {
     message.command() != INBOX_COMMAND
         && message.command() != names::command::HISTORY
         && message.command() != names::command::PING
+        && message.command() != names::command::PRESENCE
         && message.headers().iter().all(|h| {
             let name = h.name();
             !CONNECTION_HEADERS
@@ -288,6 +289,8 @@ impl Filter for PubSub {
             }
             false => None,
         };
+        let presence_query = presence_query(ctx)?;
+        let info = presence_info(ctx)?;
         // The lists borrow the message; own them before the connection is borrowed mutably.
         let own = |list: Vec<&str>| list.into_iter().map(str::to_owned).collect::<Vec<_>>();
         let (subscribe, unsubscribe, drain) = (own(subscribe), own(unsubscribe), own(drain));
@@ -300,9 +303,12 @@ impl Filter for PubSub {
                 connection.join_queue(&list, group, credit.unwrap_or(1))?;
             }
             (_, Some(want)) if !subscribe.is_empty() => {
-                connection.subscribe_catching_up(&subscribe[0], want, id)?;
+                connection.subscribe_catching_up(&subscribe[0], want, id, &info)?;
             }
-            _ => connection.subscribe(subscribe.iter().map(String::as_str))?,
+            _ => connection.subscribe_with_info(subscribe.iter().map(String::as_str), &info)?,
+        }
+        if let Some((channel, limit)) = &presence_query {
+            connection.read_presence(channel, *limit, id)?;
         }
         if let (Some(channel), Some(want)) = (&history_channel, &want) {
             connection.read_history(channel, want, id)?;
@@ -333,8 +339,8 @@ impl Filter for PubSub {
             let _ = ctx.reply(&answer);
             ctx.set_handled();
         }
-        if want.is_some() {
-            // `subscribed` or `history` is the answer, already queued.
+        if want.is_some() || presence_query.is_some() {
+            // `subscribed`, `history` or `presence` is the answer, already queued.
             ctx.defer_reply();
             ctx.set_handled();
         }
@@ -379,6 +385,41 @@ impl Filter for PubSub {
 }
 
 /// The `credit` header: 1 to `queues.max_credit`.
+/// The channel and list limit of a `presence` query; `None` for other commands.
+fn presence_query(ctx: &Context<'_>) -> Result<Option<(String, usize)>, Rejection> {
+    if ctx.message().command() != names::command::PRESENCE {
+        return Ok(None);
+    }
+    let headers = ctx.message().headers();
+    let channel = headers
+        .get(names::CHANNEL)
+        .ok_or_else(|| Rejection::bad_request("a presence query needs a channel header"))?;
+    let max = ctx.server().sessions().config.limits.max_presence_list;
+    let limit = match headers.get(names::LIMIT) {
+        None => max,
+        Some(value) => value
+            .parse::<usize>()
+            .map_err(|_| Rejection::bad_request("limit must be a number"))?
+            .min(max),
+    };
+    Ok(Some((channel.to_owned(), limit)))
+}
+
+/// The `presence-info` of a subscribe (empty without one), within
+/// `limits.max_presence_info` bytes.
+fn presence_info(ctx: &Context<'_>) -> Result<String, Rejection> {
+    let Some(info) = ctx.message().headers().get(names::PRESENCE_INFO) else {
+        return Ok(String::new());
+    };
+    let max = ctx.server().sessions().config.limits.max_presence_info;
+    if info.len() > max {
+        return Err(Rejection::too_large(format!(
+            "presence-info may have at most {max} bytes"
+        )));
+    }
+    Ok(info.to_owned())
+}
+
 fn credit(ctx: &Context<'_>) -> Result<Option<usize>, Rejection> {
     let Some(value) = ctx.message().header(names::CREDIT) else {
         return Ok(None);

@@ -15,6 +15,7 @@ use crate::{
     broker::Broker,
     pubsub::channel::is_pattern,
     pubsub::history::Want,
+    pubsub::presence::{self, Member},
     requests::inbox::Inbox,
     requests::queue::{Env, QueueGroup, is_valid_group},
     security::permissions::{self, Grants},
@@ -54,6 +55,8 @@ pub struct Connection {
     /// What this connection may subscribe and publish to; `None`: anything (no rules), so an
     /// unrestricted node never matches patterns. Sessions by every anonymous connection.
     grants: Option<Arc<Grants>>,
+    /// The random id presence lists show for this connection, made when first needed.
+    client_id: Option<Box<str>>,
 }
 
 impl fmt::Debug for Connection {
@@ -81,6 +84,40 @@ impl Connection {
             groups: Vec::new(),
             user: None,
             grants: None,
+            client_id: None,
+        }
+    }
+
+    /// The id presence shows for this connection: 16 random hexadecimal digits, so that it
+    /// tells nothing about the server (no count, no order) and cannot be guessed.
+    pub(crate) fn client_id(&mut self) -> &str {
+        self.client_id.get_or_insert_with(|| {
+            let id = getrandom::u64().expect("the operating system's random generator");
+            format!("{id:016x}").into()
+        })
+    }
+
+    /// This connection as a member of a presence room, with `info`.
+    fn member(&mut self, info: &str) -> Member {
+        Member {
+            client: self.client_id().into(),
+            user: self.user.as_ref().map_or("", |u| u.id()).into(),
+            info: info.into(),
+        }
+    }
+
+    /// Called after the subscription to `channel` was added to the hub.
+    fn joined(&mut self, channel: &str, info: &str) {
+        let broker = self.server.sessions().broker.clone();
+        if broker.presence.is_some() {
+            broker.joined(channel, || self.member(info));
+        }
+    }
+
+    /// Called after the subscription to `channel` was removed from the hub.
+    fn left(&self, channel: &str) {
+        if let Some(client) = &self.client_id {
+            self.broker().left(channel, client);
         }
     }
 
@@ -395,6 +432,16 @@ impl Connection {
         &mut self,
         channels: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), Rejection> {
+        self.subscribe_with_info(channels, "")
+    }
+
+    /// [`Connection::subscribe`], with the `info` presence lists show for this connection on
+    /// the new subscriptions to channels with presence.
+    pub(crate) fn subscribe_with_info<'a>(
+        &mut self,
+        channels: impl IntoIterator<Item = &'a str>,
+        info: &str,
+    ) -> Result<(), Rejection> {
         let mut new = Vec::new();
         let mut new_patterns: Vec<(&str, Pattern)> = Vec::new();
         for name in channels {
@@ -445,7 +492,12 @@ impl Connection {
             )));
         }
         let server_max = limits.max_patterns;
-        let broker = &self.server.sessions().broker;
+        let broker = self.server.sessions().broker.clone();
+        if !broker.presence_has_room(new.iter().map(Channel::as_str)) {
+            return Err(Rejection::unavailable(
+                "the server lists as many presence members as it may",
+            ));
+        }
         for (name, pattern) in new_patterns {
             let first = broker
                 .hub
@@ -462,6 +514,7 @@ impl Connection {
             if broker.hub.subscribe(&channel, self.id, &self.outbox) {
                 broker.interest_changed(&channel);
             }
+            self.joined(channel.as_str(), info);
             self.subscriptions.insert(channel);
         }
         Ok(())
@@ -475,6 +528,7 @@ impl Connection {
         channel: &str,
         want: &Want,
         request_id: Option<&str>,
+        info: &str,
     ) -> Result<(), Rejection> {
         let subscribed = self.subscriptions.contains(channel);
         if !subscribed {
@@ -498,8 +552,35 @@ impl Connection {
             broker.interest_changed(&channel);
         }
         if !subscribed {
+            self.joined(channel.as_str(), info);
             self.subscriptions.insert(channel);
         }
+        Ok(())
+    }
+
+    /// Queues the `presence` answer for `channel`: its member count and at most `limit` of
+    /// its members. Needs the right to subscribe to the channel.
+    pub(crate) fn read_presence(
+        &mut self,
+        channel: &str,
+        limit: usize,
+        request_id: Option<&str>,
+    ) -> Result<(), Rejection> {
+        let channel = Channel::new(channel)?;
+        if let Some(grants) = &self.grants {
+            permissions::check_subscribe(grants, std::iter::once(channel.as_str()))
+                .inspect_err(|_| self.count_denial())?;
+        }
+        let broker = self.server.sessions().broker.clone();
+        let presence = broker
+            .presence
+            .as_ref()
+            .filter(|p| p.rule(channel.as_str()).is_some())
+            .ok_or_else(|| Rejection::not_found("this channel has no presence"))?;
+        let listing = presence.list(channel.as_str(), limit);
+        let answer = presence::answer(channel.as_str(), &listing, self.client_id(), request_id);
+        // A full queue ends the connection as a slow consumer: nothing more to answer.
+        let _ = self.send(&answer);
         Ok(())
     }
 
@@ -551,6 +632,11 @@ impl Connection {
                 "subscription limit of {max} channels per connection reached"
             )));
         }
+        if !self.broker().presence_has_room(std::iter::once(name)) {
+            return Err(Rejection::unavailable(
+                "the server lists as many presence members as it may",
+            ));
+        }
         Ok(())
     }
 
@@ -566,6 +652,7 @@ impl Connection {
             if self.broker().hub.unsubscribe(channel.as_str(), self.id) {
                 self.broker().interest_changed(&channel);
             }
+            self.left(channel.as_str());
         }
     }
 
@@ -577,10 +664,12 @@ impl Connection {
                 broker.pattern_interest_changed(&pattern);
             }
         }
-        for channel in self.subscriptions.drain() {
+        let subscriptions = std::mem::take(&mut self.subscriptions);
+        for channel in subscriptions {
             if broker.hub.unsubscribe(channel.as_str(), self.id) {
                 broker.interest_changed(&channel);
             }
+            self.left(channel.as_str());
         }
     }
 

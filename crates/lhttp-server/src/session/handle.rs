@@ -168,6 +168,7 @@ impl ServerHandle {
     pub fn render_metrics(&self) -> String {
         let hub = &self.broker().hub;
         let history = self.broker().history.as_ref();
+        let presence = self.broker().presence.as_ref();
         let mut out = self.sessions.metrics.render(&Gauges {
             connections: self.connection_count() as u64,
             http_connections: self.http_connection_count() as u64,
@@ -181,6 +182,8 @@ impl ServerHandle {
             queued_bytes: self.broker().queues.queued_bytes() as u64,
             history_channels: history.map_or(0, |h| h.stream_count() as u64),
             history_bytes: history.map_or(0, |h| h.held_bytes() as u64),
+            presence_members: presence.map_or(0, |p| p.member_count() as u64),
+            presence_rooms: presence.map_or(0, |p| p.room_count() as u64),
         });
         if let Some(cluster) = &self.broker().cluster {
             cluster.render(&mut out);
