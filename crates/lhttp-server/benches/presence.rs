@@ -31,6 +31,9 @@ use tokio::{
 
 const MAX_FRAME: usize = 1024 * 1024;
 
+/// A message to send and how its answer must begin.
+type Step = (&'static str, &'static [u8]);
+
 /// One in-process connection and what it has read but not decoded yet.
 struct Peer {
     pipe: DuplexStream,
@@ -133,7 +136,7 @@ fn presence(c: &mut Criterion) {
     let mut group = c.benchmark_group("presence");
     for members in [1_000usize, 10_000] {
         let mut room = runtime.block_on(Room::new(members));
-        let cases: [(&str, &[(&str, &[u8])]); 4] = [
+        let cases: [(&str, &[Step]); 4] = [
             (
                 "join_leave",
                 &[
