@@ -18,6 +18,9 @@ const ui = {
   messages: $('messages'),
   people: $('people'),
   peopleEmpty: $('people-empty'),
+  membersBox: $('members-box'),
+  members: $('members'),
+  memberCount: $('member-count'),
   input: $('input'),
   send: $('send'),
   composer: $('composer'),
@@ -143,6 +146,56 @@ function renderPeople() {
 
 setInterval(renderPeople, 30000);
 
+// ---- who is in the room (presence) ---------------------------------------------------------
+
+// client id -> the name it joined with. Shown only where the server tracks the room's presence
+// (a [[channels]] block with `presence`); kept up to date by `join` and `leave` messages. A
+// member is listed with the name it had when it joined the room: a rename shows at its next
+// join (a reload, another room), as the server keeps the info of the subscription.
+let members = new Map();
+let memberTotal = 0;
+let me = '';
+
+function renderMembers() {
+  const items = [...members].sort((a, b) => a[1].localeCompare(b[1])).map(([id, name]) => {
+    const item = element('li', id === me ? 'me' : '', name);
+    item.dataset.client = id;
+    return item;
+  });
+  ui.members.replaceChildren(...items);
+  ui.memberCount.textContent = `(${memberTotal})`;
+}
+
+/** Asks the server who is in `name`; hides the list where the room has no presence. */
+async function loadMembers(name) {
+  try {
+    const answer = await client.presence(name);
+    if (name !== room) return;
+    me = answer.you;
+    members = new Map(answer.members.map((m) => [m.client, clean(m.info) || clean(m.user) || 'anonymous']));
+    memberTotal = answer.count;
+    ui.membersBox.hidden = false;
+    renderMembers();
+  } catch {
+    if (name === room) ui.membersBox.hidden = true; // no presence here (404), or not allowed
+  }
+}
+
+/** Applies a `join` or `leave` message of the current room; true when it was one. */
+function presenceChange(message) {
+  if (message.command !== 'join' && message.command !== 'leave') return false;
+  const id = message.header('client');
+  if (!id || message.channel !== room || ui.membersBox.hidden) return true;
+  if (message.command === 'join' && !members.has(id)) {
+    members.set(id, clean(message.text) || clean(message.header('user') ?? '') || 'anonymous');
+    memberTotal += 1;
+  } else if (message.command === 'leave' && members.delete(id)) {
+    memberTotal = Math.max(0, memberTotal - 1);
+  }
+  renderMembers();
+  return true;
+}
+
 // ---- connection ----------------------------------------------------------------------------
 
 function setStatus(state, text) {
@@ -155,11 +208,32 @@ const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
 const client = new LhttpClient(`${scheme}//${location.host}/`, { reconnectDelay: 500, maxReconnectDelay: 5000 });
 
 function onRoomMessage(message) {
+  if (presenceChange(message)) return;
   // Like the original demo: empty bodies are not shown.
   if (message.text !== '' && firstTime(message)) showChat(message);
 }
 
 let keepsHistory = false; // the server keeps history for the current room's channel
+
+// Joins, renames and room changes run one after the other, so that an unsubscribe never
+// overtakes the subscribe it undoes.
+let roomTurn = Promise.resolve();
+function inTurn(step) {
+  roomTurn = roomTurn.then(step, step);
+  return roomTurn;
+}
+
+/** Subscribes to `name` again under the current name (for presence lists), quietly. */
+async function rejoin(name) {
+  if (name !== room) return;
+  await client.unsubscribe(name).catch(() => {});
+  try {
+    await client.subscribe(name, onRoomMessage, { presenceInfo: currentNick() });
+    if (!ui.membersBox.hidden) loadMembers(name);
+  } catch (error) {
+    showNote('error', `Cannot join #${name}: ${error.reason ?? error.message}`);
+  }
+}
 
 /**
  * Subscribes to `name`, with the recent messages the server keeps of it (which follow the
@@ -169,9 +243,10 @@ async function join(name) {
   // While disconnected the SDK subscribes on reconnection; the closed state stays visible.
   if (client.state === 'open') setStatus('connecting', `Joining #${name}…`);
   try {
-    const answer = await client.subscribe(name, onRoomMessage, { recent: RECENT_MESSAGES });
+    const answer = await client.subscribe(name, onRoomMessage, { recent: RECENT_MESSAGES, presenceInfo: currentNick() });
     if (name !== room) return; // the person switched rooms meanwhile
     keepsHistory = answer?.header('epoch') !== undefined;
+    loadMembers(name);
     setStatus('open', `Connected · #${name}`);
     showNote('system', `You are in #${name}.`);
   } catch (error) {
@@ -184,12 +259,13 @@ let everOpen = false;
 let lost = false; // the loss of the connection was announced and it has not come back yet
 client.on('open', () => {
   if (everOpen) setStatus('connecting', `Rejoining #${room}…`);
-  else join(room);
+  else inTurn(() => join(room));
   everOpen = true;
 });
 // After a reconnection the SDK has subscribed to the room again before this event.
 client.on('reconnect', () => {
   lost = false;
+  loadMembers(room); // joins and leaves while away were missed
   setStatus('open', `Connected · #${room}`);
   showNote('system', 'Reconnected.');
 });
@@ -233,6 +309,8 @@ ui.settings.addEventListener('submit', (event) => event.preventDefault());
 ui.nick.addEventListener('change', () => {
   ui.nick.value = currentNick();
   remember('lhttp-chat-nick', ui.nick.value);
+  // Presence lists show the name a member subscribed with: subscribe again under the new one.
+  if (client.state === 'open') inTurn(() => rejoin(room));
 });
 
 ui.room.addEventListener('change', async () => {
@@ -249,8 +327,14 @@ ui.room.addEventListener('change', async () => {
   history.replaceState(null, '', name === DEFAULT_ROOM ? location.pathname : `#${encodeURIComponent(name)}`);
   lastSeen.clear();
   renderPeople();
-  client.unsubscribe(previous).catch(() => {}); // gone when the connection is anyway
-  await join(name);
+  members = new Map();
+  memberTotal = 0;
+  renderMembers();
+  ui.membersBox.hidden = true;
+  await inTurn(async () => {
+    await client.unsubscribe(previous).catch(() => {}); // gone when the connection is anyway
+    await join(name);
+  });
 });
 
 renderPeople();

@@ -167,6 +167,33 @@ export interface SubscribeOptions {
    * misses from the moment of subscribing. Applies to the first subscribe of a channel.
    */
   recent?: number;
+  /**
+   * On a channel with presence: the text other members see for this client (one line, at most
+   * the server's `limits.max_presence_info` bytes). Kept across reconnections.
+   */
+  presenceInfo?: string;
+}
+
+/** One member of a channel with presence. */
+export interface PresenceMember {
+  /** The connection's random client id. */
+  client: string;
+  /** The user of its token; empty without one. */
+  user: string;
+  /** The `presenceInfo` it subscribed with. */
+  info: string;
+}
+
+/** Who is in a channel, from presence(). */
+export interface PresenceResult {
+  channel: string;
+  /** Members of the channel. */
+  count: number;
+  /** How many of them `members` lists (the server caps lists). */
+  listed: number;
+  /** This connection's own client id. */
+  you: string;
+  members: PresenceMember[];
 }
 
 /** What history() reads: the last `recent` messages, or those after a position. */
@@ -331,6 +358,8 @@ export class LhttpClient extends EventTarget {
   subscribe(channel: string, handler: MessageHandler, options?: SubscribeOptions): Promise<Message | undefined>;
   /** Reads the history the server keeps of `channel`, without subscribing. */
   history(channel: string, query: HistoryQuery): Promise<HistoryResult>;
+  /** Who is in `channel` (the count, and at most `limit` members; 0: the count alone). */
+  presence(channel: string, options?: { limit?: number }): Promise<PresenceResult>;
   /** Removes one handler, or all; tells the server when none is left. */
   unsubscribe(channel: string, handler?: MessageHandler): Promise<void>;
   publish(channel: string | string[], body?: string | Uint8Array, options?: PublishOptions & { ack?: false }): undefined;

@@ -1274,9 +1274,13 @@ export class LhttpClient extends EventTarget {
    * of subscribing, before the first message. It applies when the subscription is made (the
    * first subscribe of the channel).
    *
+   * On a channel with presence, `presenceInfo` is the text other members see for this client
+   * in presence() lists and `join`/`leave` messages (also after a reconnection); such messages
+   * reach the handler like any other (tell them by `message.command`).
+   *
    * @param {string} channel
    * @param {(message: Message, client: LhttpClient) => void} handler
-   * @param {{recent?: number}} [options]
+   * @param {{recent?: number, presenceInfo?: string}} [options]
    * @returns {Promise<Message>} resolves with the server's answer once it confirmed: `ok`, or
    *   with `recent`, `subscribed` (with `epoch` and `offset` when the channel keeps history,
    *   and `count`); rejects with LhttpError if it refused (the subscription is then dropped),
@@ -1285,13 +1289,16 @@ export class LhttpClient extends EventTarget {
   subscribe(channel, handler, options = {}) {
     checkChannel(channel);
     if (typeof handler !== 'function') throw new TypeError('subscribe needs a handler function');
-    const { recent } = options ?? {};
+    const { recent, presenceInfo } = options ?? {};
     if (recent !== undefined && !(Number.isSafeInteger(recent) && recent >= 0)) {
       throw new TypeError('recent must be a whole number of messages');
     }
+    if (presenceInfo !== undefined && (typeof presenceInfo !== 'string' || /[\r\n]/.test(presenceInfo))) {
+      throw new TypeError('presenceInfo must be a string of one line');
+    }
     let subscription = this.#subscriptions.get(channel);
     if (!subscription) {
-      subscription = { handlers: new Set(), recent };
+      subscription = { handlers: new Set(), recent, presenceInfo };
       subscription.promise = new Promise((resolve, reject) => Object.assign(subscription, { resolve, reject }));
       subscription.promise.catch(() => {}); // reported as an `error` event as well
       this.#subscriptions.set(channel, subscription);
@@ -1304,6 +1311,7 @@ export class LhttpClient extends EventTarget {
   async #subscribeOnServer(channel) {
     const subscription = this.#subscriptions.get(channel);
     const message = new Message('subscribe', [['subscribe', channel]]);
+    if (subscription.presenceInfo) message.addHeader('presence-info', subscription.presenceInfo);
     // Back after a lost connection: from the last message received, when the channel keeps
     // history; the server answers `subscribed` and sends what came after it.
     if (subscription.epoch !== undefined) {
@@ -1353,6 +1361,38 @@ export class LhttpClient extends EventTarget {
       throw new TypeError('history needs {recent} or {since, epoch}');
     }
     return this.#ask(new Message('history', headers), { wait: this.#options.requestTimeout, history: channel });
+  }
+
+  /**
+   * Asks who is in `channel` (a channel whose server config has `presence`): the member count
+   * and at most `limit` members (the server's cap by default; 0 for the count alone). Needs
+   * the right to subscribe to the channel.
+   *
+   * @param {string} channel
+   * @param {{limit?: number}} [options]
+   * @returns {Promise<{channel: string, count: number, listed: number, you: string,
+   *   members: Array<{client: string, user: string, info: string}>}>} `you` is this
+   *   connection's own client id, so that it can find itself among the members
+   * @throws {LhttpError} the server's refusal (404 no presence, 403 not allowed), or status 0
+   *   on a timeout or a lost connection
+   */
+  async presence(channel, options = {}) {
+    checkChannel(channel);
+    const { limit } = options ?? {};
+    const headers = [['channel', channel]];
+    if (limit !== undefined) {
+      if (!(Number.isSafeInteger(limit) && limit >= 0)) throw new TypeError('limit must be a whole number of members');
+      headers.push(['limit', String(limit)]);
+    }
+    const answer = await this.request(new Message('presence', headers));
+    const members = JSON.parse(answer.text || '[]');
+    return {
+      channel,
+      count: Number(answer.header('count') ?? 0),
+      listed: Number(answer.header('listed') ?? members.length),
+      you: answer.header('client') ?? '',
+      members,
+    };
   }
 
   /**

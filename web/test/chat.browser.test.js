@@ -1,7 +1,8 @@
 // The chat demo in a real headless Chromium (Debian's /usr/bin/chromium; no browser is ever
 // downloaded), served by a real lhttpd: two people chat, lhttpd restarts, both pages show the
 // loss, come back by themselves and chat again; where lhttpd keeps the room's history, a
-// reload shows the recent conversation; served over https://, the page chats over wss://.
+// reload shows the recent conversation; where it has presence, the page lists who is in the
+// room; served over https://, the page chats over wss://.
 // Saves target/browser-test/chat.png.
 
 import assert from 'node:assert/strict';
@@ -205,6 +206,43 @@ test('where lhttpd keeps the room\'s history, a reload shows the recent conversa
   assert.equal(await dave.page.locator('#messages li.chat', { hasText: 'Nothing kept here.' }).count(), 0);
 
   assert.deepEqual([...alice.errors, ...bob.errors, ...carol.errors, ...dave.errors], [], 'no uncaught errors in the pages');
+});
+
+test('where lhttpd has presence for the room, the page shows who is in it', async (t) => {
+  const config = '[[channels]]\npattern = "chatroom"\npresence = true\njoin_leave = true\n';
+  const server = await startLhttpd({ config });
+  t.after(() => server.stop());
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: CHROMIUM_ARGS });
+  t.after(() => browser.close());
+  const names = (page) => page.locator('#members li').allTextContents();
+  const until = (page, list) => page.waitForFunction(
+    (want) => JSON.stringify([...document.querySelectorAll('#members li')].map((li) => li.textContent)) === want,
+    JSON.stringify(list), WAIT,
+  );
+
+  const alice = await openChat(browser, `${server.http}/`, 'alice');
+  await until(alice.page, ['alice']);
+  assert.equal(await alice.page.locator('#members li.me').textContent(), 'alice');
+  const bob = await openChat(browser, `${server.http}/`, 'bob');
+  // Bob's page asks who is there; Alice's learns of Bob from his join.
+  await until(bob.page, ['alice', 'bob']);
+  await until(alice.page, ['alice', 'bob']);
+  assert.equal(await alice.page.locator('#member-count').textContent(), '(2)');
+  // Joins and leaves are not chat lines.
+  assert.equal(await alice.page.locator('#messages li.chat').count(), 0);
+
+  // Bob closes his page: Alice's list drops him.
+  await bob.page.context().close();
+  await until(alice.page, ['alice']);
+  assert.equal(await alice.page.locator('#member-count').textContent(), '(1)');
+
+  // A room without presence shows no list.
+  await alice.page.fill('#room', 'elsewhere');
+  await alice.page.press('#room', 'Tab');
+  await alice.page.locator('#messages li.system', { hasText: 'You are in #elsewhere' }).waitFor(WAIT);
+  await alice.page.locator('#members-box').waitFor({ state: 'hidden', ...WAIT });
+  assert.deepEqual(await names(alice.page), []);
+  assert.deepEqual(alice.errors, [], 'no uncaught errors in the page');
 });
 
 test('served over https://, the page chats over wss://', async (t) => {
