@@ -261,6 +261,28 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// One subscriber (the Rust SDK, reconnecting by itself) through a TCP relay this command
+    /// controls and cuts every --drop-every-ms, one publisher directly on --url (ws:// or
+    /// tcp://, loopback only), on a channel that keeps history: reports the share of messages
+    /// delivered exactly once and the recovery time after each cut. Exit 1 if any was lost,
+    /// duplicated or out of order.
+    Relay {
+        /// Messages to publish.
+        #[arg(short = 'n', long, default_value_t = 20_000)]
+        count: u64,
+        /// Messages per second.
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Milliseconds between two cuts of every connection through the relay.
+        #[arg(long, default_value_t = 200)]
+        drop_every_ms: u64,
+        /// A channel that keeps history on the server.
+        #[arg(long, default_value = "relay.bench")]
+        channel: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// K concurrent keep-alive `POST /publish` loops to --url's host and port (the main port:
     /// ws:// or http:// posts over HTTP, wss:// or https:// over HTTPS); one subscriber on
     /// --sub-url checks that every accepted message arrives. Exit 1 if any failed.
@@ -595,6 +617,30 @@ async fn run(cli: Cli) -> Result<()> {
                     progress: !json,
                     plot,
                 },
+            })
+            .await?;
+            print_report(json, report.json(), report.table(), report.is_clean())
+        }
+        Some(Command::Bench {
+            scenario:
+                Scenario::Relay {
+                    count,
+                    rate,
+                    drop_every_ms,
+                    channel,
+                    json,
+                },
+        }) => {
+            if drop_every_ms == 0 {
+                anyhow::bail!("--drop-every-ms must be greater than 0");
+            }
+            let report = bench::relay(bench::Relay {
+                url: cli.url,
+                count,
+                rate,
+                drop_every: Duration::from_millis(drop_every_ms),
+                channel,
+                timeout,
             })
             .await?;
             print_report(json, report.json(), report.table(), report.is_clean())

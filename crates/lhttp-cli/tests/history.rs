@@ -1,6 +1,7 @@
-//! `lhttp sub` on channels that keep history, against a real in-process server: `--recent`,
-//! and what it prints after a cut connection (what was missed, or one line about a gap). The
-//! connection is cut through a TCP relay on loopback.
+//! `lhttp sub` and `lhttp bench relay` on channels that keep history, against a real
+//! in-process server: `--recent`, what `sub` prints after a cut connection (what was missed,
+//! or one line about a gap), and the relay scenario's exactly-once count. Connections are cut
+//! through TCP relays on loopback.
 
 mod common;
 
@@ -202,4 +203,57 @@ async fn sub_prints_what_was_missed_after_a_cut_and_says_once_when_some_is_lost(
         rest.iter().all(|l| !l.contains("lost (")),
         "the gap is told once: {rest:?}"
     );
+}
+
+/// `lhttp bench relay` against a real server keeping the channel's history: the connections it
+/// cuts during the stream cost nothing (every message exactly once); a channel without
+/// history is refused with the block to add.
+#[tokio::test]
+async fn bench_relay_delivers_every_message_exactly_once_across_cuts() {
+    let mut config = history_config();
+    config.limits.messages_per_second = 0;
+    config.channels[0].history_size = 3000;
+    let server = start_with(config).await;
+    let run = common::run(
+        lhttp(&[
+            "--url",
+            &server.url(),
+            "bench",
+            "relay",
+            "-n",
+            "2000",
+            "--rate",
+            "4000",
+            "--drop-every-ms",
+            "100",
+            "--channel",
+            "feed.relay",
+            "--json",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    let report: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("JSON");
+    assert_eq!(report["published"], 2000, "{report}");
+    assert_eq!(report["exactly_once"], 2000, "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert!(report["cuts"].as_u64().unwrap() >= 2, "{report}");
+    assert!(report["recovery_us"]["max"].as_u64().is_some(), "{report}");
+
+    let run = common::run(
+        lhttp(&[
+            "--url",
+            &server.url(),
+            "bench",
+            "relay",
+            "--channel",
+            "plain",
+        ]),
+        b"",
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("keeps no history"), "{}", run.stderr);
 }

@@ -4,7 +4,8 @@
 //! Layout: `throughput.rs` (P publishers, S subscribers, C channels), `latency.rs` (fixed rate,
 //! HDR histogram), `http_publish.rs` (keep-alive `POST /publish`), `connections.rs` (idle
 //! connections and the server's memory per connection); `progress.rs` is the bar on stderr and
-//! `plot.rs` draws the SVG charts of `--plot`; `socket.rs` is the one connection type, a
+//! `relay.rs` cuts a subscriber's connections through a relay of its own and counts what the
+//! SDK's recovery delivers exactly once; `plot.rs` draws the SVG charts of `--plot`; `socket.rs` is the one connection type, a
 //! WebSocket or a stream-framed TCP, TLS or Unix socket, and `dial.rs` opens it from a URL
 //! (`ws://`, `wss://`, `tcp://`, `tls://`, `unix://`). The scenarios speak the wire directly
 //! (not through the SDK) to stay lean: on a small machine the load generator shares the CPU
@@ -18,6 +19,7 @@ mod http_publish;
 mod latency;
 mod plot;
 mod progress;
+mod relay;
 pub(crate) mod requests;
 mod socket;
 mod throughput;
@@ -30,6 +32,7 @@ pub(crate) use dial::{Tls, connect};
 use futures_util::{SinkExt, StreamExt};
 pub(crate) use http_publish::{HttpPublish, http_publish};
 pub(crate) use latency::{Latency, latency};
+pub(crate) use relay::{Relay, relay};
 pub(crate) use socket::Socket;
 pub(crate) use throughput::{Amount, Throughput, throughput};
 use tokio_tungstenite::tungstenite::Message as Frame;
