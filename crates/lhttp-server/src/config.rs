@@ -403,6 +403,11 @@ pub struct ClusterConfig {
     /// NATS and waiting to be delivered here. Beyond it messages are dropped and counted
     /// (`lhttp_cluster_dropped_total`, `lhttp_cluster_slow_consumers_total`), never buffered.
     pub max_pending: usize,
+    /// How often a node sends its presence heartbeat (milliseconds).
+    pub presence_interval_ms: u64,
+    /// How long after a node's last heartbeat its presence members leave every other node's
+    /// view (milliseconds): the bound on ghosts of a node that died or lost NATS.
+    pub presence_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -419,6 +424,8 @@ impl Default for ClusterConfig {
             tls_client_cert: None,
             tls_client_key: None,
             max_pending: 4096,
+            presence_interval_ms: 1000,
+            presence_timeout_ms: 5000,
         }
     }
 }
@@ -456,6 +463,15 @@ impl ClusterConfig {
             return Err("cluster.max_pending must be greater than 0".into());
         }
         check_count("cluster.max_pending", self.max_pending)?;
+        if self.presence_interval_ms == 0
+            || self.presence_timeout_ms < 2 * self.presence_interval_ms
+            || self.presence_timeout_ms > 3_600_000
+        {
+            return Err(format!(
+                "cluster.presence_timeout_ms ({}) must be at least twice cluster.presence_interval_ms ({}, greater than 0), and at most an hour: one late heartbeat must not make a node's members leave",
+                self.presence_timeout_ms, self.presence_interval_ms
+            ));
+        }
         Ok(())
     }
 }

@@ -87,6 +87,7 @@ pub(crate) struct Gauges {
     pub history_bytes: u64,
     pub presence_members: u64,
     pub presence_rooms: u64,
+    pub presence_nodes: u64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -172,6 +173,11 @@ impl Metrics {
             "presence_rooms",
             "Channels with presence that have members.",
             gauges.presence_rooms,
+        );
+        gauge(
+            "presence_nodes",
+            "Other cluster nodes whose presence members this node holds.",
+            gauges.presence_nodes,
         );
         let counters: [(&str, &str, &AtomicU64); 23] = [
             (

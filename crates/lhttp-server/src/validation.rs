@@ -114,12 +114,6 @@ impl Config {
                     .into(),
             );
         }
-        if self.channels.iter().any(|c| c.presence) && self.cluster.enabled() {
-            return Err(
-                "presence ([[channels]] with presence) is tracked by a single node; in a cluster ([cluster] nats) every node would list only its own members, so the two cannot be combined"
-                    .into(),
-            );
-        }
         Ok(())
     }
 }

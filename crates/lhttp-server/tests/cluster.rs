@@ -4,6 +4,10 @@
 
 mod common;
 
+#[allow(dead_code)]
+#[path = "../../lhttp-client/tests/common/relay.rs"]
+mod relay;
+
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -1014,4 +1018,120 @@ async fn wildcard_subscriptions_span_nodes() {
     // The last pattern subscriber gone, the node drops the NATS subscription.
     temps.close().await;
     nats.wait_subject_count("lhttp.ch.sensor.*.temp", 0).await;
+}
+
+/// A node whose channels `room.*` have presence with join/leave messages, heartbeats every
+/// 100 ms and a 600 ms timeout, joined to the cluster through `nats_url`.
+async fn presence_node(nats_url: &str) -> TestServer {
+    let url = nats_url.to_owned();
+    start_with(Server::builder(config(move |c| {
+        c.cluster.nats = vec![url];
+        c.cluster.presence_interval_ms = 100;
+        c.cluster.presence_timeout_ms = 600;
+        c.channels.push(lhttp_server::ChannelOptions {
+            pattern: "room.*".into(),
+            presence: true,
+            join_leave: true,
+            ..Default::default()
+        });
+    })))
+    .await
+}
+
+/// The sorted infos of `channel`'s members as `client` is told, once they are `want`.
+async fn wait_members(client: &mut Client, channel: &str, want: &[&str]) {
+    let deadline = Instant::now() + NATS_UP;
+    loop {
+        let (answer, _) = client
+            .request(&format!("LHTTP/1.0 presence\r\nchannel:{channel}\r\n\r\n"))
+            .await;
+        let members: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
+        let mut infos: Vec<String> = members
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["info"].as_str().unwrap().to_owned())
+            .collect();
+        infos.sort();
+        if infos == want {
+            assert_eq!(
+                answer.header("count"),
+                Some(want.len().to_string().as_str())
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members of {channel}: {infos:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next `join` or `leave` message `client` receives, skipping anything else.
+async fn next_change(client: &mut Client) -> Message {
+    loop {
+        let m = client.recv().await;
+        if m.command() == "join" || m.command() == "leave" {
+            return m;
+        }
+    }
+}
+
+#[tokio::test]
+async fn presence_spans_nodes_and_a_node_cut_off_from_nats_leaves_no_ghosts() {
+    let nats = NatsServer::start();
+    let nats_addr: SocketAddr = format!("127.0.0.1:{}", nats.port).parse().unwrap();
+    // Node A reaches NATS through a relay the test can silence: a dead network path.
+    let relay = relay::Relay::start(nats_addr).await;
+    let a = presence_node(&format!("nats://{}", relay.addr)).await;
+    let b = presence_node(&nats.url()).await;
+    wait_connected(&a, true).await;
+    wait_connected(&b, true).await;
+
+    let mut alice = a.client().await;
+    alice
+        .request("LHTTP/1.0 sub\r\nsubscribe:room.x\r\npresence-info:Alice\r\n\r\n")
+        .await;
+    let mut watcher = b.client().await;
+    watcher
+        .request("LHTTP/1.0 sub\r\nsubscribe:room.x\r\npresence-info:Watcher\r\n\r\n")
+        .await;
+    // Each node lists the other's member (a late starter learns of earlier ones by snapshot).
+    wait_members(&mut watcher, "room.x", &["Alice", "Watcher"]).await;
+    wait_members(&mut alice, "room.x", &["Alice", "Watcher"]).await;
+    let mut other = b.client().await;
+    other
+        .request("LHTTP/1.0 sub\r\nsubscribe:room.x\r\npresence-info:Bob\r\n\r\n")
+        .await;
+    wait_members(&mut alice, "room.x", &["Alice", "Bob", "Watcher"]).await;
+    other.close().await;
+    wait_members(&mut alice, "room.x", &["Alice", "Watcher"]).await;
+
+    // A goes silent: B drops its members (with a leave message) after the timeout.
+    relay.silence();
+    let silenced = Instant::now();
+    let left = loop {
+        let m = next_change(&mut watcher).await;
+        if m.command() == "leave" && body(&m) == "Alice" {
+            break m;
+        }
+    };
+    assert_eq!(left.header("publish"), Some("room.x"));
+    assert!(
+        silenced.elapsed() >= Duration::from_millis(500),
+        "dropped after {:?}, before the timeout",
+        silenced.elapsed()
+    );
+    wait_members(&mut watcher, "room.x", &["Watcher"]).await;
+
+    // The path comes back (A reconnects): Alice is listed again, with a join.
+    relay.cut();
+    loop {
+        let m = next_change(&mut watcher).await;
+        if m.command() == "join" && body(&m) == "Alice" {
+            break;
+        }
+    }
+    wait_members(&mut watcher, "room.x", &["Alice", "Watcher"]).await;
 }

@@ -1,6 +1,6 @@
 //! Presence on a single node, over real WebSocket connections: who is in a room, with the
 //! user of their token and the info they chose, join and leave messages, and what presence
-//! refuses (no presence, no right, too long an info, a full server).
+//! refuses (no presence, no right, too long an info, a full server, settings that cannot work).
 
 mod common;
 
@@ -266,30 +266,38 @@ async fn presence_refuses_what_it_must() {
 }
 
 #[tokio::test]
-async fn presence_with_a_cluster_is_refused_at_start() {
-    let clustered = config(|c| {
-        c.channels.push(ChannelOptions {
-            pattern: "room.*".into(),
-            presence: true,
-            ..ChannelOptions::default()
+async fn presence_settings_that_cannot_work_are_refused_at_start() {
+    let refused = |change: &dyn Fn(&mut Config), what: &str| {
+        let c = config(|c| {
+            c.channels.push(ChannelOptions {
+                pattern: "room.*".into(),
+                presence: true,
+                ..ChannelOptions::default()
+            });
+            change(c);
         });
-        c.cluster.nats = vec!["nats://127.0.0.1:4222".into()];
-    });
-    let error = match Server::builder(clustered).build() {
-        Ok(_) => panic!("started"),
-        Err(e) => e,
+        let error = match Server::builder(c).build() {
+            Ok(_) => panic!("started: {what}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(error.contains(what), "{error}");
     };
-    assert!(error.to_string().contains("presence"), "{error}");
-    let unlisted = config(|c| {
-        c.channels.push(ChannelOptions {
-            pattern: "room.*".into(),
-            join_leave: true,
-            ..ChannelOptions::default()
-        });
-    });
-    let error = match Server::builder(unlisted).build() {
-        Ok(_) => panic!("started"),
-        Err(e) => e,
-    };
-    assert!(error.to_string().contains("join_leave"), "{error}");
+    refused(
+        &|c| {
+            c.channels[0].presence = false;
+            c.channels[0].join_leave = true;
+        },
+        "join_leave needs presence",
+    );
+    refused(
+        &|c| {
+            c.cluster.nats = vec!["nats://127.0.0.1:4222".into()];
+            c.cluster.presence_timeout_ms = 1500;
+        },
+        "presence_timeout_ms",
+    );
+    refused(
+        &|c| c.limits.max_presence_members = usize::MAX,
+        "max_presence_members",
+    );
 }

@@ -104,6 +104,10 @@ pub(crate) struct Cluster {
     /// `<prefix>.noresp.`: followed by `<node>.<replies>.<key>`, where NATS says that a request
     /// reached no node.
     noresp_base: String,
+    /// `<prefix>.presence`: every node's presence changes, heartbeats and snapshots.
+    pub(crate) presence_subject: String,
+    /// `cluster.presence_interval_ms` and `cluster.presence_timeout_ms`.
+    pub(crate) presence_timing: (Duration, Duration),
     /// `<prefix>.sync`: a subject no node ever subscribes to, requested to learn that NATS has
     /// processed everything this node sent before (see [`server_barrier`]).
     barrier_subject: String,
@@ -151,6 +155,11 @@ impl Cluster {
         Ok(Cluster {
             node_id,
             inbox_base: format!("{}.inbox.", config.subject_prefix),
+            presence_subject: format!("{}.presence", config.subject_prefix),
+            presence_timing: (
+                Duration::from_millis(config.presence_interval_ms),
+                Duration::from_millis(config.presence_timeout_ms),
+            ),
             noresp_base: format!("{}.noresp.", config.subject_prefix),
             subject_base,
             barrier_subject,
@@ -205,6 +214,9 @@ impl Cluster {
             format!("{}{}", self.inbox_base, broker.requests.node()),
             format!("{}{}.>", self.noresp_base, broker.requests.node()),
         ));
+        if broker.presence.is_some() {
+            tokio::spawn(super::presence::run(broker.clone(), client.clone()));
+        }
         tracing::info!(node = %self.node_id, "cluster: connecting to NATS");
         let _ = self.running.set(Running {
             client,
@@ -271,6 +283,16 @@ impl Cluster {
     pub(crate) fn forward_to_inbox(&self, node: &str, payload: Bytes) {
         let subject = format!("{}{node}", self.inbox_base);
         self.send(subject, payload, None);
+    }
+
+    /// Sends a presence announcement to every other node, in the order of the calls.
+    pub(crate) fn send_presence(&self, payload: Bytes) {
+        self.send(self.presence_subject.clone(), payload, None);
+    }
+
+    /// This node's random id.
+    pub(crate) fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     fn send(&self, subject: String, payload: Bytes, reply: Option<String>) {

@@ -6,6 +6,7 @@
 //! charges apply alike whoever publishes.
 
 pub(crate) mod cluster;
+pub(crate) mod presence;
 
 use std::sync::{Arc, Weak};
 
@@ -18,7 +19,7 @@ use crate::{
     metrics::add,
     pubsub::channel,
     pubsub::history::{Catchup, History, Want},
-    pubsub::presence::{self, Member, Presence},
+    pubsub::presence::{self as pubsub_presence, Member, Presence},
     pubsub::publish::encode_for_channel,
     requests::inbox::{InboxDelivery, Requests, is_inbox},
     requests::queue::{Charge, Env, Offered, Publisher, QueueGroup, QueueHost, Queues, Refusal},
@@ -51,6 +52,8 @@ pub(crate) struct Broker {
     pub(crate) max_message_size: usize,
     /// `limits.max_publish_channels`.
     max_publish_channels: usize,
+    /// `limits.max_presence_info`: longer infos announced by other nodes are not held.
+    pub(crate) presence_max_info: usize,
     /// Cancelled when the server starts shutting down; ends the cluster's tasks.
     pub(crate) shutdown: CancellationToken,
     /// This broker's own `Arc`, for the tasks it starts (cluster subscriptions, queue timers).
@@ -81,6 +84,7 @@ impl Broker {
             parser_limits: limits.parser(),
             max_message_size: limits.max_message_size,
             max_publish_channels: limits.max_publish_channels,
+            presence_max_info: limits.max_presence_info,
             shutdown: parts.shutdown,
             me: me.clone(),
         })
@@ -358,10 +362,11 @@ impl Broker {
             return;
         };
         let member = member();
-        match presence.join(channel, member.clone()) {
+        let numbered = |seq, member: &Member| presence::announce_join(self, seq, channel, member);
+        match presence.join(channel, member.clone(), numbered) {
             Ok(true) if join_leave => self.announce(names::command::JOIN, channel, &member),
             Ok(_) => {}
-            Err(presence::Refused::Full) => add(&self.metrics.presence_refused, 1),
+            Err(pubsub_presence::Refused::Full) => add(&self.metrics.presence_refused, 1),
         }
     }
 
@@ -373,7 +378,8 @@ impl Broker {
         let Some(join_leave) = presence.rule(channel) else {
             return;
         };
-        if let Some(member) = presence.leave(channel, client) {
+        let numbered = |seq| presence::announce_leave(self, seq, channel, client);
+        if let Some(member) = presence.leave(channel, client, numbered) {
             if join_leave {
                 self.announce(names::command::LEAVE, channel, &member);
             }
@@ -390,8 +396,22 @@ impl Broker {
         new == 0 || presence.has_room_for(new)
     }
 
+    /// Tells local subscribers of a change another node announced (or of a node's members
+    /// leaving with it), where the channel has `join_leave`.
+    pub(crate) fn announce_change(&self, (command, channel, member): pubsub_presence::Change) {
+        if let Some(true) = self.presence.as_ref().and_then(|p| p.rule(&channel)) {
+            self.announce(command, &channel, &member);
+        }
+    }
+
+    pub(crate) fn announce_changes(&self, change: Option<pubsub_presence::Change>) {
+        if let Some(change) = change {
+            self.announce_change(change);
+        }
+    }
+
     fn announce(&self, command: &'static str, channel: &str, member: &Member) {
-        let message = presence::announcement(command, channel, member);
+        let message = pubsub_presence::announcement(command, channel, member);
         self.hub
             .publish(channel, &frame(message.to_bytes()), &self.metrics);
     }

@@ -103,6 +103,7 @@ impl Connection {
             client: self.client_id().into(),
             user: self.user.as_ref().map_or("", |u| u.id()).into(),
             info: info.into(),
+            node: None,
         }
     }
 

@@ -184,6 +184,7 @@ impl ServerHandle {
             history_bytes: history.map_or(0, |h| h.held_bytes() as u64),
             presence_members: presence.map_or(0, |p| p.member_count() as u64),
             presence_rooms: presence.map_or(0, |p| p.room_count() as u64),
+            presence_nodes: presence.map_or(0, |p| p.node_count() as u64),
         });
         if let Some(cluster) = &self.broker().cluster {
             cluster.render(&mut out);
