@@ -21,6 +21,7 @@ use crate::{
     Error,
     connection::{self, Command, ListenerId, Sink},
     history::{History, HistoryQuery},
+    presence::Presence,
     subscription::{Feed, Incoming, Subscription},
     transport::{self, Endpoint, Target, TlsOptions},
 };
@@ -699,6 +700,33 @@ impl Client {
             Ok(Err(_)) => Err(Error::Closed),
             Ok(Ok(history)) => history,
         }
+    }
+
+    /// Who is in `channel` (a channel whose server config has `presence`): the member count
+    /// and at most `limit` members (the server's cap when `None`; `Some(0)` for the count
+    /// alone). Needs the right to subscribe to the channel: [`Error::Server`] 403 otherwise,
+    /// 404 on a channel without presence.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// let room = client.presence("chat.lobby", None).await?;
+    /// println!("{} in the room", room.count);
+    /// for member in &room.members {
+    ///     println!("{} {}", member.user, member.info);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn presence(&self, channel: &str, limit: Option<usize>) -> Result<Presence, Error> {
+        if !connection::plausible_channel(channel) {
+            return Err(Error::InvalidChannel(channel.to_owned()));
+        }
+        let mut message =
+            Message::builder(names::command::PRESENCE).header(names::CHANNEL, channel.to_owned());
+        if let Some(limit) = limit {
+            message = message.header(names::LIMIT, limit.to_string());
+        }
+        let answer = self.request(message.build()?).await?;
+        Presence::from_answer(channel, &answer)
     }
 
     /// Every message that is neither an answer to a request of this client nor a delivery to

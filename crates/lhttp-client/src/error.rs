@@ -75,6 +75,10 @@ pub enum Error {
     /// A command or header given to a helper is not valid lhttp.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The server's answer is not shaped as docs/protocol.md says (another server, or
+    /// another version of it).
+    #[error("unexpected answer: {0}")]
+    UnexpectedAnswer(String),
 }
 
 impl Error {

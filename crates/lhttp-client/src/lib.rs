@@ -28,6 +28,8 @@
 //! - [`Position`], [`Gap`], [`Event`], [`HistoryQuery`] and [`History`] (module `history`):
 //!   channel history as the client sees it ([`Client::subscribe_recent`],
 //!   [`Client::history`], [`Subscription::recv_event`]).
+//! - [`Presence`] and [`Member`] (module `presence`): who is in a channel with presence
+//!   ([`Client::presence`]).
 //! - module `connection`: the background task that owns the connection, matches answers to
 //!   requests by `request-id`, fans deliveries out to subscriptions, and reconnects with
 //!   jittered exponential backoff, restoring subscriptions (with what was missed, on channels
@@ -71,6 +73,7 @@ mod client;
 mod connection;
 mod error;
 mod history;
+mod presence;
 mod subscription;
 mod transport;
 mod worker;
@@ -81,6 +84,7 @@ pub use history::{Event, Gap, History, HistoryQuery, Position};
 pub use lhttp_proto::{
     self as proto, BuildError, Header, Headers, Message, MessageBuilder, MultipartBuilder, Part,
 };
+pub use presence::{Member, Presence};
 pub use subscription::{Incoming, Subscription};
 /// The TLS library, for [`ClientBuilder::tls_config`].
 pub use tokio_rustls::rustls;
