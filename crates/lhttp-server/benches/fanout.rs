@@ -26,17 +26,16 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+mod support;
+
+use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lhttp_server::{
     Config, Server, ServerHandle,
-    proto::{
-        Message,
-        stream::{Decoded, decode, encode},
-    },
+    proto::{Message, stream::encode},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
+    io::{AsyncWriteExt, DuplexStream},
     runtime::Runtime,
 };
 
@@ -52,26 +51,7 @@ struct Subscriber {
 impl Subscriber {
     /// The next message's bytes, skipping heartbeats.
     async fn next_message(&mut self) -> BytesMut {
-        loop {
-            let (decoded, used) = decode(&self.read, MAX_FRAME).expect("the server frames well");
-            match decoded {
-                Decoded::Message(message) => {
-                    let start = message.as_ptr() as usize - self.read.as_ptr() as usize;
-                    let end = start + message.len();
-                    let mut frame = self.read.split_to(used);
-                    frame.truncate(end);
-                    frame.advance(start);
-                    return frame;
-                }
-                Decoded::Heartbeat => self.read.advance(used),
-                Decoded::Incomplete { .. } => {
-                    self.read.advance(used);
-                    self.read.reserve(MAX_FRAME);
-                    let n = self.pipe.read_buf(&mut self.read).await.expect("read");
-                    assert!(n > 0, "the server closed a subscriber's connection");
-                }
-            }
-        }
+        support::next_message(&mut self.pipe, &mut self.read, MAX_FRAME).await
     }
 }
 

@@ -18,14 +18,13 @@
 
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+mod support;
+
+use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use lhttp_server::{
-    ChannelOptions, Config, Server, ServerHandle,
-    proto::stream::{Decoded, decode, encode},
-};
+use lhttp_server::{ChannelOptions, Config, Server, ServerHandle, proto::stream::encode};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
+    io::{AsyncWriteExt, DuplexStream},
     runtime::Runtime,
 };
 
@@ -53,26 +52,7 @@ impl Peer {
         let mut frame = Vec::new();
         encode(text.as_bytes(), &mut frame);
         self.pipe.write_all(&frame).await.expect("write");
-        loop {
-            let (decoded, used) = decode(&self.read, MAX_FRAME).expect("the server frames well");
-            match decoded {
-                Decoded::Message(message) => {
-                    let start = message.as_ptr() as usize - self.read.as_ptr() as usize;
-                    let end = start + message.len();
-                    let mut frame = self.read.split_to(used);
-                    frame.truncate(end);
-                    frame.advance(start);
-                    return frame;
-                }
-                Decoded::Heartbeat => self.read.advance(used),
-                Decoded::Incomplete { .. } => {
-                    self.read.advance(used);
-                    self.read.reserve(MAX_FRAME);
-                    let n = self.pipe.read_buf(&mut self.read).await.expect("read");
-                    assert!(n > 0, "the server closed the connection");
-                }
-            }
-        }
+        support::next_message(&mut self.pipe, &mut self.read, MAX_FRAME).await
     }
 }
 

@@ -226,11 +226,7 @@ impl Presence {
         now: Instant,
     ) -> Applied {
         let mut rooms = self.lock();
-        let view = rooms
-            .nodes
-            .entry(node.clone())
-            .or_insert_with(|| RemoteNode::new(now));
-        view.heard = now;
+        let view = rooms.heard(node, now);
         if view.incoming.is_some() || view.applied.map(|a| a + 1) != Some(seq) {
             view.incoming = None;
             return Applied::Resync;
@@ -272,11 +268,7 @@ impl Presence {
         now: Instant,
     ) -> Vec<Change> {
         let mut rooms = self.lock();
-        let view = rooms
-            .nodes
-            .entry(node.clone())
-            .or_insert_with(|| RemoteNode::new(now));
-        view.heard = now;
+        let view = rooms.heard(node, now);
         let mut incoming = match view.incoming.take() {
             Some((at, parts)) if at == seq => parts,
             _ => Vec::new(),
@@ -327,11 +319,7 @@ impl Presence {
         every: Duration,
     ) -> bool {
         let mut rooms = self.lock();
-        let view = rooms
-            .nodes
-            .entry(node.clone())
-            .or_insert_with(|| RemoteNode::new(now));
-        view.heard = now;
+        let view = rooms.heard(node, now);
         if view.applied == Some(seq) || view.asked.is_some_and(|at| now - at < every) {
             return false;
         }
@@ -443,6 +431,16 @@ impl Rooms {
         self.nodes
             .entry(node.clone())
             .or_insert_with(|| RemoteNode::new(Instant::now()))
+    }
+
+    /// The view of `node`, which was just heard of.
+    fn heard(&mut self, node: &Arc<str>, now: Instant) -> &mut RemoteNode {
+        let view = self
+            .nodes
+            .entry(node.clone())
+            .or_insert_with(|| RemoteNode::new(now));
+        view.heard = now;
+        view
     }
 }
 
