@@ -1102,9 +1102,17 @@ async fn presence_spans_nodes_and_a_node_cut_off_from_nats_leaves_no_ghosts() {
     wait_members(&mut alice, "room.x", &["Alice", "Watcher"]).await;
     let mut other = b.client().await;
     other
-        .request("LHTTP/1.0 sub\r\nsubscribe:room.x\r\npresence-info:Bob\r\n\r\n")
+        .request(
+            "LHTTP/1.0 sub\r\nsubscribe:room.x\r\npresence-info:Bob \"the builder\" \\o/\r\n\r\n",
+        )
         .await;
-    wait_members(&mut alice, "room.x", &["Alice", "Bob", "Watcher"]).await;
+    // An info JSON must escape crosses nodes intact.
+    wait_members(
+        &mut alice,
+        "room.x",
+        &["Alice", "Bob \"the builder\" \\o/", "Watcher"],
+    )
+    .await;
     other.close().await;
     wait_members(&mut alice, "room.x", &["Alice", "Watcher"]).await;
 

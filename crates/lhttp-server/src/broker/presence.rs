@@ -17,7 +17,7 @@
 //! Announcements are JSON; what another node sends is checked against the same bounds as
 //! local members (`limits.max_presence_info`, the member limit) before it is held.
 
-use std::{sync::Arc, time::Instant};
+use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use async_nats::Client;
 use bytes::Bytes;
@@ -37,34 +37,46 @@ const PART: usize = 200;
 /// users are bounded by the token size).
 const MAX_NAME: usize = 1024;
 
-/// One announcement on the presence subject.
+/// One announcement on the presence subject. Strings are borrowed from the payload where
+/// JSON allows it and owned where it had to unescape them (a quote in an info).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Announcement<'a> {
     Join {
-        node: &'a str,
+        #[serde(borrow)]
+        node: Cow<'a, str>,
         seq: u64,
-        channel: &'a str,
-        client: &'a str,
-        user: &'a str,
-        info: &'a str,
+        #[serde(borrow)]
+        channel: Cow<'a, str>,
+        #[serde(borrow)]
+        client: Cow<'a, str>,
+        #[serde(borrow)]
+        user: Cow<'a, str>,
+        #[serde(borrow)]
+        info: Cow<'a, str>,
     },
     Leave {
-        node: &'a str,
+        #[serde(borrow)]
+        node: Cow<'a, str>,
         seq: u64,
-        channel: &'a str,
-        client: &'a str,
+        #[serde(borrow)]
+        channel: Cow<'a, str>,
+        #[serde(borrow)]
+        client: Cow<'a, str>,
     },
     Beat {
-        node: &'a str,
+        #[serde(borrow)]
+        node: Cow<'a, str>,
         seq: u64,
     },
     /// Asks node `of` for a snapshot.
     Want {
-        of: &'a str,
+        #[serde(borrow)]
+        of: Cow<'a, str>,
     },
     Part {
-        node: &'a str,
+        #[serde(borrow)]
+        node: Cow<'a, str>,
         seq: u64,
         last: bool,
         #[serde(borrow)]
@@ -74,10 +86,14 @@ enum Announcement<'a> {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct WireMember<'a> {
-    channel: &'a str,
-    client: &'a str,
-    user: &'a str,
-    info: &'a str,
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    client: Cow<'a, str>,
+    #[serde(borrow)]
+    user: Cow<'a, str>,
+    #[serde(borrow)]
+    info: Cow<'a, str>,
 }
 
 fn encode(announcement: &Announcement<'_>) -> Bytes {
@@ -90,12 +106,12 @@ fn encode(announcement: &Announcement<'_>) -> Bytes {
 pub(crate) fn announce_join(broker: &Broker, seq: u64, channel: &str, member: &Member) {
     if let Some(cluster) = &broker.cluster {
         cluster.send_presence(encode(&Announcement::Join {
-            node: cluster.node_id(),
+            node: cluster.node_id().into(),
             seq,
-            channel,
-            client: &member.client,
-            user: &member.user,
-            info: &member.info,
+            channel: channel.into(),
+            client: (&*member.client).into(),
+            user: (&*member.user).into(),
+            info: (&*member.info).into(),
         }));
     }
 }
@@ -104,10 +120,10 @@ pub(crate) fn announce_join(broker: &Broker, seq: u64, channel: &str, member: &M
 pub(crate) fn announce_leave(broker: &Broker, seq: u64, channel: &str, client: &str) {
     if let Some(cluster) = &broker.cluster {
         cluster.send_presence(encode(&Announcement::Leave {
-            node: cluster.node_id(),
+            node: cluster.node_id().into(),
             seq,
-            channel,
-            client,
+            channel: channel.into(),
+            client: client.into(),
         }));
     }
 }
@@ -133,7 +149,7 @@ pub(crate) async fn run(broker: Arc<Broker>, client: Client) {
             _ = broker.shutdown.cancelled() => return,
             _ = beats.tick() => {
                 let seq = presence.seq();
-                cluster.send_presence(encode(&Announcement::Beat { node: cluster.node_id(), seq }));
+                cluster.send_presence(encode(&Announcement::Beat { node: cluster.node_id().into(), seq }));
                 for change in presence.expire(Instant::now(), timeout) {
                     broker.announce_change(change);
                 }
@@ -170,8 +186,10 @@ fn receive(
         info: info.into(),
         node: None,
     };
-    let want = |node: &str| {
-        cluster.send_presence(encode(&Announcement::Want { of: node }));
+    let want = |node: &Arc<str>| {
+        cluster.send_presence(encode(&Announcement::Want {
+            of: Cow::Borrowed(&**node),
+        }));
     };
     match announcement {
         Announcement::Join {
@@ -183,14 +201,14 @@ fn receive(
             info,
         } => {
             if node == cluster.node_id()
-                || !fits(client, user, info)
-                || presence.rule(channel).is_none()
+                || !fits(&client, &user, &info)
+                || presence.rule(&channel).is_none()
             {
                 return;
             }
-            let node: Arc<str> = node.into();
-            match presence.remote_change(&node, seq, channel, true, member(client, user, info), now)
-            {
+            let node: Arc<str> = (*node).into();
+            let joined = member(&client, &user, &info);
+            match presence.remote_change(&node, seq, &channel, true, joined, now) {
                 Applied::Changed(change) => broker.announce_changes(change),
                 Applied::Resync => {
                     if presence.should_resync(&node, now, interval) {
@@ -208,8 +226,9 @@ fn receive(
             if node == cluster.node_id() || client.len() > MAX_NAME {
                 return;
             }
-            let node: Arc<str> = node.into();
-            match presence.remote_change(&node, seq, channel, false, member(client, "", ""), now) {
+            let node: Arc<str> = (*node).into();
+            match presence.remote_change(&node, seq, &channel, false, member(&client, "", ""), now)
+            {
                 Applied::Changed(change) => broker.announce_changes(change),
                 Applied::Resync => {
                     if presence.should_resync(&node, now, interval) {
@@ -222,7 +241,7 @@ fn receive(
             if node == cluster.node_id() {
                 return;
             }
-            let node: Arc<str> = node.into();
+            let node: Arc<str> = (*node).into();
             if presence.remote_beat(&node, seq, now, interval) {
                 want(&node);
             }
@@ -235,14 +254,14 @@ fn receive(
                 let members = members
                     .iter()
                     .map(|(channel, m)| WireMember {
-                        channel,
-                        client: &m.client,
-                        user: &m.user,
-                        info: &m.info,
+                        channel: (*channel).into(),
+                        client: (&*m.client).into(),
+                        user: (&*m.user).into(),
+                        info: (&*m.info).into(),
                     })
                     .collect();
                 cluster.send_presence(encode(&Announcement::Part {
-                    node: cluster.node_id(),
+                    node: cluster.node_id().into(),
                     seq,
                     last,
                     members,
@@ -260,18 +279,42 @@ fn receive(
             }
             let members = members
                 .into_iter()
-                .filter(|m| fits(m.client, m.user, m.info) && presence.rule(m.channel).is_some())
+                .filter(|m| {
+                    fits(&m.client, &m.user, &m.info) && presence.rule(&m.channel).is_some()
+                })
                 .map(|m| {
                     (
-                        Box::<str>::from(m.channel),
-                        member(m.client, m.user, m.info),
+                        Box::<str>::from(&*m.channel),
+                        member(&m.client, &m.user, &m.info),
                     )
                 })
                 .collect();
-            let node: Arc<str> = node.into();
+            let node: Arc<str> = (*node).into();
             for change in presence.remote_part(&node, seq, members, last, now) {
                 broker.announce_change(change);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_with_characters_json_escapes_survive_the_trip() {
+        let info = "Bob \"the builder\" \\ café";
+        let sent = encode(&Announcement::Join {
+            node: "n1".into(),
+            seq: 7,
+            channel: "room.a".into(),
+            client: "00ff".into(),
+            user: "bob".into(),
+            info: info.into(),
+        });
+        match serde_json::from_slice::<Announcement<'_>>(&sent).unwrap() {
+            Announcement::Join { seq, info: got, .. } => assert_eq!((seq, &*got), (7, info)),
+            other => panic!("{other:?}"),
         }
     }
 }
