@@ -934,7 +934,9 @@ impl ChannelOptions {
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
     /// `"disk"`: kept in memory and written to the file at `path`, read back at start
-    /// (history survives a restart); `"memory"`: lost at a restart.
+    /// (history survives a restart); `"memory"`: lost at a restart; `"jetstream"`: kept by
+    /// NATS JetStream (`nats-server -js`), shared by every node of a cluster (`[cluster]`
+    /// is then required, and a cluster with history requires it).
     pub store: String,
     /// The store's file (an embedded database), made if missing.
     pub path: PathBuf,
@@ -946,6 +948,9 @@ pub struct HistoryConfig {
     /// Most changes waiting to be written to disk; beyond it they are dropped and counted, and
     /// the next start gives every channel a new epoch.
     pub write_queue: usize,
+    /// With `store = "jetstream"`: copies JetStream keeps of each channel's history (1 to 5;
+    /// more than 1 needs a clustered NATS with that many servers).
+    pub replicas: usize,
 }
 
 impl Default for HistoryConfig {
@@ -956,15 +961,16 @@ impl Default for HistoryConfig {
             max_bytes: 256 * 1024 * 1024,
             max_channels: 100_000,
             write_queue: 50_000,
+            replicas: 1,
         }
     }
 }
 
 impl HistoryConfig {
     pub(crate) fn validate(&self) -> Result<(), String> {
-        if !matches!(self.store.as_str(), "disk" | "memory") {
+        if !matches!(self.store.as_str(), "disk" | "memory" | "jetstream") {
             return Err(format!(
-                "history.store must be \"disk\" or \"memory\", not {:?}",
+                "history.store must be \"disk\", \"memory\" or \"jetstream\", not {:?}",
                 self.store
             ));
         }
@@ -973,6 +979,12 @@ impl HistoryConfig {
         }
         check_count("history.max_channels", self.max_channels)?;
         check_count("history.write_queue", self.write_queue)?;
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "history.replicas must be 1 to 5 (JetStream's range), not {}",
+                self.replicas
+            ));
+        }
         if self.max_bytes == 0 || self.max_channels == 0 || self.write_queue == 0 {
             return Err(
                 "history.max_bytes, history.max_channels and history.write_queue must be greater than 0"

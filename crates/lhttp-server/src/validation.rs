@@ -108,11 +108,17 @@ impl Config {
                 ));
             }
         }
-        if keeps_history && self.cluster.enabled() {
+        let jetstream = self.history.store == "jetstream";
+        if jetstream && !self.cluster.enabled() {
             return Err(
-                "channel history ([[channels]] with history_size) is kept by a single node; a cluster ([cluster] nats) would serve a different history on every node, so the two cannot be combined"
-                    .into(),
+                "history.store = \"jetstream\" keeps history in the NATS of a cluster: it needs [cluster] nats".into(),
             );
+        }
+        if keeps_history && self.cluster.enabled() && !jetstream {
+            return Err(format!(
+                "channel history in a cluster must be shared by every node: set history.store = \"jetstream\" (NATS JetStream, nats-server -js), not {:?}, which one node alone would serve",
+                self.history.store
+            ));
         }
         Ok(())
     }

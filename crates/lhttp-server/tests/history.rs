@@ -449,9 +449,22 @@ fn settings_that_cannot_work_are_refused_at_start() {
     );
     refused(&|c| c.channels[0].history_ttl_secs = 0, "history_ttl_secs");
     refused(&|c| c.history.store = "tape".into(), "history.store");
+    // A cluster shares one history, in JetStream; JetStream needs a cluster.
     refused(
         &|c| c.cluster.nats = vec!["nats://127.0.0.1:4222".into()],
-        "cluster",
+        "history.store = \"jetstream\"",
+    );
+    refused(
+        &|c| c.history.store = "jetstream".into(),
+        "needs [cluster] nats",
+    );
+    refused(
+        &|c| {
+            c.cluster.nats = vec!["nats://127.0.0.1:4222".into()];
+            c.history.store = "jetstream".into();
+            c.history.replicas = 0;
+        },
+        "history.replicas",
     );
     refused(
         &|c| {

@@ -88,6 +88,8 @@ struct Interest {
 /// What exists only once the server runs: the client, and where to spawn tasks.
 struct Running {
     client: Client,
+    /// JetStream through `client`, for channel history.
+    jetstream: async_nats::jetstream::Context,
     /// The connection for queue-group subscriptions.
     queue_client: Client,
     runtime: tokio::runtime::Handle,
@@ -118,6 +120,12 @@ pub(crate) struct Cluster {
     queue_interest: Mutex<HashMap<(Channel, String), CancellationToken>>,
     /// Set once by `start`; until then there is no client and every publish counts as dropped.
     running: OnceLock<Running>,
+    /// Where channel history is kept in JetStream (`history.store = "jetstream"`).
+    pub(crate) history_names: super::history::Names,
+    /// Sender side of the bounded queue to the task that stores history in JetStream.
+    stored: mpsc::Sender<super::history::Stored>,
+    /// Receiver side, taken by `start`.
+    stored_rx: Mutex<Option<mpsc::Receiver<super::history::Stored>>>,
     /// Sender side of the bounded queue to the forwarding task.
     outgoing: mpsc::Sender<Outgoing>,
     /// Receiver side, taken by `start`.
@@ -149,6 +157,7 @@ impl Cluster {
         // whose members get a message, this one included.
         let queue_options = connect_options(config, &node_id, " queues", &counters)?;
         let (outgoing, outgoing_rx) = mpsc::channel(config.max_pending);
+        let (stored, stored_rx) = mpsc::channel(config.max_pending);
         let mut subject_base = config.subject_prefix.clone();
         subject_base.push_str(".ch.");
         let barrier_subject = format!("{}.sync", config.subject_prefix);
@@ -166,6 +175,9 @@ impl Cluster {
             pending_connect: Mutex::new(Some((options, queue_options, addrs))),
             queue_interest: Mutex::new(HashMap::new()),
             running: OnceLock::new(),
+            history_names: super::history::Names::new(&config.subject_prefix),
+            stored,
+            stored_rx: Mutex::new(Some(stored_rx)),
             outgoing,
             outgoing_rx: Mutex::new(Some(outgoing_rx)),
             interest: Mutex::new(HashMap::new()),
@@ -217,9 +229,22 @@ impl Cluster {
         if broker.presence.is_some() {
             tokio::spawn(super::presence::run(broker.clone(), client.clone()));
         }
+        let jetstream = async_nats::jetstream::new(client.clone());
+        let stored_rx = self
+            .stored_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let (Some(rx), true) = (
+            stored_rx,
+            broker.history.as_ref().is_some_and(|h| h.is_mirrored()),
+        ) {
+            tokio::spawn(super::history::store(broker.clone(), jetstream.clone(), rx));
+        }
         tracing::info!(node = %self.node_id, "cluster: connecting to NATS");
         let _ = self.running.set(Running {
             client,
+            jetstream,
             queue_client,
             runtime: tokio::runtime::Handle::current(),
         });
@@ -276,6 +301,28 @@ impl Cluster {
             .and_then(|address| address.strip_prefix(crate::requests::inbox::INBOX_PREFIX))
             .map(|rest| format!("{}{rest}", self.noresp_base));
         self.send(subject, payload, reply);
+    }
+
+    /// Hands `payload` (the encoded copy for history channel `channel`, without offset) to the
+    /// task that stores it in JetStream, without waiting; dropped and counted when NATS is not
+    /// connected or the queue is full.
+    pub(crate) fn store(&self, channel: &str, payload: Bytes) {
+        let Ok(channel) = Channel::new(channel) else {
+            return;
+        };
+        if !self.is_connected()
+            || self
+                .stored
+                .try_send(super::history::Stored { channel, payload })
+                .is_err()
+        {
+            add(&self.counters.dropped, 1);
+        }
+    }
+
+    /// Counts a message that could not cross nodes.
+    pub(crate) fn count_dropped(&self) {
+        add(&self.counters.dropped, 1);
     }
 
     /// Sends a message for an inbox of another node (a reply, or a message to a connection's
@@ -359,7 +406,12 @@ impl Cluster {
     /// Makes this node's NATS subscription for `channel` match whether it has local
     /// subscribers. Called after every change that created or removed the channel in the hub.
     pub(crate) fn reconcile(&self, broker: &Arc<Broker>, channel: &Channel) {
-        let wanted = broker.hub.has_subscribers(channel.as_str());
+        let mirrored = broker
+            .history
+            .as_ref()
+            .filter(|h| h.is_mirrored() && h.keeps(channel.as_str()));
+        let wanted = broker.hub.has_subscribers(channel.as_str())
+            || mirrored.is_some_and(|h| h.has_pending(channel.as_str()));
         self.reconcile_target(broker, Target::Channel(channel.clone()), wanted);
     }
 
@@ -380,20 +432,51 @@ impl Cluster {
             let stop = broker.shutdown.child_token();
             let live = Arc::new(AtomicBool::new(false));
             let key: Box<str> = key.into();
-            let subject = match &target {
-                Target::Channel(channel) => self.subject(channel.as_str()),
-                Target::Pattern(pattern) => self.pattern_subject(pattern),
+            // A history channel of a cluster is followed in JetStream, into a mirror; beyond
+            // the mirrors' bounds it is received as any channel is, without history.
+            let mirror = match (&target, &broker.history) {
+                (Target::Channel(channel), Some(history))
+                    if history.is_mirrored() && history.keeps(channel.as_str()) =>
+                {
+                    history
+                        .open_mirror(channel.as_str())
+                        .map(|mirror| (channel.clone(), mirror))
+                }
+                _ => None,
             };
-            running.runtime.spawn(receive(
-                broker.clone(),
-                running.client.clone(),
-                target,
-                subject,
-                stop.clone(),
-                live.clone(),
-            ));
+            if let Some((channel, mirror)) = mirror {
+                running.runtime.spawn(super::history::follow(
+                    broker.clone(),
+                    running.jetstream.clone(),
+                    channel,
+                    mirror,
+                    (stop.clone(), live.clone()),
+                ));
+            } else {
+                let subject = match &target {
+                    Target::Channel(channel) => self.subject(channel.as_str()),
+                    Target::Pattern(pattern) => self.pattern_subject(pattern),
+                };
+                running.runtime.spawn(receive(
+                    broker.clone(),
+                    running.client.clone(),
+                    target,
+                    subject,
+                    stop.clone(),
+                    live.clone(),
+                ));
+            }
             interest.insert(key, Interest { stop, live });
-        } else if !wanted {
+        } else if !wanted && interest.contains_key(key) {
+            // A mirror that catch-ups still wait on stays, and so does its follower.
+            if let (Target::Channel(channel), Some(history)) = (&target, &broker.history) {
+                if history.is_mirrored()
+                    && history.keeps(channel.as_str())
+                    && !history.close_mirror(channel.as_str())
+                {
+                    return;
+                }
+            }
             if let Some(old) = interest.remove(key) {
                 old.stop.cancel();
             }

@@ -6,9 +6,13 @@
 //! charges apply alike whoever publishes.
 
 pub(crate) mod cluster;
+pub(crate) mod history;
 pub(crate) mod presence;
 
-use std::sync::{Arc, Weak};
+use std::{
+    sync::{Arc, Weak},
+    time::Instant,
+};
 
 use lhttp_proto::{Message, names};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +22,7 @@ use crate::{
     config::Limits,
     metrics::add,
     pubsub::channel,
-    pubsub::history::{Catchup, History, Want},
+    pubsub::history::{Catchup, History, PENDING_WAIT, Pending, Want},
     pubsub::presence::{self as pubsub_presence, Member, Presence},
     pubsub::publish::encode_for_channel,
     requests::inbox::{InboxDelivery, Requests, is_inbox},
@@ -248,6 +252,26 @@ impl Broker {
         let request = message
             .header(names::REPLY_TO)
             .filter(|address| Requests::node_of(address) == Some(shared.requests.node()));
+        if let Some(history) = shared
+            .history
+            .as_ref()
+            .filter(|h| h.is_mirrored() && h.keeps(channel))
+        {
+            // Stored in JetStream, from where every node's exact subscribers (this node's
+            // too) receive it with its offset. Wildcard subscriptions, and nodes that follow
+            // the channel without a mirror, get it as any message.
+            cluster.store(channel, bytes.clone());
+            cluster.publish(channel, bytes.clone(), request);
+            let frame = frame(bytes);
+            let deliveries = match history.has_mirror(channel) {
+                true => shared.hub.publish_patterns(channel, &frame, metrics),
+                false => shared.hub.publish(channel, &frame, metrics),
+            };
+            return Routed {
+                deliveries,
+                offered,
+            };
+        }
         cluster.publish(channel, bytes.clone(), request);
         if !local {
             return Routed {
@@ -274,6 +298,19 @@ impl Broker {
     pub(crate) fn pattern_interest_changed(&self, pattern: &str) {
         if let (Some(cluster), Some(me)) = (&self.cluster, self.me.upgrade()) {
             cluster.reconcile_pattern(&me, pattern);
+        }
+    }
+
+    /// Called after `connection` unsubscribed from `channel` (`last`: the channel lost its last
+    /// local subscriber): drops a catch-up it may still wait for, and fixes the cluster's
+    /// interest when either changed it.
+    pub(crate) fn unsubscribed(&self, channel: &Channel, connection: ConnectionId, last: bool) {
+        let waited = self
+            .history
+            .as_ref()
+            .is_some_and(|h| h.cancel_pending(channel.as_str(), connection));
+        if last || waited {
+            self.interest_changed(channel);
         }
     }
 
@@ -310,7 +347,7 @@ impl Broker {
         &self,
         channel: &Channel,
         want: &Want,
-        command: &str,
+        command: &'static str,
         request_id: Option<&str>,
         subscriber: Option<(ConnectionId, &Outbox)>,
         outbox: &Outbox,
@@ -328,6 +365,33 @@ impl Broker {
             outbox.push_all(frames)
         };
         let queued = match &self.history {
+            Some(history) if history.is_mirrored() => {
+                let wait = || Pending {
+                    subscriber: subscriber.map(|(id, outbox)| (id, outbox.clone())),
+                    outbox: outbox.clone(),
+                    want: want.clone(),
+                    command,
+                    request_id: request_id.map(Into::into),
+                    deadline: Instant::now() + PENDING_WAIT,
+                };
+                let answered = history.catch_up_or_wait(
+                    channel.as_str(),
+                    want,
+                    command,
+                    request_id,
+                    subscribe,
+                    queue,
+                    wait,
+                );
+                match answered {
+                    Some(queued) => queued,
+                    None => {
+                        // The mirror's follower answers it; make sure there is one.
+                        self.interest_changed(channel);
+                        return Ok(false);
+                    }
+                }
+            }
             Some(history) => history.catch_up(
                 channel.as_str(),
                 want,

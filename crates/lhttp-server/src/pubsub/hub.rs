@@ -239,6 +239,35 @@ impl Hub {
         true
     }
 
+    /// Queues `frame` for the subscribers of every wildcard pattern that matches `channel`,
+    /// and not for its exact subscribers (who receive a history channel's messages of a
+    /// cluster from JetStream).
+    pub(crate) fn publish_patterns(
+        &self,
+        channel: &str,
+        frame: &Outgoing,
+        metrics: &Metrics,
+    ) -> usize {
+        if self.pattern_count.load(Relaxed) == 0 {
+            return 0;
+        }
+        let patterns = self.patterns.read().unwrap_or_else(PoisonError::into_inner);
+        let (mut delivered, mut total) = (0, 0);
+        for subscriber in patterns
+            .iter()
+            .filter(|p| p.pattern.matches(channel))
+            .flat_map(|p| p.subscribers.iter())
+        {
+            total += 1;
+            if subscriber.outbox.push(frame.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        drop(patterns);
+        count(metrics, delivered, total - delivered);
+        delivered
+    }
+
     /// Queues `frame` for the subscribers of wildcard pattern `text` only (messages another
     /// node received through the pattern's own NATS subscription).
     pub(crate) fn publish_pattern(&self, text: &str, frame: &Outgoing, metrics: &Metrics) -> usize {

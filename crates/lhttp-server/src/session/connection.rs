@@ -650,9 +650,8 @@ impl Connection {
             return;
         }
         if let Some(channel) = self.subscriptions.take(channel) {
-            if self.broker().hub.unsubscribe(channel.as_str(), self.id) {
-                self.broker().interest_changed(&channel);
-            }
+            let last = self.broker().hub.unsubscribe(channel.as_str(), self.id);
+            self.broker().unsubscribed(&channel, self.id, last);
             self.left(channel.as_str());
         }
     }
@@ -667,9 +666,8 @@ impl Connection {
         }
         let subscriptions = std::mem::take(&mut self.subscriptions);
         for channel in subscriptions {
-            if broker.hub.unsubscribe(channel.as_str(), self.id) {
-                broker.interest_changed(&channel);
-            }
+            let last = broker.hub.unsubscribe(channel.as_str(), self.id);
+            broker.unsubscribed(&channel, self.id, last);
             self.left(channel.as_str());
         }
     }

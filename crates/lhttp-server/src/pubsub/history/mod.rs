@@ -26,6 +26,15 @@
 //! read back at start: history survives a restart and keeps its epoch after a clean stop. After
 //! a crash (or writes the disk could not keep up with) every stream gets a new epoch, since
 //! the last messages sent may not have been written.
+//!
+//! **Mirrors (cluster).** With `history.store = "jetstream"` the history is JetStream's
+//! ([`crate::broker::history`]): the stream of each channel there gives its offsets and epoch,
+//! and a node holds a [`Stream`] only as a *mirror* of it, while the channel has local
+//! subscribers (or catch-ups waiting). The mirror is fed in offset order by one follower and is
+//! what catch-ups read, under the same lock as the live deliveries it makes, so the guarantee
+//! above holds on every node. A catch-up the mirror cannot answer yet (still loading, or the
+//! client has seen offsets this node has not received yet) waits as a [`Pending`] for at most
+//! [`PENDING_WAIT`].
 
 pub(crate) mod store;
 
@@ -35,7 +44,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -47,6 +56,7 @@ use crate::{
     config::{ChannelOptions, HistoryConfig},
     metrics::{Metrics, add},
     pubsub::publish::encode_for_channel_with,
+    transport::{ConnectionId, outbox::Outbox},
 };
 use store::{Journal, Loaded, Op};
 
@@ -59,6 +69,15 @@ const ENTRY_OVERHEAD: usize = 48;
 
 /// Bytes charged for a stream besides its messages: the map entry, the name, the epoch.
 const STREAM_OVERHEAD: usize = 160;
+
+/// Longest a catch-up waits for a mirror (cluster): for it to load the channel's history from
+/// JetStream, or to receive the offsets the client says it has seen. After it, the catch-up is
+/// answered with what the mirror holds (`recovered:false` when that is not enough).
+pub(crate) const PENDING_WAIT: Duration = Duration::from_secs(2);
+
+/// Most catch-ups waiting on one mirror; one more is answered at once, as after
+/// [`PENDING_WAIT`].
+const MAX_PENDING: usize = 10_000;
 
 /// What a client asks for on `subscribe` or a `history` read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +109,41 @@ pub(crate) struct Stream {
     /// Bytes of `entries`, overheads included.
     bytes: usize,
     options: ChannelOptions,
+    /// Set on a mirror of a JetStream stream (cluster); `None` on a node's own history.
+    mirror: Option<Box<Mirror>>,
+}
+
+/// The state of a mirror besides its messages.
+#[derive(Debug, Default)]
+struct Mirror {
+    /// Set once the follower has received everything JetStream held when it began; until
+    /// then messages are kept but not delivered (they are history, not news).
+    ready: bool,
+    /// The offset that makes the mirror ready once received.
+    ready_at: u64,
+    /// Set when the mirror left the server's map: a catch-up that finds it must look again.
+    closed: bool,
+    /// Catch-ups waiting for this mirror, oldest first.
+    pending: Vec<Pending>,
+}
+
+/// A catch-up waiting for a mirror.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The connection to subscribe once answered; `None` for a plain history read.
+    pub(crate) subscriber: Option<(ConnectionId, Outbox)>,
+    /// Where the answer and the messages go.
+    pub(crate) outbox: Outbox,
+    pub(crate) want: Want,
+    pub(crate) command: &'static str,
+    pub(crate) request_id: Option<Box<str>>,
+    pub(crate) deadline: Instant,
+}
+
+impl Pending {
+    fn connection(&self) -> Option<ConnectionId> {
+        self.subscriber.as_ref().map(|(id, _)| *id)
+    }
 }
 
 impl Stream {
@@ -100,6 +154,7 @@ impl Stream {
             entries: VecDeque::new(),
             bytes: 0,
             options,
+            mirror: None,
         }
     }
 
@@ -130,8 +185,12 @@ pub(crate) struct History {
     bytes: AtomicUsize,
     max_bytes: usize,
     max_channels: usize,
-    /// The disk store's writer; `None` with `history.store = "memory"`.
+    /// The disk store's writer; `None` with `history.store = "memory"` or `"jetstream"`.
     journal: Option<Journal>,
+    /// `history.store = "jetstream"`: every stream is a mirror of JetStream's.
+    mirrored: bool,
+    /// `history.replicas`.
+    replicas: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -162,10 +221,12 @@ impl History {
             max_bytes: config.max_bytes,
             max_channels: config.max_channels,
             journal: None,
+            mirrored: config.store == "jetstream",
+            replicas: config.replicas,
             metrics,
         };
         match config.store.as_str() {
-            "memory" => Ok(Some(history)),
+            "memory" | "jetstream" => Ok(Some(history)),
             _ => {
                 let (journal, loaded) = Journal::open(&config.path, config.write_queue)?;
                 let mut history = History {
@@ -307,8 +368,14 @@ impl History {
             .streams
             .entry(name.clone())
             .or_insert_with(|| {
-                let epoch = new_epoch();
                 self.bytes.fetch_add(STREAM_OVERHEAD, Relaxed);
+                if self.mirrored {
+                    // Epoch and offsets come from JetStream once the follower has begun.
+                    let mut stream = Stream::new("".into(), 1, options.clone());
+                    stream.mirror = Some(Box::default());
+                    return Arc::new(Mutex::new(stream));
+                }
+                let epoch = new_epoch();
                 self.write(|| Op::Create {
                     channel: name.clone(),
                     epoch: epoch.clone(),
@@ -413,49 +480,265 @@ impl History {
         };
         let stream = lock(&stream);
         subscribe();
-        let (frames, recovered) = match want {
-            Want::Recent(n) => {
-                let skip = stream.entries.len().saturating_sub(*n);
-                (
-                    stream
-                        .entries
-                        .iter()
-                        .skip(skip)
-                        .map(|e| e.frame.clone())
-                        .collect(),
-                    false,
-                )
+        queue(read(&stream, channel, want, command, request_id))
+    }
+
+    /// [`History::catch_up`] on a mirror (cluster): answered now when the mirror can, else
+    /// left waiting as `wait()` makes it, and then `None` (the follower answers it, at the
+    /// latest after [`PENDING_WAIT`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn catch_up_or_wait<R>(
+        &self,
+        channel: &str,
+        want: &Want,
+        command: &str,
+        request_id: Option<&str>,
+        subscribe: impl FnOnce(),
+        queue: impl FnOnce(Catchup) -> R,
+        wait: impl FnOnce() -> Pending,
+    ) -> Option<R> {
+        loop {
+            let Some(stream) = self.stream(channel) else {
+                return Some(without_history(
+                    channel, want, command, request_id, subscribe, queue,
+                ));
+            };
+            let mut stream = lock(&stream);
+            let Some(mirror) = stream.mirror.as_mut() else {
+                subscribe();
+                return Some(queue(read(&stream, channel, want, command, request_id)));
+            };
+            if mirror.closed {
+                continue; // Removed meanwhile: a new one is made.
             }
-            Want::Since { offset, epoch } => {
-                let complete = *epoch == *stream.epoch
-                    && *offset <= stream.last()
-                    && *offset + 1 >= stream.first();
-                if complete {
-                    let skip = (*offset + 1 - stream.first()) as usize;
-                    (
-                        stream
-                            .entries
-                            .iter()
-                            .skip(skip)
-                            .map(|e| e.frame.clone())
-                            .collect(),
-                        true,
-                    )
-                } else {
-                    (Vec::new(), false)
-                }
+            if mirror.pending.len() >= MAX_PENDING {
+                return Some(without_history(
+                    channel, want, command, request_id, subscribe, queue,
+                ));
             }
+            if answerable(&stream, want) {
+                subscribe();
+                return Some(queue(read(&stream, channel, want, command, request_id)));
+            }
+            let pending = wait();
+            stream
+                .mirror
+                .as_mut()
+                .expect("checked above")
+                .pending
+                .push(pending);
+            return None;
+        }
+    }
+
+    /// `history.max_channels`, `history.max_bytes` and `history.replicas`, which bound the
+    /// JetStream streams of a cluster too.
+    pub(crate) fn bounds(&self) -> (usize, usize, usize) {
+        (self.max_channels, self.max_bytes, self.replicas)
+    }
+
+    /// True when `history.store = "jetstream"`.
+    pub(crate) fn is_mirrored(&self) -> bool {
+        self.mirrored
+    }
+
+    /// True when `channel` keeps history.
+    pub(crate) fn keeps(&self, channel: &str) -> bool {
+        self.options_for(channel).is_some()
+    }
+
+    /// The options of `channel`, when it keeps history.
+    pub(crate) fn options(&self, channel: &str) -> Option<&ChannelOptions> {
+        self.options_for(channel)
+    }
+
+    /// The mirror of `channel`, made now if there is none (`None` beyond the server's
+    /// bounds: the channel is then followed without history).
+    pub(crate) fn open_mirror(&self, channel: &str) -> Option<Arc<Mutex<Stream>>> {
+        self.stream(channel)
+    }
+
+    /// Removes the mirror of `channel` unless catch-ups wait on it; true when it is gone.
+    pub(crate) fn close_mirror(&self, channel: &str) -> bool {
+        let Some(stream) = self.streams.get(channel).map(|s| s.clone()) else {
+            return true;
         };
-        let answer = answer(
-            command,
-            channel,
-            Some(&stream),
-            request_id,
-            frames.len(),
-            want,
-            recovered,
-        );
-        queue(Catchup { answer, frames })
+        let mut guard = lock(&stream);
+        let Some(mirror) = guard.mirror.as_mut() else {
+            return false;
+        };
+        if !mirror.pending.is_empty() {
+            return false;
+        }
+        mirror.closed = true;
+        self.streams
+            .remove_if(channel, |_, s| Arc::ptr_eq(s, &stream));
+        self.bytes.fetch_sub(guard.bytes + STREAM_OVERHEAD, Relaxed);
+        guard.entries.clear();
+        guard.bytes = 0;
+        true
+    }
+
+    /// True when this node holds a mirror of `channel`.
+    pub(crate) fn has_mirror(&self, channel: &str) -> bool {
+        self.mirrored && self.streams.contains_key(channel)
+    }
+
+    /// True when catch-ups wait on the mirror of `channel`.
+    pub(crate) fn has_pending(&self, channel: &str) -> bool {
+        self.mirrored
+            && self.streams.get(channel).is_some_and(|s| {
+                lock(&s)
+                    .mirror
+                    .as_ref()
+                    .is_some_and(|m| !m.pending.is_empty())
+            })
+    }
+
+    /// Drops the waiting subscribe of `connection` to `channel`; true when there was one.
+    pub(crate) fn cancel_pending(&self, channel: &str, connection: ConnectionId) -> bool {
+        if !self.mirrored {
+            return false;
+        }
+        let Some(stream) = self.streams.get(channel).map(|s| s.clone()) else {
+            return false;
+        };
+        let mut guard = lock(&stream);
+        let Some(mirror) = guard.mirror.as_mut() else {
+            return false;
+        };
+        let before = mirror.pending.len();
+        mirror
+            .pending
+            .retain(|p| p.connection() != Some(connection));
+        before != mirror.pending.len()
+    }
+
+    /// A follower begins (or resumes) feeding the mirror `stream` of `channel` from JetStream,
+    /// whose stream has epoch `epoch` and holds offsets `first..=last` (`first` is `last + 1`
+    /// when it holds none). Returns the offset to read from. What the mirror held is kept when
+    /// it continues in the same epoch, and dropped otherwise.
+    pub(crate) fn mirror_begin(
+        &self,
+        stream: &Mutex<Stream>,
+        channel: &str,
+        (epoch, first, last): (&str, u64, u64),
+        serve: impl FnMut(Pending, Catchup),
+    ) -> u64 {
+        let mut guard = lock(stream);
+        if *guard.epoch != *epoch || guard.next < first || guard.next > last + 1 {
+            while self.drop_oldest(&mut guard) {}
+            guard.epoch = epoch.into();
+            guard.next = first.max(1);
+        }
+        let caught_up = guard.last() >= last;
+        if let Some(mirror) = guard.mirror.as_mut() {
+            mirror.ready_at = last;
+            mirror.ready |= caught_up;
+        }
+        self.serve_waiting(&mut guard, channel, serve);
+        guard.next
+    }
+
+    /// Feeds the mirror `stream` of `channel` with `message`, offset `offset` in JetStream's
+    /// stream: kept, and given to `deliver` (the local subscribers) once the mirror is ready.
+    /// `caught_up` says JetStream holds nothing after it. Then answers the catch-ups that can
+    /// be answered. A gap in the offsets (JetStream trimmed them before they were read) leaves
+    /// no recovery possible across it.
+    pub(crate) fn mirror_apply(
+        &self,
+        stream: &Mutex<Stream>,
+        channel: &str,
+        (offset, message, caught_up): (u64, &Message, bool),
+        deliver: impl FnOnce(Bytes),
+        serve: impl FnMut(Pending, Catchup),
+    ) {
+        let mut guard = lock(stream);
+        if offset >= guard.next {
+            if offset > guard.next {
+                while self.drop_oldest(&mut guard) {}
+            }
+            let mut digits = itoa::Buffer::new();
+            let frame = encode_for_channel_with(
+                message,
+                channel,
+                &[
+                    (names::OFFSET, digits.format(offset)),
+                    (names::EPOCH, &guard.epoch),
+                ],
+            );
+            guard.next = offset + 1;
+            self.keep(&mut guard, channel, offset, frame.clone());
+            let ready = guard.mirror.as_ref().is_some_and(|m| m.ready);
+            if ready {
+                deliver(frame);
+            }
+        }
+        let last = guard.last();
+        if let Some(mirror) = guard.mirror.as_mut() {
+            mirror.ready |= caught_up || last >= mirror.ready_at;
+        }
+        self.serve_waiting(&mut guard, channel, serve);
+    }
+
+    /// Answers the catch-ups waiting on the mirror `stream` whose time is up; returns when
+    /// the next one's is.
+    pub(crate) fn mirror_due(
+        &self,
+        stream: &Mutex<Stream>,
+        channel: &str,
+        serve: impl FnMut(Pending, Catchup),
+    ) -> Option<Instant> {
+        self.serve_waiting(&mut lock(stream), channel, serve)
+    }
+
+    /// Hands every waiting catch-up that can be answered, or whose [`PENDING_WAIT`] is over,
+    /// to `serve` with its answer; returns the earliest deadline of those still waiting.
+    fn serve_waiting(
+        &self,
+        stream: &mut Stream,
+        channel: &str,
+        mut serve: impl FnMut(Pending, Catchup),
+    ) -> Option<Instant> {
+        let mirror = stream.mirror.as_mut()?;
+        if mirror.pending.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        let ready = mirror.ready;
+        let waiting = std::mem::take(&mut mirror.pending);
+        let mut next: Option<Instant> = None;
+        let mut still = Vec::new();
+        for pending in waiting {
+            let request_id = pending.request_id.as_deref();
+            let catchup = if answerable(stream, &pending.want) || (ready && pending.deadline <= now)
+            {
+                read(stream, channel, &pending.want, pending.command, request_id)
+            } else if pending.deadline <= now {
+                // Never loaded (JetStream unreachable): subscribed, told nothing was recovered.
+                Catchup {
+                    answer: answer(
+                        pending.command,
+                        channel,
+                        None,
+                        request_id,
+                        0,
+                        &pending.want,
+                        false,
+                    ),
+                    frames: Vec::new(),
+                }
+            } else {
+                next = Some(next.map_or(pending.deadline, |n| n.min(pending.deadline)));
+                still.push(pending);
+                continue;
+            };
+            serve(pending, catchup);
+        }
+        if let Some(mirror) = stream.mirror.as_mut() {
+            mirror.pending = still;
+        }
+        next
     }
 
     /// Drops the messages older than their channel's `history_ttl_secs`. Called every
@@ -519,6 +802,72 @@ impl History {
             journal.write(op(), &self.metrics);
         }
     }
+}
+
+/// What `want` gets from `stream`: the answer, then the missed (or recent) messages.
+fn read(
+    stream: &Stream,
+    channel: &str,
+    want: &Want,
+    command: &str,
+    request_id: Option<&str>,
+) -> Catchup {
+    let (frames, recovered) = match want {
+        Want::Recent(n) => {
+            let skip = stream.entries.len().saturating_sub(*n);
+            (
+                stream
+                    .entries
+                    .iter()
+                    .skip(skip)
+                    .map(|e| e.frame.clone())
+                    .collect(),
+                false,
+            )
+        }
+        Want::Since { offset, epoch } => {
+            let complete = *epoch == *stream.epoch
+                && *offset <= stream.last()
+                && *offset + 1 >= stream.first();
+            if complete {
+                let skip = (*offset + 1 - stream.first()) as usize;
+                (
+                    stream
+                        .entries
+                        .iter()
+                        .skip(skip)
+                        .map(|e| e.frame.clone())
+                        .collect(),
+                    true,
+                )
+            } else {
+                (Vec::new(), false)
+            }
+        }
+    };
+    let answer = answer(
+        command,
+        channel,
+        Some(stream),
+        request_id,
+        frames.len(),
+        want,
+        recovered,
+    );
+    Catchup { answer, frames }
+}
+
+/// True when a mirror can answer `want` now: it is ready, and a client resuming in its epoch
+/// has seen no offset it has not received yet.
+fn answerable(stream: &Stream, want: &Want) -> bool {
+    let Some(mirror) = &stream.mirror else {
+        return true;
+    };
+    mirror.ready
+        && match want {
+            Want::Recent(_) => true,
+            Want::Since { offset, epoch } => *epoch != *stream.epoch || *offset <= stream.last(),
+        }
 }
 
 /// A catch-up on a channel that keeps no history: `subscribe`, then an answer with
