@@ -251,3 +251,40 @@ async fn history_outlives_its_node_is_bounded_in_jetstream_and_a_lost_stream_is_
     assert_eq!(kept.iter().map(offset).collect::<Vec<_>>(), [1]);
     assert_eq!(body(&kept[0]), "after");
 }
+
+#[tokio::test]
+async fn without_jetstream_a_catch_up_is_still_answered_in_bounded_time_and_other_channels_work() {
+    let nats = NatsServer::start(); // no -js
+    let a = node(&nats.url(), 10).await;
+    let b = node(&nats.url(), 10).await;
+    let mut client = a.client().await;
+    let asked = Instant::now();
+    let (answer, missed) = catch_up(
+        &mut client,
+        "LHTTP/1.0 chat\r\nsubscribe:room.y\r\nsince:3\r\nepoch:0123456789abcdef\r\n\r\n",
+    )
+    .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(answer.command(), "subscribed");
+    assert_eq!(answer.header("recovered"), Some("false"), "{answer:?}");
+    assert!(answer.header("epoch").is_none(), "{answer:?}");
+    assert!(missed.is_empty());
+    // Channels without history cross nodes as ever.
+    client.subscribe("plain").await;
+    let deadline = Instant::now() + NATS_UP;
+    loop {
+        b.handle.publish(&chat("plain", "still here")).unwrap();
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), client.recv()).await {
+            assert_eq!(body(&m), "still here");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plain channel did not cross nodes"
+        );
+    }
+}

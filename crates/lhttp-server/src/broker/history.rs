@@ -214,6 +214,10 @@ pub(crate) async fn store(
     let mut headers = HeaderMap::new();
     headers.insert(super::cluster::ORIGIN_HEADER, cluster.node_id());
     let mut known: HashSet<Channel> = HashSet::new();
+    // After a stream could not be found or made (JetStream off, the account full), messages
+    // for new channels are dropped without asking NATS again until this passes: no request
+    // storm, one warning per pause.
+    let mut paused_until: Option<Instant> = None;
     let mut acks = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -232,8 +236,13 @@ pub(crate) async fn store(
                     let Some(options) = broker.history.as_ref().and_then(|h| h.options(channel.as_str())) else {
                         continue;
                     };
+                    if paused_until.is_some_and(|until| Instant::now() < until) {
+                        cluster.count_dropped();
+                        continue;
+                    }
                     if let Err(error) = stream_of(&broker, &js, channel.as_str(), options).await {
-                        tracing::warn!(%error, %channel, "history: message not stored");
+                        tracing::warn!(%error, %channel, "history: message not stored; new channels wait {RETRY:?}");
+                        paused_until = Some(Instant::now() + RETRY);
                         cluster.count_dropped();
                         continue;
                     }
@@ -270,13 +279,22 @@ pub(crate) async fn follow(
     mirror: Arc<Mutex<Stream>>,
     (stop, live): (tokio_util::sync::CancellationToken, Arc<AtomicBool>),
 ) {
+    // One warning per outage: the first failure after following worked (or at the start).
+    let mut warned = false;
     loop {
         let error = tokio::select! {
             _ = stop.cancelled() => return,
             error = follow_once(&broker, &js, &channel, &mirror, &live) => error,
         };
-        live.store(false, Relaxed);
-        tracing::debug!(%error, %channel, "history: following JetStream again");
+        if live.swap(false, Relaxed) {
+            warned = false;
+        }
+        if warned {
+            tracing::debug!(%error, %channel, "history: following JetStream again");
+        } else {
+            tracing::warn!(%error, %channel, "history: cannot follow the channel in JetStream; its subscribers here get nothing until it can (is nats-server running with -js?)");
+            warned = true;
+        }
         let due = answer_due(&broker, &channel, &mirror);
         let pause = due.map_or(RETRY, |d| {
             d.saturating_duration_since(Instant::now()).min(RETRY)
