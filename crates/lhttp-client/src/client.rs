@@ -46,6 +46,17 @@ pub enum ConnectionState {
     Closed,
 }
 
+/// How [`Client::subscribe_with`] subscribes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Send the last `recent` messages the server keeps first (one channel only; see
+    /// [`Client::subscribe_recent`]).
+    pub recent: Option<usize>,
+    /// What presence lists show for this client on these channels (`presence-info`, at most
+    /// the server's `limits.max_presence_info` bytes); empty when `None`.
+    pub presence_info: Option<String>,
+}
+
 /// Options of a [`Client`]; start with [`Client::builder`].
 ///
 /// ```no_run
@@ -601,7 +612,35 @@ impl Client {
         S: Into<String>,
     {
         let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
-        self.subscribe_to(channels, None).await
+        self.subscribe_with(channels, SubscribeOptions::default())
+            .await
+    }
+
+    /// [`Client::subscribe`] with [`SubscribeOptions`]: the recent messages to send first,
+    /// the info presence lists show for this client. Both are asked again on every
+    /// reconnection, as the subscription is restored.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: lhttp_client::Client) -> Result<(), lhttp_client::Error> {
+    /// use lhttp_client::SubscribeOptions;
+    /// let options = SubscribeOptions {
+    ///     recent: Some(50),
+    ///     presence_info: Some("Ann".into()),
+    /// };
+    /// let room = client.subscribe_with(["chat.lobby"], options).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe_with<I, S>(
+        &self,
+        channels: I,
+        options: SubscribeOptions,
+    ) -> Result<Subscription, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let channels: Vec<String> = channels.into_iter().map(Into::into).collect();
+        self.subscribe_to(channels, options).await
     }
 
     /// Subscribes to `channel` and has the server send the last `recent` messages it keeps of
@@ -625,14 +664,17 @@ impl Client {
         channel: &str,
         recent: usize,
     ) -> Result<Subscription, Error> {
-        self.subscribe_to(vec![channel.to_owned()], Some(recent))
-            .await
+        let options = SubscribeOptions {
+            recent: Some(recent),
+            ..SubscribeOptions::default()
+        };
+        self.subscribe_to(vec![channel.to_owned()], options).await
     }
 
     async fn subscribe_to(
         &self,
         channels: Vec<String>,
-        recent: Option<usize>,
+        options: SubscribeOptions,
     ) -> Result<Subscription, Error> {
         if channels.is_empty() {
             return Err(Error::InvalidChannel(String::new()));
@@ -646,7 +688,8 @@ impl Client {
         self.command(Command::Subscribe {
             id,
             channels: channels.clone(),
-            recent,
+            recent: options.recent,
+            presence_info: options.presence_info,
             sink,
             request_id: self.fresh_request_id(),
             answer,

@@ -97,6 +97,8 @@ pub(crate) enum Command {
         channels: Vec<String>,
         /// `recent` (one channel): the last messages kept are sent first.
         recent: Option<usize>,
+        /// `presence-info`: what presence lists show for this client on these channels.
+        presence_info: Option<String>,
         sink: Sink,
         request_id: String,
         answer: oneshot::Sender<Result<Message, Error>>,
@@ -247,6 +249,8 @@ struct Registry {
     listeners: HashMap<ListenerId, Listener>,
     /// Listeners per channel; a channel is subscribed on the server while it has an entry.
     by_channel: HashMap<String, Vec<ListenerId>>,
+    /// The `presence-info` a channel was last subscribed with, sent again when it is restored.
+    presence_info: HashMap<String, String>,
     /// The wildcard patterns among `by_channel`'s keys (`sensor.*.temp`): a delivery names
     /// its concrete channel, which reaches these listeners too. Refreshed on every change of
     /// the keys.
@@ -659,6 +663,7 @@ impl Registry {
                 id,
                 channels,
                 recent,
+                presence_info,
                 sink,
                 request_id,
                 answer,
@@ -670,6 +675,12 @@ impl Registry {
                     Message::builder(names::SUBSCRIBE).header(names::SUBSCRIBE, channels.join(" "));
                 if let Some(recent) = recent {
                     message = message.header(names::RECENT, recent.to_string());
+                }
+                if let Some(info) = presence_info {
+                    for channel in &channels {
+                        self.presence_info.insert(channel.clone(), info.clone());
+                    }
+                    message = message.header(names::PRESENCE_INFO, info);
                 }
                 let message = message.header(REQUEST_ID, request_id.clone()).build();
                 match message {
@@ -806,6 +817,7 @@ impl Registry {
                     ids.retain(|i| *i != id);
                     if ids.is_empty() {
                         self.by_channel.remove(&channel);
+                        self.presence_info.remove(&channel);
                         self.refresh_patterns();
                         last.push(channel);
                     }
@@ -865,12 +877,16 @@ impl Registry {
     fn restore_messages(&mut self) -> Vec<Message> {
         let mut channels = Vec::new();
         let mut frames = Vec::new();
-        let positioned: Vec<(String, Position)> = self
+        let positioned: Vec<(String, Option<Position>)> = self
             .by_channel
             .iter()
             .filter_map(
                 |(channel, ids)| match self.earliest_position(channel, ids) {
-                    Some(position) => Some((channel.clone(), position)),
+                    Some(position) => Some((channel.clone(), Some(position))),
+                    // A presence info is one per message: such channels go one by one.
+                    None if self.presence_info.contains_key(channel) => {
+                        Some((channel.clone(), None))
+                    }
                     None => {
                         channels.push(channel.clone());
                         None
@@ -880,15 +896,20 @@ impl Registry {
             .collect();
         for (channel, since) in positioned {
             let request_id = self.internal_id("restore");
-            let message = Message::builder(names::SUBSCRIBE)
-                .header(names::SUBSCRIBE, channel)
-                .header(names::SINCE, since.offset.to_string())
-                .header(names::EPOCH, since.epoch.clone())
-                .header(REQUEST_ID, request_id.clone())
-                .build();
+            let mut message = Message::builder(names::SUBSCRIBE);
+            if let Some(info) = self.presence_info.get(&channel) {
+                message = message.header(names::PRESENCE_INFO, info.clone());
+            }
+            message = message.header(names::SUBSCRIBE, channel);
+            if let Some(since) = &since {
+                message = message
+                    .header(names::SINCE, since.offset.to_string())
+                    .header(names::EPOCH, since.epoch.clone());
+            }
+            let message = message.header(REQUEST_ID, request_id.clone()).build();
             match message {
                 Ok(message) => {
-                    let pending = Pending::Restore { since: Some(since) };
+                    let pending = Pending::Restore { since };
                     self.add_pending(request_id.clone(), pending);
                     self.restoring.insert(request_id);
                     frames.push(message);

@@ -78,7 +78,7 @@ mod subscription;
 mod transport;
 mod worker;
 
-pub use client::{Client, ClientBuilder, ConnectionState, DEFAULT_COMMAND};
+pub use client::{Client, ClientBuilder, ConnectionState, DEFAULT_COMMAND, SubscribeOptions};
 pub use error::Error;
 pub use history::{Event, Gap, History, HistoryQuery, Position};
 pub use lhttp_proto::{
