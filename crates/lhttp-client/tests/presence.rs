@@ -7,15 +7,20 @@ use common::{start_with, test_config};
 use lhttp_client::{Client, Error, Message};
 use lhttp_server::config::ChannelOptions;
 
-#[tokio::test]
-async fn presence_lists_the_members_and_finds_the_caller() {
+/// A server whose channels `room.*` have presence.
+fn presence_config() -> lhttp_server::Config {
     let mut config = test_config();
     config.channels.push(ChannelOptions {
         pattern: "room.*".into(),
         presence: true,
         ..ChannelOptions::default()
     });
-    let server = start_with(config).await;
+    config
+}
+
+#[tokio::test]
+async fn presence_lists_the_members_and_finds_the_caller() {
+    let server = start_with(presence_config()).await;
     let alice = Client::connect(&server.url()).await.unwrap();
     let join = Message::builder("sub")
         .header("subscribe", "room.a")
@@ -51,13 +56,7 @@ async fn the_presence_info_a_subscription_sets_is_listed_and_comes_back_after_a_
     use common::relay::Relay;
     use lhttp_client::{ConnectionState, SubscribeOptions};
     use std::time::Duration;
-    let mut config = test_config();
-    config.channels.push(ChannelOptions {
-        pattern: "room.*".into(),
-        presence: true,
-        ..ChannelOptions::default()
-    });
-    let server = start_with(config).await;
+    let server = start_with(presence_config()).await;
     let relay = Relay::start(server.addr).await;
     let ann = Client::builder(relay.ws_url())
         .backoff(Duration::from_millis(10), Duration::from_millis(100))

@@ -6,7 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, TestServer, WAIT, body, config, nats::NATS_UP, nats::NatsServer, start_with};
+use common::{
+    TestServer, WAIT, body, config,
+    history::{catch_up, chat, offset},
+    nats::{NATS_UP, NatsServer},
+    start_with,
+};
 use futures_util::TryStreamExt;
 use lhttp_server::{ChannelOptions, Server, proto::Message};
 
@@ -30,38 +35,6 @@ async fn node(nats_url: &str, size: usize) -> TestServer {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server
-}
-
-fn chat(channel: &str, body: &str) -> Message {
-    Message::builder("chat")
-        .header("publish", channel.to_owned())
-        .body(body.to_owned())
-        .build()
-        .unwrap()
-}
-
-fn offset(m: &Message) -> u64 {
-    m.header("offset")
-        .unwrap_or_else(|| panic!("no offset: {m:?}"))
-        .parse()
-        .unwrap()
-}
-
-/// Sends `text` and returns the answer (`subscribed` or `history`) and the `count` messages
-/// that follow it.
-async fn catch_up(client: &mut Client, text: &str) -> (Message, Vec<Message>) {
-    client.send(text).await;
-    let answer = client.recv().await;
-    let count: usize = answer
-        .header("count")
-        .unwrap_or_else(|| panic!("not a catch-up answer: {answer:?}"))
-        .parse()
-        .unwrap();
-    let mut messages = Vec::with_capacity(count);
-    for _ in 0..count {
-        messages.push(client.recv().await);
-    }
-    (answer, messages)
 }
 
 /// Reads `room.x`'s history through `server` until it holds `n` messages; returns the answer

@@ -6,7 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, TestServer, WAIT, body, config, start_with};
+use common::{
+    TestServer, WAIT, body, config,
+    history::{catch_up, chat, offset},
+    start_with,
+};
 use lhttp_server::{ChannelOptions, ChannelRule, Config, Server, proto::Message};
 
 /// A server whose channels `room.*` keep `size` messages in memory.
@@ -21,38 +25,6 @@ async fn server_keeping(size: usize, change: impl FnOnce(&mut Config)) -> TestSe
         change(c);
     });
     start_with(Server::builder(config)).await
-}
-
-fn chat(channel: &str, body: &str) -> Message {
-    Message::builder("chat")
-        .header("publish", channel.to_owned())
-        .body(body.to_owned())
-        .build()
-        .unwrap()
-}
-
-fn offset(m: &Message) -> u64 {
-    m.header("offset")
-        .unwrap_or_else(|| panic!("no offset: {m:?}"))
-        .parse()
-        .unwrap()
-}
-
-/// Sends `text` and returns the answer (`subscribed` or `history`) and the `count` messages
-/// that follow it.
-async fn catch_up(client: &mut Client, text: &str) -> (Message, Vec<Message>) {
-    client.send(text).await;
-    let answer = client.recv().await;
-    let count: usize = answer
-        .header("count")
-        .unwrap_or_else(|| panic!("not a catch-up answer: {answer:?}"))
-        .parse()
-        .unwrap();
-    let mut messages = Vec::with_capacity(count);
-    for _ in 0..count {
-        messages.push(client.recv().await);
-    }
-    (answer, messages)
 }
 
 #[tokio::test]

@@ -330,6 +330,7 @@ pub async fn wait_subscribers(server: &TestServer, channel: &str, n: usize) {
 pub fn body(m: &Message) -> String {
     String::from_utf8(m.body().to_vec()).expect("UTF-8 body")
 }
+pub mod history;
 pub mod nats;
 pub mod storm;
 pub mod stream;
