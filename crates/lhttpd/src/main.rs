@@ -63,6 +63,23 @@ struct Args {
     /// More logging: -v for debug, -vv for trace. RUST_LOG, when set, takes precedence.
     #[arg(short, long, action = ArgAction::Count)]
     verbose: u8,
+
+    /// How log lines are written to standard error: `text` for people, `json` (one object per
+    /// line: timestamp, level, target, fields) for log collectors.
+    #[arg(
+        long = "log-format",
+        env = "LHTTPD_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// The `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -70,7 +87,7 @@ fn main() -> ExitCode {
     let result = if args.print_config {
         print_stdout(settings::DEFAULT_CONFIG)
     } else {
-        init_logging(args.verbose);
+        init_logging(args.verbose, args.log_format);
         run(args)
     };
     match result {
@@ -95,20 +112,24 @@ fn print_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat) {
     let level = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    // Colour only on a terminal: log files and journald get plain text.
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+        LogFormat::Text => {
+            // Colour only on a terminal: log files and journald get plain text.
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            logs.with_ansi(ansi).init();
+        }
+    }
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

@@ -607,6 +607,35 @@ async fn environment_variable_overrides_a_limit() {
 }
 
 #[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let server = Server::start(&["--log-format", "json"], &[]).await;
+    server
+        .wait_for_log_line("saying it listens", |l| l.contains("listening"))
+        .await;
+    let log = server.stderr.text();
+    let mut lines = 0;
+    for line in log.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(value["timestamp"].is_string(), "{line}");
+        assert!(value["level"].is_string(), "{line}");
+        assert!(value["fields"]["message"].is_string(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 0);
+    let finished = run({
+        let mut c = lhttpd();
+        c.args(["--log-format", "yaml", "--check-config"]);
+        c
+    });
+    assert_eq!(
+        finished.status.code(),
+        Some(2),
+        "a bad flag is a usage error"
+    );
+}
+
+#[tokio::test]
 async fn lhttpd_listen_variable_replaces_the_flag() {
     let server = Server::start_with(&[], &[], Listen::Env).await;
     // start_with has already seen /healthz answer on the address given only by LHTTPD_LISTEN;
