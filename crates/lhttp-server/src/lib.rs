@@ -75,7 +75,7 @@ pub use pubsub::hub::Hub;
 pub use pubsub::publish::PublishReport;
 pub use rejection::Rejection;
 pub use requests::upstream;
-pub use security::auth::{AuthError, User};
+pub use security::auth::{AuthError, TokenSpec, User, mint_token};
 pub use server::{Server, ServerBuilder};
 pub use session::builtin;
 pub use session::connection::{Connection, ConnectionHandle, ConnectionId};

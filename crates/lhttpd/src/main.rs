@@ -73,6 +73,41 @@ struct Args {
         default_value = "text"
     )]
     log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+/// What lhttpd does besides serving.
+#[derive(Debug, clap::Subcommand)]
+enum Tool {
+    /// Print a token (JWT) a server with this configuration accepts, signed with its
+    /// auth.hs256_secret: for trying authentication and channel rules.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// A role (`roles`), matched by `roles` in [[auth.rules]] (repeatable).
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// A channel pattern the user may subscribe to besides what the rules allow
+        /// (repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        subscribe: Vec<String>,
+        /// A channel pattern the user may publish to besides what the rules allow (repeatable).
+        #[arg(long, value_name = "PATTERN")]
+        publish: Vec<String>,
+        /// The patterns given are the only channels the user may use, whatever the rules say.
+        #[arg(long)]
+        only: bool,
+        /// Seconds until the token expires.
+        #[arg(long = "valid-secs", value_name = "SECONDS", default_value_t = 3600)]
+        valid_secs: u64,
+    },
+    /// Print the default configuration with fresh random secrets (server.api_key,
+    /// auth.hs256_secret) and anonymous connections off: a start for a server that needs
+    /// tokens (make them with `lhttpd --config FILE token --user NAME`).
+    NewConfig,
 }
 
 /// The `--log-format` values.
@@ -86,6 +121,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = if args.print_config {
         print_stdout(settings::DEFAULT_CONFIG)
+    } else if let Some(Tool::NewConfig) = args.command {
+        settings::with_fresh_secrets(settings::DEFAULT_CONFIG).and_then(|text| print_stdout(&text))
     } else {
         init_logging(args.verbose, args.log_format);
         run(args)
@@ -158,6 +195,26 @@ fn run(args: Args) -> anyhow::Result<()> {
     // The same check as building the server makes, before binding, so that a configuration
     // error is reported as such rather than as whatever the listener meets first.
     config.validate()?;
+    if let Some(Tool::Token {
+        user,
+        roles,
+        subscribe,
+        publish,
+        only,
+        valid_secs,
+    }) = args.command
+    {
+        let spec = lhttp_server::TokenSpec {
+            user,
+            roles,
+            subscribe,
+            publish,
+            only,
+            valid_for: std::time::Duration::from_secs(valid_secs),
+        };
+        let token = lhttp_server::mint_token(&config.auth, &spec).map_err(anyhow::Error::msg)?;
+        return print_stdout(&format!("{token}\n"));
+    }
     if args.check_config {
         return print_stdout(&settings::effective_toml(&config)?);
     }

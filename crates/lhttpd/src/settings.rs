@@ -13,6 +13,56 @@ use toml::{Table, Value};
 /// The commented default configuration, printed by `--print-config`.
 pub const DEFAULT_CONFIG: &str = include_str!("../lhttpd.toml");
 
+/// `default` (the commented default configuration) with a fresh random `server.api_key` and
+/// `auth.hs256_secret` (32 random bytes each, as hex) and `auth.anonymous = false`.
+pub fn with_fresh_secrets(default: &str) -> anyhow::Result<String> {
+    let secret = || -> anyhow::Result<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("random secret: {e}"))?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    };
+    let mut text = String::from(
+        "# Made by `lhttpd new-config`: fresh secrets (server.api_key, auth.hs256_secret) and\n\
+         # anonymous connections off. Keep this file private. Tokens for clients:\n\
+         #   lhttpd --config THIS_FILE token --user NAME\n\n",
+    );
+    text.push_str(default);
+    let changes = [
+        (
+            "#   api_key = \"a-long-random-secret\"\n".to_owned(),
+            format!("api_key = \"{}\"\n", secret()?),
+        ),
+        (
+            "\nanonymous = true\n".to_owned(),
+            "\nanonymous = false\n".to_owned(),
+        ),
+        (
+            "# !!! DEFAULT: OPEN TO EVERYONE. !!!\n\
+             # Out of the box lhttpd is a single-node local demo: anonymous connections are accepted and, with\n\
+             # no rules below, every client may subscribe and publish to every channel. Before lhttpd faces\n\
+             # any network you do not fully trust, set a key, anonymous = false and rules: see\n\
+             # docs/security.md.\n"
+                .to_owned(),
+            "# Anonymous connections are off: a client needs a token signed with hs256_secret below\n\
+             # (lhttpd --config THIS_FILE token --user NAME). With no rules below, every authenticated\n\
+             # user may subscribe and publish to every channel: see docs/security.md.\n"
+                .to_owned(),
+        ),
+        (
+            "#   hs256_secret = \"at least 32 bytes of shared secret ......\"\n".to_owned(),
+            format!("hs256_secret = \"{}\"\n", secret()?),
+        ),
+    ];
+    for (from, to) in changes {
+        anyhow::ensure!(
+            text.matches(&from).count() == 1,
+            "the default configuration has no single {from:?} to replace"
+        );
+        text = text.replacen(&from, &to, 1);
+    }
+    Ok(text)
+}
+
 /// Prefix of environment variables that override configuration keys:
 /// `LHTTPD_<SECTION>__<KEY>`, e.g. `LHTTPD_LIMITS__MAX_CONNECTIONS=500`. Every variable with
 /// this prefix must name a setting, a flag or one of [`OTHER_VARIABLES`]: a misspelt one would

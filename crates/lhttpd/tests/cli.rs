@@ -607,6 +607,81 @@ async fn environment_variable_overrides_a_limit() {
 }
 
 #[tokio::test]
+async fn new_config_makes_fresh_secrets_and_token_mints_what_that_server_accepts() {
+    let new_config = || {
+        let finished = run({
+            let mut c = lhttpd();
+            c.arg("new-config");
+            c
+        });
+        assert!(finished.status.success(), "{}", finished.stderr);
+        finished.stdout
+    };
+    let (first, second) = (new_config(), new_config());
+    let setting = |text: &str, name: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+            .unwrap_or_else(|| panic!("no {name} set"))
+            .trim_matches('"')
+            .to_owned()
+    };
+    for name in ["api_key", "hs256_secret"] {
+        assert_eq!(setting(&first, name).len(), 64, "{name}");
+        assert_ne!(
+            setting(&first, name),
+            setting(&second, name),
+            "{name} is fresh"
+        );
+    }
+    assert_eq!(setting(&first, "anonymous"), "false");
+    assert!(!first.contains("OPEN TO EVERYONE"));
+    let file = scratch_file("new-config.toml");
+    std::fs::write(&file, &first).unwrap();
+    let file = file.to_str().unwrap();
+
+    let server = Server::start(&["--config", file], &[]).await;
+    let minted = run({
+        let mut c = lhttpd();
+        c.args([
+            "--config",
+            file,
+            "token",
+            "--user",
+            "ann",
+            "--valid-secs",
+            "60",
+        ]);
+        c
+    });
+    assert!(minted.status.success(), "{}", minted.stderr);
+    let token = minted.stdout.trim();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    // The token opens the door; without it the server answers 401.
+    let mut ws = connect(&server, &format!("/?token={token}")).await;
+    subscribe(&mut ws, "room", "with-token").await;
+    let mut stranger = connect(&server, "/").await;
+    send(
+        &mut stranger,
+        "LHTTP/1.0 chat\r\nsubscribe:room\r\nrequest-id:no-token\r\n\r\n",
+    )
+    .await;
+    let answer = Lhttp::parse(&receive_text(&mut stranger).await);
+    assert_eq!(answer.header("status"), Some("401"), "{answer:?}");
+    // A configuration without an HS256 secret cannot mint, and says why.
+    let refused = run({
+        let mut c = lhttpd();
+        c.args(["token", "--user", "ann"]);
+        c
+    });
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused.stderr.contains("hs256_secret"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[tokio::test]
 async fn json_logs_are_one_object_per_line() {
     let server = Server::start(&["--log-format", "json"], &[]).await;
     server

@@ -103,6 +103,84 @@ pub enum AuthError {
     Claim(String),
 }
 
+/// What [`mint_token`] puts in a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSpec {
+    /// The user id (`sub`).
+    pub user: String,
+    /// `roles`, matched by `roles` in `[[auth.rules]]`.
+    pub roles: Vec<String>,
+    /// Channel patterns this user may subscribe to besides what the rules allow (`channels`).
+    pub subscribe: Vec<String>,
+    /// Channel patterns this user may publish to besides what the rules allow.
+    pub publish: Vec<String>,
+    /// The patterns above are the only channels the user may use, whatever the rules say.
+    pub only: bool,
+    /// How long the token is valid (`exp` is now plus this).
+    pub valid_for: Duration,
+}
+
+/// Signs a token for `spec` with the HS256 secret `config` names (its value, file or
+/// variable), carrying the issuer and audience `config` requires: a token that a server with
+/// this configuration accepts. Only HS256 tokens can be made from a server's configuration (it
+/// holds the public half of RS256 and ES256 keys); an invalid pattern is refused.
+pub fn mint_token(config: &AuthConfig, spec: &TokenSpec) -> Result<String, String> {
+    let secret = read_source(
+        "hs256_secret",
+        &config.hs256_secret,
+        &config.hs256_secret_file,
+        &config.hs256_secret_env,
+    )?
+    .ok_or(
+        "auth.hs256_secret is not set: tokens are made with the HS256 secret (RS256 and ES256 \
+         tokens are signed by whoever holds the private key)",
+    )?;
+    let secret = secret.trim_end();
+    if secret.len() < 32 {
+        return Err("auth.hs256_secret must be at least 32 bytes".into());
+    }
+    if spec.user.is_empty() {
+        return Err("a token needs a user (sub)".into());
+    }
+    for pattern in spec.subscribe.iter().chain(&spec.publish) {
+        Pattern::parse(pattern).map_err(|e| format!("channel pattern {pattern:?}: {e}"))?;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut claims = Map::new();
+    claims.insert("sub".into(), spec.user.clone().into());
+    claims.insert("iat".into(), now.into());
+    claims.insert(
+        "exp".into(),
+        now.saturating_add(spec.valid_for.as_secs())
+            .min(LATEST_EXP)
+            .into(),
+    );
+    if !spec.roles.is_empty() {
+        claims.insert("roles".into(), spec.roles.clone().into());
+    }
+    if !spec.subscribe.is_empty() || !spec.publish.is_empty() || spec.only {
+        let mut channels = Map::new();
+        channels.insert("subscribe".into(), spec.subscribe.clone().into());
+        channels.insert("publish".into(), spec.publish.clone().into());
+        channels.insert("only".into(), spec.only.into());
+        claims.insert("channels".into(), channels.into());
+    }
+    if let Some(issuer) = &config.issuer {
+        claims.insert("iss".into(), issuer.clone().into());
+    }
+    if let Some(audience) = &config.audience {
+        claims.insert("aud".into(), audience.clone().into());
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("signing the token: {e}"))
+}
+
 /// Checks tokens against the configured keys.
 pub(crate) struct Verifier {
     /// One key per accepted algorithm.
@@ -345,6 +423,54 @@ mod tests {
         };
         change(&mut config);
         Verifier::new(&config).unwrap()
+    }
+
+    #[test]
+    fn a_minted_token_is_accepted_with_its_user_roles_channels_issuer_and_audience() {
+        let config = AuthConfig {
+            hs256_secret: Some(SECRET.into()),
+            issuer: Some("https://auth.example".into()),
+            audience: Some("lhttp".into()),
+            leeway_secs: 0,
+            ..AuthConfig::default()
+        };
+        let spec = TokenSpec {
+            user: "ann".into(),
+            roles: vec!["admin".into()],
+            subscribe: vec!["chat.*".into()],
+            publish: vec!["chat.lobby".into()],
+            only: true,
+            valid_for: Duration::from_secs(600),
+        };
+        let token = mint_token(&config, &spec).unwrap();
+        let user = Verifier::new(&config).unwrap().verify(&token).unwrap();
+        assert_eq!(user.id(), "ann");
+        assert!(user.has_role("admin"));
+        let channels = user.token_channels().expect("channels claim");
+        assert!(channels.only);
+        let left = user.expires_at().duration_since(SystemTime::now()).unwrap();
+        assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600));
+        // Not with another secret, and not without one.
+        let other = AuthConfig {
+            hs256_secret: Some("another secret of thirty-two bytes!!".into()),
+            ..config.clone()
+        };
+        assert!(Verifier::new(&other).unwrap().verify(&token).is_err());
+        let rs_only = AuthConfig {
+            hs256_secret: None,
+            rs256_public_key: Some(RS_PUBLIC.into()),
+            ..AuthConfig::default()
+        };
+        assert!(
+            mint_token(&rs_only, &spec)
+                .unwrap_err()
+                .contains("hs256_secret")
+        );
+        let bad = TokenSpec {
+            subscribe: vec!["chat..x".into()],
+            ..spec
+        };
+        assert!(mint_token(&config, &bad).unwrap_err().contains("chat..x"));
     }
 
     fn hs(claims: Value) -> String {
