@@ -113,8 +113,19 @@ export interface ClientOptions {
   maxReconnectDelay?: number;
   /** How long request() and subscribe() wait for an answer, in milliseconds (default 10000). */
   requestTimeout?: number;
-  /** Frames kept while disconnected (default 1000). */
+  /**
+   * Frames kept while disconnected (default 1000). A request or acknowledged publish queued
+   * while disconnected waits for the next connection; if it gives up first (its timeout, or
+   * close()) its frame is dropped, so a rejected publish is never sent later.
+   */
   maxQueue?: number;
+  /**
+   * connect() only: milliseconds to wait for the first connection, its token accepted when
+   * there is one (default 10000; 0 waits for ever). connect() rejects with LhttpError status 0
+   * reason "connect timeout" after it (and closes the client), or with 401 when the token is
+   * refused.
+   */
+  connectTimeout?: number;
   /**
    * Milliseconds without receiving anything after which the client sends `LHTTP/1.0 ping`
    * (default 25000); 0 turns the liveness check off.

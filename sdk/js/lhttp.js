@@ -498,7 +498,9 @@ export class LhttpClient extends EventTarget {
   #connection = 0; // counts connections, so late work for an old one can tell it is stale
   #attempt = 0;
   #retryTimer = null;
-  #outbox = []; // frames sent while not connected, flushed after resubscribing
+  // {frame, id} sent while not connected, flushed after resubscribing; `id` is the request-id of
+  // a request waiting for its answer (its frame leaves the queue when the request gives up).
+  #outbox = [];
   #pending = new Map(); // request-id -> {resolve, reject, timer, wait, onPartial}
   // channel -> {handlers: Set, resolve, reject, promise, recent, epoch, offset}: `epoch` and
   // `offset` are those of the last message received on a channel that keeps history (undefined
@@ -510,6 +512,7 @@ export class LhttpClient extends EventTarget {
   #idPrefix = Math.random().toString(36).slice(2, 10);
   #nextId = 1;
   #settleOpened;
+  #openedSettled = false;
   #token = null; // the token for the connection being opened, resolved before it opens
   // A history() read whose answer has come and whose messages are arriving:
   // {channel, remaining, result, finish, fail}. The server queues the answer and its messages
@@ -562,7 +565,16 @@ export class LhttpClient extends EventTarget {
     }
     /** Resolves at the first successful connection; rejects if the client stops before. */
     this.opened = new Promise((resolve, reject) => {
-      this.#settleOpened = { resolve, reject };
+      this.#settleOpened = {
+        resolve: (value) => {
+          this.#openedSettled = true;
+          resolve(value);
+        },
+        reject: (error) => {
+          this.#openedSettled = true;
+          reject(error);
+        },
+      };
     });
     this.opened.catch(() => {}); // observed via connect() or not at all
     this.#connect();
@@ -649,7 +661,7 @@ export class LhttpClient extends EventTarget {
     this.#pingSent = 0;
     this.#armLiveness(this.#options.pingAfter);
     // The server handles messages in order: `auth` first, so that what follows is authorized.
-    if (this.#token) this.#sendAuth(this.#token);
+    const authenticated = this.#token ? this.#sendAuth(this.#token) : null;
     // Subscriptions go before queued frames, so that a queued publish to a channel this client
     // subscribes to reaches it too.
     const restored = [...this.#subscriptions.keys()].map((channel) => this.#subscribeOnServer(channel));
@@ -657,9 +669,26 @@ export class LhttpClient extends EventTarget {
     for (const worker of this.#workers.values()) if (!worker.leaving) restored.push(this.#joinOnServer(worker));
     const outbox = this.#outbox;
     this.#outbox = [];
-    for (const frame of outbox) this.#ws.send(frame);
+    for (const { frame, id } of outbox) {
+      this.#ws.send(frame);
+      const request = id !== undefined ? this.#pending.get(id) : undefined;
+      if (request) request.sent = true;
+    }
     this.#emit('open', { reconnected });
-    this.#settleOpened.resolve(this);
+    if (authenticated && !this.#openedSettled) {
+      // connect() settles with the answer to the token: a refused token is its error, at once,
+      // rather than a client that looks connected and is refused everything.
+      authenticated.then(
+        () => this.#settleOpened.resolve(this),
+        (error) => {
+          if (error.status !== 401 && error.status !== 403) return; // lost: tried again
+          this.#failure = error;
+          this.#ws?.close(1000, 'token refused');
+        },
+      );
+    } else {
+      this.#settleOpened.resolve(this);
+    }
     if (reconnected) {
       Promise.allSettled(restored).then(() => {
         if (this.#state === 'open' && this.#connection === connection) this.#emit('reconnect', { attempt });
@@ -716,17 +745,20 @@ export class LhttpClient extends EventTarget {
       this.#reading.fail(failure ?? new LhttpError(0, wasStopped ? 'client closed' : 'connection closed'));
       this.#reading = null;
     }
-    // Answers to requests sent on this connection will never come. Subscriptions stay: they
-    // are sent again on the next connection.
+    const willReconnect = this.#options.reconnect && !this.#stopped;
+    // Answers to requests sent on this connection will never come. Requests still queued were
+    // never sent: they wait for the next connection (or their timeout), so that one rejected
+    // here can never reach the server later. Subscriptions stay: they are sent again.
     for (const [id, request] of this.#pending) {
+      if (!request.sent && willReconnect) continue;
       clearTimeout(request.timer);
       this.#pending.delete(id);
       request.reject(failure ?? new LhttpError(0, wasStopped ? 'client closed' : 'connection closed'));
     }
+    if (!willReconnect) this.#outbox = [];
     // Deliveries not started yet belong to the lost connection: the server has already answered
     // them 502 or handed them to another member, and their ids mean nothing on the next one.
     for (const worker of this.#workers.values()) worker.backlog = [];
-    const willReconnect = this.#options.reconnect && !this.#stopped;
     this.#emit('close', { code, reason, willReconnect });
     if (!willReconnect) {
       // No connection will answer what still waits for one (confirmed ones are settled already).
@@ -988,14 +1020,21 @@ export class LhttpClient extends EventTarget {
    */
   send(message) {
     const frame = typeof message === 'string' || message instanceof Uint8Array ? message : encode(message);
+    this.#transmit(frame, undefined);
+  }
+
+  /** Sends `frame` now (true) or queues it for the next connection (false). */
+  #transmit(frame, id) {
     if (this.#stopped) throw this.#failure ?? new LhttpError(0, 'client closed');
     if (this.#ws && this.#ws.readyState === OPEN && this.#state === 'open') {
       this.#ws.send(frame);
-    } else if (this.#outbox.length < this.#options.maxQueue) {
-      this.#outbox.push(frame);
-    } else {
-      throw new LhttpError(0, 'send queue full while disconnected');
+      return true;
     }
+    if (this.#outbox.length < this.#options.maxQueue) {
+      this.#outbox.push({ frame, id });
+      return false;
+    }
+    throw new LhttpError(0, 'send queue full while disconnected');
   }
 
   /**
@@ -1057,11 +1096,11 @@ export class LhttpClient extends EventTarget {
     const id = `${this.#idPrefix}-${this.#nextId++}`;
     message.setHeader('request-id', id);
     return new Promise((resolve, reject) => {
-      const request = { resolve, reject, timer: null, wait, onPartial, history };
+      const request = { resolve, reject, timer: null, wait, onPartial, history, sent: false };
       this.#pending.set(id, request);
       this.#armTimer(id, request);
       try {
-        this.send(message);
+        request.sent = this.#transmit(encode(message), id);
       } catch (error) {
         clearTimeout(request.timer);
         this.#pending.delete(id);
@@ -1076,6 +1115,8 @@ export class LhttpClient extends EventTarget {
     if (request.wait == null) return;
     request.timer = setTimeout(() => {
       this.#pending.delete(id);
+      // Given up on: a frame still queued is never sent.
+      if (!request.sent) this.#outbox = this.#outbox.filter((entry) => entry.id !== id);
       request.reject(new LhttpError(0, 'timeout'));
     }, request.wait);
   }
@@ -1460,6 +1501,11 @@ export class LhttpClient extends EventTarget {
       // Between attempts, or still loading the WebSocket class: nothing to close.
       if (this.#state !== 'closed') this.#closed(code, reason);
       this.#settleOpened.reject(new LhttpError(0, 'client closed'));
+      for (const [id, request] of this.#pending) {
+        clearTimeout(request.timer);
+        this.#pending.delete(id);
+        request.reject(new LhttpError(0, 'client closed'));
+      }
       return Promise.resolve();
     }
     return new Promise((resolve) => {
@@ -1507,12 +1553,30 @@ function errorFrom(message) {
  *
  * @param {string} url a ws:// or wss:// URL
  * @param {object} [options] see LhttpClient
- * @returns {Promise<LhttpClient>} once the first connection is open; rejects if it cannot be
- *   made and reconnection is off
+ * @param {number} [options.connectTimeout=10000] milliseconds to wait for the first connection
+ *   (its token accepted, when there is one); 0 waits for ever
+ * @returns {Promise<LhttpClient>} once the first connection is open (and its token accepted);
+ *   rejects with LhttpError: status 0 "connect timeout" when no connection opened in
+ *   connectTimeout (the server is down or unreachable), 401 when the token is refused, or the
+ *   reason the client gave up (reconnection off, a certificate rejected)
  */
-export async function connect(url, options) {
+export async function connect(url, options = {}) {
   const client = new LhttpClient(url, options);
-  return client.opened;
+  const { connectTimeout = 10000 } = options;
+  if (!(connectTimeout > 0)) return client.opened;
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new LhttpError(0, 'connect timeout')), connectTimeout);
+  });
+  try {
+    return await Promise.race([client.opened, late]);
+  } catch (error) {
+    // Nobody holds this client: it must not go on trying in the background.
+    client.close();
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -63,6 +63,18 @@ describe('token authentication against lhttpd', () => {
     assert.deepEqual(received, ['hi alice']);
   });
 
+  test('connect() rejects with the 401 when the token is refused, and gives up', async () => {
+    await assert.rejects(connect(server.url, { token: token('old', -60) }), (error) => {
+      assert.ok(error instanceof LhttpError);
+      assert.equal(error.status, 401);
+      assert.equal(error.reason, 'token expired');
+      return true;
+    });
+    // A good token resolves only once the server has accepted it.
+    const client = await open({ token: token('fresh') });
+    await client.subscribe('room', () => {});
+  });
+
   test('a refused token is reported as an auth error with the reason', async () => {
     const client = new LhttpClient(server.url, { token: token('old', -60), reconnect: false });
     clients.push(client);

@@ -6,7 +6,8 @@ import { after, before, describe, test } from 'node:test';
 import { WebSocket } from 'ws';
 
 import { buildMultipart, connect, LhttpClient, LhttpError, Message, parseMultipart } from '../lhttp.js';
-import { nextEvent, startLhttpd, waitFor } from './lhttpd.js';
+import { freePort, nextEvent, startLhttpd, waitFor } from './lhttpd.js';
+import { startRelay } from './relay.js';
 
 /** A WebSocket class that records every frame it receives, to check exact bytes. */
 function recordingWebSocket(frames) {
@@ -274,4 +275,84 @@ test('a request that gets no answer times out with status 0', async () => {
   } finally {
     await client.close();
   }
+});
+
+describe('connect() settles', () => {
+  test('with "connect timeout" when nothing answers, and the client stops trying', async () => {
+    const port = await freePort(); // nobody listens here
+    const started = Date.now();
+    await assert.rejects(connect(`ws://127.0.0.1:${port}/`, { connectTimeout: 300, reconnectDelay: 20 }), (error) => {
+      assert.ok(error instanceof LhttpError);
+      assert.equal(error.status, 0);
+      assert.equal(error.reason, 'connect timeout');
+      return true;
+    });
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed >= 280 && elapsed < 3000, `${elapsed} ms`);
+  });
+});
+
+describe('a request queued while disconnected', () => {
+  let server;
+  let relay;
+  const clients = [];
+  after(async () => {
+    for (const c of clients) await c.close();
+    await relay?.close();
+    await server?.stop();
+  });
+
+  test('survives failed reconnection attempts and reaches subscribers exactly once', async () => {
+    server = await startLhttpd();
+    relay = await startRelay(server.port);
+    const subscriber = await connect(server.url);
+    clients.push(subscriber);
+    const box = inbox();
+    await subscriber.subscribe('once', box.handler);
+    const client = await connect(relay.url, { reconnectDelay: 20, maxReconnectDelay: 40 });
+    clients.push(client);
+    relay.refuse(true);
+    const closed = nextEvent(client, 'close');
+    relay.cut();
+    await closed;
+    // Sent while disconnected; then at least two attempts fail before the path comes back.
+    const acked = client.publish('once', 'posted once', { ack: true });
+    let rejected = null;
+    acked.catch((error) => {
+      rejected = error;
+    });
+    await waitFor(() => relay.accepted() >= 3, { what: 'failed reconnection attempts' });
+    assert.equal(rejected, null, 'a request never sent is not rejected by a failed attempt');
+    relay.refuse(false);
+    const answer = await acked;
+    assert.equal(answer.command, 'ok');
+    await box.waitCount(1);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(box.messages.length, 1);
+    assert.equal(box.messages[0].body, 'posted once');
+  });
+
+  test('that timed out is never sent later', async () => {
+    const box = inbox();
+    const subscriber = await connect(server.url);
+    clients.push(subscriber);
+    await subscriber.subscribe('never', box.handler);
+    const client = await connect(relay.url, { reconnectDelay: 20, maxReconnectDelay: 40, requestTimeout: 200 });
+    clients.push(client);
+    relay.refuse(true);
+    const closed = nextEvent(client, 'close');
+    relay.cut();
+    await closed;
+    await assert.rejects(client.publish('never', 'too late', { ack: true }), (error) => {
+      assert.equal(error.reason, 'timeout');
+      return true;
+    });
+    relay.refuse(false);
+    await nextEvent(client, 'reconnect', 10000).catch(() => {});
+    await waitFor(() => client.state === 'open', { what: 'reconnected' });
+    client.publish('never', 'after');
+    await box.waitCount(1);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.deepEqual(box.messages.map((m) => m.body), ['after']);
+  });
 });
