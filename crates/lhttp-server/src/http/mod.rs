@@ -75,7 +75,13 @@ pub(crate) fn router(
     let mut router = Router::new();
     for file in static_files {
         let (content_type, body) = (file.content_type, file.body);
-        router = router.route(file.path, get(move || static_file(content_type, body)));
+        // The SDK (`/sdk/...`) may be imported by pages of any origin: a module script from
+        // another origin loads only with CORS. It is public code, fetched without credentials.
+        let shared_with_any_origin = file.path.starts_with("/sdk/");
+        router = router.route(
+            file.path,
+            get(move || static_file(content_type, body, shared_with_any_origin)),
+        );
     }
     for route in &shared.config.gateway {
         let prefix = route_prefix(&route.path).to_owned();
@@ -331,8 +337,8 @@ fn bearer_token(request: &Request) -> Option<&str> {
     })
 }
 
-async fn static_file(content_type: &'static str, body: &'static str) -> Response {
-    (
+async fn static_file(content_type: &'static str, body: &'static str, any_origin: bool) -> Response {
+    let mut response = (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
@@ -340,7 +346,14 @@ async fn static_file(content_type: &'static str, body: &'static str) -> Response
         ],
         body,
     )
-        .into_response()
+        .into_response();
+    if any_origin {
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            header::HeaderValue::from_static("*"),
+        );
+    }
+    response
 }
 
 async fn healthz(State(shared): State<Arc<Sessions>>) -> Response {
