@@ -25,7 +25,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  the server answered with an error (its status and reason are printed on stderr)
-  2  invalid command line
+  2  invalid command line: a flag, URL, channel or value that cannot work
   3  the server cannot be reached, the connection was lost, or no answer came in time
 
 Examples:
@@ -52,6 +52,7 @@ struct Cli {
     #[arg(
         long,
         env = "LHTTP_URL",
+        hide_env_values = true,
         default_value = "ws://127.0.0.1:8081/",
         global = true
     )]
@@ -384,6 +385,24 @@ pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
 #[derive(Debug)]
 pub(crate) struct Exit(pub(crate) u8);
 
+/// A command line that parsed but cannot work (a zero duration, an unreadable `--ca` file):
+/// exit code 2, as for what clap itself refuses.
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// `Err(Usage(text))`.
+fn usage<T>(text: impl Into<String>) -> Result<T> {
+    Err(Usage(text.into()).into())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -420,10 +439,19 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
-/// 1 for a server refusal, 3 for connection trouble, 1 otherwise.
+/// 1 for a server refusal, 2 for a command line that cannot work (a bad URL, channel or
+/// value), 3 for connection trouble, 1 otherwise.
 pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Usage>().is_some() {
+        return 2;
+    }
     match e.downcast_ref::<lhttp_client::Error>() {
         Some(lhttp_client::Error::Server { .. }) => 1,
+        Some(
+            lhttp_client::Error::InvalidUrl { .. }
+            | lhttp_client::Error::InvalidChannel(_)
+            | lhttp_client::Error::Build(_),
+        ) => 2,
         Some(
             lhttp_client::Error::Connect { .. }
             | lhttp_client::Error::Timeout(_)
@@ -439,7 +467,10 @@ async fn run(cli: Cli) -> Result<()> {
     let timeout = Duration::try_from_secs_f64(cli.timeout)
         .ok()
         .filter(|t| !t.is_zero())
-        .context("--timeout must be a positive number of seconds")?;
+        .map_or_else(
+            || usage("--timeout must be a positive number of seconds"),
+            Ok,
+        )?;
     let mut builder = Client::builder(cli.url.clone())
         .request_timeout(timeout)
         .connect_timeout(timeout);
@@ -536,7 +567,10 @@ async fn run(cli: Cli) -> Result<()> {
                     Duration::try_from_secs_f64(secs)
                         .ok()
                         .filter(|d| !d.is_zero())
-                        .context("--duration must be a positive number of seconds")?,
+                        .map_or_else(
+                            || usage("--duration must be a positive number of seconds"),
+                            Ok,
+                        )?,
                 ),
                 None => bench::Amount::Count(count),
             };
@@ -603,7 +637,10 @@ async fn run(cli: Cli) -> Result<()> {
             let duration = Duration::try_from_secs_f64(duration)
                 .ok()
                 .filter(|d| !d.is_zero())
-                .context("--duration must be a positive number of seconds")?;
+                .map_or_else(
+                    || usage("--duration must be a positive number of seconds"),
+                    Ok,
+                )?;
             let report = bench::latency(bench::Latency {
                 sub_url: sub_url.unwrap_or_else(|| cli.url.clone()),
                 url: cli.url,
@@ -632,7 +669,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         }) => {
             if drop_every_ms == 0 {
-                anyhow::bail!("--drop-every-ms must be greater than 0");
+                return usage("--drop-every-ms must be greater than 0");
             }
             let report = bench::relay(bench::Relay {
                 url: cli.url,
@@ -730,7 +767,7 @@ fn print_report(json: bool, value: serde_json::Value, table: String, clean: bool
 
 /// The contents of the file a flag names.
 fn read_file(path: &std::path::Path, flag: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    std::fs::read(path).or_else(|e| usage(format!("cannot read {flag} {}: {e}", path.display())))
 }
 
 /// `-` reads stdin to the end; anything else is the body itself.

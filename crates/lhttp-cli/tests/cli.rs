@@ -231,6 +231,28 @@ async fn help_documents_the_exit_codes() {
     assert_eq!(done.code, Some(0));
     assert!(done.stdout.contains("Exit codes:"), "{}", done.stdout);
     assert!(done.stdout.contains("3  the server cannot be reached"));
+    // The environment variable is named, not a stray `=` with its (empty) value.
+    assert!(done.stdout.contains("[env: LHTTP_URL]"), "{}", done.stdout);
+    assert!(!done.stdout.contains("LHTTP_URL="), "{}", done.stdout);
+}
+
+#[tokio::test]
+async fn a_command_line_that_cannot_work_exits_2_with_one_message() {
+    for args in [
+        &["--url", "bogus://x", "sub", "room"][..],
+        &["--url", "ws://127.0.0.1:9", "--timeout", "0", "sub", "room"],
+        &["--url", "ws://127.0.0.1:9", "bench", "latency", "--duration", "0"],
+        &["--no-such-flag"],
+    ] {
+        let done = run(lhttp(args), b"").await;
+        assert_eq!(done.code, Some(2), "{args:?}: {done:?}");
+        let messages = done
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("lhttp: ") || l.starts_with("error: "))
+            .count();
+        assert_eq!(messages, 1, "{args:?}: one message: {}", done.stderr);
+    }
 }
 
 #[tokio::test]

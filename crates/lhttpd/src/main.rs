@@ -29,7 +29,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "lhttpd", version, about)]
 struct Args {
     /// Address to listen on (overrides [server] listen).
-    #[arg(long, env = "LHTTPD_LISTEN", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "LHTTPD_LISTEN",
+        hide_env_values = true,
+        value_name = "ADDR"
+    )]
     listen: Option<SocketAddr>,
 
     /// Serve GET /metrics and GET /healthz on this address instead of the main port (overrides
@@ -38,7 +43,12 @@ struct Args {
     metrics_listen: Option<SocketAddr>,
 
     /// TOML configuration file.
-    #[arg(long, env = "LHTTPD_CONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "LHTTPD_CONFIG",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     config: Option<PathBuf>,
 
     /// Allow clients to call HTTP back ends under this URL prefix with the `upstream` header
@@ -69,6 +79,7 @@ struct Args {
     #[arg(
         long = "log-format",
         env = "LHTTPD_LOG_FORMAT",
+        hide_env_values = true,
         value_name = "FORMAT",
         default_value = "text"
     )]
