@@ -769,8 +769,13 @@ export class LhttpClient extends EventTarget {
       return;
     }
     // Jittered exponential backoff: many clients dropped by one restart do not come back at once.
+    // A server that restarts (close 1012) says how long to wait ("retry in N ms"), spreading its
+    // clients itself: that wait is taken instead.
+    const hinted = code === 1012 ? /retry in (\d+) ms/.exec(reason) : null;
     const base = Math.min(this.#options.maxReconnectDelay, this.#options.reconnectDelay * 2 ** this.#attempt);
-    const delay = Math.round(base / 2 + Math.random() * (base / 2));
+    const delay = hinted
+      ? Math.min(this.#options.maxReconnectDelay, Number(hinted[1]))
+      : Math.round(base / 2 + Math.random() * (base / 2));
     this.#attempt += 1;
     this.#emit('reconnecting', { attempt: this.#attempt, delay });
     this.#retryTimer = setTimeout(() => {

@@ -241,7 +241,14 @@ async fn a_command_line_that_cannot_work_exits_2_with_one_message() {
     for args in [
         &["--url", "bogus://x", "sub", "room"][..],
         &["--url", "ws://127.0.0.1:9", "--timeout", "0", "sub", "room"],
-        &["--url", "ws://127.0.0.1:9", "bench", "latency", "--duration", "0"],
+        &[
+            "--url",
+            "ws://127.0.0.1:9",
+            "bench",
+            "latency",
+            "--duration",
+            "0",
+        ],
         &["--no-such-flag"],
     ] {
         let done = run(lhttp(args), b"").await;

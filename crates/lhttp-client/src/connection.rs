@@ -270,8 +270,9 @@ struct Registry {
 enum End {
     /// Closed on purpose: stop, then tell the closer (if any) once the state says so.
     Closed(Option<oneshot::Sender<()>>),
-    /// The connection broke or the server closed it.
-    Lost,
+    /// The connection broke or the server closed it; with the wait the server asked for
+    /// before reconnecting (close 1012 "server restarting; retry in N ms").
+    Lost(Option<Duration>),
 }
 
 /// A cheap local check that catches obvious mistakes ("a b" as one name); the server does the
@@ -298,6 +299,7 @@ pub(crate) async fn run(
     let url = endpoint.label();
     let reconnects = options.reconnect && endpoint.can_reopen();
     let mut first = Some(link);
+    let mut hint = None;
     let closer = loop {
         let link = match first.take() {
             Some(link) => link,
@@ -305,6 +307,7 @@ pub(crate) async fn run(
                 match reconnect(
                     &endpoint,
                     &options,
+                    hint.take(),
                     &mut registry,
                     &mut commands,
                     &mut drops,
@@ -329,11 +332,12 @@ pub(crate) async fn run(
         registry.fail_pending(|| Error::Disconnected);
         match end {
             End::Closed(closer) => break closer,
-            End::Lost if reconnects => {
+            End::Lost(wait) if reconnects => {
                 tracing::info!(url, "connection lost; reconnecting");
+                hint = wait;
                 state.send_replace(ConnectionState::Disconnected);
             }
-            End::Lost => {
+            End::Lost(_) => {
                 tracing::info!(url, "connection lost");
                 break None;
             }
@@ -363,7 +367,7 @@ async fn session(
     let write_timeout = options.request_timeout;
     for message in registry.restore_messages() {
         if !write(&mut link, &message, write_timeout).await {
-            return End::Lost;
+            return End::Lost(None);
         }
     }
     if registry.restoring.is_empty() {
@@ -383,11 +387,11 @@ async fn session(
                     Check::Ping => {
                         let id = registry.internal_id("ping");
                         let Ok(message) = Message::builder(PING).header(REQUEST_ID, id.clone()).build() else {
-                            return End::Lost;
+                            return End::Lost(None);
                         };
                         registry.add_pending(id, Pending::Ping);
                         if !write(&mut link, &message, write_timeout).await {
-                            return End::Lost;
+                            return End::Lost(None);
                         }
                         check.as_mut().reset(liveness.pinged(Instant::now()));
                     }
@@ -396,7 +400,7 @@ async fn session(
                             timeout = ?options.ping_timeout,
                             "no answer to a ping; the connection is dead"
                         );
-                        return End::Lost;
+                        return End::Lost(None);
                     }
                 }
             }
@@ -408,17 +412,17 @@ async fn session(
                         // On a stream, answering the server's heartbeats keeps its idle
                         // timeout away from a client that only listens.
                         if link.should_answer_heartbeat() && !ping(&mut link, write_timeout).await {
-                            return End::Lost;
+                            return End::Lost(None);
                         }
                         continue;
                     }
                     Received::Closed { code, reason } => {
                         tracing::debug!(?code, reason, "server closed the connection");
-                        return End::Lost;
+                        return End::Lost(retry_hint(code, &reason));
                     }
                     Received::Ended(reason) => {
                         tracing::debug!(?reason, "connection ended");
-                        return End::Lost;
+                        return End::Lost(None);
                     }
                 };
                 match Message::parse_with(data, limits) {
@@ -442,7 +446,7 @@ async fn session(
                 match registry.online(command) {
                     Online::Write(message) => {
                         if !write(&mut link, &message, write_timeout).await {
-                            return End::Lost;
+                            return End::Lost(None);
                         }
                     }
                     Online::Nothing => {}
@@ -455,7 +459,7 @@ async fn session(
             Some(id) = drops.recv() => {
                 if let Some(message) = registry.remove_listener(id, None) {
                     if !write(&mut link, &message, write_timeout).await {
-                        return End::Lost;
+                        return End::Lost(None);
                     }
                 }
             }
@@ -569,18 +573,23 @@ fn replace(current: &mut ConnectionState, new: ConnectionState) -> bool {
     changed
 }
 
-/// Waits with jittered exponential backoff and reconnects; handles commands meanwhile.
-/// `Err` when the client is closed, with the closer to tell once closed.
+/// Waits with jittered exponential backoff (the first wait: the server's `hint`, when it gave
+/// one) and reconnects; handles commands meanwhile. `Err` when the client is closed, with the
+/// closer to tell once closed.
 async fn reconnect(
     endpoint: &Endpoint,
     options: &Options,
+    mut hint: Option<Duration>,
     registry: &mut Registry,
     commands: &mut mpsc::Receiver<Command>,
     drops: &mut mpsc::UnboundedReceiver<ListenerId>,
 ) -> Result<Link, Option<oneshot::Sender<()>>> {
     let mut attempt: u32 = 0;
     loop {
-        let delay = backoff(options, attempt);
+        let delay = match hint.take() {
+            Some(hint) => hint.min(options.backoff_max),
+            None => backoff(options, attempt),
+        };
         attempt = attempt.saturating_add(1);
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
@@ -606,6 +615,18 @@ async fn reconnect(
             Err(e) => tracing::debug!(error = %e, attempt, "reconnect attempt failed"),
         }
     }
+}
+
+/// The wait a server closing with 1012 ("service restart") asks for in its reason,
+/// `... retry in N ms` (lhttpd spreads N over its clients, so that they do not all come back
+/// at once).
+fn retry_hint(code: Option<u16>, reason: &str) -> Option<Duration> {
+    if code != Some(1012) {
+        return None;
+    }
+    let (_, after) = reason.split_once("retry in ")?;
+    let ms = after.strip_suffix(" ms")?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 /// Attempt `n` waits between half and all of `min * 2^n`, capped at `max`.
@@ -1228,6 +1249,19 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarting_server_s_retry_hint_is_read_from_its_close_reason() {
+        let hint = |code, reason| retry_hint(Some(code), reason);
+        assert_eq!(
+            hint(1012, "server restarting; retry in 1750 ms"),
+            Some(Duration::from_millis(1750))
+        );
+        assert_eq!(hint(1001, "server shutting down; retry in 5 ms"), None);
+        assert_eq!(hint(1012, "server restarting"), None);
+        assert_eq!(hint(1012, "retry in soon ms"), None);
+        assert_eq!(retry_hint(None, "retry in 5 ms"), None);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_within_bounds() {

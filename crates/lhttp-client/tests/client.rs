@@ -431,3 +431,30 @@ async fn a_wildcard_subscription_receives_the_channels_it_matches() {
     temps.unsubscribe().await.expect("unsubscribe");
     assert_eq!(server.handle.hub().pattern_count(), 0);
 }
+
+#[tokio::test]
+async fn a_restarting_server_s_retry_hint_is_waited_for_before_reconnecting() {
+    let server = start().await;
+    let addr = server.addr;
+    // Backoff alone would be back within 20 ms.
+    let client = Client::builder(format!("ws://{addr}/"))
+        .backoff(Duration::from_millis(10), Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    let mut states = client.state_changes();
+    server.handle.shutdown(); // close 1012 "server restarting; retry in N ms", N >= 250
+    let down = states.wait_for(|s| *s == ConnectionState::Disconnected);
+    tokio::time::timeout(WAIT, down).await.unwrap().unwrap();
+    let lost = std::time::Instant::now();
+    drop(server);
+    let _back = start_on(addr).await;
+    let mut states = client.state_changes();
+    let up = states.wait_for(|s| *s == ConnectionState::Connected);
+    tokio::time::timeout(WAIT, up).await.unwrap().unwrap();
+    let waited = lost.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "reconnected after {waited:?}, before the server's hint"
+    );
+}

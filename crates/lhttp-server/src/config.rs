@@ -548,6 +548,12 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for clients to receive what is queued for them
     /// before the process exits anyway, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// Lame duck: how long a graceful shutdown spreads the closing of client connections over,
+    /// in milliseconds. Meanwhile `/healthz` answers 503 "draining" and new connections are
+    /// refused, so that a load balancer sends clients elsewhere; each client is closed with
+    /// code 1012 and a retry hint at a moment of its own within this time. 0: every client at
+    /// once. At most 10 minutes.
+    pub drain_ms: u64,
     /// Key that `POST /publish` requires as `Authorization: Bearer <key>`. Without a key,
     /// `POST /publish` is accepted from loopback addresses only.
     pub api_key: Option<String>,
@@ -577,6 +583,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             shutdown_timeout_ms: 5_000,
+            drain_ms: 0,
             api_key: None,
             allowed_origins: Vec::new(),
             ping_interval_ms: 30_000,
@@ -595,6 +602,12 @@ impl ServerConfig {
 
     /// Checks values that would make the server unusable.
     pub fn validate(&self) -> Result<(), String> {
+        if self.drain_ms > 600_000 {
+            return Err(format!(
+                "server.drain_ms must be at most 600000 (10 minutes), not {}",
+                self.drain_ms
+            ));
+        }
         if self.ping_interval_ms == 0 || self.idle_timeout_ms <= self.ping_interval_ms {
             return Err(
                 "server.ping_interval_ms must be > 0 and below server.idle_timeout_ms".into(),

@@ -166,6 +166,8 @@ impl ServerBuilder {
             },
             gateway,
             config: self.config,
+            draining: CancellationToken::new(),
+            waves: std::array::from_fn(|_| shutdown.child_token()),
             shutdown,
             tasks: TaskTracker::new(),
         };
@@ -241,9 +243,10 @@ impl Server {
     }
 
     /// Serves on `listener` until `shutdown` completes or [`ServerHandle::shutdown`] is
-    /// called, then shuts down gracefully: stops accepting, sends close 1001 to every client
-    /// after what is already queued for it, and returns once they are done or
-    /// `server.shutdown_timeout_ms` has passed.
+    /// called, then shuts down gracefully: refuses new connections (`/healthz` answers 503
+    /// "draining"), sends close 1012 with a retry hint to every client after what is already
+    /// queued for it — spread over `server.drain_ms` — then stops the listeners, and returns
+    /// once the clients are done or `server.shutdown_timeout_ms` has passed.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -258,13 +261,12 @@ impl Server {
         if let Some(cluster) = &shared.broker.cluster {
             cluster.start(&shared.broker).await?;
         }
-        let token = shared.shutdown.clone();
         let signal = {
-            let token = token.clone();
+            let shared = shared.clone();
             async move {
                 tokio::select! {
-                    _ = shutdown => token.cancel(),
-                    _ = token.cancelled() => {}
+                    _ = shutdown => shared.begin_drain(),
+                    _ = shared.draining.cancelled() => {}
                 }
             }
         };

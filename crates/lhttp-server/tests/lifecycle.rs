@@ -92,10 +92,10 @@ async fn slow_consumer_is_cut_off_and_fast_subscriber_gets_everything() {
     assert!(received < N, "the slow consumer was never cut off");
 }
 
-/// Graceful shutdown: what is queued is delivered, then close 1001; new connections are refused;
-/// `run` returns.
+/// Graceful shutdown: what is queued is delivered, then close 1012 with a retry hint; new
+/// connections are refused; `run` returns.
 #[tokio::test]
-async fn graceful_shutdown_flushes_then_closes_with_1001() {
+async fn graceful_shutdown_flushes_then_closes_with_1012_and_a_retry_hint() {
     let mut server = start().await;
     let mut sub = server.client().await;
     sub.subscribe("last").await;
@@ -112,13 +112,75 @@ async fn graceful_shutdown_flushes_then_closes_with_1001() {
         assert_eq!(body(&sub.recv().await), i.to_string());
     }
     let (code, reason) = sub.recv_close().await;
-    assert_eq!(code, 1001, "{reason}");
+    assert_eq!(code, 1012, "{reason}");
+    let hint: u64 = reason
+        .strip_prefix("server restarting; retry in ")
+        .and_then(|r| r.strip_suffix(" ms"))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("no retry hint: {reason}"));
+    assert!((250..=3750).contains(&hint), "{hint}");
     server.stopped().await;
     assert!(
         tokio_tungstenite::connect_async(server.url("/"))
             .await
             .is_err()
     );
+}
+
+/// Lame duck: with `server.drain_ms`, `/healthz` says "draining" and new connections are
+/// refused at once, while the clients are closed at moments of their own over the drain, each
+/// with a retry hint, not all at once; then the server stops.
+#[tokio::test]
+async fn a_drain_spreads_the_closes_while_healthz_says_draining() {
+    const CLIENTS: usize = 24;
+    const DRAIN_MS: u64 = 1600;
+    let mut server = start_with(lhttp_server::Server::builder(config(|c| {
+        c.server.drain_ms = DRAIN_MS;
+    })))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(server.client().await);
+    }
+    let began = std::time::Instant::now();
+    server.handle.shutdown();
+    assert_eq!(
+        server.get("/healthz").await,
+        (503, r#"{"status":"draining"}"#.to_owned())
+    );
+    let refused = tokio_tungstenite::connect_async(server.url("/")).await;
+    assert!(refused.is_err(), "a new connection during the drain");
+    let waiting: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let (code, reason) = client.recv_close().await;
+                (began.elapsed(), code, reason)
+            })
+        })
+        .collect();
+    let mut moments = Vec::new();
+    let mut hints = std::collections::HashSet::new();
+    for waiting in waiting {
+        let (at, code, reason) = waiting.await.unwrap();
+        assert_eq!(code, 1012, "{reason}");
+        moments.push(at);
+        hints.insert(reason);
+    }
+    server.stopped().await;
+    moments.sort();
+    let half = Duration::from_millis(DRAIN_MS / 2);
+    assert!(
+        moments[0] < half,
+        "the first close came at {:?}",
+        moments[0]
+    );
+    assert!(
+        moments[CLIENTS - 1] > half,
+        "the last close came at {:?}",
+        moments[CLIENTS - 1]
+    );
+    assert!(hints.len() > 1, "every client got the same hint: {hints:?}");
 }
 
 #[tokio::test]

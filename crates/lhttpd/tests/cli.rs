@@ -723,7 +723,7 @@ async fn lhttpd_listen_variable_replaces_the_flag() {
 // 4. Graceful shutdown
 
 #[tokio::test]
-async fn sigterm_delivers_everything_queued_then_closes_1001_and_exits_0() {
+async fn sigterm_delivers_everything_queued_then_closes_1012_and_exits_0() {
     const N: usize = 200;
     let mut server = Server::start(&[], &[]).await;
     let mut subscriber = connect(&server, "/").await;
@@ -751,9 +751,9 @@ async fn sigterm_delivers_everything_queued_then_closes_1001_and_exits_0() {
     }
     match receive(&mut subscriber).await {
         Received::Close(code) => {
-            assert_eq!(code, Some(u16::from(CloseCode::Away)), "close code")
+            assert_eq!(code, Some(u16::from(CloseCode::Restart)), "close code")
         }
-        other => panic!("expected a close frame with code 1001, got {other:?}"),
+        other => panic!("expected a close frame with code 1012, got {other:?}"),
     }
     // Reading on completes the closing handshake (tungstenite answers the close frame).
     let deadline = tokio::time::Instant::now() + STEP;

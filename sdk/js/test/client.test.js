@@ -356,3 +356,25 @@ describe('a request queued while disconnected', () => {
     assert.deepEqual(box.messages.map((m) => m.body), ['after']);
   });
 });
+
+test('a restarting server\'s retry hint (close 1012) is the wait before reconnecting', async () => {
+  // lhttpd at shutdown closes with 1012 "server restarting; retry in N ms" (N >= 250).
+  let server = await startLhttpd();
+  const { port } = server;
+  const client = await connect(server.url, { reconnectDelay: 10, maxReconnectDelay: 10000 });
+  try {
+    const closed = nextEvent(client, 'close');
+    const reconnecting = nextEvent(client, 'reconnecting');
+    await server.terminate();
+    const close = await closed;
+    assert.equal(close.code, 1012, close.reason);
+    const hint = Number(/retry in (\d+) ms/.exec(close.reason)?.[1]);
+    assert.ok(hint >= 250 && hint <= 3750, close.reason);
+    assert.equal((await reconnecting).delay, hint, 'the hint, not the 10 ms backoff');
+    server = await startLhttpd({ port });
+    await nextEvent(client, 'reconnect', 15000);
+  } finally {
+    await client.close();
+    await server.stop();
+  }
+});

@@ -117,9 +117,9 @@ export function httpsFetch(url, { ca, method = 'GET', body, timeout = 5000 } = {
  * `tls`: a certificate from selfSignedCertificate(); the main port then speaks wss:// and
  * https:// (a `[server.tls]` section is added to the config), and the URLs name `localhost`.
  *
- * @returns {Promise<{port: number, url: string, http: string, stop: () => Promise<void>, output: () => string}>}
+ * @returns {Promise<{port: number, url: string, http: string, stop: () => Promise<void>, terminate: () => Promise<void>, output: () => string}>}
  *   `url` is the WebSocket URL, `http` the HTTP base URL; stop() kills the server (SIGKILL, like
- *   a crash) and waits for it to exit
+ *   a crash) and waits for it to exit; terminate() stops it gracefully (SIGTERM)
  */
 export async function startLhttpd({ port, timeout = 10000, config, env = {}, tls } = {}) {
   if (!existsSync(binary)) {
@@ -163,6 +163,11 @@ export async function startLhttpd({ port, timeout = 10000, config, env = {}, tls
     output: () => output,
     async stop() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
+    /** SIGTERM, as a service manager stops it (a graceful shutdown); waits for it to exit. */
+    async terminate() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       await exited;
     },
   };

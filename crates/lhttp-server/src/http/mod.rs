@@ -223,7 +223,7 @@ fn accept(shared: Arc<Sessions>, site: Site, mut request: Request) -> Response {
         },
     };
     let accept_key = derive_accept_key(key.as_bytes());
-    if shared.shutdown.is_cancelled() {
+    if shared.draining.is_cancelled() {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "server shutting down\n");
     }
     // Per address first: a refused client must not take one of the server's slots, even
@@ -357,7 +357,7 @@ async fn static_file(content_type: &'static str, body: &'static str, any_origin:
 }
 
 async fn healthz(State(shared): State<Arc<Sessions>>) -> Response {
-    if shared.shutdown.is_cancelled() {
+    if shared.draining.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining"})),

@@ -59,7 +59,7 @@ impl Refused {
 
 /// A place in the server's connection counts for a client at `peer`.
 fn admit(shared: &Sessions, peer: &Peer) -> Result<(OwnedSemaphorePermit, IpSlot), Refused> {
-    if shared.shutdown.is_cancelled() {
+    if shared.draining.is_cancelled() {
         return Err(Refused::ShuttingDown);
     }
     // Per address first: a refused client must not take one of the server's places.

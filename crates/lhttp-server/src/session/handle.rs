@@ -156,12 +156,12 @@ impl ServerHandle {
 
     /// Starts a graceful shutdown, as the `shutdown` future of [`Server::run`](crate::Server::run) does.
     pub fn shutdown(&self) {
-        self.sessions.shutdown.cancel();
+        self.sessions.begin_drain();
     }
 
     /// True once shutdown has started.
     pub fn is_shutting_down(&self) -> bool {
-        self.sessions.shutdown.is_cancelled()
+        self.sessions.draining.is_cancelled()
     }
 
     /// Every metric in the Prometheus text format, as served at `GET /metrics`.

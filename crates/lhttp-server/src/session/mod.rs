@@ -10,7 +10,8 @@
 //!   frame: 1007; other protocol violations: 1002): the close frame is sent after what is
 //!   already queued;
 //! - the client reads too slowly (outbox overflow): 1008 "slow consumer", immediately;
-//! - the server shuts down: 1001 "server shutting down", after what is already queued;
+//! - the server shuts down: 1012 "server restarting; retry in N ms" (N from 250 to 3750, by
+//!   connection), after what is already queued, at its moment of the drain (`server.drain_ms`);
 //! - an open filter refuses the connection: the `error` message, then 1008;
 //! - a connection that must authenticate has not within `auth.auth_timeout_ms`: an `error`
 //!   (401) and 1008 "authentication timeout";
@@ -67,8 +68,8 @@ type Next = Option<Result<Received, ReadError>>;
 enum End {
     /// The client closed or vanished.
     Peer,
-    /// The server is shutting down.
-    Shutdown,
+    /// The server is shutting down: close 1012 with this retry hint.
+    Shutdown(&'static str),
     /// The outbox overflowed: close with 1008 "slow consumer".
     SlowConsumer,
     /// The writer could not write: the socket is dead.
@@ -162,7 +163,7 @@ async fn finish<T: Transport>(
     timeout: Duration,
 ) {
     let close = match end {
-        End::Shutdown => close_frame(1001, "server shutting down"),
+        End::Shutdown(hint) => close_frame(1012, hint),
         End::Close(code, reason) => close_frame(code, reason),
         End::SlowConsumer => return close_slow(&mut socket, metrics).await,
         End::Peer | End::WriterGone => return,
@@ -322,7 +323,9 @@ async fn read_loop<T: Transport>(
     loop {
         let next = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return End::Shutdown,
+            _ = shared.wave_of(connection.id().get()).cancelled() => {
+                return End::Shutdown(crate::session::sessions::retry_hint(connection.id().get()));
+            }
             _ = outbox.overflowed() => return End::SlowConsumer,
             _ = fired(&mut sign_in.required_by) => {
                 connection.send_rejection(&Rejection::new(401, "authentication timeout"), None);

@@ -35,7 +35,15 @@ pub(crate) struct Sessions {
     pub(crate) unfinished: Arc<UnfinishedBudget>,
     /// The certificates of the TLS listeners.
     pub(crate) tls: Listeners,
-    /// Cancelled when the server starts shutting down.
+    /// Cancelled when a graceful shutdown begins: `/healthz` says "draining" and new
+    /// connections are refused from then on.
+    pub(crate) draining: CancellationToken,
+    /// The moments client connections are closed at during the drain: each connection waits
+    /// on one of them (by its id); they are cancelled one after another over
+    /// `server.drain_ms`. Children of `shutdown`.
+    pub(crate) waves: [CancellationToken; DRAIN_WAVES],
+    /// Cancelled when the drain is over (at once without `server.drain_ms`): the listeners
+    /// stop and every connection still open is closed.
     pub(crate) shutdown: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
@@ -50,4 +58,68 @@ pub(crate) struct Commands {
     pub(crate) processor_order: Vec<Arc<dyn Processor>>,
     /// Built-in filters, then user filters in registration order.
     pub(crate) filters: Vec<Arc<dyn Filter>>,
+}
+
+/// How many moments a drain closes connections at: enough to spread a reconnecting crowd,
+/// few enough that every connection waits on a plain token (no timer of its own).
+pub(crate) const DRAIN_WAVES: usize = 16;
+
+/// The retry hints a draining server gives in its close frames (code 1012), one per
+/// connection by its id: clients wait that long before reconnecting (the SDKs do), so a
+/// crowd closed in one wave comes back spread over a few seconds.
+const RETRY_HINTS: [&str; 8] = [
+    "server restarting; retry in 250 ms",
+    "server restarting; retry in 750 ms",
+    "server restarting; retry in 1250 ms",
+    "server restarting; retry in 1750 ms",
+    "server restarting; retry in 2250 ms",
+    "server restarting; retry in 2750 ms",
+    "server restarting; retry in 3250 ms",
+    "server restarting; retry in 3750 ms",
+];
+
+impl Sessions {
+    /// Begins a graceful shutdown (once): `/healthz` answers 503 "draining" and new connections
+    /// are refused at once; client connections are closed wave after wave over
+    /// `server.drain_ms`; then the listeners stop.
+    pub(crate) fn begin_drain(self: &Arc<Self>) {
+        if self.draining.is_cancelled() {
+            return;
+        }
+        self.draining.cancel();
+        let drain = std::time::Duration::from_millis(self.config.server.drain_ms);
+        let runtime = tokio::runtime::Handle::try_current();
+        let (false, Ok(runtime)) = (drain.is_zero(), runtime) else {
+            self.shutdown.cancel();
+            return;
+        };
+        tracing::info!(
+            drain_ms = self.config.server.drain_ms,
+            "draining: closing clients"
+        );
+        let sessions = self.clone();
+        runtime.spawn(async move {
+            let step = drain / DRAIN_WAVES as u32;
+            for wave in &sessions.waves {
+                wave.cancel();
+                tokio::time::sleep(step).await;
+            }
+            sessions.shutdown.cancel();
+        });
+    }
+
+    /// The drain wave connection `id` is closed in.
+    pub(crate) fn wave_of(&self, id: u64) -> &CancellationToken {
+        &self.waves[(spread(id) % DRAIN_WAVES as u64) as usize]
+    }
+}
+
+/// The close reason a draining server gives connection `id`: a retry hint.
+pub(crate) fn retry_hint(id: u64) -> &'static str {
+    RETRY_HINTS[(spread(id) >> 8) as usize % RETRY_HINTS.len()]
+}
+
+/// Connection ids are consecutive: mixed, so that neighbours fall in different waves and hints.
+fn spread(id: u64) -> u64 {
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
 }
