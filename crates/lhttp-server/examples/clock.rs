@@ -2,8 +2,10 @@
 //! Everything else (subscribe, publish, the chat page) works as in `lhttpd`.
 //!
 //! ```sh
-//! cargo run -p lhttp-server --example clock
+//! cargo run -p lhttp-server --example clock -- --listen 127.0.0.1:8081
 //! ```
+
+mod support;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,12 +37,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::builder(Config::default())
         .processor("time", Clock)
         .build()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
-    println!("ws://127.0.0.1:8081/ answers `LHTTP/1.0 time`");
-    server
-        .run(listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let listener = tokio::net::TcpListener::bind(support::listen_address()).await?;
+    println!(
+        "listening on ws://{}/: it answers `LHTTP/1.0 time`",
+        listener.local_addr()?
+    );
+    server.run(listener, support::stop_signal()).await?;
     Ok(())
 }

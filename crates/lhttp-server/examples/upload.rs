@@ -18,8 +18,10 @@
 //! and gets back one line per part: `notes.txt text/plain 13 bytes`.
 //!
 //! ```sh
-//! cargo run -p lhttp-server --example upload
+//! cargo run -p lhttp-server --example upload -- --listen 127.0.0.1:8081
 //! ```
+
+mod support;
 
 use lhttp_server::{Config, Context, Processor, Rejection, Server, async_trait};
 
@@ -63,12 +65,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = Server::builder(Config::default())
         .processor("upload", Upload)
         .build()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8081").await?;
-    println!("ws://127.0.0.1:8081/ answers `LHTTP/1.0 upload` with a multipart body");
-    server
-        .run(listener, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let listener = tokio::net::TcpListener::bind(support::listen_address()).await?;
+    println!(
+        "listening on ws://{}/: it answers `LHTTP/1.0 upload` with a multipart body",
+        listener.local_addr()?
+    );
+    server.run(listener, support::stop_signal()).await?;
     Ok(())
 }
