@@ -211,7 +211,7 @@ impl Metrics {
                 &self.messages_received,
             ),
             (
-                "bytes_received_total",
+                "received_bytes_total",
                 "Bytes of lhttp messages received over WebSocket.",
                 &self.bytes_received,
             ),
@@ -231,7 +231,7 @@ impl Metrics {
                 &self.messages_sent,
             ),
             (
-                "bytes_sent_total",
+                "sent_bytes_total",
                 "Bytes of WebSocket messages written to clients.",
                 &self.bytes_sent,
             ),
@@ -353,7 +353,7 @@ impl Metrics {
                 &self.queue_expired,
             ),
             (
-                "queue_refused_bytes_total",
+                "queue_byte_limit_refusals_total",
                 "Messages refused by a queue group because their publisher's share (429) or the server's budget (503) of queued bytes was full.",
                 &self.queue_refused_bytes,
             ),
@@ -443,7 +443,117 @@ impl Metrics {
                 kind.label()
             );
         }
+        let _ = write!(
+            out,
+            "# HELP lhttp_build_info The lhttp-server build: its version, as a label; always 1.\n\
+             # TYPE lhttp_build_info gauge\nlhttp_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        process::render(&mut out);
         out
+    }
+}
+
+/// The standard `process_*` metrics of Prometheus client libraries, read from `/proc/self` at
+/// each scrape (Linux; elsewhere they are left out).
+mod process {
+    use std::fmt::Write;
+
+    /// Clock ticks per second of `/proc/<pid>/stat` times (`sysconf(_SC_CLK_TCK)`, 100 on
+    /// every Linux platform lhttpd runs on).
+    const TICKS_PER_SECOND: f64 = 100.0;
+    /// Bytes per page of `/proc/self/statm` (4 KiB on x86-64 and the usual arm64 kernels).
+    const PAGE_BYTES: u64 = 4096;
+
+    pub(super) fn render(out: &mut String) {
+        let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok() else {
+            return;
+        };
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            return;
+        };
+        let fields: Vec<&str> = fields.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        };
+        if let (Some(user), Some(system)) = (field(14), field(15)) {
+            metric(
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent, in seconds.",
+                format!("{:.2}", (user + system) as f64 / TICKS_PER_SECOND),
+            );
+        }
+        if let Some(virtual_bytes) = field(23) {
+            metric(
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size, in bytes.",
+                virtual_bytes.to_string(),
+            );
+        }
+        if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|m| m.split_whitespace().nth(1)?.parse::<u64>().ok())
+        {
+            metric(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size, in bytes (kernel socket buffers are not in it).",
+                (pages * PAGE_BYTES).to_string(),
+            );
+        }
+        if let (Some(start_ticks), Some(boot)) = (field(22), boot_time()) {
+            metric(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+                format!("{:.2}", boot as f64 + start_ticks as f64 / TICKS_PER_SECOND),
+            );
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            metric(
+                "process_open_fds",
+                "gauge",
+                "Open file descriptors.",
+                entries.count().to_string(),
+            );
+        }
+        if let Some(max) = max_open_files() {
+            metric(
+                "process_max_fds",
+                "gauge",
+                "The open-files limit (soft).",
+                max.to_string(),
+            );
+        }
+    }
+
+    /// When the machine booted, in seconds since the Unix epoch (`btime` of `/proc/stat`).
+    fn boot_time() -> Option<u64> {
+        std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+    }
+
+    /// The soft limit of `Max open files` in `/proc/self/limits`.
+    fn max_open_files() -> Option<u64> {
+        std::fs::read_to_string("/proc/self/limits")
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Max open files")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
     }
 }
 

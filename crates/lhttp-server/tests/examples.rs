@@ -16,7 +16,15 @@ use common::{Client, WAIT, body};
 fn build(name: &str) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--quiet", "--locked", "-p", "lhttp-server", "--example", name])
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "-p",
+            "lhttp-server",
+            "--example",
+            name,
+        ])
         .args(["--message-format", "json"])
         .output()
         .expect("cargo runs");

@@ -202,8 +202,47 @@ async fn healthz_metrics_and_page() {
         "lhttp_deliveries_total 1\n",
         "lhttp_messages_received_total 2\n",
         "# TYPE lhttp_messages_published_total counter\n",
+        "# TYPE process_cpu_seconds_total counter\n",
+        "# TYPE process_open_fds gauge\n",
+        "# TYPE process_max_fds gauge\n",
     ] {
         assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+    assert!(value("process_open_fds") >= 3.0);
+    let started = value("process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(started <= now + 1.0 && started > now - 3600.0, "{started} vs {now}");
+    assert!(metrics.contains(&format!(
+        "lhttp_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    )));
+    // Prometheus naming: counters end in `_total`, a unit comes last (`_bytes`, or
+    // `_bytes_total` for a counter of bytes), never in the middle.
+    for line in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut words = line.split(' ').skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "{line}");
+        }
+        let stem = name.trim_end_matches("_total");
+        if let Some(at) = stem.find("bytes") {
+            assert_eq!(at + "bytes".len(), stem.len(), "a unit in the middle: {line}");
+        }
+        if let Some(at) = stem.find("seconds") {
+            assert_eq!(at + "seconds".len(), stem.len(), "a unit in the middle: {line}");
+        }
     }
     // An embedder's server serves no page it did not add (lhttpd adds the chat demo).
     assert_eq!(server.get("/").await.0, 404);

@@ -67,7 +67,7 @@ async fn a_publisher_over_its_share_of_queued_bytes_gets_429_and_others_still_qu
     let refused = publish_job(&mut attacker).await;
     assert_eq!(refused.command(), "error", "{refused:?}");
     assert_eq!(status(&refused), Some(429), "{refused:?}");
-    assert!(server.metric("queue_refused_bytes_total") >= 1);
+    assert!(server.metric("queue_byte_limit_refusals_total") >= 1);
 
     // Another publisher has its own share.
     let mut other = server.client().await;
