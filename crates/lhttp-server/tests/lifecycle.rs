@@ -223,7 +223,10 @@ async fn healthz_metrics_and_page() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    assert!(started <= now + 1.0 && started > now - 3600.0, "{started} vs {now}");
+    assert!(
+        started <= now + 1.0 && started > now - 3600.0,
+        "{started} vs {now}"
+    );
     assert!(metrics.contains(&format!(
         "lhttp_build_info{{version=\"{}\"}} 1\n",
         env!("CARGO_PKG_VERSION")
@@ -238,10 +241,18 @@ async fn healthz_metrics_and_page() {
         }
         let stem = name.trim_end_matches("_total");
         if let Some(at) = stem.find("bytes") {
-            assert_eq!(at + "bytes".len(), stem.len(), "a unit in the middle: {line}");
+            assert_eq!(
+                at + "bytes".len(),
+                stem.len(),
+                "a unit in the middle: {line}"
+            );
         }
         if let Some(at) = stem.find("seconds") {
-            assert_eq!(at + "seconds".len(), stem.len(), "a unit in the middle: {line}");
+            assert_eq!(
+                at + "seconds".len(),
+                stem.len(),
+                "a unit in the middle: {line}"
+            );
         }
     }
     // An embedder's server serves no page it did not add (lhttpd adds the chat demo).

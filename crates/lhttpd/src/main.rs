@@ -314,10 +314,19 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Without a handler SIGHUP ends the process and every client with it; service managers and
+    // operators send it expecting a reload.
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {},
-            _ = terminate.recv() => {},
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = hangup.recv() => tracing::warn!(
+                    "SIGHUP: the configuration is not reloaded; nothing changed. TLS certificates \
+                     are re-read when their files change; restart lhttpd to apply other settings"
+                ),
+            }
         }
         tracing::info!("shutting down: closing connections");
     })

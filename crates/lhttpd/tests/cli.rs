@@ -723,6 +723,35 @@ async fn lhttpd_listen_variable_replaces_the_flag() {
 // 4. Graceful shutdown
 
 #[tokio::test]
+async fn sighup_keeps_the_server_and_its_clients_and_says_nothing_was_reloaded() {
+    let server = Server::start(&[], &[]).await;
+    let mut client = connect(&server, "/").await;
+    subscribe(&mut client, "room", "before").await;
+    let status = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    server
+        .wait_for_log_line("about SIGHUP", |l| l.contains("SIGHUP"))
+        .await;
+    // The same connection still works, and so does the server.
+    subscribe(&mut client, "room2", "after").await;
+    let http = http_client();
+    let (status, _) = publish(
+        &http,
+        &server,
+        "LHTTP/1.0 chat\r\npublish:room\r\n\r\nstill here".into(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        Lhttp::parse(&receive_text(&mut client).await).body,
+        "still here"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_delivers_everything_queued_then_closes_1012_and_exits_0() {
     const N: usize = 200;
     let mut server = Server::start(&[], &[]).await;
