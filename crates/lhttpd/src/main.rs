@@ -294,7 +294,9 @@ fn reload_on_hangup(handle: lhttp_server::ServerHandle) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading TLS certificates");
+            tracing::info!(
+                "SIGHUP: reloading TLS certificates (other settings are read at start only)"
+            );
             // A failure is logged by the server, and the old certificate stays in use.
             let _ = handle.reload_tls();
         }
@@ -314,19 +316,10 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // Without a handler SIGHUP ends the process and every client with it; service managers and
-    // operators send it expecting a reload.
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     Ok(async move {
-        loop {
-            tokio::select! {
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
-                _ = hangup.recv() => tracing::warn!(
-                    "SIGHUP: the configuration is not reloaded; nothing changed. TLS certificates \
-                     are re-read when their files change; restart lhttpd to apply other settings"
-                ),
-            }
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
         tracing::info!("shutting down: closing connections");
     })
