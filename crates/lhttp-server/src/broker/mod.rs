@@ -22,7 +22,7 @@ use crate::{
     config::Limits,
     metrics::add,
     pubsub::channel,
-    pubsub::history::{Catchup, History, PENDING_WAIT, Pending, Want},
+    pubsub::history::{Ask, Catchup, History, PENDING_WAIT, Pending, Want},
     pubsub::presence::{self as pubsub_presence, Member, Presence},
     pubsub::publish::encode_for_channel,
     requests::inbox::{InboxDelivery, Requests, is_inbox},
@@ -364,6 +364,12 @@ impl Broker {
             frames.extend(catchup.frames.into_iter().map(frame));
             outbox.push_all(frames)
         };
+        let ask = Ask {
+            channel: channel.as_str(),
+            want,
+            command,
+            request_id,
+        };
         let queued = match &self.history {
             Some(history) if history.is_mirrored() => {
                 let wait = || Pending {
@@ -374,16 +380,7 @@ impl Broker {
                     request_id: request_id.map(Into::into),
                     deadline: Instant::now() + PENDING_WAIT,
                 };
-                let answered = history.catch_up_or_wait(
-                    channel.as_str(),
-                    want,
-                    command,
-                    request_id,
-                    subscribe,
-                    queue,
-                    wait,
-                );
-                match answered {
+                match history.catch_up_or_wait(ask, subscribe, queue, wait) {
                     Some(queued) => queued,
                     None => {
                         // The mirror's follower answers it; make sure there is one.
@@ -392,22 +389,8 @@ impl Broker {
                     }
                 }
             }
-            Some(history) => history.catch_up(
-                channel.as_str(),
-                want,
-                command,
-                request_id,
-                subscribe,
-                queue,
-            ),
-            None => crate::pubsub::history::without_history(
-                channel.as_str(),
-                want,
-                command,
-                request_id,
-                subscribe,
-                queue,
-            ),
+            Some(history) => history.catch_up(ask, subscribe, queue),
+            None => crate::pubsub::history::without_history(ask, subscribe, queue),
         };
         queued.map(|()| created)
     }

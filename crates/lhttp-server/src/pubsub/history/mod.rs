@@ -88,6 +88,17 @@ pub(crate) enum Want {
     Recent(usize),
 }
 
+/// What a catch-up asks: a channel, what of its history, and how the answer is named.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask<'a> {
+    pub(crate) channel: &'a str,
+    pub(crate) want: &'a Want,
+    /// `subscribed` or `history`.
+    pub(crate) command: &'static str,
+    /// Copied into the answer.
+    pub(crate) request_id: Option<&'a str>,
+}
+
 /// One kept message.
 #[derive(Debug)]
 struct Entry {
@@ -399,6 +410,13 @@ impl History {
         let stream = self.stream(channel)?;
         let mut stream = lock(&stream);
         let offset = stream.next;
+        let frame = self.append(&mut stream, channel, offset, message);
+        Some(deliver(frame))
+    }
+
+    /// Encodes `message` as offset `offset` of `stream` (the copy subscribers receive, with
+    /// its `offset` and `epoch` headers), keeps it as the newest, and returns the copy.
+    fn append(&self, stream: &mut Stream, channel: &str, offset: u64, message: &Message) -> Bytes {
         let mut digits = itoa::Buffer::new();
         let frame = encode_for_channel_with(
             message,
@@ -408,9 +426,9 @@ impl History {
                 (names::EPOCH, &stream.epoch),
             ],
         );
-        stream.next += 1;
-        self.keep(&mut stream, channel, offset, frame.clone());
-        Some(deliver(frame))
+        stream.next = offset + 1;
+        self.keep(stream, channel, offset, frame.clone());
+        frame
     }
 
     /// Keeps `frame` (offset `offset`, the newest) in `stream`, dropping its oldest messages
@@ -468,57 +486,46 @@ impl History {
     /// epoch.
     pub(crate) fn catch_up<R>(
         &self,
-        channel: &str,
-        want: &Want,
-        command: &str,
-        request_id: Option<&str>,
+        ask: Ask<'_>,
         subscribe: impl FnOnce(),
         queue: impl FnOnce(Catchup) -> R,
     ) -> R {
-        let Some(stream) = self.stream(channel) else {
-            return without_history(channel, want, command, request_id, subscribe, queue);
+        let Some(stream) = self.stream(ask.channel) else {
+            return without_history(ask, subscribe, queue);
         };
         let stream = lock(&stream);
         subscribe();
-        queue(read(&stream, channel, want, command, request_id))
+        queue(read(&stream, ask))
     }
 
     /// [`History::catch_up`] on a mirror (cluster): answered now when the mirror can, else
     /// left waiting as `wait()` makes it, and then `None` (the follower answers it, at the
     /// latest after [`PENDING_WAIT`]).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn catch_up_or_wait<R>(
         &self,
-        channel: &str,
-        want: &Want,
-        command: &str,
-        request_id: Option<&str>,
+        ask: Ask<'_>,
         subscribe: impl FnOnce(),
         queue: impl FnOnce(Catchup) -> R,
         wait: impl FnOnce() -> Pending,
     ) -> Option<R> {
         loop {
-            let Some(stream) = self.stream(channel) else {
-                return Some(without_history(
-                    channel, want, command, request_id, subscribe, queue,
-                ));
+            let Some(stream) = self.stream(ask.channel) else {
+                return Some(without_history(ask, subscribe, queue));
             };
             let mut stream = lock(&stream);
             let Some(mirror) = stream.mirror.as_mut() else {
                 subscribe();
-                return Some(queue(read(&stream, channel, want, command, request_id)));
+                return Some(queue(read(&stream, ask)));
             };
             if mirror.closed {
                 continue; // Removed meanwhile: a new one is made.
             }
             if mirror.pending.len() >= MAX_PENDING {
-                return Some(without_history(
-                    channel, want, command, request_id, subscribe, queue,
-                ));
+                return Some(without_history(ask, subscribe, queue));
             }
-            if answerable(&stream, want) {
+            if answerable(&stream, ask.want) {
                 subscribe();
-                return Some(queue(read(&stream, channel, want, command, request_id)));
+                return Some(queue(read(&stream, ask)));
             }
             let pending = wait();
             stream
@@ -658,17 +665,7 @@ impl History {
             if offset > guard.next {
                 while self.drop_oldest(&mut guard) {}
             }
-            let mut digits = itoa::Buffer::new();
-            let frame = encode_for_channel_with(
-                message,
-                channel,
-                &[
-                    (names::OFFSET, digits.format(offset)),
-                    (names::EPOCH, &guard.epoch),
-                ],
-            );
-            guard.next = offset + 1;
-            self.keep(&mut guard, channel, offset, frame.clone());
+            let frame = self.append(&mut guard, channel, offset, message);
             let ready = guard.mirror.as_ref().is_some_and(|m| m.ready);
             if ready {
                 deliver(frame);
@@ -710,24 +707,17 @@ impl History {
         let mut next: Option<Instant> = None;
         let mut still = Vec::new();
         for pending in waiting {
-            let request_id = pending.request_id.as_deref();
-            let catchup = if answerable(stream, &pending.want) || (ready && pending.deadline <= now)
-            {
-                read(stream, channel, &pending.want, pending.command, request_id)
+            let ask = Ask {
+                channel,
+                want: &pending.want,
+                command: pending.command,
+                request_id: pending.request_id.as_deref(),
+            };
+            let catchup = if answerable(stream, ask.want) || (ready && pending.deadline <= now) {
+                read(stream, ask)
             } else if pending.deadline <= now {
                 // Never loaded (JetStream unreachable): subscribed, told nothing was recovered.
-                Catchup {
-                    answer: answer(
-                        pending.command,
-                        channel,
-                        None,
-                        request_id,
-                        0,
-                        &pending.want,
-                        false,
-                    ),
-                    frames: Vec::new(),
-                }
+                nothing_kept(ask)
             } else {
                 next = Some(next.map_or(pending.deadline, |n| n.min(pending.deadline)));
                 still.push(pending);
@@ -804,14 +794,14 @@ impl History {
     }
 }
 
-/// What `want` gets from `stream`: the answer, then the missed (or recent) messages.
-fn read(
-    stream: &Stream,
-    channel: &str,
-    want: &Want,
-    command: &str,
-    request_id: Option<&str>,
-) -> Catchup {
+/// What `ask` gets from `stream`: the answer, then the missed (or recent) messages.
+fn read(stream: &Stream, ask: Ask<'_>) -> Catchup {
+    let Ask {
+        channel,
+        want,
+        command,
+        request_id,
+    } = ask;
     let (frames, recovered) = match want {
         Want::Recent(n) => {
             let skip = stream.entries.len().saturating_sub(*n);
@@ -873,18 +863,28 @@ fn answerable(stream: &Stream, want: &Want) -> bool {
 /// A catch-up on a channel that keeps no history: `subscribe`, then an answer with
 /// `count:0`, `recovered:false` and no epoch.
 pub(crate) fn without_history<R>(
-    channel: &str,
-    want: &Want,
-    command: &str,
-    request_id: Option<&str>,
+    ask: Ask<'_>,
     subscribe: impl FnOnce(),
     queue: impl FnOnce(Catchup) -> R,
 ) -> R {
     subscribe();
-    queue(Catchup {
-        answer: answer(command, channel, None, request_id, 0, want, false),
+    queue(nothing_kept(ask))
+}
+
+/// The answer to `ask` where nothing is kept: `count:0`, `recovered:false`, no epoch.
+fn nothing_kept(ask: Ask<'_>) -> Catchup {
+    Catchup {
+        answer: answer(
+            ask.command,
+            ask.channel,
+            None,
+            ask.request_id,
+            0,
+            ask.want,
+            false,
+        ),
         frames: Vec::new(),
-    })
+    }
 }
 
 /// The answer that precedes the messages of a catch-up.
