@@ -149,6 +149,23 @@ enum Command {
         #[arg(long)]
         at_least_once: bool,
     },
+    /// Serve the requests of a channel as a member of a queue group, from a terminal: each
+    /// request is printed and answered with --reply (or, without it, with its own body), until
+    /// Ctrl-C or SIGTERM, which drains (what was taken is answered first).
+    Serve {
+        /// The channel whose requests to serve.
+        channel: String,
+        /// The queue group to join (each request goes to one member).
+        #[arg(short, long, default_value = "workers")]
+        queue: String,
+        /// The body of every reply; `-` reads it once from stdin. Without it, each request's
+        /// own body is sent back.
+        #[arg(short, long)]
+        reply: Option<String>,
+        /// Requests handled at once.
+        #[arg(long, default_value_t = 8)]
+        credit: usize,
+    },
     /// Measure a server under load, checking every delivery (exit 1 if any was lost,
     /// duplicated, out of order or corrupted).
     Bench {
@@ -381,6 +398,20 @@ pub(crate) fn parse_header(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Completes at SIGINT or SIGTERM.
+async fn stop_signal() {
+    let Ok(mut terminate) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
 /// A failure with its exit code.
 #[derive(Debug)]
 pub(crate) struct Exit(pub(crate) u8);
@@ -543,6 +574,38 @@ async fn run(cli: Cli) -> Result<()> {
                 .call_with(&channel, &command, headers, body, timeout)
                 .await;
             print_answer(&client, cli.format, result).await
+        }
+        Some(Command::Serve {
+            channel,
+            queue,
+            reply,
+            credit,
+        }) => {
+            let reply = match reply {
+                Some(reply) => Some(bytes::Bytes::from(read_body(&reply)?)),
+                None => None,
+            };
+            if credit == 0 {
+                return usage("--credit must be at least 1");
+            }
+            let client = builder.connect().await?;
+            let format = cli.format;
+            eprintln!("lhttp: serving {channel} in queue group {queue}; Ctrl-C to stop");
+            client
+                .serve_until(
+                    &channel,
+                    &queue,
+                    credit,
+                    move |request| {
+                        let _ = format::Stdout.print(format, &request);
+                        let body = reply.clone().unwrap_or_else(|| request.body().clone());
+                        async move { lhttp_client::Reply::ok(body) }
+                    },
+                    stop_signal(),
+                )
+                .await?;
+            client.close().await;
+            Ok(())
         }
         Some(Command::Bench {
             scenario:

@@ -108,3 +108,52 @@ async fn bench_requests_checks_every_answer_over_websocket_and_the_gateway() {
     let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).unwrap();
     assert_eq!(report["errors"]["503"], 20, "{report}");
 }
+
+#[tokio::test]
+async fn serve_answers_requests_from_a_terminal_and_drains_on_sigterm() {
+    let server = start().await;
+    let url = server.url();
+    let mut worker = common::spawn(lhttp(&[
+        "--url",
+        &url,
+        "serve",
+        "users.lookup",
+        "--queue",
+        "w",
+        "--reply",
+        "ann",
+    ]));
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while server.handle.queue_member_count() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "serve did not join");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let done = run(
+        lhttp(&["--url", &url, "request", "users.lookup", "id=7"]),
+        b"",
+    )
+    .await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    assert!(done.stdout.ends_with("\n\nann\n\n"), "{done:?}");
+    // The worker printed the request it answered.
+    let mut printed = Vec::new();
+    loop {
+        let line = worker.line().await;
+        let end = line == "id=7";
+        printed.push(line);
+        if end {
+            break;
+        }
+    }
+    assert_eq!(printed[0], "LHTTP/1.0 request", "{printed:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &worker.child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(common::WAIT, worker.child.wait())
+        .await
+        .expect("serve stops on SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
