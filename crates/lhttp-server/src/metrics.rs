@@ -69,6 +69,73 @@ pub struct Metrics {
     /// `lhttp_connections_by_transport`.
     pub(crate) opened_by_transport: [AtomicU64; TransportKind::ALL.len()],
     pub(crate) closed_by_transport: [AtomicU64; TransportKind::ALL.len()],
+    /// Sizes of the lhttp messages received (its sum and count are `bytes_received` and
+    /// `messages_received`, counted beside it).
+    pub(crate) message_sizes: Buckets<{ MESSAGE_SIZE_BOUNDS.len() }>,
+    /// How long requests took to their terminal answer, in microseconds.
+    pub(crate) request_durations: Buckets<{ REQUEST_DURATION_BOUNDS_US.len() }>,
+    /// Sum of `request_durations`, in microseconds.
+    pub(crate) request_duration_sum_us: AtomicU64,
+}
+
+/// Upper bounds of the `lhttp_message_size_bytes` buckets.
+pub(crate) const MESSAGE_SIZE_BOUNDS: [u64; 8] =
+    [64, 256, 1024, 4096, 16384, 65536, 262_144, 1_048_576];
+
+/// Upper bounds of the `lhttp_request_duration_seconds` buckets, in microseconds.
+pub(crate) const REQUEST_DURATION_BOUNDS_US: [u64; 10] = [
+    1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000, 30_000_000,
+];
+
+/// The counts of a histogram's buckets, each counting the values up to its bound and above
+/// the previous one (made cumulative when rendered), and of the values above the last bound.
+/// One relaxed add per value.
+#[derive(Debug)]
+pub(crate) struct Buckets<const N: usize> {
+    counts: [AtomicU64; N],
+    over: AtomicU64,
+}
+
+impl<const N: usize> Default for Buckets<N> {
+    fn default() -> Self {
+        Buckets {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            over: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Buckets<N> {
+    /// Counts `value` in the first bucket whose bound (of `bounds`) holds it.
+    pub(crate) fn observe(&self, bounds: &[u64; N], value: u64) {
+        match bounds.iter().position(|&bound| value <= bound) {
+            Some(i) => self.counts[i].fetch_add(1, Relaxed),
+            None => self.over.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// The histogram `name` in the text format: cumulative buckets with bounds shown as
+    /// `label(bound)`, and `sum` as its `_sum`.
+    fn render(
+        &self,
+        out: &mut String,
+        (name, help): (&str, &str),
+        bounds: &[u64; N],
+        label: impl Fn(u64) -> String,
+        sum: String,
+    ) {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+        let mut cumulative = 0;
+        for (bucket, &bound) in self.counts.iter().zip(bounds) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", label(bound));
+        }
+        let count = cumulative + self.over.load(Relaxed);
+        let _ = write!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}\n"
+        );
+    }
 }
 
 /// Gauges read from the hub at scrape time.
@@ -443,6 +510,29 @@ impl Metrics {
                 kind.label()
             );
         }
+        self.message_sizes.render(
+            &mut out,
+            (
+                "lhttp_message_size_bytes",
+                "Sizes of the lhttp messages received from clients, in bytes.",
+            ),
+            &MESSAGE_SIZE_BOUNDS,
+            |bound| bound.to_string(),
+            self.bytes_received.load(Relaxed).to_string(),
+        );
+        self.request_durations.render(
+            &mut out,
+            (
+                "lhttp_request_duration_seconds",
+                "Time from a request to its terminal answer (reply, 503, 504 or 502), in seconds.",
+            ),
+            &REQUEST_DURATION_BOUNDS_US,
+            |us| format!("{}", us as f64 / 1e6),
+            format!(
+                "{:.6}",
+                self.request_duration_sum_us.load(Relaxed) as f64 / 1e6
+            ),
+        );
         let _ = write!(
             out,
             "# HELP lhttp_build_info The lhttp-server build: its version, as a label; always 1.\n\

@@ -203,6 +203,11 @@ async fn healthz_metrics_and_page() {
         "lhttp_messages_received_total 2\n",
         "# TYPE lhttp_messages_published_total counter\n",
         "# TYPE process_cpu_seconds_total counter\n",
+        // Two small messages received: the subscribe and the publish.
+        "# TYPE lhttp_message_size_bytes histogram\n",
+        "lhttp_message_size_bytes_bucket{le=\"64\"} 2\n",
+        "lhttp_message_size_bytes_bucket{le=\"+Inf\"} 2\n",
+        "lhttp_message_size_bytes_count 2\n",
         "# TYPE process_open_fds gauge\n",
         "# TYPE process_max_fds gauge\n",
     ] {

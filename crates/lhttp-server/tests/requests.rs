@@ -61,6 +61,15 @@ async fn request_reply_round_trip_gets_exactly_one_answer() {
     answer(&mut responder, &request, "", "late").await;
     requester.expect_silence(300).await;
     assert_eq!(server.metric("request_late_replies_total"), 1);
+    // One request ended: counted once in the duration histogram, well under its 1 s bucket.
+    let metrics = server.handle.render_metrics();
+    for line in [
+        "lhttp_request_duration_seconds_count 1\n",
+        "lhttp_request_duration_seconds_bucket{le=\"1\"} 1\n",
+        "lhttp_request_duration_seconds_bucket{le=\"+Inf\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

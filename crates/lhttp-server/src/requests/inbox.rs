@@ -112,6 +112,8 @@ impl AnswerTo {
 /// One request that has not had its terminal answer yet.
 struct Pending {
     request_id: Text,
+    /// When it started, for `lhttp_request_duration_seconds`.
+    started: Instant,
     timeout: Duration,
     deadline: Instant,
     answer_to: AnswerTo,
@@ -280,6 +282,7 @@ impl Requests {
                 n,
                 Pending {
                     request_id,
+                    started: Instant::now(),
                     timeout,
                     deadline,
                     answer_to,
@@ -362,7 +365,7 @@ impl Requests {
                     .is_ok(),
                 None => false,
             },
-            Some((inbox, Some(n))) => answer(&inbox, n, message),
+            Some((inbox, Some(n))) => answer(&inbox, n, message, metrics),
             None => false,
         };
         if delivered {
@@ -425,7 +428,7 @@ impl Requests {
 
 /// Relays a reply to request `n` of `inbox`: a final reply ends the request, a partial one
 /// pushes its deadline back.
-fn answer(inbox: &Inbox, n: u64, reply: &Message) -> bool {
+fn answer(inbox: &Inbox, n: u64, reply: &Message, metrics: &Metrics) -> bool {
     let partial = is_partial(reply);
     let mut pending = inbox.pending.lock().expect("pending lock");
     let (request_id, answer_to) = if partial {
@@ -439,6 +442,7 @@ fn answer(inbox: &Inbox, n: u64, reply: &Message) -> bool {
         let Some(entry) = pending.remove(&n) else {
             return false;
         };
+        observe_duration(metrics, entry.started);
         (entry.request_id, entry.answer_to)
     };
     drop(pending);
@@ -469,9 +473,19 @@ fn answer_message(reply: &Message, request_id: Text) -> Message {
 /// Ends a request with `rejection`: counted by its status, sent as the one terminal answer.
 fn answer_failure(entry: Pending, rejection: &Rejection, metrics: &Metrics) {
     count_failure(metrics, rejection.status());
+    observe_duration(metrics, entry.started);
     entry
         .answer_to
         .send(&rejection.to_message(Some(&entry.request_id)));
+}
+
+/// Counts a request that ended, started at `started`, in `lhttp_request_duration_seconds`.
+fn observe_duration(metrics: &Metrics, started: Instant) {
+    let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    metrics
+        .request_durations
+        .observe(&crate::metrics::REQUEST_DURATION_BOUNDS_US, us);
+    add(&metrics.request_duration_sum_us, us);
 }
 
 fn count_failure(metrics: &Metrics, status: u16) {

@@ -441,6 +441,10 @@ fn receive<'c, 's>(
         Some(Ok(Received::Text(data) | Received::Binary(data))) => {
             add(&shared.metrics.messages_received, 1);
             add(&shared.metrics.bytes_received, data.len() as u64);
+            shared
+                .metrics
+                .message_sizes
+                .observe(&crate::metrics::MESSAGE_SIZE_BOUNDS, data.len() as u64);
             Some(data)
         }
         // A ping (answered by the WebSocket layer), a pong or a fragment: the client is alive,
