@@ -19,8 +19,8 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc rather than glibc's allocator: a message's buffers are allocated by the thread that
 /// reads it and freed by the one that writes it to a subscriber, which overflows glibc's
 /// per-thread caches into its locked arenas. 13% fewer instructions per message one to one,
-/// for 0.4 KiB more per idle connection (docs/performance.md, "A WebSocket layer of our own,
-/// and publishes forwarded as received").
+/// for 0.4 KiB more per idle connection (docs/performance.md, "Design decisions and the
+/// measurements behind them").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

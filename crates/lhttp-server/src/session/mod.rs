@@ -412,8 +412,8 @@ const BURST: usize = 64;
 /// thread meanwhile, in a slot no other thread may take them from: left to the budget alone
 /// (thousands of messages) their queues grow by as much, the subscribers' sockets go quiet,
 /// and a full outbox cuts a subscriber off. Yielding this often kept the pipeline moving:
-/// 1 → 1 median 0.88M → 1.10M msg/s (docs/performance.md, "The reader yields, and the chain
-/// without a future"); every 64 messages was worse than not yielding (a write per few
+/// 1 → 1 median 0.88M → 1.10M msg/s (docs/performance.md, "Design decisions and the
+/// measurements behind them"); every 64 messages was worse than not yielding (a write per few
 /// messages).
 const YIELD_AFTER: usize = 1024;
 
