@@ -250,3 +250,56 @@ async fn collect_for(c: &mut Client, ms: u64) -> Vec<lhttp_server::proto::Messag
         }
     }
 }
+
+#[tokio::test]
+async fn http_publish_takes_a_json_message_too() {
+    let server = start().await;
+    let mut c = server.client().await;
+    c.subscribe("room other").await;
+    let post = |body: &'static str| {
+        let url = server.http("/publish");
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json; charset=utf-8")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, reply) = post(
+        r#"{"channels": ["room", "other"], "command": "note", "headers": [["nick", "ann"], ["mood", "ok"]], "data": "hi \r\n\r\n there"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, reply.as_str()),
+        (200, r#"{"channels":2,"deliveries":2}"#)
+    );
+    for channel in ["room", "other"] {
+        let m = c.recv().await;
+        assert_eq!(m.command(), "note");
+        assert_eq!(m.header("publish"), Some(channel));
+        assert_eq!(m.header("nick"), Some("ann"));
+        assert_eq!(m.header("mood"), Some("ok"));
+        assert_eq!(body(&m), "hi \r\n\r\n there");
+    }
+    let (status, _) = post(r#"{"channel": "room", "headers": {"nick": "bob"}}"#).await;
+    assert_eq!(status, 200);
+    let m = c.recv().await;
+    assert_eq!((m.command(), m.header("nick")), ("chat", Some("bob")));
+    // What cannot be a message is refused with a reason, and nothing is published.
+    for bad in [
+        r#"{"data": "nowhere"}"#,
+        r#"{"channel": "room", "headers": {"publish": "elsewhere"}}"#,
+        r#"{"channel": "room", "colour": "red"}"#,
+        r#"{"channel": "bad>name"}"#,
+        "not json",
+    ] {
+        let (status, reply) = post(bad).await;
+        assert_eq!(status, 400, "{bad}: {reply}");
+        assert!(reply.contains("\"reason\""), "{bad}: {reply}");
+    }
+    c.expect_silence(100).await;
+}

@@ -1,5 +1,6 @@
 //! `POST /publish`: an lhttp message as the request body is published to its `publish`
-//! channels. 200 `{"channels":N,"deliveries":M}`; 400 not a message or no `publish` header;
+//! channels; or, with `Content-Type: application/json`, the message described as JSON
+//! ([`JsonMessage`]). 200 `{"channels":N,"deliveries":M}`; 400 not a message or no channel;
 //! 401 / 403 refused (see [`refusal`]); 413 too large; 408 body not complete within
 //! `limits.http_body_timeout_ms`.
 //!
@@ -50,6 +51,15 @@ where
         return refused;
     }
     let max = shared.config.limits.max_message_size;
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -80,15 +90,98 @@ where
         Err(BodyError::TooLarge) => return too_large(),
         Err(BodyError::Broken) => return json_error(400, "could not read the request body"),
     };
-    let message = match Message::parse_with(body, &shared.parser_limits) {
-        Ok(message) => message,
-        Err(error) => return json_error(error.status(), &error.to_string()),
+    let message = if json {
+        match JsonMessage::to_message(&body) {
+            Ok(message) => message,
+            Err(reason) => return json_error(400, &reason),
+        }
+    } else {
+        match Message::parse_with(body, &shared.parser_limits) {
+            Ok(message) => message,
+            Err(error) => return json_error(error.status(), &error.to_string()),
+        }
     };
     match ServerHandle::new(shared).publish(&message) {
         Ok(report) => json_answer(StatusCode::OK, report_json(&report)),
         Err(rejection) => json_error(rejection.status(), rejection.reason()),
     }
 }
+
+/// A message to publish, as JSON: what a program that speaks JSON rather than the lhttp text
+/// sends to `POST /publish` with `Content-Type: application/json`:
+///
+/// ```json
+/// {"channel": "chatroom", "command": "chat", "headers": {"nick": "ann"}, "data": "hello"}
+/// ```
+///
+/// `channel` or `channels` (a list) names where it goes; `command` is `chat` when left out;
+/// `headers` is an object or a list of `[name, value]` pairs (kept in order); `data` is the
+/// body, as text. Routing headers (`publish`, `subscribe`, `unsubscribe`, `upstream`,
+/// `reply-to`) cannot be given as headers: 400.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonMessage {
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    headers: Option<JsonHeaders>,
+    #[serde(default)]
+    data: String,
+}
+
+/// `headers` of a [`JsonMessage`].
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum JsonHeaders {
+    Pairs(Vec<(String, String)>),
+    Object(std::collections::BTreeMap<String, String>),
+}
+
+impl JsonMessage {
+    /// The message `body` describes, or why it does not.
+    fn to_message(body: &[u8]) -> Result<Message, String> {
+        let described: JsonMessage = serde_json::from_slice(body).map_err(|e| {
+            format!("not a JSON message ({{\"channel\", \"command\", \"headers\", \"data\"}}): {e}")
+        })?;
+        let mut channels = described.channels;
+        channels.extend(described.channel);
+        if channels.is_empty() {
+            return Err("a JSON message needs \"channel\" or \"channels\"".into());
+        }
+        let mut builder = Message::builder(described.command.unwrap_or_else(|| "chat".into()))
+            .header(lhttp_proto::names::PUBLISH, channels.join(" "));
+        let headers = match described.headers {
+            None => Vec::new(),
+            Some(JsonHeaders::Pairs(pairs)) => pairs,
+            Some(JsonHeaders::Object(object)) => object.into_iter().collect(),
+        };
+        for (name, value) in headers {
+            if ROUTING.iter().any(|r| r.eq_ignore_ascii_case(&name)) {
+                return Err(format!(
+                    "header {name:?} cannot be set in a JSON message (channels go in \"channel\" or \"channels\")"
+                ));
+            }
+            builder = builder.header(name, value);
+        }
+        builder
+            .body(described.data)
+            .build()
+            .map_err(|e| format!("JSON message: {e}"))
+    }
+}
+
+/// Headers that route a message: not settable through [`JsonMessage::headers`].
+const ROUTING: [&str; 5] = [
+    lhttp_proto::names::PUBLISH,
+    lhttp_proto::names::SUBSCRIBE,
+    lhttp_proto::names::UNSUBSCRIBE,
+    lhttp_proto::names::UPSTREAM,
+    lhttp_proto::names::REPLY_TO,
+];
 
 /// `POST /publish` is open to loopback peers when no API key is configured, and to holders of
 /// the key (`Authorization: Bearer <key>`) when one is; anyone else gets this answer. Browser
