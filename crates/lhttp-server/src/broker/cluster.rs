@@ -484,10 +484,7 @@ impl Cluster {
     }
 
     fn subject(&self, channel: &str) -> String {
-        let mut subject = String::with_capacity(self.subject_base.len() + channel.len() * 3);
-        subject.push_str(&self.subject_base);
-        subject_tokens(channel, &mut subject);
-        subject
+        subject_under(&self.subject_base, channel)
     }
 
     /// The subject of a wildcard pattern: its channel tokens escaped as in [`subject_tokens`],
@@ -559,6 +556,14 @@ impl Cluster {
             );
         }
     }
+}
+
+/// `base` (a subject prefix ending in `.`) followed by `channel`'s escaped tokens.
+pub(crate) fn subject_under(base: &str, channel: &str) -> String {
+    let mut subject = String::with_capacity(base.len() + channel.len() * 3);
+    subject.push_str(base);
+    subject_tokens(channel, &mut subject);
+    subject
 }
 
 /// Escapes a channel name into one NATS subject token: `[A-Za-z0-9_-]` stay, every other byte

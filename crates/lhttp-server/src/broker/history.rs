@@ -50,7 +50,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     Channel,
-    broker::{Broker, cluster::subject_tokens},
+    broker::{Broker, cluster::subject_under},
     config::ChannelOptions,
     metrics::add,
     pubsub::history::{Catchup, Pending, Stream},
@@ -86,30 +86,22 @@ impl Names {
 
     /// The subject `channel` is stored on.
     pub(crate) fn subject(&self, channel: &str) -> String {
-        let mut subject = String::with_capacity(self.subject_base.len() + channel.len() * 3);
-        subject.push_str(&self.subject_base);
-        subject_tokens(channel, &mut subject);
-        subject
+        subject_under(&self.subject_base, channel)
     }
 
     /// The stream that keeps `channel`: its name escaped whole (dots included, which stream
     /// names cannot hold); a name too long for JetStream keeps its first 96 bytes and adds a
     /// hash of the whole.
     pub(crate) fn stream(&self, channel: &str) -> String {
-        // The whole name as one subject token: its dots escaped too.
+        // The whole name as one subject token (ASCII only): its dots escaped too.
         let mut escaped = String::with_capacity(channel.len() * 3);
         crate::broker::cluster::subject_token(channel, &mut escaped);
         let mut name = self.stream_base.clone();
         if escaped.len() <= 160 {
             name.push_str(&escaped);
         } else {
-            let cut = (0..=96)
-                .rev()
-                .find(|&i| escaped.is_char_boundary(i))
-                .unwrap_or(0);
-            name.push_str(&escaped[..cut]);
-            name.push('_');
-            name.push_str(&format!("{:016x}", fnv1a(channel.as_bytes())));
+            name.push_str(&escaped[..96]);
+            name.push_str(&format!("_{:016x}", fnv1a(channel.as_bytes())));
         }
         name
     }
@@ -320,22 +312,20 @@ async fn follow_once(
     let Some(options) = history.options(channel.as_str()) else {
         return "no history".into();
     };
-    let mut stream = match stream_of(broker, js, channel.as_str(), options).await {
+    let stream = match stream_of(broker, js, channel.as_str(), options).await {
         Ok(stream) => stream,
         Err(error) => return error,
     };
-    let info = match stream.info().await {
-        Ok(info) => info.clone(),
-        Err(error) => return format!("JetStream stream info: {error}"),
-    };
+    // As JetStream answered the look-up (or the creation) just now.
+    let info = stream.cached_info();
     let last = info.state.last_sequence;
     let first = match info.state.messages {
         0 => last + 1,
         _ => info.state.first_sequence,
     };
-    let epoch = epoch_of(&info);
+    let epoch = epoch_of(info);
     let mut served = false;
-    let start = history.mirror_begin(
+    let (start, mut due) = history.mirror_begin(
         mirror,
         channel.as_str(),
         (&epoch, first, last),
@@ -360,7 +350,6 @@ async fn follow_once(
     };
     live.store(true, Relaxed);
     let max = broker.max_message_size;
-    let mut due = answer_due(broker, channel, mirror);
     loop {
         let wait = async {
             match due {
@@ -394,7 +383,7 @@ async fn follow_once(
                         .publish_exact(channel.as_str(), &frame(bytes), &broker.metrics);
                 };
                 let mut served = false;
-                history.mirror_apply(
+                due = history.mirror_apply(
                     mirror,
                     channel.as_str(),
                     (offset, &parsed, caught_up),
@@ -402,7 +391,6 @@ async fn follow_once(
                     serve(broker, channel, &mut served),
                 );
                 recheck(broker, channel, served);
-                due = answer_due(broker, channel, mirror);
             }
         }
     }

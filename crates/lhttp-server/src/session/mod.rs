@@ -320,11 +320,14 @@ async fn read_loop<T: Transport>(
     let mut rate = MessageRate::new(&shared.config.limits, last_seen);
     // Messages handled since this task last gave its thread away (see `YIELD_AFTER`).
     let mut since_yield = 0;
+    // The moment of a drain this connection is closed at, and the wait it is told then.
+    let id = connection.id().get();
+    let wave = shared.wave_of(id);
     loop {
         let next = tokio::select! {
             biased;
-            _ = shared.wave_of(connection.id().get()).cancelled() => {
-                return End::Shutdown(crate::session::sessions::retry_hint(connection.id().get()));
+            _ = wave.cancelled() => {
+                return End::Shutdown(crate::session::sessions::retry_hint(id));
             }
             _ = outbox.overflowed() => return End::SlowConsumer,
             _ = fired(&mut sign_in.required_by) => {

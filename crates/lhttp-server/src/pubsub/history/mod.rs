@@ -623,15 +623,16 @@ impl History {
 
     /// A follower begins (or resumes) feeding the mirror `stream` of `channel` from JetStream,
     /// whose stream has epoch `epoch` and holds offsets `first..=last` (`first` is `last + 1`
-    /// when it holds none). Returns the offset to read from. What the mirror held is kept when
-    /// it continues in the same epoch, and dropped otherwise.
+    /// when it holds none). Returns the offset to read from, and when the next waiting
+    /// catch-up's time is up. What the mirror held is kept when it continues in the same
+    /// epoch, and dropped otherwise.
     pub(crate) fn mirror_begin(
         &self,
         stream: &Mutex<Stream>,
         channel: &str,
         (epoch, first, last): (&str, u64, u64),
         serve: impl FnMut(Pending, Catchup),
-    ) -> u64 {
+    ) -> (u64, Option<Instant>) {
         let mut guard = lock(stream);
         if *guard.epoch != *epoch || guard.next < first || guard.next > last + 1 {
             while self.drop_oldest(&mut guard) {}
@@ -643,15 +644,15 @@ impl History {
             mirror.ready_at = last;
             mirror.ready |= caught_up;
         }
-        self.serve_waiting(&mut guard, channel, serve);
-        guard.next
+        let due = self.serve_waiting(&mut guard, channel, serve);
+        (guard.next, due)
     }
 
     /// Feeds the mirror `stream` of `channel` with `message`, offset `offset` in JetStream's
     /// stream: kept, and given to `deliver` (the local subscribers) once the mirror is ready.
     /// `caught_up` says JetStream holds nothing after it. Then answers the catch-ups that can
-    /// be answered. A gap in the offsets (JetStream trimmed them before they were read) leaves
-    /// no recovery possible across it.
+    /// be answered, and returns when the next waiting one's time is up. A gap in the offsets
+    /// (JetStream trimmed them before they were read) leaves no recovery possible across it.
     pub(crate) fn mirror_apply(
         &self,
         stream: &Mutex<Stream>,
@@ -659,7 +660,7 @@ impl History {
         (offset, message, caught_up): (u64, &Message, bool),
         deliver: impl FnOnce(Bytes),
         serve: impl FnMut(Pending, Catchup),
-    ) {
+    ) -> Option<Instant> {
         let mut guard = lock(stream);
         if offset >= guard.next {
             if offset > guard.next {
@@ -675,7 +676,7 @@ impl History {
         if let Some(mirror) = guard.mirror.as_mut() {
             mirror.ready |= caught_up || last >= mirror.ready_at;
         }
-        self.serve_waiting(&mut guard, channel, serve);
+        self.serve_waiting(&mut guard, channel, serve)
     }
 
     /// Answers the catch-ups waiting on the mirror `stream` whose time is up; returns when
@@ -802,39 +803,27 @@ fn read(stream: &Stream, ask: Ask<'_>) -> Catchup {
         command,
         request_id,
     } = ask;
-    let (frames, recovered) = match want {
-        Want::Recent(n) => {
-            let skip = stream.entries.len().saturating_sub(*n);
-            (
-                stream
-                    .entries
-                    .iter()
-                    .skip(skip)
-                    .map(|e| e.frame.clone())
-                    .collect(),
-                false,
-            )
-        }
+    // Where the messages to send begin among those kept, if any are to be sent.
+    let (skip, recovered) = match want {
+        Want::Recent(n) => (Some(stream.entries.len().saturating_sub(*n)), false),
         Want::Since { offset, epoch } => {
             let complete = *epoch == *stream.epoch
                 && *offset <= stream.last()
                 && *offset + 1 >= stream.first();
-            if complete {
-                let skip = (*offset + 1 - stream.first()) as usize;
-                (
-                    stream
-                        .entries
-                        .iter()
-                        .skip(skip)
-                        .map(|e| e.frame.clone())
-                        .collect(),
-                    true,
-                )
-            } else {
-                (Vec::new(), false)
+            match complete {
+                true => (Some((*offset + 1 - stream.first()) as usize), true),
+                false => (None, false),
             }
         }
     };
+    let frames: Vec<Bytes> = skip.map_or_else(Vec::new, |skip| {
+        stream
+            .entries
+            .iter()
+            .skip(skip)
+            .map(|e| e.frame.clone())
+            .collect()
+    });
     let answer = answer(
         command,
         channel,
