@@ -418,6 +418,11 @@ async fn session(
                     }
                     Received::Closed { code, reason } => {
                         tracing::debug!(?code, reason, "server closed the connection");
+                        if code == Some(lhttp_proto::names::CLOSE_DISCONNECTED) {
+                            // The operator wanted this client gone: coming back would undo it.
+                            tracing::info!(reason, "disconnected by the server; not reconnecting");
+                            return End::Closed(None);
+                        }
                         return End::Lost(retry_hint(code, &reason));
                     }
                     Received::Ended(reason) => {

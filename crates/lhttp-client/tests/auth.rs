@@ -39,6 +39,37 @@ async fn server() -> (String, tokio::task::JoinHandle<()>) {
 }
 
 #[tokio::test]
+async fn a_client_the_server_disconnects_does_not_come_back() {
+    let mut config = Config::default();
+    config.auth.hs256_secret = Some(SECRET.into());
+    let server = Server::builder(config).build().unwrap();
+    let handle = server.handle();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { server.run(listener, std::future::pending()).await });
+    let alice = Client::builder(&url)
+        .token(token("alice", 60))
+        .connect()
+        .await
+        .unwrap();
+    let _room = alice.subscribe(["room"]).await.unwrap();
+
+    assert_eq!(handle.disconnect_user("alice"), 1);
+    let mut states = alice.state_changes();
+    tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while *states.borrow_and_update() != lhttp_client::ConnectionState::Closed {
+            states.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the client closes");
+    // Long past the first reconnect delay: it stayed away.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(handle.connection_count(), 0);
+    assert!(alice.publish("room", "anyone?").await.is_err());
+}
+
+#[tokio::test]
 async fn a_client_with_a_token_subscribes_and_publishes() {
     let (url, _server) = server().await;
     let alice = Client::builder(&url)

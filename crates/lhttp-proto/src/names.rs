@@ -109,3 +109,8 @@ pub mod command {
     /// The last message of a byte stream the server closes (`code`, `reason`).
     pub const CLOSE: &str = crate::stream::CLOSE_COMMAND;
 }
+
+/// The close code of a connection the server's operator disconnected (lhttpd's
+/// `POST /server/disconnect`), in the range WebSocket leaves to applications. A client must
+/// not reconnect on its own after it: the operator wanted this client gone.
+pub const CLOSE_DISCONNECTED: u16 = 4001;

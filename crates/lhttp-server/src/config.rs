@@ -1135,7 +1135,7 @@ impl Config {
                     "gateway path {path:?} must start and end with '/' (\"/api/\") and contain no '{{', '}}', '*', '?' or '#'"
                 ));
             }
-            if ["/publish/", "/healthz/", "/metrics/", "/sdk/"].contains(&path.as_str()) {
+            if ["/publish/", "/healthz/", "/metrics/", "/sdk/", "/server/"].contains(&path.as_str()) {
                 return Err(format!(
                     "gateway path {path:?} is used by the server itself"
                 ));

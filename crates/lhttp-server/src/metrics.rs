@@ -139,6 +139,7 @@ impl<const N: usize> Buckets<N> {
 }
 
 /// Gauges read from the hub at scrape time.
+#[derive(serde::Serialize)]
 pub(crate) struct Gauges {
     pub connections: u64,
     pub http_connections: u64,
@@ -162,6 +163,33 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl Metrics {
+    /// The main totals since start, by name, for `GET /server/info` (the admin page plots
+    /// their rates). `/metrics` has them all.
+    pub(crate) fn totals(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let read = |counter: &AtomicU64| counter.load(Relaxed);
+        [
+            ("connections_opened", read(&self.connections_opened)),
+            ("connections_closed", read(&self.connections_closed)),
+            ("connections_refused", read(&self.connections_refused)),
+            ("messages_received", read(&self.messages_received)),
+            ("received_bytes", read(&self.bytes_received)),
+            ("messages_published", read(&self.messages_published)),
+            ("deliveries", read(&self.deliveries)),
+            ("messages_sent", read(&self.messages_sent)),
+            ("sent_bytes", read(&self.bytes_sent)),
+            ("slow_consumers", read(&self.slow_consumers)),
+            ("dropped_deliveries", read(&self.dropped_deliveries)),
+            ("error_replies", read(&self.error_replies)),
+            ("http_publish_requests", read(&self.http_publish_requests)),
+            ("requests", read(&self.requests)),
+            ("auth_failures", read(&self.auth_failures)),
+            ("permission_denials", read(&self.permission_denials)),
+            ("rate_limited", read(&self.rate_limited)),
+        ]
+        .into_iter()
+        .collect()
+    }
+
     /// Renders every metric in the Prometheus text exposition format.
     pub(crate) fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(2048);

@@ -21,6 +21,7 @@ use crate::{
     session::{
         self,
         builtin::{self},
+        directory::Directory,
         sessions::{Commands, Sessions},
     },
     transport::budget::UnfinishedBudget,
@@ -151,6 +152,7 @@ impl ServerBuilder {
                 throttle: AuthThrottle::new(limits),
             },
             admission: Admission::new(limits),
+            directory: Directory::default(),
             upstream,
             parser_limits: limits.parser(),
             unfinished: Arc::new(UnfinishedBudget::new(
@@ -170,6 +172,7 @@ impl ServerBuilder {
             waves: std::array::from_fn(|_| shutdown.child_token()),
             shutdown,
             tasks: TaskTracker::new(),
+            started: std::time::Instant::now(),
         };
         Ok(Server {
             sessions: Arc::new(sessions),

@@ -1,7 +1,9 @@
-//! The HTTP side of the one port: WebSocket upgrades on any path, `POST /publish`,
-//! `GET /healthz`, `GET /metrics` and the chat page at `GET /`.
+//! The HTTP side of the one port: WebSocket upgrades on any path, `POST /publish`, the
+//! server API under `/server/` ([`mod@api`]), `GET /healthz`, `GET /metrics` and the static
+//! pages (the chat page at `GET /`).
 
 pub(crate) mod accept;
+pub(crate) mod api;
 pub(crate) mod gateway;
 pub(crate) mod origin;
 pub(crate) mod publish;
@@ -98,6 +100,7 @@ pub(crate) fn router(
         "/publish",
         post(move |state, request| publish(state, site, request)),
     );
+    router = router.merge(api::routes(shared.clone(), site));
     if with_ops {
         router = router.merge(ops_routes(site));
     }

@@ -47,7 +47,7 @@ where
     B::Error: Into<Box<dyn Error + Send + Sync>>,
 {
     add(&shared.metrics.http_publish_requests, 1);
-    if let Some(refused) = refusal(&shared, peer, site, &request) {
+    if let Some(refused) = refusal(&shared, peer, site, &request, "POST /publish") {
         return refused;
     }
     let max = shared.config.limits.max_message_size;
@@ -188,12 +188,14 @@ const ROUTING: [&str; 5] = [
 /// pages of other sites are refused either way (403): a page can make its visitor's browser
 /// post a text/plain form to any address, lhttpd on the visitor's own loopback included. And
 /// without a key, a request must name a loopback host (421): after DNS rebinding, a foreign
-/// page's requests come from loopback too, but name the page's own host.
-fn refusal<B>(
+/// page's requests come from loopback too, but name the page's own host. The server API
+/// (`/server/`) is guarded alike; `what` names the route in the refusal.
+pub(crate) fn refusal<B>(
     shared: &Sessions,
     peer: Option<SocketAddr>,
     site: Site,
     request: &Request<B>,
+    what: &str,
 ) -> Option<Answer> {
     let headers = request.headers();
     let allowed = &shared.config.server.allowed_origins;
@@ -207,7 +209,7 @@ fn refusal<B>(
     if (cross_site && !origin_listed) || !site.origin_allowed(allowed, headers) {
         return Some(json_error(
             403,
-            "POST /publish does not accept requests from pages of other sites (see server.allowed_origins)",
+            &format!("{what} does not accept requests from pages of other sites (see server.allowed_origins)"),
         ));
     }
     match &shared.config.server.api_key {
@@ -233,13 +235,13 @@ fn refusal<B>(
             if !loopback {
                 return Some(json_error(
                     403,
-                    "POST /publish is open to loopback clients only unless server.api_key is set",
+                    &format!("{what} is open to loopback clients only unless server.api_key is set"),
                 ));
             }
             (!site.host_is_local(headers)).then(|| {
                 json_error(
                     421,
-                    "POST /publish without server.api_key answers only requests for localhost or a loopback address",
+                    &format!("{what} without server.api_key answers only requests for localhost or a loopback address"),
                 )
             })
         }

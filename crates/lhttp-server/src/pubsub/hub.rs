@@ -317,6 +317,21 @@ impl Hub {
             + patterns.iter().map(|p| p.subscribers.len()).sum::<usize>()
     }
 
+    /// At most `limit` channels whose names start with `prefix`, sorted by name, with their
+    /// subscriber counts. When more match, which are listed is not defined: a longer prefix
+    /// narrows the list.
+    pub(crate) fn list(&self, prefix: &str, limit: usize) -> Vec<(Channel, usize)> {
+        let mut listed: Vec<(Channel, usize)> = self
+            .channels
+            .iter()
+            .filter(|entry| entry.key().as_str().starts_with(prefix))
+            .take(limit)
+            .map(|entry| (entry.key().clone(), entry.value().len()))
+            .collect();
+        listed.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        listed
+    }
+
     /// Number of subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &str) -> usize {
         self.channels.get(channel).map_or(0, |s| s.len())

@@ -91,10 +91,25 @@ impl Connection {
     /// The id presence shows for this connection: 16 random hexadecimal digits, so that it
     /// tells nothing about the server (no count, no order) and cannot be guessed.
     pub(crate) fn client_id(&mut self) -> &str {
+        let (directory, id, outbox) = (&self.server.sessions().directory, self.id, &self.outbox);
         self.client_id.get_or_insert_with(|| {
-            let id = getrandom::u64().expect("the operating system's random generator");
-            format!("{id:016x}").into()
+            let random = getrandom::u64().expect("the operating system's random generator");
+            let client: Box<str> = format!("{random:016x}").into();
+            directory.add_client(&client, id, outbox);
+            client
         })
+    }
+
+    /// Takes this connection out of the [`Directory`](crate::session::directory::Directory),
+    /// as it closes.
+    pub(crate) fn leave_directory(&mut self) {
+        let directory = &self.server.sessions().directory;
+        if let Some(user) = &self.user {
+            directory.remove_user(user.id(), self.id);
+        }
+        if let Some(client) = &self.client_id {
+            directory.remove_client(client);
+        }
     }
 
     /// This connection as a member of a presence room, with `info`.
@@ -254,6 +269,13 @@ impl Connection {
     pub(crate) fn set_user(&mut self, user: Option<User>) {
         let permissions = &self.sessions().security.permissions;
         self.grants = permissions.grants_of(user.as_ref(), &self.peer);
+        let directory = &self.server.sessions().directory;
+        if let Some(old) = &self.user {
+            directory.remove_user(old.id(), self.id);
+        }
+        if let Some(user) = &user {
+            directory.add_user(user.id(), self.id, &self.outbox);
+        }
         self.user = user.map(Box::new);
         let Some(grants) = self.grants.clone() else {
             return;

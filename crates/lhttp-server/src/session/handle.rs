@@ -154,6 +154,14 @@ impl ServerHandle {
         &self.sessions.config
     }
 
+    /// Closes every connection on this node authenticated as `user` (close 4001
+    /// "disconnected by the server", after what is queued for it; the SDKs do not reconnect),
+    /// as `POST /server/disconnect` does; returns how many.
+    pub fn disconnect_user(&self, user: &str) -> usize {
+        let target = crate::session::directory::Target::User(user);
+        self.sessions.directory.disconnect(target)
+    }
+
     /// Starts a graceful shutdown, as the `shutdown` future of [`Server::run`](crate::Server::run) does.
     pub fn shutdown(&self) {
         self.sessions.begin_drain();
@@ -166,10 +174,19 @@ impl ServerHandle {
 
     /// Every metric in the Prometheus text format, as served at `GET /metrics`.
     pub fn render_metrics(&self) -> String {
+        let mut out = self.sessions.metrics.render(&self.gauges());
+        if let Some(cluster) = &self.broker().cluster {
+            cluster.render(&mut out);
+        }
+        out
+    }
+
+    /// What the server holds now, as `/metrics` and `/server/info` show it.
+    pub(crate) fn gauges(&self) -> Gauges {
         let hub = &self.broker().hub;
         let history = self.broker().history.as_ref();
         let presence = self.broker().presence.as_ref();
-        let mut out = self.sessions.metrics.render(&Gauges {
+        Gauges {
             connections: self.connection_count() as u64,
             http_connections: self.http_connection_count() as u64,
             unfinished_message_bytes: self.sessions.unfinished.held() as u64,
@@ -185,10 +202,6 @@ impl ServerHandle {
             presence_members: presence.map_or(0, |p| p.member_count() as u64),
             presence_rooms: presence.map_or(0, |p| p.room_count() as u64),
             presence_nodes: presence.map_or(0, |p| p.node_count() as u64),
-        });
-        if let Some(cluster) = &self.broker().cluster {
-            cluster.render(&mut out);
         }
-        out
     }
 }

@@ -23,6 +23,8 @@
 //!   "message not completed in time";
 //! - a large unfinished message would take the server over `limits.unfinished_message_bytes`:
 //!   1013 "server busy: too many unfinished messages";
+//! - the server API disconnects it (`POST /server/disconnect`, by user or client id): 4001
+//!   "disconnected by the server", after what is already queued; the SDKs do not reconnect;
 //! - the client keeps sending over its message rate (`limits.rate_limit_close_after` refusals
 //!   within `limits.rate_limit_window_ms`): a last 429 `error`, then 1008 "message rate limit
 //!   exceeded".
@@ -31,6 +33,7 @@ pub(crate) mod accept;
 pub mod builtin;
 pub(crate) mod connection;
 pub(crate) mod context;
+pub(crate) mod directory;
 pub(crate) mod extensions;
 pub(crate) mod filter;
 pub(crate) mod handle;
@@ -218,6 +221,7 @@ async fn close(shared: &Sessions, connection: &mut Connection) {
         filter.on_close(connection);
     }
     connection.unsubscribe_all();
+    connection.leave_directory();
 }
 
 /// The authentication state of one connection, kept by its reading task. The timers are
@@ -329,7 +333,13 @@ async fn read_loop<T: Transport>(
             _ = wave.cancelled() => {
                 return End::Shutdown(crate::session::sessions::retry_hint(id));
             }
-            _ = outbox.overflowed() => return End::SlowConsumer,
+            _ = outbox.ended() => {
+                return if outbox.is_overflowed() {
+                    End::SlowConsumer
+                } else {
+                    End::Close(DISCONNECTED.0, DISCONNECTED.1)
+                };
+            }
             _ = fired(&mut sign_in.required_by) => {
                 connection.send_rejection(&Rejection::new(401, "authentication timeout"), None);
                 return End::Close(1008, "authentication timeout");
@@ -406,6 +416,14 @@ async fn ready_now<T: Transport>(socket: &mut T) -> Option<Next> {
     })
     .await
 }
+
+/// The close code and reason of a connection that the server API disconnected
+/// (`POST /server/disconnect`): a code of lhttp's own (4000-4999 are for applications), which
+/// the SDKs take as "do not reconnect".
+pub(crate) const DISCONNECTED: (u16, &str) = (
+    lhttp_proto::names::CLOSE_DISCONNECTED,
+    "disconnected by the server",
+);
 
 /// Most messages handled in one turn of the reading loop (see [`read_loop`]).
 const BURST: usize = 64;

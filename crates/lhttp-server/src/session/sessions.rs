@@ -14,6 +14,7 @@ use crate::{
     requests::gateway::Gateway,
     requests::upstream::Upstream,
     security::{Security, admission::Admission},
+    session::directory::Directory,
     transport::{budget::UnfinishedBudget, tls::Listeners},
 };
 
@@ -28,6 +29,8 @@ pub(crate) struct Sessions {
     pub(crate) commands: Commands,
     pub(crate) security: Security,
     pub(crate) admission: Admission,
+    /// Open connections by user and client id, for the server API's disconnect.
+    pub(crate) directory: Directory,
     pub(crate) upstream: Upstream,
     /// The gateway routes' channels, which clients may not use, and the gateway's inbox.
     pub(crate) gateway: Gateway,
@@ -47,6 +50,8 @@ pub(crate) struct Sessions {
     pub(crate) shutdown: CancellationToken,
     /// Every connection task, so that shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// When the server was built, for its uptime.
+    pub(crate) started: std::time::Instant,
 }
 
 /// The processors and filters registered with the server builder. Read-only after build, so

@@ -89,8 +89,10 @@ struct Shared {
     /// Set once when the queue overflows. Checked on every push; an atomic load is much
     /// cheaper than `CancellationToken::is_cancelled`, which takes a mutex.
     overflowed_flag: AtomicBool,
-    /// Cancelled together with the flag, to wake the writer, which then closes with 1008.
-    overflowed: CancellationToken,
+    /// Cancelled together with the flag, or when the server API disconnects the connection
+    /// (`POST /server/disconnect`), to wake the connection's task, which then closes the
+    /// connection (1008 "slow consumer", or 4001 "disconnected by the server").
+    ended: CancellationToken,
 }
 
 impl Shared {
@@ -101,7 +103,7 @@ impl Shared {
 
     fn overflow(&self) {
         self.overflowed_flag.store(true, Relaxed);
-        self.overflowed.cancel();
+        self.ended.cancel();
     }
 }
 
@@ -163,7 +165,7 @@ impl Outbox {
             max_messages,
             max_bytes,
             overflowed_flag: AtomicBool::new(false),
-            overflowed: CancellationToken::new(),
+            ended: CancellationToken::new(),
         });
         (
             Outbox {
@@ -251,9 +253,16 @@ impl Outbox {
         self.shared.overflowed_flag.load(Relaxed)
     }
 
-    /// Completes when the queue overflows.
-    pub(crate) async fn overflowed(&self) {
-        self.shared.overflowed.cancelled().await
+    /// Tells the connection's task to close the connection, after what is queued for it
+    /// (the server API's disconnect). Pushes still succeed until it closes.
+    pub(crate) fn disconnect(&self) {
+        self.shared.ended.cancel();
+    }
+
+    /// Completes when the queue overflows or the connection is disconnected: the
+    /// connection's task must close it ([`Outbox::is_overflowed`] tells which).
+    pub(crate) async fn ended(&self) {
+        self.shared.ended.cancelled().await
     }
 }
 
@@ -289,6 +298,22 @@ fn reserve_for<T: Transport>(socket: &mut T, batch: &VecDeque<Outgoing>) {
 }
 
 impl OutboxReceiver {
+    /// Waits until something is queued and takes all of it; empty once every producer is
+    /// gone with nothing queued. For readers that are not a socket's writer: the server
+    /// API reads a channel's history through an outbox of its own.
+    pub(crate) async fn take_queued(&self) -> VecDeque<Outgoing> {
+        std::future::poll_fn(|cx| {
+            let mut queue = self.shared.queue();
+            if !queue.frames.is_empty() || queue.senders == 0 {
+                queue.bytes = 0;
+                return Poll::Ready(std::mem::take(&mut queue.frames));
+            }
+            queue.writer = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
     /// The writing side of the connection, fed from this queue.
     pub(crate) fn into_writer(self) -> Writer {
         Writer {
