@@ -745,6 +745,8 @@ export class LhttpClient extends EventTarget {
       this.#reading.fail(failure ?? new LhttpError(0, wasStopped ? 'client closed' : 'connection closed'));
       this.#reading = null;
     }
+    // Close 4001: the server's operator disconnected this client; coming back would undo it.
+    if (code === CLOSE_DISCONNECTED) this.#stopped = true;
     const willReconnect = this.#options.reconnect && !this.#stopped;
     // Answers to requests sent on this connection will never come. Requests still queued were
     // never sent: they wait for the next connection (or their timeout), so that one rejected
@@ -1722,3 +1724,6 @@ export class Lhttp {
     return this.client.close();
   }
 }
+/** The close code of a client the server's operator disconnected (lhttpd's `POST /server/disconnect`). */
+const CLOSE_DISCONNECTED = 4001;
+

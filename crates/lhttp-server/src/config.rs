@@ -63,6 +63,34 @@ pub struct Config {
     pub channels: Vec<ChannelOptions>,
     /// Where channel history is kept, and its bounds over the server.
     pub history: HistoryConfig,
+    /// The admin page (`lhttpd` serves it); off by default.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the admin page, a live view of the server (connections, channels, rates, the
+/// cluster) that reads the server API (`/server/`). `lhttpd` serves it at `path`; a program
+/// that embeds the server serves its own pages, or none. Off by default.
+///
+/// The page holds no data itself: every figure it shows comes from the server API, which
+/// wants `server.api_key` (or, without a key, a client on loopback). So that the page is
+/// never open to a network without a key, enabling it on a listener that is not loopback
+/// needs `server.api_key`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin page.
+    pub enabled: bool,
+    /// Where: a path starting and ending with `/` (`/admin/`).
+    pub path: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: false,
+            path: "/admin/".into(),
+        }
+    }
 }
 
 /// Certificate and key of a TLS listener, as PEM files. The files are read again when they
@@ -1103,6 +1131,37 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the admin page's settings: a path of its own, and a key on an open listener.
+    pub fn validate_admin(&self) -> Result<(), String> {
+        let admin = &self.admin;
+        if !admin.enabled {
+            return Ok(());
+        }
+        let path = &admin.path;
+        if !path.starts_with('/')
+            || !path.ends_with('/')
+            || path.len() < 2
+            || path.contains(['{', '}', '*', '?', '#'])
+        {
+            return Err(format!(
+                "admin.path {path:?} must start and end with '/' (\"/admin/\") and contain no '{{', '}}', '*', '?' or '#'"
+            ));
+        }
+        let taken = ["/publish/", "/healthz/", "/metrics/", "/sdk/", "/server/"];
+        if taken.contains(&path.as_str()) || self.gateway.iter().any(|g| g.path == *path) {
+            return Err(format!(
+                "admin.path {path:?} is used by the server itself or a [[gateway]] route"
+            ));
+        }
+        if !self.server.listen.ip().is_loopback() && self.server.api_key.is_none() {
+            return Err(format!(
+                "admin.enabled on {} (not loopback) needs server.api_key: the admin page must not be open to a network without one",
+                self.server.listen
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks the request, queue and gateway settings.
     pub fn validate_messaging(&self) -> Result<(), String> {
         let r = &self.requests;
@@ -1135,7 +1194,8 @@ impl Config {
                     "gateway path {path:?} must start and end with '/' (\"/api/\") and contain no '{{', '}}', '*', '?' or '#'"
                 ));
             }
-            if ["/publish/", "/healthz/", "/metrics/", "/sdk/", "/server/"].contains(&path.as_str()) {
+            if ["/publish/", "/healthz/", "/metrics/", "/sdk/", "/server/"].contains(&path.as_str())
+            {
                 return Err(format!(
                     "gateway path {path:?} is used by the server itself"
                 ));

@@ -64,8 +64,8 @@ mod validation;
 
 pub use async_trait::async_trait;
 pub use config::{
-    AuthConfig, ChannelOptions, ChannelRule, ClusterConfig, Config, GatewayRoute, HistoryConfig,
-    Limits, QueuesConfig, RequestsConfig, UpstreamConfig,
+    AdminConfig, AuthConfig, ChannelOptions, ChannelRule, ClusterConfig, Config, GatewayRoute,
+    HistoryConfig, Limits, QueuesConfig, RequestsConfig, UpstreamConfig,
 };
 pub use error::ServerError;
 pub use lhttp_proto as proto;

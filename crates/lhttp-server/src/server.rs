@@ -51,12 +51,12 @@ impl ServerBuilder {
     /// a program that embeds the server adds its own pages, or none.
     pub fn static_file(
         mut self,
-        path: &'static str,
+        path: impl Into<std::borrow::Cow<'static, str>>,
         content_type: &'static str,
         body: &'static str,
     ) -> Self {
         self.static_files.push(StaticFile {
-            path,
+            path: path.into(),
             content_type,
             body,
         });

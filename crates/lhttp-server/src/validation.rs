@@ -59,6 +59,7 @@ impl Config {
         self.auth.validate().map_err(ServerError::Config)?;
         self.validate_transports().map_err(ServerError::Config)?;
         self.validate_channels().map_err(ServerError::Config)?;
+        self.validate_admin().map_err(ServerError::Config)?;
         let tls = Listeners {
             main: self
                 .server

@@ -106,7 +106,10 @@ async fn channels_are_listed_with_their_subscribers_by_prefix_and_within_a_limit
     );
     let (_, rooms) = get_json(&server, "/server/channels?prefix=room.").await;
     assert_eq!(rooms["listed"], 2);
-    assert_eq!(rooms["count"], 3, "count is every channel, listed those shown");
+    assert_eq!(
+        rooms["count"], 3,
+        "count is every channel, listed those shown"
+    );
     let (_, one) = get_json(&server, "/server/channels?limit=1").await;
     assert_eq!(one["listed"], 1);
     let (status, refused) = get_json(&server, "/server/channels?limit=10001").await;
@@ -230,7 +233,12 @@ async fn one_client_is_disconnected_by_the_id_presence_shows() {
     assert_eq!(room["count"], 1);
     assert_ne!(room["members"][0]["client"], client.as_str());
 
-    for bad in [json!({}), json!({"user": "a", "client": "b"}), json!({"user": ""}), json!([1])] {
+    for bad in [
+        json!({}),
+        json!({"user": "a", "client": "b"}),
+        json!({"user": ""}),
+        json!([1]),
+    ] {
         let (status, _) = post_json(&server, "/server/disconnect", bad.clone()).await;
         assert_eq!(status, 400, "{bad}");
     }
@@ -243,7 +251,11 @@ async fn the_api_wants_the_key_when_one_is_set_and_refuses_other_sites_pages() {
     let url = server.http("/server/info");
     let without = http.get(&url).send().await.unwrap();
     assert_eq!(without.status(), 401);
-    let wrong = http.get(&url).bearer_auth("not the key at all, no").send().await;
+    let wrong = http
+        .get(&url)
+        .bearer_auth("not the key at all, no")
+        .send()
+        .await;
     assert_eq!(wrong.unwrap().status(), 401);
     let with = http.get(&url).bearer_auth(KEY).send().await.unwrap();
     assert_eq!(with.status(), 200);
@@ -278,5 +290,8 @@ fn a_gateway_route_cannot_take_the_server_api_path() {
         at_least_once: false,
     });
     let error = Server::builder(config).build().err().expect("refused");
-    assert!(error.to_string().contains("used by the server itself"), "{error}");
+    assert!(
+        error.to_string().contains("used by the server itself"),
+        "{error}"
+    );
 }

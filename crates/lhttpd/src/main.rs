@@ -255,13 +255,17 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
         None => ("ws", "http"),
     };
     let transports = config.transports.clone();
-    let server = pages::FILES
-        .iter()
-        .fold(
-            Server::builder(config),
-            |builder, &(path, content_type, body)| builder.static_file(path, content_type, body),
-        )
-        .build()?;
+    let admin = config.admin.enabled.then(|| config.admin.path.clone());
+    let mut builder = pages::FILES.iter().fold(
+        Server::builder(config),
+        |builder, &(path, content_type, body)| builder.static_file(path, content_type, body),
+    );
+    if let Some(path) = &admin {
+        for &(name, content_type, body) in pages::ADMIN {
+            builder = builder.static_file(format!("{path}{name}"), content_type, body);
+        }
+    }
+    let server = builder.build()?;
     if !nats.is_empty() {
         tracing::info!(servers = ?nats, "cluster mode: sharing channels through NATS");
     }
@@ -279,6 +283,9 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
         tracing::info!("byte streams on unix://{}", unix.path.display());
     }
     reload_on_hangup(server.handle())?;
+    if let Some(path) = &admin {
+        tracing::info!("admin page on {http}://{local}{path}");
+    }
     if let Some(metrics) = metrics_listen {
         tracing::info!("metrics and health on http://{metrics}/metrics and /healthz only");
     }

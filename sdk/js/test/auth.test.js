@@ -53,6 +53,23 @@ describe('token authentication against lhttpd', () => {
     await anonymous.subscribe('room', () => {});
   });
 
+  test('a client the server disconnects (close 4001) does not reconnect', async () => {
+    const dora = await open({ token: token('dora'), reconnectDelay: 50 });
+    await dora.subscribe('room', () => {});
+    const closed = nextEvent(dora, 'close');
+    const answer = await fetch(`${server.http}/server/disconnect`, {
+      method: 'POST',
+      body: JSON.stringify({ user: 'dora' }),
+    });
+    assert.deepEqual(await answer.json(), { disconnected: 1 });
+    const event = await closed;
+    assert.equal(event.code, 4001);
+    assert.equal(event.willReconnect, false);
+    // Long past the reconnect delay: still away.
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(dora.state, 'closed');
+  });
+
   test('with the token option a client subscribes and receives', async () => {
     const alice = await open({ token: token('alice') });
     const bob = await open({ token: () => token('bob') });

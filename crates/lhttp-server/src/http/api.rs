@@ -255,7 +255,10 @@ async fn history(
         _ => None,
     });
     let Some(answer) = messages.next() else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no answer from the history");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer from the history",
+        );
     };
     let header = |name: &str| answer.headers().get(name);
     let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok());

@@ -38,9 +38,9 @@ use crate::{
 };
 
 /// A file served over GET on the main port ([`crate::ServerBuilder::static_file`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct StaticFile {
-    pub(crate) path: &'static str,
+    pub(crate) path: std::borrow::Cow<'static, str>,
     pub(crate) content_type: &'static str,
     pub(crate) body: &'static str,
 }
@@ -81,7 +81,7 @@ pub(crate) fn router(
         // another origin loads only with CORS. It is public code, fetched without credentials.
         let shared_with_any_origin = file.path.starts_with("/sdk/");
         router = router.route(
-            file.path,
+            &file.path,
             get(move || static_file(content_type, body, shared_with_any_origin)),
         );
     }

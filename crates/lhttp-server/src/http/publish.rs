@@ -209,7 +209,9 @@ pub(crate) fn refusal<B>(
     if (cross_site && !origin_listed) || !site.origin_allowed(allowed, headers) {
         return Some(json_error(
             403,
-            &format!("{what} does not accept requests from pages of other sites (see server.allowed_origins)"),
+            &format!(
+                "{what} does not accept requests from pages of other sites (see server.allowed_origins)"
+            ),
         ));
     }
     match &shared.config.server.api_key {
@@ -235,7 +237,9 @@ pub(crate) fn refusal<B>(
             if !loopback {
                 return Some(json_error(
                     403,
-                    &format!("{what} is open to loopback clients only unless server.api_key is set"),
+                    &format!(
+                        "{what} is open to loopback clients only unless server.api_key is set"
+                    ),
                 ));
             }
             (!site.host_is_local(headers)).then(|| {
