@@ -1094,6 +1094,24 @@ fn default_gateway_timeout_ms() -> u64 {
     30_000
 }
 
+/// Path prefixes the server's own routes use, which the gateway and the admin page may not.
+const SERVER_PATHS: [&str; 5] = ["/publish/", "/healthz/", "/metrics/", "/sdk/", "/server/"];
+
+/// A configured path prefix (`setting`): starts and ends with `/`, and holds none of the
+/// characters the router gives a meaning.
+fn check_route_path(setting: &str, path: &str, example: &str) -> Result<(), String> {
+    if !path.starts_with('/')
+        || !path.ends_with('/')
+        || path.len() < 2
+        || path.contains(['{', '}', '*', '?', '#'])
+    {
+        return Err(format!(
+            "{setting} {path:?} must start and end with '/' ({example:?}) and contain no '{{', '}}', '*', '?' or '#'"
+        ));
+    }
+    Ok(())
+}
+
 /// Printed by `lhttpd --check-config` in place of a secret. A configuration that holds it
 /// anywhere is refused by [`Config::validate`]: a printed configuration fed back as it is must
 /// not start a server whose secret is the placeholder's text.
@@ -1138,17 +1156,8 @@ impl Config {
             return Ok(());
         }
         let path = &admin.path;
-        if !path.starts_with('/')
-            || !path.ends_with('/')
-            || path.len() < 2
-            || path.contains(['{', '}', '*', '?', '#'])
-        {
-            return Err(format!(
-                "admin.path {path:?} must start and end with '/' (\"/admin/\") and contain no '{{', '}}', '*', '?' or '#'"
-            ));
-        }
-        let taken = ["/publish/", "/healthz/", "/metrics/", "/sdk/", "/server/"];
-        if taken.contains(&path.as_str()) || self.gateway.iter().any(|g| g.path == *path) {
+        check_route_path("admin.path", path, "/admin/")?;
+        if SERVER_PATHS.contains(&path.as_str()) || self.gateway.iter().any(|g| g.path == *path) {
             return Err(format!(
                 "admin.path {path:?} is used by the server itself or a [[gateway]] route"
             ));
@@ -1185,17 +1194,8 @@ impl Config {
         let mut paths = std::collections::HashSet::new();
         for route in &self.gateway {
             let path = &route.path;
-            if !path.starts_with('/')
-                || !path.ends_with('/')
-                || path.len() < 2
-                || path.contains(['{', '}', '*', '?', '#'])
-            {
-                return Err(format!(
-                    "gateway path {path:?} must start and end with '/' (\"/api/\") and contain no '{{', '}}', '*', '?' or '#'"
-                ));
-            }
-            if ["/publish/", "/healthz/", "/metrics/", "/sdk/", "/server/"].contains(&path.as_str())
-            {
+            check_route_path("gateway path", path, "/api/")?;
+            if SERVER_PATHS.contains(&path.as_str()) {
                 return Err(format!(
                     "gateway path {path:?} is used by the server itself"
                 ));

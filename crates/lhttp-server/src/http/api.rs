@@ -117,9 +117,8 @@ async fn channels(
             "query: prefix (text) and limit (a number) only",
         );
     };
-    let limit = match list_limit(query.limit) {
-        Ok(limit) => limit,
-        Err(refused) => return refused,
+    let Some(limit) = list_limit(query.limit) else {
+        return limit_too_large();
     };
     let hub = &shared.broker.hub;
     let listed = hub.list(&query.prefix, limit);
@@ -135,16 +134,19 @@ async fn channels(
     .into_response()
 }
 
-/// `limit` of a list request: [`DEFAULT_LIST`] when absent, refused above [`MAX_LIST`].
-fn list_limit(limit: Option<usize>) -> Result<usize, Response> {
+/// `limit` of a list request: [`DEFAULT_LIST`] when absent; `None` above [`MAX_LIST`].
+fn list_limit(limit: Option<usize>) -> Option<usize> {
     match limit {
-        None => Ok(DEFAULT_LIST),
-        Some(limit) if limit <= MAX_LIST => Ok(limit),
-        Some(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("limit is at most {MAX_LIST}"),
-        )),
+        None => Some(DEFAULT_LIST),
+        Some(limit) => (limit <= MAX_LIST).then_some(limit),
     }
+}
+
+fn limit_too_large() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        format!("limit is at most {MAX_LIST}"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -168,10 +170,10 @@ async fn presence(
         Ok(channel) => channel,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let limit = match list_limit(query.limit) {
-        Ok(limit) => limit.min(shared.config.limits.max_presence_list),
-        Err(refused) => return refused,
+    let Some(limit) = list_limit(query.limit) else {
+        return limit_too_large();
     };
+    let limit = limit.min(shared.config.limits.max_presence_list);
     let Some(presence) = shared
         .broker
         .presence
