@@ -287,7 +287,7 @@ bogus
     );
     assert!(
         done.stdout
-            .contains("LHTTP/1.0 chat\npublish:room\nrequest-id:"),
+            .contains("LHTTP/1.0 chat\npublish:room\n\nhello from the script\n"),
         "{done:?}"
     );
     assert!(
@@ -297,7 +297,7 @@ bogus
     // The message sent with `send` arrives (it publishes to room) and its answer is printed.
     assert!(
         done.stdout
-            .contains("LHTTP/1.0 note\npublish:room\nk:v\nrequest-id:"),
+            .contains("LHTTP/1.0 note\npublish:room\nk:v\n\nbody text\n"),
         "{done:?}"
     );
     assert!(done.stdout.contains("\n\nbody text\n"), "{done:?}");

@@ -1,8 +1,8 @@
 //! Publishing: turning a message into the bytes each channel's subscribers receive.
 //!
 //! A subscriber receives the publisher's command, headers (in the publisher's order) and body,
-//! with `publish` set to the one channel it came through and `subscribe`, `unsubscribe` and
-//! `upstream` removed. The copy for a channel is encoded once and the same bytes are queued for
+//! with `publish` set to the one channel it came through, `subscribe`, `unsubscribe` and
+//! `upstream` removed, and the `request-id` of a plain publish (not of a request) removed. The copy for a channel is encoded once and the same bytes are queued for
 //! every subscriber of that channel.
 
 use bytes::Bytes;
@@ -120,20 +120,30 @@ fn is_copy_for(message: &Message, channel: &str) -> bool {
     unchanged && has_publish
 }
 
+fn is_request_id(name: &str) -> bool {
+    name.len() == names::REQUEST_ID.len() && name.eq_ignore_ascii_case(names::REQUEST_ID)
+}
+
 fn is_publish(name: &str) -> bool {
     name.len() == names::PUBLISH.len() && name.eq_ignore_ascii_case(names::PUBLISH)
 }
 
 /// The headers of the copy for `channel`, in the publisher's order: stripped ones left out,
 /// the first `publish` header set to `channel` (and marked true), later ones left out.
+///
+/// The `request-id` of a plain publish is left out too: it asked the server for an answer
+/// (`ok` or `error`) and means nothing to subscribers; SDKs put one on every publish they
+/// confirm, which would otherwise reach every subscriber. A request (with `reply-to`) keeps
+/// it, so that whoever handles the request sees which one of the requester's it is.
 fn headers_for_channel<'a>(
     message: &'a Message,
     channel: &'a str,
 ) -> impl Iterator<Item = (&'a str, &'a str, bool)> {
     let mut wrote_publish = false;
+    let is_request = message.headers().get(names::REPLY_TO).is_some();
     message.headers().iter().filter_map(move |header| {
         let name = header.name();
-        if is_stripped(name) {
+        if is_stripped(name) || (!is_request && is_request_id(name)) {
             return None;
         }
         if is_publish(name) {
@@ -230,6 +240,26 @@ mod tests {
         assert_eq!(
             &encode_for_channel(&message, "b")[..],
             b"LHTTP/1.0 chat\r\npublish:b\r\nk:v\r\n\r\nhi"
+        );
+    }
+
+    #[test]
+    fn a_publish_confirmation_id_stays_with_the_publisher_but_a_request_keeps_its_id() {
+        let publish = Message::parse(Bytes::from_static(
+            b"LHTTP/1.0 chat\r\npublish:room\r\nRequest-Id:7\r\nk:v\r\n\r\nhi",
+        ))
+        .unwrap();
+        assert_eq!(
+            &encode_for_channel(&publish, "room")[..],
+            b"LHTTP/1.0 chat\r\npublish:room\r\nk:v\r\n\r\nhi"
+        );
+        let request = Message::parse(Bytes::from_static(
+            b"LHTTP/1.0 q\r\npublish:users\r\nreply-to:_inbox.n.r.k\r\nrequest-id:7\r\n\r\nid",
+        ))
+        .unwrap();
+        assert_eq!(
+            &encode_for_channel(&request, "users")[..],
+            b"LHTTP/1.0 q\r\npublish:users\r\nreply-to:_inbox.n.r.k\r\nrequest-id:7\r\n\r\nid"
         );
     }
 }
