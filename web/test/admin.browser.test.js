@@ -62,8 +62,14 @@ test('the admin page shows the live server, plots its traffic and disconnects a 
   const bob = await subscriber(server.url, 'room.1 news');
   const carol = await subscriber(server.url, 'room.1');
 
+  // Typed without the slash, the address leads to the page (whose relative links need it).
+  const bare = await fetch(`${server.http}/admin`, { redirect: 'manual' });
+  assert.equal(bare.status, 308);
+  assert.equal(bare.headers.get('location'), '/admin/');
+
   const { page, errors } = await launch(t);
-  await page.goto(`${server.http}/admin/`);
+  await page.goto(`${server.http}/admin`);
+  assert.equal(new URL(page.url()).pathname, '/admin/');
   await page.locator('#status[data-state="ok"]').waitFor(WAIT);
   await page.locator('#connections', { hasText: /^3$/ }).waitFor(WAIT);
   assert.equal(await page.textContent('#users'), '1');

@@ -19,7 +19,7 @@ use axum::{
     extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
     routing::{any, get, post},
 };
 use hyper_util::rt::TokioIo;
@@ -84,6 +84,14 @@ pub(crate) fn router(
             &file.path,
             get(move || static_file(content_type, body, shared_with_any_origin)),
         );
+        // A page at a folder path (`/admin/`) is also reached without the slash, as people
+        // type it, by a redirect: the page's relative links need the slash.
+        if let Some(bare) = file.path.strip_suffix('/').filter(|bare| {
+            !bare.is_empty() && !static_files.iter().any(|other| other.path == *bare)
+        }) {
+            let to = file.path.to_string();
+            router = router.route(bare, get(move || async move { Redirect::permanent(&to) }));
+        }
     }
     for route in &shared.config.gateway {
         let prefix = route_prefix(&route.path).to_owned();
