@@ -185,6 +185,80 @@ export interface SubscribeOptions {
   presenceInfo?: string;
 }
 
+/** Options of newSubscription(): those of subscribe(), and the bound of its async iterators. */
+export interface SubscriptionOptions extends SubscribeOptions {
+  /**
+   * Messages each async iterator of the object holds for a consumer that has not taken them
+   * yet (default 1000). One more, and the iterator stops taking messages, yields those it holds,
+   * then throws LhttpError reason "slow consumer"; the subscription goes on.
+   */
+  buffer?: number;
+}
+
+export type SubscriptionState = 'unsubscribed' | 'subscribing' | 'subscribed';
+
+/** Why a Subscription object became `unsubscribed`. */
+export type UnsubscribedSource =
+  /** its own unsubscribe() (reason "unsubscribe"), or the client's close() (reason "client closed") */
+  | 'client'
+  /** the server refused the subscribe (status, reason, e.g. 403), or did not answer in requestTimeout (status 0, "timeout") */
+  | 'refused'
+  /** the server ended it (an `unsubscribed` message, with its reason) */
+  | 'server'
+  /** the connection ended and will not come back (reconnect off, close 4001, a refused token) */
+  | 'closed';
+
+export type SubscriptionEventType = 'subscribing' | 'subscribed' | 'unsubscribed' | 'message' | 'gap' | 'error';
+
+/** A position in a channel's history. */
+export interface StreamPosition {
+  epoch: string;
+  offset: number;
+}
+
+/**
+ * A subscription to one channel as an object with its own state and events, from
+ * `client.newSubscription(channel)`. Objects and subscribe() callbacks of one channel share one
+ * subscription on the server: asked once, told when the last of them leaves.
+ *
+ * Events (each with `channel`): `subscribing` (`reconnecting`), `subscribed` (`answer`, and
+ * `epoch`, `offset`, `count`, `recovered` from it), `message` (`message`), `gap` (as the
+ * client's), `error` (`error`, source "subscribe": the subscribe failed, `unsubscribed`
+ * follows), `unsubscribed` (`source`, `reason`, `status`, `error`).
+ *
+ * `for await (const message of subscription)` subscribes if needed and reads the messages; it
+ * ends plainly when the client ended the subscription (unsubscribe(), close()), and throws the
+ * `unsubscribed` event's error otherwise, or "slow consumer" (see `buffer`).
+ */
+export class Subscription extends EventTarget implements AsyncIterable<Message> {
+  private constructor();
+  readonly client: LhttpClient;
+  /** The channel or wildcard pattern. */
+  readonly channel: string;
+  readonly state: SubscriptionState;
+  /**
+   * On a channel that keeps history: the last message received (or the point the subscription
+   * started from); undefined without history. After unsubscribing, the last one known.
+   */
+  readonly position: StreamPosition | undefined;
+  on(type: SubscriptionEventType, listener: (event: LhttpEvent) => void): this;
+  off(type: SubscriptionEventType, listener: (event: LhttpEvent) => void): this;
+  /**
+   * Subscribes (idempotent: while subscribing or subscribed it returns what the first call
+   * did). Resolves with the server's answer once it confirmed, with undefined when
+   * unsubscribe() came first; rejects with the LhttpError of a refusal or of close().
+   */
+  subscribe(): Promise<Message | undefined>;
+  /** `unsubscribed` at once; resolves once the server confirmed, when it had to be told. */
+  unsubscribe(): Promise<void>;
+  /**
+   * Resolves once `subscribed` (at once if it is); rejects when the object ends unsubscribed
+   * (or is not subscribing), or after `timeout` milliseconds (status 0, "timeout").
+   */
+  ready(timeout?: number): Promise<void>;
+  [Symbol.asyncIterator](): AsyncIterator<Message, undefined>;
+}
+
 /** One member of a channel with presence. */
 export interface PresenceMember {
   /** The connection's random client id. */
@@ -286,13 +360,14 @@ export interface Worker {
   stop(): Promise<void>;
 }
 
-/** An event of LhttpClient; which properties are set depends on its type. */
+/** An event of LhttpClient or Subscription; which properties are set depends on its type. */
 export class LhttpEvent extends Event {
   constructor(type: string, properties?: Record<string, unknown>);
   /** open */
   reconnected?: boolean;
   /** close */
   code?: number;
+  /** close, unsubscribed (the server's reason), and Subscription's unsubscribed */
   reason?: string;
   willReconnect?: boolean;
   /** reconnecting, reconnect */
@@ -301,22 +376,34 @@ export class LhttpEvent extends Event {
   delay?: number;
   /** message */
   message?: Message;
-  /** gap: the channel's epoch now (undefined when it keeps no history any more) */
+  /**
+   * gap: the channel's epoch now (undefined when it keeps no history any more);
+   * Subscription's subscribed: the answer's
+   */
   epoch?: string;
-  /** gap: the channel's last offset now */
+  /** gap: the channel's last offset now; Subscription's subscribed: the answer's */
   offset?: number;
+  /** Subscription's subscribed: the server's answer (`ok`, or `subscribed`) */
+  answer?: Message;
+  /** Subscription's subscribed: how many kept messages follow the answer */
+  count?: number;
+  /** Subscription's subscribed: after a recovery, whether every missed message follows */
+  recovered?: boolean;
+  /** Subscription's subscribing: a lost connection is the cause */
+  reconnecting?: boolean;
+  /** Subscription's unsubscribed: the server's status for a refusal (0 for a local failure) */
+  status?: number;
   /** gap: epoch and offset of the last message this client had of the channel */
   lastEpoch?: string;
   lastOffset?: number;
   /** error */
   error?: unknown;
-  source?: 'transport' | 'server' | 'decode' | 'subscribe' | 'auth' | 'handler';
-  /** error, unsubscribed, gap */
+  /** error: what failed; Subscription's unsubscribed: why it ended */
+  source?: 'transport' | 'server' | 'decode' | 'subscribe' | 'auth' | 'handler' | UnsubscribedSource;
+  /** error, unsubscribed, gap, and every event of a Subscription */
   channel?: string;
   /** unsubscribed: the queue group, for a membership */
   queue?: string;
-  /** unsubscribed */
-  reason?: string;
 }
 
 export type ClientEventType =
@@ -367,11 +454,17 @@ export class LhttpClient extends EventTarget {
    * before the answer came.
    */
   subscribe(channel: string, handler: MessageHandler, options?: SubscribeOptions): Promise<Message | undefined>;
+  /**
+   * A new Subscription object for `channel`, unsubscribed until its subscribe(); every call
+   * makes a new object. `recent` and `presenceInfo` apply when the channel's subscription is
+   * made (by its first object or callback).
+   */
+  newSubscription(channel: string, options?: SubscriptionOptions): Subscription;
   /** Reads the history the server keeps of `channel`, without subscribing. */
   history(channel: string, query: HistoryQuery): Promise<HistoryResult>;
   /** Who is in `channel` (the count, and at most `limit` members; 0: the count alone). */
   presence(channel: string, options?: { limit?: number }): Promise<PresenceResult>;
-  /** Removes one handler, or all; tells the server when none is left. */
+  /** Removes one handler, or all; tells the server when none is left, nor any Subscription object. */
   unsubscribe(channel: string, handler?: MessageHandler): Promise<void>;
   publish(channel: string | string[], body?: string | Uint8Array, options?: PublishOptions & { ack?: false }): undefined;
   publish(channel: string | string[], body: string | Uint8Array, options: PublishOptions & { ack: true }): Promise<Message>;

@@ -384,6 +384,18 @@ function checkChannel(channel) {
   }
 }
 
+/** The options of subscribe() and newSubscription() that make a subscription, checked. */
+function subscribeOptions(options) {
+  const { recent, presenceInfo } = options ?? {};
+  if (recent !== undefined && !(Number.isSafeInteger(recent) && recent >= 0)) {
+    throw new TypeError('recent must be a whole number of messages');
+  }
+  if (presenceInfo !== undefined && (typeof presenceInfo !== 'string' || /[\r\n]/.test(presenceInfo))) {
+    throw new TypeError('presenceInfo must be a string of one line');
+  }
+  return { recent, presenceInfo };
+}
+
 /** True when `name` is a wildcard pattern (`*` one token, `>` the rest), not a channel. */
 function isPattern(name) {
   return name.includes('*') || name.includes('>');
@@ -479,6 +491,10 @@ const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
  *   a failed subscription, a refused token, or an exception thrown by a handler ({error, source}:
  *   source is "transport", "server", "decode", "subscribe", "auth" or "handler")
  *
+ * Subscriptions are made with a callback, subscribe(channel, handler), or as objects with their
+ * own state and events, newSubscription(channel) (see Subscription). Both kinds share one
+ * record per channel: the server is asked once, and told when the last of them leaves.
+ *
  * With the `token` option, every connection first sends `LHTTP/1.0 auth` with the token (browsers
  * cannot set an Authorization header on a WebSocket), then restores subscriptions.
  *
@@ -501,10 +517,13 @@ export class LhttpClient extends EventTarget {
   // {frame, id} sent while not connected, flushed after resubscribing; `id` is the request-id of
   // a request waiting for its answer (its frame leaves the queue when the request gives up).
   #outbox = [];
-  #pending = new Map(); // request-id -> {resolve, reject, timer, wait, onPartial}
-  // channel -> {handlers: Set, resolve, reject, promise, recent, epoch, offset}: `epoch` and
-  // `offset` are those of the last message received on a channel that keeps history (undefined
-  // before the first, or on a channel that keeps none).
+  #pending = new Map(); // request-id -> {resolve, reject, timer, wait, onPartial, history, onAnswer, sent}
+  // channel -> {handlers: Set, objects: Set, resolve, reject, promise, recent, presenceInfo,
+  // epoch, offset, confirmed, answer}: one record per channel, whoever holds it. `handlers` are
+  // subscribe() callbacks, `objects` the links of Subscription objects; the record lives while
+  // either is non-empty. `epoch` and `offset` are those of the last message received on a
+  // channel that keeps history (undefined before the first, or on a channel that keeps none).
+  // `confirmed`: the server has answered the subscribe of the current connection (`answer`).
   #subscriptions = new Map();
   #workers = new Map(); // workerKey(channel, queue) -> the state of one serve() loop
   // Request ids are unique per client, so that a published copy of another client's request
@@ -761,6 +780,13 @@ export class LhttpClient extends EventTarget {
     // Deliveries not started yet belong to the lost connection: the server has already answered
     // them 502 or handed them to another member, and their ids mean nothing on the next one.
     for (const worker of this.#workers.values()) worker.backlog = [];
+    if (willReconnect) {
+      // Every subscription is asked for again on the next connection.
+      for (const subscription of this.#subscriptions.values()) {
+        subscription.confirmed = false;
+        for (const link of [...subscription.objects]) link.lost();
+      }
+    }
     this.#emit('close', { code, reason, willReconnect });
     if (!willReconnect) {
       // No connection will answer what still waits for one (confirmed ones are settled already).
@@ -768,6 +794,7 @@ export class LhttpClient extends EventTarget {
       this.#settleOpened.reject(error);
       for (const subscription of this.#subscriptions.values()) subscription.reject(error);
       for (const worker of this.#workers.values()) worker.reject(error);
+      this.#endObjects({ source: 'closed', reason: error.reason, status: error.status, error });
       return;
     }
     // Jittered exponential backoff: many clients dropped by one restart do not come back at once.
@@ -807,49 +834,31 @@ export class LhttpClient extends EventTarget {
       return;
     }
     // Before the messages that follow it: where the subscription of that channel stands now.
-    if (message.command === 'subscribed' && message.header('publish') === undefined) this.#caughtUp(message);
+    const gap = message.command === 'subscribed' && message.header('publish') === undefined ? this.#caughtUp(message) : null;
     // The server ended a subscription or a queue-group membership (a new token no longer
     // allows it): forget it, so that a reconnection does not ask for it again.
     if (message.command === 'unsubscribed' && message.header('publish') === undefined) {
       const channel = message.header('channel');
       const queue = message.header('queue');
+      const reason = message.header('reason');
       if (queue !== undefined) {
         const worker = this.#workers.get(workerKey(channel, queue));
         if (worker) this.#forgetWorker(worker);
       } else {
+        const subscription = this.#subscriptions.get(channel);
         this.#subscriptions.delete(channel);
-      }
-      this.#emit('unsubscribed', { channel, queue, reason: message.header('reason') });
-      return;
-    }
-    // An answer carries our request-id and no `publish` header; a published copy of someone's
-    // request carries its request-id too, but also the channel it came through.
-    const id = message.header('request-id');
-    const request = id !== undefined && message.header('publish') === undefined && this.#pending.get(id);
-    if (request) {
-      // `partial:true` announces more answers (a streamed reply): the request stays pending,
-      // and its deadline moves back like the server's does.
-      if (message.command !== 'error' && message.header('partial') === 'true') {
-        this.#armTimer(id, request);
-        if (request.onPartial) {
-          try {
-            request.onPartial(message);
-          } catch (error) {
-            this.#emit('error', { error, source: 'handler' });
-          }
+        if (subscription) {
+          const error = new LhttpError(Number(message.header('status')) || 0, reason ?? 'unsubscribed by the server', message);
+          this.#endObjectsOf(subscription, { source: 'server', reason, status: error.status, error });
         }
-        return;
       }
-      this.#pending.delete(id);
-      if (request.history !== undefined && message.command === 'history') {
-        this.#startReading(request, message);
-        return;
-      }
-      clearTimeout(request.timer);
-      if (message.command === 'error') request.reject(errorFrom(message));
-      else request.resolve(message);
+      this.#emit('unsubscribed', { channel, queue, reason });
       return;
     }
+    const answered = this.#answered(message);
+    // After the answer, so that the objects of the channel are `subscribed` when they hear of it.
+    if (gap) this.#reportGap(gap);
+    if (answered) return;
     const channel = message.header('publish');
     // A queue-group delivery (`queue` and `delivery-id`, added by the server) belongs to the
     // serve() loop of that group; a plain subscription of the same channel gets its own copy.
@@ -883,8 +892,48 @@ export class LhttpClient extends EventTarget {
           this.#emit('error', { error, source: 'handler' });
         }
       }
+      for (const link of [...target.objects]) link.deliver(message);
     }
     this.#emit('message', { message });
+  }
+
+  /**
+   * Settles the request `message` answers, if it is an answer: true then. An answer carries our
+   * request-id and no `publish` header; a published copy of someone's request carries its
+   * request-id too, but also the channel it came through.
+   */
+  #answered(message) {
+    const id = message.header('request-id');
+    const request = id !== undefined && message.header('publish') === undefined && this.#pending.get(id);
+    if (!request) return false;
+    // `partial:true` announces more answers (a streamed reply): the request stays pending,
+    // and its deadline moves back like the server's does.
+    if (message.command !== 'error' && message.header('partial') === 'true') {
+      this.#armTimer(id, request);
+      if (request.onPartial) {
+        try {
+          request.onPartial(message);
+        } catch (error) {
+          this.#emit('error', { error, source: 'handler' });
+        }
+      }
+      return true;
+    }
+    this.#pending.delete(id);
+    if (request.history !== undefined && message.command === 'history') {
+      this.#startReading(request, message);
+      return true;
+    }
+    clearTimeout(request.timer);
+    if (message.command === 'error') {
+      request.reject(errorFrom(message));
+    } else {
+      // Synchronously, unlike the promise: the messages that follow the answer (in the same
+      // frame batch) must find their subscription confirmed.
+      request.onAnswer?.(message);
+      request.resolve(message);
+    }
+    return true;
   }
 
   /**
@@ -906,8 +955,8 @@ export class LhttpClient extends EventTarget {
 
   /**
    * A `subscribed` answer: the channel's epoch and last offset, and how many of its messages
-   * follow. The subscription continues from the first of those; when the server could not send
-   * everything after `since` (`recovered:false`), the application hears of it.
+   * follow. The subscription continues from the first of those. Returns the gap to report when
+   * the server could not send everything after `since` (`recovered:false`), else null.
    */
   #caughtUp(answer) {
     const channel = answer.header('channel');
@@ -930,8 +979,15 @@ export class LhttpClient extends EventTarget {
       }
     }
     if (answer.header('recovered') === 'false' && lastEpoch !== undefined) {
-      this.#emit('gap', { channel, epoch, offset: last, lastEpoch, lastOffset });
+      return { subscription, properties: { channel, epoch, offset: last, lastEpoch, lastOffset } };
     }
+    return null;
+  }
+
+  /** Tells the application, and each object of the channel, of a gap found by #caughtUp. */
+  #reportGap({ subscription, properties }) {
+    this.#emit('gap', properties);
+    for (const link of [...subscription.objects]) link.gap(properties);
   }
 
   /** A `history` answer to `request`: its messages follow; resolve once they are all here. */
@@ -1097,13 +1153,15 @@ export class LhttpClient extends EventTarget {
   /**
    * Sends `message` with a fresh `request-id` and waits for the answer carrying it.
    * `wait`: milliseconds before a local timeout (null: no local timeout). `history`: the
-   * channel of a history read, whose answer is followed by its messages.
+   * channel of a history read, whose answer is followed by its messages. `onAnswer(answer)`:
+   * called with an answer that is not an error as soon as it is received, before anything
+   * received after it.
    */
-  #ask(message, { wait, onPartial, history }) {
+  #ask(message, { wait, onPartial, history, onAnswer }) {
     const id = `${this.#idPrefix}-${this.#nextId++}`;
     message.setHeader('request-id', id);
     return new Promise((resolve, reject) => {
-      const request = { resolve, reject, timer: null, wait, onPartial, history, sent: false };
+      const request = { resolve, reject, timer: null, wait, onPartial, history, onAnswer, sent: false };
       this.#pending.set(id, request);
       this.#armTimer(id, request);
       try {
@@ -1311,7 +1369,8 @@ export class LhttpClient extends EventTarget {
 
   /**
    * Subscribes to `channel`: `handler(message, client)` is called for every message published to
-   * it. Subscribing again to a channel adds a handler without asking the server again. The
+   * it. Subscribing again to a channel adds a handler without asking the server again, and so
+   * does a Subscription object of the channel (newSubscription()), which shares it. The
    * subscription is restored after every reconnection; on a channel that keeps history, with
    * the messages missed meanwhile (each message once, in order), or a `gap` event when the
    * server no longer has them all.
@@ -1337,23 +1396,82 @@ export class LhttpClient extends EventTarget {
   subscribe(channel, handler, options = {}) {
     checkChannel(channel);
     if (typeof handler !== 'function') throw new TypeError('subscribe needs a handler function');
-    const { recent, presenceInfo } = options ?? {};
-    if (recent !== undefined && !(Number.isSafeInteger(recent) && recent >= 0)) {
-      throw new TypeError('recent must be a whole number of messages');
-    }
-    if (presenceInfo !== undefined && (typeof presenceInfo !== 'string' || /[\r\n]/.test(presenceInfo))) {
-      throw new TypeError('presenceInfo must be a string of one line');
-    }
+    const subscription = this.#record(channel, subscribeOptions(options));
+    subscription.handlers.add(handler);
+    return subscription.promise;
+  }
+
+  /**
+   * A new Subscription object for `channel`, unsubscribed until its subscribe() is called: add
+   * its listeners first. Every call makes a new object; objects and subscribe() callbacks of one
+   * channel share one subscription on the server (see Subscription).
+   *
+   * @param {string} channel a channel or a wildcard pattern
+   * @param {{recent?: number, presenceInfo?: string, buffer?: number}} [options] `recent` and
+   *   `presenceInfo` as subscribe() takes them (they apply when the channel's subscription is
+   *   made: by the first object or callback of the channel); `buffer`: messages each async
+   *   iterator of the object holds for a consumer that has not taken them yet (default 1000)
+   * @returns {Subscription}
+   */
+  newSubscription(channel, options = {}) {
+    checkChannel(channel);
+    const checked = subscribeOptions(options);
+    const { buffer = DEFAULT_ITERATOR_BUFFER } = options ?? {};
+    if (!(Number.isSafeInteger(buffer) && buffer >= 1)) throw new TypeError('buffer must be a positive whole number of messages');
+    return new Subscription(CREATE_SUBSCRIPTION, this, channel, buffer, {
+      join: (link) => {
+        // No connection will come to send it on.
+        if (this.#stopped) throw this.#failure ?? new LhttpError(0, 'client closed');
+        if (this.#state === 'closed' && !this.#options.reconnect) throw new LhttpError(0, 'connection closed');
+        const subscription = this.#record(channel, checked);
+        subscription.objects.add(link);
+        return subscription;
+      },
+      leave: (link) => {
+        const subscription = this.#subscriptions.get(channel);
+        if (!subscription?.objects.delete(link)) return Promise.resolve();
+        if (subscription.handlers.size > 0 || subscription.objects.size > 0) return Promise.resolve();
+        return this.#leave(channel, subscription);
+      },
+    });
+  }
+
+  /** The record of `channel`, made (and sent, when connected) with `options` if there is none. */
+  #record(channel, { recent, presenceInfo }) {
     let subscription = this.#subscriptions.get(channel);
     if (!subscription) {
-      subscription = { handlers: new Set(), recent, presenceInfo };
+      subscription = { handlers: new Set(), objects: new Set(), recent, presenceInfo, confirmed: false };
       subscription.promise = new Promise((resolve, reject) => Object.assign(subscription, { resolve, reject }));
       subscription.promise.catch(() => {}); // reported as an `error` event as well
       this.#subscriptions.set(channel, subscription);
       if (this.#state === 'open') this.#subscribeOnServer(channel);
     }
-    subscription.handlers.add(handler);
-    return subscription.promise;
+    return subscription;
+  }
+
+  /** Forgets the record of `channel` and tells the server (when connected). */
+  async #leave(channel, subscription) {
+    this.#subscriptions.delete(channel);
+    subscription.resolve(); // a subscribe still waiting for its answer need not wait any longer
+    if (this.#state !== 'open') return; // the next connection will not restore it
+    await this.request(new Message('unsubscribe', [['unsubscribe', channel]]));
+  }
+
+  /** Ends every Subscription object (`ending`: what their `unsubscribed` event says). */
+  #endObjects(ending) {
+    for (const [channel, subscription] of this.#subscriptions) {
+      if (subscription.objects.size === 0) continue;
+      this.#endObjectsOf(subscription, ending);
+      if (subscription.handlers.size === 0 && this.#subscriptions.get(channel) === subscription) {
+        this.#subscriptions.delete(channel);
+      }
+    }
+  }
+
+  #endObjectsOf(subscription, ending) {
+    const links = [...subscription.objects];
+    subscription.objects.clear();
+    for (const link of links) link.ended(ending);
   }
 
   async #subscribeOnServer(channel) {
@@ -1367,8 +1485,14 @@ export class LhttpClient extends EventTarget {
     } else if (subscription.recent !== undefined) {
       message.addHeader('recent', subscription.recent);
     }
+    const onAnswer = (answer) => {
+      if (this.#subscriptions.get(channel) !== subscription) return; // left meanwhile
+      subscription.confirmed = true;
+      subscription.answer = answer;
+      for (const link of [...subscription.objects]) link.confirmed(answer);
+    };
     try {
-      subscription.resolve(await this.request(message));
+      subscription.resolve(await this.#ask(message, { wait: this.#options.requestTimeout, onAnswer }));
     } catch (error) {
       // A dropped connection is retried on the next one (close() settles the promise itself);
       // a refusal or a timeout is final.
@@ -1376,6 +1500,9 @@ export class LhttpClient extends EventTarget {
       if (this.#subscriptions.get(channel) === subscription) this.#subscriptions.delete(channel);
       subscription.reject(error);
       this.#emit('error', { error, source: 'subscribe', channel });
+      const links = [...subscription.objects];
+      subscription.objects.clear();
+      for (const link of links) link.failed(error);
     }
   }
 
@@ -1445,21 +1572,21 @@ export class LhttpClient extends EventTarget {
 
   /**
    * Removes `handler` from `channel`, or every handler when none is given; the server is told
-   * once no handler is left.
+   * once no handler is left, nor any Subscription object of the channel (those are not touched:
+   * each leaves by its own unsubscribe()).
    *
    * @param {string} channel
    * @param {Function} [handler]
-   * @returns {Promise<void>} resolves once the server confirmed (at once when not connected)
+   * @returns {Promise<void>} resolves once the server confirmed (at once when not connected, or
+   *   when objects still hold the channel)
    */
   async unsubscribe(channel, handler) {
     const subscription = this.#subscriptions.get(channel);
     if (!subscription) return;
     if (handler) subscription.handlers.delete(handler);
-    if (handler && subscription.handlers.size > 0) return;
-    this.#subscriptions.delete(channel);
-    subscription.resolve(); // a subscribe still waiting for its answer need not wait any longer
-    if (this.#state !== 'open') return; // the next connection will not restore it
-    await this.request(new Message('unsubscribe', [['unsubscribe', channel]]));
+    else subscription.handlers.clear();
+    if (subscription.handlers.size > 0 || subscription.objects.size > 0) return;
+    await this.#leave(channel, subscription);
   }
 
   /**
@@ -1485,7 +1612,8 @@ export class LhttpClient extends EventTarget {
   }
 
   /**
-   * Closes the connection for good: no reconnection; pending requests are rejected.
+   * Closes the connection for good: no reconnection; pending requests are rejected, and every
+   * Subscription object becomes `unsubscribed` (source "client", reason "client closed") at once.
    *
    * @param {number} [code=1000]
    * @param {string} [reason]
@@ -1498,6 +1626,8 @@ export class LhttpClient extends EventTarget {
     this.#livenessTimer = null;
     // Subscriptions still waiting for the server will not get an answer any more.
     for (const subscription of this.#subscriptions.values()) subscription.reject(new LhttpError(0, 'client closed'));
+    const stopped = new LhttpError(0, 'client closed');
+    this.#endObjects({ source: 'client', reason: 'client closed', status: 0, error: stopped });
     for (const worker of this.#workers.values()) worker.reject(new LhttpError(0, 'client closed'));
     if (this.#retryTimer) {
       clearTimeout(this.#retryTimer);
@@ -1519,6 +1649,334 @@ export class LhttpClient extends EventTarget {
       this.addEventListener('close', () => resolve(), { once: true });
       ws.close(code, reason);
     });
+  }
+}
+
+// Only LhttpClient.newSubscription() makes Subscription objects: they live on its records.
+const CREATE_SUBSCRIPTION = Symbol('lhttp subscription');
+
+// Messages an async iterator of a Subscription holds for a consumer that has not taken them yet.
+// A consumer that far behind is told so (the iterator throws "slow consumer") rather than
+// handed stale messages, or silently fewer, and memory stays bounded.
+const DEFAULT_ITERATOR_BUFFER = 1000;
+
+/** Marks `promise` as handled (what it settles with is also reported by events) and returns it. */
+function handled(promise) {
+  promise.catch(() => {});
+  return promise;
+}
+
+/** The figures of a subscribe answer, as `subscribed` events carry them. */
+function answerFigures(answer) {
+  const number = (name) => {
+    const value = answer?.header(name);
+    return value === undefined ? undefined : Number(value);
+  };
+  const recovered = answer?.header('recovered');
+  return {
+    epoch: answer?.header('epoch'),
+    offset: number('offset'),
+    count: number('count'),
+    recovered: recovered === undefined ? undefined : recovered === 'true',
+  };
+}
+
+/**
+ * A subscription to one channel as an object with its own state and events, made by
+ * `client.newSubscription(channel, options)`. It starts `unsubscribed`; subscribe() makes it
+ * `subscribing`, then `subscribed` once the server confirmed. A lost connection makes it
+ * `subscribing` again until the subscription is restored (on a channel that keeps history, with
+ * the messages missed meanwhile, or a `gap`). It ends `unsubscribed`: by its own unsubscribe(),
+ * the client's close(), a refusal, the server, or a connection given up.
+ *
+ * Objects and subscribe() callbacks of one channel share the client's one subscription of it:
+ * the server is asked once, each receives every message, and the server is told only when the
+ * last of them leaves.
+ *
+ * Events (addEventListener, or on/off; each an LhttpEvent with `channel`):
+ * - `subscribing`: ({reconnecting}: true when a lost connection is the cause)
+ * - `subscribed`: the server confirmed ({answer}: its answer, `ok` or `subscribed`, and from it
+ *   {epoch, offset, count} when the channel keeps history and `recovered` after a recovery).
+ *   An object joining a channel already subscribed gets the answer the channel had.
+ * - `message`: every message of the channel ({message}), as subscribe() handlers get them
+ * - `gap`: after a reconnection the server could not send every message missed
+ *   ({epoch, offset, lastEpoch, lastOffset}, as the client's `gap` event)
+ * - `error`: the subscribe failed ({error, source: "subscribe"}); `unsubscribed` follows
+ * - `unsubscribed`: ({source, reason, status, error}): source "client" (this object's
+ *   unsubscribe(), reason "unsubscribe"; or the client's close(), reason "client closed"),
+ *   "refused" (the server refused the subscribe: status and reason, e.g. 403; or no answer in
+ *   requestTimeout: status 0, reason "timeout"), "server" (the server ended it, with its
+ *   reason) or "closed" (the connection ended and will not come back: error)
+ *
+ * `for await (const message of subscription)` reads the messages (and subscribes the object
+ * if it is not). Each iterator holds at most `buffer` messages (newSubscription's option,
+ * default 1000) that its consumer has not taken yet: when one more comes, the iterator stops
+ * taking messages, yields those it holds, then throws LhttpError reason "slow consumer"; the
+ * subscription itself goes on. Iterating ends when the subscription ends: plainly by the
+ * client's doing (unsubscribe(), close()), by throwing the `unsubscribed` event's error
+ * otherwise. Leaving the loop (break) ends the iteration, not the subscription.
+ */
+export class Subscription extends EventTarget {
+  #client;
+  #channel;
+  #buffer;
+  #link; // {join, leave}: the client's side, which keeps the channel's record
+  #self; // this object's side, held by the channel's record while joined
+  #record = null; // the client's record of the channel, while joined
+  #left = null; // the position of the record when this object left it
+  #state = 'unsubscribed';
+  #answer; // the server's answer, while subscribed
+  #attempt = null; // {promise, resolve, reject} while subscribing
+  #waiting = new Set(); // ready() calls: {resolve, reject}
+  #iterators = new Set(); // async iterators running: {push, finish}
+
+  /** Made by client.newSubscription(); not to be constructed directly. */
+  constructor(key, client, channel, buffer, link) {
+    if (key !== CREATE_SUBSCRIPTION) throw new TypeError('a Subscription is made by client.newSubscription(channel)');
+    super();
+    this.#client = client;
+    this.#channel = channel;
+    this.#buffer = buffer;
+    this.#link = link;
+    this.#self = {
+      confirmed: (answer) => this.#confirmed(answer),
+      lost: () => this.#lost(),
+      deliver: (message) => this.#deliver(message),
+      gap: (properties) => this.#emit('gap', properties),
+      failed: (error) => this.#failed(error),
+      ended: (ending) => this.#ended(ending),
+    };
+  }
+
+  /** The LhttpClient this subscription belongs to. */
+  get client() {
+    return this.#client;
+  }
+
+  /** The channel (or wildcard pattern). */
+  get channel() {
+    return this.#channel;
+  }
+
+  /** "unsubscribed", "subscribing" or "subscribed". */
+  get state() {
+    return this.#state;
+  }
+
+  /**
+   * On a channel that keeps history, where the channel's subscription stands: `{epoch, offset}`
+   * of the last message received, or of the point it started from (undefined on a channel
+   * without history, or before a position is known). After unsubscribing, the last one known.
+   */
+  get position() {
+    const at = this.#record ?? this.#left;
+    return at?.epoch === undefined ? undefined : { epoch: at.epoch, offset: at.offset };
+  }
+
+  /** Adds `listener` for events of `type`. @returns {this} */
+  on(type, listener) {
+    this.addEventListener(type, listener);
+    return this;
+  }
+
+  /** Removes a listener added with on(). @returns {this} */
+  off(type, listener) {
+    this.removeEventListener(type, listener);
+    return this;
+  }
+
+  /**
+   * Subscribes, unless already subscribed or subscribing (then it returns what the call that
+   * started it returned).
+   *
+   * @returns {Promise<Message | undefined>} resolves with the server's answer once it confirmed
+   *   (see `subscribed`), with undefined when unsubscribe() came first; rejects with the
+   *   LhttpError of a refusal, of close() ("client closed"), or of a client already closed
+   */
+  subscribe() {
+    if (this.#state === 'subscribed') return Promise.resolve(this.#answer);
+    if (this.#state === 'subscribing') return this.#attempt.promise;
+    let record;
+    try {
+      record = this.#link.join(this.#self);
+    } catch (error) {
+      return handled(Promise.reject(error));
+    }
+    this.#record = record;
+    const attempt = this.#subscribing(false);
+    if (record.confirmed) this.#confirmed(record.answer);
+    return attempt;
+  }
+
+  /**
+   * Unsubscribes this object (at once: `unsubscribed` with source "client"). The server is told
+   * when no other object nor subscribe() handler holds the channel.
+   *
+   * @returns {Promise<void>} resolves once the server confirmed, or at once when it need not be
+   *   told (or the connection is down: the next one will not restore it)
+   */
+  unsubscribe() {
+    if (this.#state === 'unsubscribed') return Promise.resolve();
+    const left = this.#link.leave(this.#self);
+    this.#ended({ source: 'client', reason: 'unsubscribe' });
+    return handled(
+      left.catch((error) => {
+        // A connection that ends takes the subscription with it.
+        if (error.reason !== 'connection closed' && error.reason !== 'client closed') throw error;
+      }),
+    );
+  }
+
+  /**
+   * Waits until the subscription is `subscribed` (at once if it is), e.g. after a reconnection.
+   *
+   * @param {number} [timeout] milliseconds; 0 or none: no limit
+   * @returns {Promise<void>} rejects with LhttpError: the `unsubscribed` event's error (reason
+   *   "unsubscribed" when it has none, or when the object is not subscribing at all), or status
+   *   0 "timeout"
+   */
+  ready(timeout) {
+    if (timeout !== undefined && !(typeof timeout === 'number' && timeout >= 0)) {
+      throw new TypeError('timeout must be a number of milliseconds');
+    }
+    if (this.#state === 'subscribed') return Promise.resolve();
+    if (this.#state === 'unsubscribed') return Promise.reject(new LhttpError(0, 'unsubscribed'));
+    return new Promise((resolve, reject) => {
+      let timer = null;
+      const waiter = {
+        resolve() {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject(error) {
+          clearTimeout(timer);
+          reject(error);
+        },
+      };
+      if (timeout > 0) {
+        timer = setTimeout(() => {
+          this.#waiting.delete(waiter);
+          reject(new LhttpError(0, 'timeout'));
+        }, timeout);
+      }
+      this.#waiting.add(waiter);
+    });
+  }
+
+  /** The messages of the channel, as they come; see the class comment for the buffer's bound. */
+  [Symbol.asyncIterator]() {
+    const held = []; // messages not taken yet: at most `buffer`
+    const readers = []; // next() calls waiting for a message: {resolve, reject}
+    let end = null; // {error} once the iteration is over; no error for a plain end
+    const finished = () => {
+      const { error } = end;
+      end.error = undefined; // thrown once, then done
+      return error ? Promise.reject(error) : Promise.resolve({ value: undefined, done: true });
+    };
+    const iterator = {
+      push: (message) => {
+        if (end) return;
+        if (readers.length > 0) {
+          readers.shift().resolve({ value: message, done: false });
+        } else if (held.length < this.#buffer) {
+          held.push(message);
+        } else {
+          this.#iterators.delete(iterator);
+          end = { error: new LhttpError(0, 'slow consumer') };
+        }
+      },
+      finish: (error) => {
+        if (end) return;
+        this.#iterators.delete(iterator);
+        end = { error };
+        // Readers wait only while nothing is held.
+        for (const reader of readers.splice(0)) finished().then(reader.resolve, reader.reject);
+      },
+    };
+    this.#iterators.add(iterator);
+    if (this.#state === 'unsubscribed') this.subscribe().catch((error) => iterator.finish(error));
+    return {
+      next: () => {
+        if (held.length > 0) return Promise.resolve({ value: held.shift(), done: false });
+        if (end) return finished();
+        return new Promise((resolve, reject) => readers.push({ resolve, reject }));
+      },
+      return: () => {
+        iterator.finish();
+        held.length = 0;
+        end.error = undefined;
+        return Promise.resolve({ value: undefined, done: true });
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  #emit(type, properties) {
+    this.dispatchEvent(new LhttpEvent(type, { channel: this.#channel, ...properties }));
+  }
+
+  /** Enters `subscribing`; returns the promise that settles when it leaves that state. */
+  #subscribing(reconnecting) {
+    this.#state = 'subscribing';
+    const attempt = {};
+    attempt.promise = handled(new Promise((resolve, reject) => Object.assign(attempt, { resolve, reject })));
+    this.#attempt = attempt;
+    this.#emit('subscribing', { reconnecting });
+    return attempt.promise;
+  }
+
+  #confirmed(answer) {
+    if (this.#state !== 'subscribing') return;
+    const attempt = this.#attempt;
+    this.#attempt = null;
+    this.#state = 'subscribed';
+    this.#answer = answer;
+    // Settled before the event, so that a listener that changes the state again settles
+    // nothing twice; the promises' reactions run after the event anyway.
+    attempt.resolve(answer);
+    for (const waiter of this.#takeWaiting()) waiter.resolve();
+    this.#emit('subscribed', { answer, ...answerFigures(answer) });
+  }
+
+  #lost() {
+    if (this.#state === 'subscribed') this.#subscribing(true);
+  }
+
+  #deliver(message) {
+    this.#emit('message', { message });
+    for (const iterator of [...this.#iterators]) iterator.push(message);
+  }
+
+  #failed(error) {
+    this.#emit('error', { error, source: 'subscribe' });
+    this.#ended({ source: 'refused', status: error.status, reason: error.reason, error });
+  }
+
+  /** Leaves the channel's record (the client has already let go of this object). */
+  #ended(ending) {
+    if (this.#state === 'unsubscribed') return;
+    const record = this.#record;
+    this.#left = record && { epoch: record.epoch, offset: record.offset };
+    this.#record = null;
+    this.#state = 'unsubscribed';
+    this.#answer = undefined;
+    const attempt = this.#attempt;
+    this.#attempt = null;
+    if (attempt && ending.error) attempt.reject(ending.error);
+    else if (attempt) attempt.resolve(undefined);
+    for (const waiter of this.#takeWaiting()) waiter.reject(ending.error ?? new LhttpError(0, 'unsubscribed'));
+    const iterators = [...this.#iterators];
+    this.#iterators.clear();
+    for (const iterator of iterators) iterator.finish(ending.source === 'client' ? undefined : ending.error);
+    this.#emit('unsubscribed', ending);
+  }
+
+  #takeWaiting() {
+    const waiting = [...this.#waiting];
+    this.#waiting.clear();
+    return waiting;
   }
 }
 
