@@ -84,4 +84,5 @@ pub use session::extensions::Extensions;
 pub use session::filter::Filter;
 pub use session::handle::ServerHandle;
 pub use session::processor::Processor;
+pub use session::reload::{RELOADABLE, Reloaded};
 pub use transport::outbox::SendError;

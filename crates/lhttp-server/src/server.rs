@@ -146,11 +146,7 @@ impl ServerBuilder {
         );
         let sessions = Sessions {
             tls,
-            security: Security {
-                verifier,
-                permissions,
-                throttle: AuthThrottle::new(limits),
-            },
+            security: Security::new(verifier, permissions, AuthThrottle::new(limits)),
             admission: Admission::new(limits),
             directory: Directory::default(),
             upstream,
@@ -167,7 +163,7 @@ impl ServerBuilder {
                 filters,
             },
             gateway,
-            config: self.config,
+            config: arc_swap::ArcSwap::from_pointee(self.config),
             draining: CancellationToken::new(),
             waves: std::array::from_fn(|_| shutdown.child_token()),
             shutdown,
@@ -256,7 +252,8 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let shared = self.sessions;
-        let metrics_listener = match (self.metrics_listener, shared.config.server.metrics_listen) {
+        let metrics_listener = match (self.metrics_listener, shared.config().server.metrics_listen)
+        {
             (Some(listener), _) => Some(listener),
             (None, Some(addr)) => Some(TcpListener::bind(addr).await?),
             (None, None) => None,
@@ -274,8 +271,8 @@ impl Server {
             }
         };
         let streams = bind_streams(&shared, self.tcp_listener, self.tls_listener).await?;
-        let timeout = shared.config.server.shutdown_timeout();
-        let builder = Arc::new(accept::http_builder(&shared.config.limits));
+        let timeout = shared.config().server.shutdown_timeout();
+        let builder = Arc::new(accept::http_builder(&shared.config().limits));
         let http_connections = TaskTracker::new();
         let main_site = Site::new(listener.local_addr()?);
         let main = accept::accept_loop(
@@ -382,7 +379,7 @@ async fn bind_streams(
     tcp: Option<TcpListener>,
     tls: Option<TcpListener>,
 ) -> Result<Streams, ServerError> {
-    let transports = &shared.config.transports;
+    let transports = &shared.config().transports;
     let bind = |name: &str, given: Option<TcpListener>, addr: Option<std::net::SocketAddr>| {
         let name = name.to_owned();
         async move {

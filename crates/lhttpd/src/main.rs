@@ -180,7 +180,9 @@ fn init_logging(verbose: u8, format: LogFormat) {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// The configuration as the command line, the environment and the config file give it:
+/// read at start, and again on SIGHUP.
+fn load_config(args: &Args) -> anyhow::Result<lhttp_server::Config> {
     // Variables that flags read (`LHTTPD_LISTEN`) are valid without being settings.
     let command = Args::command();
     let flag_variables: Vec<String> = command
@@ -199,10 +201,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(metrics) = args.metrics_listen {
         config.server.metrics_listen = Some(metrics);
     }
-    config.upstream.allow.extend(args.upstream_allow);
+    config
+        .upstream
+        .allow
+        .extend(args.upstream_allow.iter().cloned());
     if !args.nats.is_empty() {
-        config.cluster.nats = args.nats;
+        config.cluster.nats = args.nats.clone();
     }
+    Ok(config)
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
     // The same check as building the server makes, before binding, so that a configuration
     // error is reported as such rather than as whatever the listener meets first.
     config.validate()?;
@@ -230,10 +240,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         return print_stdout(&settings::effective_toml(&config)?);
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, args))
 }
 
-async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
+async fn serve(config: lhttp_server::Config, args: Args) -> anyhow::Result<()> {
     // Signal handlers first: a SIGTERM that arrives while starting up still shuts down cleanly.
     let shutdown = shutdown_signal()?;
     let listen = config.server.listen;
@@ -282,7 +292,7 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
     if let Some(unix) = &transports.unix {
         tracing::info!("byte streams on unix://{}", unix.path.display());
     }
-    reload_on_hangup(server.handle())?;
+    reload_on_hangup(server.handle(), args)?;
     if let Some(path) = &admin {
         tracing::info!("admin page on {http}://{local}{path}");
     }
@@ -294,16 +304,26 @@ async fn serve(config: lhttp_server::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On SIGHUP, reads the TLS certificates again (instead of dying, SIGHUP's default).
+/// On SIGHUP (instead of dying, SIGHUP's default), reads the configuration again as at start
+/// and puts in force what can change while serving; then reads the TLS certificates again.
+/// A configuration that would not start is refused with the reason, and nothing changes.
 #[cfg(unix)]
-fn reload_on_hangup(handle: lhttp_server::ServerHandle) -> anyhow::Result<()> {
+fn reload_on_hangup(handle: lhttp_server::ServerHandle, args: Args) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            tracing::info!(
-                "SIGHUP: reloading TLS certificates (other settings are read at start only)"
-            );
+            tracing::info!("SIGHUP: reloading the configuration and the TLS certificates");
+            // The server logs what it put in force and what needs a restart.
+            match load_config(&args).map(|config| handle.reload(config)) {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::error!("reload refused, nothing changed: {error}");
+                }
+                Err(error) => {
+                    tracing::error!("reload refused, nothing changed: {error:#}");
+                }
+            }
             // A failure is logged by the server, and the old certificate stays in use.
             let _ = handle.reload_tls();
         }
@@ -312,7 +332,7 @@ fn reload_on_hangup(handle: lhttp_server::ServerHandle) -> anyhow::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn reload_on_hangup(_handle: lhttp_server::ServerHandle) -> anyhow::Result<()> {
+fn reload_on_hangup(_handle: lhttp_server::ServerHandle, _args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 

@@ -751,6 +751,133 @@ async fn sighup_keeps_the_server_and_its_clients() {
     );
 }
 
+/// Sends SIGHUP and waits for the log line of its outcome (the `nth` one that `pred` holds for).
+async fn hang_up(server: &Server, what: &str, nth: usize, pred: impl Fn(&str) -> bool) {
+    let status = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let deadline = Instant::now() + STEP;
+    while server.stderr.text().lines().filter(|l| pred(l)).count() < nth {
+        assert!(
+            Instant::now() < deadline,
+            "no log line {what} within {STEP:?}; stderr:\n{}",
+            server.stderr.text()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_rules_keys_and_limits_and_names_what_needs_a_restart() {
+    let (old_key, new_key) = (
+        "an old API key of forty characters, yes!",
+        "the new API key, also forty characters!!",
+    );
+    let config = scratch_file("reload.toml");
+    let write = |key: &str, channels: &str, max_connections: u32| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\napi_key = \"{key}\"\nping_interval_ms = 200\nidle_timeout_ms = 5000\n\
+                 [limits]\nmax_connections = {max_connections}\n\
+                 [[auth.rules]]\nchannels = \"{channels}\"\nsubscribe = true\npublish = true\nanonymous = true\n"
+            ),
+        )
+        .unwrap();
+    };
+    write(old_key, "*", 1000);
+    let server = Server::start(&["--config", config.to_str().unwrap()], &[]).await;
+    let mut client = connect(&server, "/").await;
+    subscribe(&mut client, "news", "1").await;
+    subscribe(&mut client, "open", "2").await;
+
+    // Only `open` is allowed now, with a new key; the connection limit cannot change live.
+    write(new_key, "open", 500);
+    // The settings that need a restart are logged last.
+    hang_up(&server, "of settings that need a restart", 1, |l| {
+        l.contains("need a restart")
+    })
+    .await;
+    let log = server.stderr.text();
+    let applied = log
+        .lines()
+        .find(|l| l.contains("settings now in force"))
+        .unwrap();
+    assert!(
+        applied.contains("auth.rules") && applied.contains("server.api_key"),
+        "{applied}"
+    );
+    assert!(!applied.contains("max_connections"), "{applied}");
+    let needs_restart = log
+        .lines()
+        .find(|l| l.contains("need a restart"))
+        .expect("restart line");
+    assert!(
+        needs_restart.contains("limits.max_connections"),
+        "{needs_restart}"
+    );
+    assert!(
+        !log.contains(new_key) && !log.contains(old_key),
+        "keys printed:\n{log}"
+    );
+
+    // The quiet connection loses the subscription the new rules forbid, within a ping interval,
+    // and is told; it keeps the other.
+    let told = Lhttp::parse(&receive_text(&mut client).await);
+    assert_eq!(
+        (told.command.as_str(), told.header("channel")),
+        ("unsubscribed", Some("news")),
+        "{told:?}"
+    );
+    let http = http_client();
+    let post = |key: &'static str, channel: &str| {
+        http.post(server.url("/publish"))
+            .bearer_auth(key)
+            .body(format!(
+                "LHTTP/1.0 chat\r\npublish:{channel}\r\n\r\nvia {channel}"
+            ))
+            .send()
+    };
+    assert_eq!(
+        post(old_key, "open").await.unwrap().status(),
+        401,
+        "the old key still works"
+    );
+    assert_eq!(post(new_key, "news").await.unwrap().status(), 200);
+    assert_eq!(post(new_key, "open").await.unwrap().status(), 200);
+    assert_eq!(
+        Lhttp::parse(&receive_text(&mut client).await).body,
+        "via open"
+    );
+    // A subscribe the new rules forbid is refused.
+    send(
+        &mut client,
+        "LHTTP/1.0 chat\r\nsubscribe:news\r\nrequest-id:3\r\n\r\n",
+    )
+    .await;
+    let refused = Lhttp::parse(&receive_text(&mut client).await);
+    assert_eq!(refused.header("status"), Some("403"), "{refused:?}");
+
+    // A file that would not start is refused whole: the key and rules in force stay.
+    std::fs::write(
+        &config,
+        "[server]\napi_key = \"short\"\n[limits]\nmax_subscriptions = \"many\"\n",
+    )
+    .unwrap();
+    hang_up(&server, "of a refused reload", 1, |l| {
+        l.contains("reload refused, nothing changed")
+    })
+    .await;
+    assert_eq!(post(new_key, "open").await.unwrap().status(), 200);
+    assert_eq!(
+        Lhttp::parse(&receive_text(&mut client).await).body,
+        "via open"
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
 #[tokio::test]
 async fn sigterm_delivers_everything_queued_then_closes_1012_and_exits_0() {
     const N: usize = 200;

@@ -118,6 +118,10 @@ fn the_systemd_unit_verifies_and_starts_lhttpd_with_flags_it_accepts() {
     let mut args: Vec<String> = words.map(str::to_owned).collect();
     assert!(unit.contains("\nDynamicUser=yes\n"), "never as root");
     assert!(unit.contains("\nKillSignal=SIGTERM\n"), "SIGTERM drains");
+    assert!(
+        unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"),
+        "systemctl reload sends SIGHUP, which reloads"
+    );
     // The configuration the unit names, made here from the embedded default.
     let config = scratch("lhttpd.toml");
     let printed = Command::new(LHTTPD).arg("--print-config").output().unwrap();

@@ -107,7 +107,7 @@ pub(crate) async fn accept_loop(
                 // request head that follows it.
                 let tls = tls.clone();
                 connections.spawn(async move {
-                    let timeout = shared.config.limits.handshake_timeout();
+                    let timeout = shared.config().limits.handshake_timeout();
                     match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(stream, peer, routes, shared, builder, slots).await

@@ -173,7 +173,7 @@ async fn presence(
     let Some(limit) = list_limit(query.limit) else {
         return limit_too_large();
     };
-    let limit = limit.min(shared.config.limits.max_presence_list);
+    let limit = limit.min(shared.config().limits.max_presence_list);
     let Some(presence) = shared
         .broker
         .presence
@@ -229,7 +229,7 @@ async fn history(
         return error(StatusCode::FORBIDDEN, "inboxes keep no history");
     }
     // Read as a connection reads it, into a queue of its own with a connection's bounds.
-    let limits = &shared.config.limits;
+    let limits = &shared.config().limits;
     let (outbox, receiver) = Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes);
     let queued = shared.broker.catch_up(
         &channel,

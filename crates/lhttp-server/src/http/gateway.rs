@@ -103,7 +103,7 @@ pub(crate) async fn serve(
     let (answers, mut receiver) = mpsc::channel(ANSWER_QUEUE);
     let inbox = shared.gateway.inbox(
         &shared.broker.requests,
-        shared.config.requests.max_pending_gateway,
+        shared.config().requests.max_pending_gateway,
     );
     let id = shared.gateway.next_request();
     let timeout = Duration::from_millis(route.timeout_ms);
@@ -175,7 +175,7 @@ async fn to_message(
     peer: SocketAddr,
     request: Request,
 ) -> Result<Message, Rejection> {
-    let limits = &shared.config.limits;
+    let limits = &shared.config().limits;
     let (parts, body) = request.into_parts();
     // Room for the headers the gateway adds itself.
     if parts.headers.len() + 10 > limits.max_headers {

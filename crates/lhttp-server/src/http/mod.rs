@@ -93,7 +93,7 @@ pub(crate) fn router(
             router = router.route(bare, get(move || async move { Redirect::permanent(&to) }));
         }
     }
-    for route in &shared.config.gateway {
+    for route in &shared.config().gateway {
         let prefix = route_prefix(&route.path).to_owned();
         let route = Arc::new(route.clone());
         let handler = {
@@ -219,7 +219,7 @@ fn accept(shared: Arc<Sessions>, site: Site, mut request: Request) -> Response {
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
-    if !site.origin_allowed(&shared.config.server.allowed_origins, headers) {
+    if !site.origin_allowed(&shared.config().server.allowed_origins, headers) {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     let peer = request
@@ -264,7 +264,7 @@ fn accept(shared: Arc<Sessions>, site: Site, mut request: Request) -> Response {
             "this connection cannot be upgraded\n",
         );
     };
-    let max_message = shared.config.limits.max_message_size;
+    let max_message = shared.config().limits.max_message_size;
     let tasks = shared.tasks.clone();
     // The upgrade waits in a task of its own, which ends when the session task starts: the
     // session, which lives as long as the connection, then holds none of what the upgrade
@@ -310,7 +310,7 @@ fn verify_token(shared: &Sessions, ip: IpAddr, token: &str) -> Result<User, Box<
             return Err(Box::new(response.into_response()));
         }
         Err(Refusal::TooLong) => Refusal::TooLong.reason().to_owned(),
-        Ok(()) => match shared.security.verifier.verify(token) {
+        Ok(()) => match shared.security.verifier.load().verify(token) {
             Ok(user) => return Ok(user),
             Err(error) => {
                 shared.security.throttle.failed(ip, Instant::now());

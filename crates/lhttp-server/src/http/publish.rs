@@ -50,7 +50,7 @@ where
     if let Some(refused) = refusal(&shared, peer, site, &request, "POST /publish") {
         return refused;
     }
-    let max = shared.config.limits.max_message_size;
+    let max = shared.config().limits.max_message_size;
     let json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -76,7 +76,7 @@ where
     let read = match reading.as_mut().now_or_never() {
         Some(read) => read,
         None => {
-            match tokio::time::timeout(shared.config.limits.http_body_timeout(), reading).await {
+            match tokio::time::timeout(shared.config().limits.http_body_timeout(), reading).await {
                 Ok(read) => read,
                 Err(_) => {
                     add(&shared.metrics.http_body_timeouts, 1);
@@ -198,7 +198,7 @@ pub(crate) fn refusal<B>(
     what: &str,
 ) -> Option<Answer> {
     let headers = request.headers();
-    let allowed = &shared.config.server.allowed_origins;
+    let allowed = &shared.config().server.allowed_origins;
     let cross_site = headers
         .get("sec-fetch-site")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
@@ -214,7 +214,7 @@ pub(crate) fn refusal<B>(
             ),
         ));
     }
-    match &shared.config.server.api_key {
+    match &shared.config().server.api_key {
         Some(key) => {
             let presented = request
                 .headers()

@@ -9,6 +9,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use axum::http::Uri;
 use bytes::{Bytes, BytesMut};
 use lhttp_proto::Message;
@@ -173,21 +174,25 @@ impl UpstreamError {
 /// The server's upstream caller: the allowance, the HTTP client and the server-wide cap.
 pub struct Upstream {
     client: reqwest::Client,
-    allow: Vec<Target>,
-    routes: BTreeMap<String, Target>,
-    timeout: Duration,
+    /// What may be called and how long a call may take; replaced whole by a reload.
+    allowance: ArcSwap<Allowance>,
+    /// Routes added by the program that embeds the server, kept over reloads.
+    extra_routes: Vec<(String, String)>,
     /// One permit per call in flight on the whole server.
     slots: Arc<Semaphore>,
-    per_connection: usize,
     max_response: usize,
 }
 
-impl Upstream {
-    pub(crate) fn new(
-        config: &UpstreamConfig,
-        extra_routes: &[(String, String)],
-        max_response: usize,
-    ) -> Result<Upstream, String> {
+/// The part of `[upstream]` a reload may change.
+struct Allowance {
+    allow: Vec<Target>,
+    routes: BTreeMap<String, Target>,
+    timeout: Duration,
+    per_connection: usize,
+}
+
+impl Allowance {
+    fn new(config: &UpstreamConfig, extra_routes: &[(String, String)]) -> Result<Self, String> {
         config.validate()?;
         let allow = config
             .allow
@@ -205,6 +210,22 @@ impl Upstream {
                 Target::parse(&url).map_err(|e| format!("upstream route {name:?} ({url}): {e}"))?;
             routes.insert(name, target);
         }
+        Ok(Allowance {
+            allow,
+            routes,
+            timeout: config.timeout(),
+            per_connection: config.max_in_flight_per_connection,
+        })
+    }
+}
+
+impl Upstream {
+    pub(crate) fn new(
+        config: &UpstreamConfig,
+        extra_routes: &[(String, String)],
+        max_response: usize,
+    ) -> Result<Upstream, String> {
+        let allowance = Allowance::new(config, extra_routes)?;
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -213,18 +234,25 @@ impl Upstream {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Upstream {
             client,
-            allow,
-            routes,
-            timeout: config.timeout(),
+            allowance: ArcSwap::from_pointee(allowance),
+            extra_routes: extra_routes.to_vec(),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
-            per_connection: config.max_in_flight_per_connection,
             max_response,
         })
     }
 
+    /// Puts a new allow-list, routes, timeout and per-connection cap in force (a reload); calls
+    /// in flight finish under the old ones. `max_in_flight` is kept from the start.
+    pub(crate) fn replace(&self, config: &UpstreamConfig) -> Result<(), String> {
+        let allowance = Allowance::new(config, &self.extra_routes)?;
+        self.allowance.store(Arc::new(allowance));
+        Ok(())
+    }
+
     /// True when nothing at all may be called.
     pub fn is_closed(&self) -> bool {
-        self.allow.is_empty() && self.routes.is_empty()
+        let allowance = self.allowance.load();
+        allowance.allow.is_empty() && allowance.routes.is_empty()
     }
 
     /// Resolves an `upstream` header value, `METHOD URL` or `METHOD route-name`: 400 when
@@ -242,14 +270,15 @@ impl Upstream {
                 "upstream calls are not allowed on this server",
             ));
         }
-        if let Some(route) = self.routes.get(target) {
+        let allowance = self.allowance.load();
+        if let Some(route) = allowance.routes.get(target) {
             return Ok(Call {
                 method,
                 url: route.url.clone(),
             });
         }
         let parsed = Target::parse(target).map_err(Rejection::forbidden)?;
-        if !self.allow.iter().any(|prefix| prefix.allows(&parsed)) {
+        if !allowance.allow.iter().any(|prefix| prefix.allows(&parsed)) {
             return Err(Rejection::forbidden("upstream URL is not allowed"));
         }
         Ok(Call {
@@ -266,14 +295,14 @@ impl Upstream {
         body: Bytes,
         headers: &[(&str, &str)],
     ) -> Result<Response, UpstreamError> {
-        let target = self
+        let url = self
+            .allowance
+            .load()
             .routes
             .get(route)
+            .map(|target| target.url.clone())
             .ok_or_else(|| UpstreamError::Failed(format!("no upstream route named {route:?}")))?;
-        let call = Call {
-            method,
-            url: target.url.clone(),
-        };
+        let call = Call { method, url };
         self.call(&call, body, headers).await
     }
 
@@ -319,7 +348,8 @@ impl Upstream {
                 body: body.freeze(),
             })
         };
-        tokio::time::timeout(self.timeout, exchange)
+        let timeout = self.allowance.load().timeout;
+        tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| UpstreamError::Timeout)?
     }
@@ -331,7 +361,7 @@ impl Upstream {
 
     /// Calls one connection may have in flight.
     pub(crate) fn per_connection(&self) -> usize {
-        self.per_connection
+        self.allowance.load().per_connection
     }
 }
 

@@ -96,7 +96,7 @@ fn start<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let socket = ByteStream::new(io, kind, shared.config.limits.max_message_size)
+    let socket = ByteStream::new(io, kind, shared.config().limits.max_message_size)
         .with_budget(shared.unfinished.clone());
     let session = session::run(shared.clone(), Box::new(socket), peer, slots, None);
     shared.tasks.spawn(session);
@@ -137,7 +137,7 @@ pub(crate) async fn tcp_loop(
         // a slow one holds up nobody; it has the handshake timeout.
         let (owned, tls) = (shared.clone(), tls.clone());
         let handshake = async move {
-            let timeout = owned.config.limits.handshake_timeout();
+            let timeout = owned.config().limits.handshake_timeout();
             match tokio::time::timeout(timeout, tls.acceptor().accept(tcp)).await {
                 Ok(Ok(stream)) => start(&owned, stream, TransportKind::Tls, peer, slots),
                 Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),

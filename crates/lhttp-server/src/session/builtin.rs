@@ -394,7 +394,7 @@ fn presence_query(ctx: &Context<'_>) -> Result<Option<(String, usize)>, Rejectio
     let channel = headers
         .get(names::CHANNEL)
         .ok_or_else(|| Rejection::bad_request("a presence query needs a channel header"))?;
-    let max = ctx.server().sessions().config.limits.max_presence_list;
+    let max = ctx.server().sessions().config().limits.max_presence_list;
     let limit = match headers.get(names::LIMIT) {
         None => max,
         Some(value) => value
@@ -411,7 +411,7 @@ fn presence_info(ctx: &Context<'_>) -> Result<String, Rejection> {
     let Some(info) = ctx.message().headers().get(names::PRESENCE_INFO) else {
         return Ok(String::new());
     };
-    let max = ctx.server().sessions().config.limits.max_presence_info;
+    let max = ctx.server().sessions().config().limits.max_presence_info;
     if info.len() > max {
         return Err(Rejection::too_large(format!(
             "presence-info may have at most {max} bytes"
@@ -424,7 +424,7 @@ fn credit(ctx: &Context<'_>) -> Result<Option<usize>, Rejection> {
     let Some(value) = ctx.message().header(names::CREDIT) else {
         return Ok(None);
     };
-    let max = ctx.server().sessions().config.queues.max_credit;
+    let max = ctx.server().sessions().config().queues.max_credit;
     match value.parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
         _ => Err(Rejection::bad_request(format!(

@@ -1,7 +1,12 @@
 //! [`Connection`]: one client as processors and filters see it, and [`ConnectionHandle`] to
 //! reach it from other tasks.
 
-use std::{collections::HashSet, fmt, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashSet,
+    fmt,
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use crate::transport::Peer;
 
@@ -55,6 +60,8 @@ pub struct Connection {
     /// What this connection may subscribe and publish to; `None`: anything (no rules), so an
     /// unrestricted node never matches patterns. Sessions by every anonymous connection.
     grants: Option<Arc<Grants>>,
+    /// The `Security::rules_generation` that `grants` were given under.
+    rules_generation: u64,
     /// The random id presence lists show for this connection, made when first needed.
     client_id: Option<Box<str>>,
 }
@@ -84,6 +91,7 @@ impl Connection {
             groups: Vec::new(),
             user: None,
             grants: None,
+            rules_generation: 0,
             client_id: None,
         }
     }
@@ -140,7 +148,7 @@ impl Connection {
     /// This connection's inbox, opened now if it has none yet.
     pub(crate) fn inbox(&mut self) -> Arc<Inbox> {
         let shared = self.server.sessions();
-        let max = shared.config.requests.max_pending_per_inbox;
+        let max = shared.config().requests.max_pending_per_inbox;
         let outbox = &self.outbox;
         self.inbox
             .get_or_insert_with(|| shared.broker.requests.open_inbox(Some(outbox.clone()), max))
@@ -177,7 +185,7 @@ impl Connection {
             permissions::check_subscribe(grants, channels.iter().map(Channel::as_str))
                 .inspect_err(|_| self.count_denial())?;
         }
-        let max = self.sessions().config.limits.max_subscriptions;
+        let max = self.sessions().config().limits.max_subscriptions;
         if self.subscriptions.len() + self.groups.len() + channels.len() > max {
             return Err(Rejection::limited(format!(
                 "subscription limit of {max} channels per connection reached"
@@ -263,12 +271,29 @@ impl Connection {
         self.groups.retain(|g| g.has_member(id));
     }
 
+    /// Takes the rules in force when they were replaced (a reload) since this connection's
+    /// grants were given: the same identity gets the new grants, and loses any subscription
+    /// they no longer allow. One atomic load when nothing changed.
+    pub(crate) fn follow_rules(&mut self) {
+        let security = &self.sessions().security;
+        if security.rules_generation.load(Ordering::Acquire) != self.rules_generation {
+            let user = self.user.take().map(|user| *user);
+            self.set_user(user);
+        }
+    }
+
     /// Sets who this connection is (`None`: anonymous) and what it may do, and drops any
     /// subscription the new identity may not hold, so nothing keeps flowing to a connection
     /// that lost the right to it.
     pub(crate) fn set_user(&mut self, user: Option<User>) {
-        let permissions = &self.sessions().security.permissions;
-        self.grants = permissions.grants_of(user.as_ref(), &self.peer);
+        let security = &self.server.sessions().security;
+        let generation = security.rules_generation.load(Ordering::Acquire);
+        let grants = security
+            .permissions
+            .load()
+            .grants_of(user.as_ref(), &self.peer);
+        self.rules_generation = generation;
+        self.grants = grants;
         let directory = &self.server.sessions().directory;
         if let Some(old) = &self.user {
             directory.remove_user(old.id(), self.id);
@@ -501,7 +526,7 @@ impl Connection {
                 )));
             }
         }
-        let limits = &self.sessions().config.limits;
+        let limits = &self.sessions().config().limits;
         let max = limits.max_subscriptions;
         if self.subscriptions.len() + self.patterns.len() + new.len() + new_patterns.len() > max {
             return Err(Rejection::limited(format!(
@@ -649,7 +674,7 @@ impl Connection {
             permissions::check_subscribe(grants, std::iter::once(name))
                 .inspect_err(|_| self.count_denial())?;
         }
-        let max = self.sessions().config.limits.max_subscriptions;
+        let max = self.sessions().config().limits.max_subscriptions;
         if self.subscriptions.len() + 1 > max {
             return Err(Rejection::limited(format!(
                 "subscription limit of {max} channels per connection reached"

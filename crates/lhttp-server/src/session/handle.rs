@@ -101,6 +101,16 @@ impl ServerHandle {
         Ok(())
     }
 
+    /// Puts the settings of `config` that can change while serving in force (`lhttpd` does on
+    /// SIGHUP with its configuration read again): keys and rules of `[auth]`, the upstream
+    /// allow-list and routes, the API key and allowed origins, and the limits of connections
+    /// ([`crate::RELOADABLE`] lists them). The others keep the values the server started
+    /// with and are named in [`crate::Reloaded::not_applied`] (and the log). A configuration that would not
+    /// start is refused whole: nothing changes.
+    pub fn reload(&self, config: Config) -> Result<crate::Reloaded, crate::ServerError> {
+        super::reload::reload(&self.sessions, config)
+    }
+
     /// The upstream caller, to call configured routes from code.
     pub fn upstream(&self) -> &Upstream {
         &self.sessions.upstream
@@ -149,9 +159,9 @@ impl ServerHandle {
         self.sessions.admission.connections_per_ip.addresses()
     }
 
-    /// The configuration the server runs with.
-    pub fn config(&self) -> &Config {
-        &self.sessions.config
+    /// The configuration the server runs with now (after any [`ServerHandle::reload`]).
+    pub fn config(&self) -> Arc<Config> {
+        self.sessions.config.load_full()
     }
 
     /// Closes every connection on this node authenticated as `user` (close 4001

@@ -39,6 +39,7 @@ pub(crate) mod filter;
 pub(crate) mod handle;
 pub(crate) mod processor;
 pub(crate) mod rate;
+pub(crate) mod reload;
 pub(crate) mod sessions;
 
 use std::{sync::Arc, time::Duration};
@@ -109,7 +110,7 @@ pub(crate) fn run<T: Transport>(
         // Moved out whole, so that the box is freed now: a value only partly moved out of a box
         // keeps the allocation until the end of the function.
         let mut socket = *socket;
-        let limits = &shared.config.limits;
+        let limits = &shared.config().limits;
         let (outbox, receiver) = Outbox::new(limits.outbound_queue, limits.outbound_queue_bytes);
         let mut writer = receiver.into_writer();
         let mut sign_in = SignIn::new(&shared, user.as_deref(), &peer);
@@ -143,7 +144,7 @@ pub(crate) fn run<T: Transport>(
         close(&shared, &mut connection).await;
         drop(connection);
 
-        let timeout = shared.config.server.shutdown_timeout();
+        let timeout = shared.config().server.shutdown_timeout();
         // Boxed: the closing states (close frame, writer wait, linger) would otherwise widen the
         // task of every connection, idle or not, for its whole life.
         let finishing = finish(end, outbox, writer, socket, metrics, timeout);
@@ -241,8 +242,9 @@ impl SignIn {
     /// A client over a Unix socket is known by its credentials and one in-process is the
     /// embedding program: neither must authenticate.
     fn new(shared: &Sessions, user: Option<&User>, peer: &Peer) -> SignIn {
-        let required_by = (user.is_none() && !shared.config.auth.anonymous && peer.ip().is_some())
-            .then(|| Box::pin(tokio::time::sleep(shared.config.auth.auth_timeout())));
+        let required_by =
+            (user.is_none() && !shared.config().auth.anonymous && peer.ip().is_some())
+                .then(|| Box::pin(tokio::time::sleep(shared.config().auth.auth_timeout())));
         SignIn {
             required_by,
             expires: user.map(|u| Box::pin(tokio::time::sleep_until(expiry(shared, u)))),
@@ -267,7 +269,7 @@ fn expiry(shared: &Sessions, user: &User) -> Instant {
         .expires_at()
         .duration_since(std::time::SystemTime::now())
         .unwrap_or(Duration::ZERO)
-        + Duration::from_secs(shared.security.verifier.leeway());
+        + Duration::from_secs(shared.security.verifier.load().leeway());
     // A clamped `exp` is still centuries away: never reached, but it must not overflow.
     Instant::now()
         .checked_add(left)
@@ -315,13 +317,13 @@ async fn read_loop<T: Transport>(
     let metrics = &shared.metrics;
     // Keepalive: a ping every interval; a client silent for the idle timeout (no data, no pong)
     // is closed, so dead peers and half-open TCP connections do not hold resources forever.
-    let server_config = &shared.config.server;
+    let server_config = &shared.config().server;
     let interval = Duration::from_millis(server_config.ping_interval_ms);
     let idle_timeout = Duration::from_millis(server_config.idle_timeout_ms);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_seen = tokio::time::Instant::now();
-    let mut rate = MessageRate::new(&shared.config.limits, last_seen);
+    let mut rate = MessageRate::new(&shared.config().limits, last_seen);
     // Messages handled since this task last gave its thread away (see `YIELD_AFTER`).
     let mut since_yield = 0;
     // The moment of a drain this connection is closed at, and the wait it is told then.
@@ -356,6 +358,8 @@ async fn read_loop<T: Transport>(
                 if last_seen.elapsed() >= idle_timeout {
                     return End::Close(1001, "idle timeout");
                 }
+                // A quiet connection takes replaced rules here, within one ping interval.
+                connection.follow_rules();
                 let _ = outbox.push(Outgoing::Ping);
                 continue;
             }
@@ -462,6 +466,7 @@ fn receive<'c, 's>(
         Some(Ok(Received::Text(data) | Received::Binary(data))) => {
             add(&shared.metrics.messages_received, 1);
             add(&shared.metrics.bytes_received, data.len() as u64);
+            connection.follow_rules();
             shared
                 .metrics
                 .message_sizes
@@ -548,7 +553,7 @@ fn dispatch<'c, 's>(
                 // A client that keeps presenting bad tokens makes the server verify each one
                 // (or, throttled, answer each): after a few it has no reason to stay.
                 sign_in.failures = sign_in.failures.saturating_add(1);
-                let limit = shared.config.limits.auth_failures_per_connection;
+                let limit = shared.config().limits.auth_failures_per_connection;
                 if limit != 0 && sign_in.failures >= limit {
                     add(&shared.metrics.auth_failure_closes, 1);
                     return Step::Done(Some(End::Close(1008, "too many failed authentications")));
@@ -639,7 +644,7 @@ fn authenticate(
         add(counter, 1);
         Rejection::new(refusal.status(), refusal.reason())
     })?;
-    let user = shared.security.verifier.verify(token).map_err(|e| {
+    let user = shared.security.verifier.load().verify(token).map_err(|e| {
         add(&shared.metrics.auth_failures, 1);
         if let Some(ip) = ip {
             shared.security.throttle.failed(ip, Instant::now());

@@ -6,6 +6,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use arc_swap::{ArcSwap, Guard};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -20,7 +21,9 @@ use crate::{
 
 /// Sessions by every session, accept loop and HTTP handler of one server (in an `Arc`).
 pub(crate) struct Sessions {
-    pub(crate) config: Config,
+    /// The settings in force: swapped whole by a reload ([`crate::reload`]), which changes
+    /// only the settings that can change while serving. Read with [`Sessions::config`].
+    pub(crate) config: ArcSwap<Config>,
     pub(crate) parser_limits: lhttp_proto::Limits,
     /// Where publishes and subscriptions go.
     pub(crate) broker: Arc<Broker>,
@@ -84,6 +87,12 @@ const RETRY_HINTS: [&str; 8] = [
 ];
 
 impl Sessions {
+    /// The settings in force now. A short-lived guard: what outlives a message or a connection
+    /// set-up copies what it needs out of it.
+    pub(crate) fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// Begins a graceful shutdown (once): `/healthz` answers 503 "draining" and new connections
     /// are refused at once; client connections are closed wave after wave over
     /// `server.drain_ms`; then the listeners stop.
@@ -92,16 +101,14 @@ impl Sessions {
             return;
         }
         self.draining.cancel();
-        let drain = std::time::Duration::from_millis(self.config.server.drain_ms);
+        let drain_ms = self.config().server.drain_ms;
+        let drain = std::time::Duration::from_millis(drain_ms);
         let runtime = tokio::runtime::Handle::try_current();
         let (false, Ok(runtime)) = (drain.is_zero(), runtime) else {
             self.shutdown.cancel();
             return;
         };
-        tracing::info!(
-            drain_ms = self.config.server.drain_ms,
-            "draining: closing clients"
-        );
+        tracing::info!(drain_ms, "draining: closing clients");
         let sessions = self.clone();
         runtime.spawn(async move {
             let step = drain / DRAIN_WAVES as u32;
