@@ -75,6 +75,7 @@ function showInfo(info) {
     nats.dataset.state = 'none';
     nats.textContent = 'not clustered';
   }
+  showNodes(info.cluster?.nodes, info.node);
   const now = info.now;
   $('connections').textContent = shown(now.connections);
   $('users').textContent = shown(info.users);
@@ -150,6 +151,40 @@ function plot(canvas, lines) {
   canvas.dataset.samples = String(Math.max(...lines.map((line) => line.values.length)));
 }
 
+/** Deliveries a node reported at its previous status, to show its rate. */
+const nodeTotals = new Map();
+
+function showNodes(nodes, self) {
+  $('nodes-panel').hidden = !nodes;
+  if (!nodes) return;
+  const at = performance.now();
+  $('nodes').replaceChildren(
+    ...nodes.map((node) => {
+      const row = document.createElement('tr');
+      row.dataset.node = node.node;
+      const before = nodeTotals.get(node.node);
+      const rate = before ? Math.max(node.deliveries - before.deliveries, 0) / Math.max((at - before.at) / 1000, 0.001) : 0;
+      if (!before || before.deliveries !== node.deliveries) nodeTotals.set(node.node, { deliveries: node.deliveries, at });
+      const cells = [
+        ['name', node.node === self ? `${node.node} (this node)` : node.node],
+        ['connections num', number.format(node.connections)],
+        ['subscriptions num', number.format(node.subscriptions)],
+        ['rate num', shown(rate)],
+        ['uptime num', duration(node.uptime_secs)],
+      ];
+      row.append(
+        ...cells.map(([className, text]) => {
+          const cell = document.createElement('td');
+          cell.className = className;
+          cell.textContent = text; // text, never HTML: a node id comes from the network
+          return cell;
+        }),
+      );
+      return row;
+    }),
+  );
+}
+
 function showChannels(listing) {
   const rows = [...listing.channels].sort((a, b) => b.subscribers - a.subscribers || a.channel.localeCompare(b.channel));
   const body = $('channels');
@@ -217,12 +252,13 @@ $('disconnect').addEventListener('click', async () => {
     return;
   }
   try {
-    const { disconnected } = await api('/server/disconnect', {
+    const { disconnected, cluster } = await api('/server/disconnect', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ user }),
     });
-    result.textContent = `${disconnected} connection${disconnected === 1 ? '' : 's'} of ${user} closed`;
+    const here = `${disconnected} connection${disconnected === 1 ? '' : 's'} of ${user} closed`;
+    result.textContent = cluster ? `${here} on this node; the other nodes were asked to close theirs` : here;
   } catch (error) {
     result.textContent = `refused: ${error.message}`;
   }

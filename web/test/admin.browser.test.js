@@ -6,12 +6,13 @@
 
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { mkdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import { test } from 'node:test';
 
-import { repoRoot, startLhttpd, waitFor } from '../../sdk/js/test/lhttpd.js';
+import { freePort, repoRoot, startLhttpd, waitFor } from '../../sdk/js/test/lhttpd.js';
 
 const requireFromSdk = createRequire(resolve(repoRoot, 'sdk/js/package.json'));
 const { chromium } = requireFromSdk('playwright-core');
@@ -77,6 +78,7 @@ test('the admin page shows the live server, plots its traffic and disconnects a 
   assert.equal(await page.textContent('#subscriptions'), '4');
   assert.equal(await page.textContent('#presence-members'), '3');
   assert.equal(await page.getAttribute('#nats', 'data-state'), 'none');
+  assert.equal(await page.isVisible('#nodes-panel'), false, 'a single node lists no nodes');
   // Channels, busiest first.
   const rows = page.locator('#channels tr');
   assert.deepEqual(await rows.evaluateAll((trs) => trs.map((tr) => [tr.dataset.channel, tr.querySelector('.subscribers').textContent])), [
@@ -148,5 +150,44 @@ test('with server.api_key the admin page asks for the key and shows nothing with
   // The key stays in this tab only: a reload still works, a new context asks again.
   await page.reload();
   await page.locator('#status[data-state="ok"]').waitFor(WAIT);
+  assert.deepEqual(errors, [], 'no uncaught errors in the page');
+});
+
+test('in a cluster the admin page lists every node and disconnects a user on all of them', async (t) => {
+  // A real nats-server (Debian package nats-server) on a free port, two lhttpd nodes on it.
+  const natsPort = await freePort();
+  const nats = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(natsPort)], { stdio: 'ignore' });
+  t.after(() => nats.kill('SIGKILL'));
+  const cluster = `[cluster]\nnats = ["nats://127.0.0.1:${natsPort}"]\npresence_interval_ms = 200\npresence_timeout_ms = 1500\n`;
+  const auth = `[auth]\nhs256_secret = "${SECRET}"\n`;
+  const nodes = [];
+  for (let i = 0; i < 2; i += 1) {
+    const node = await startLhttpd({ config: `[admin]\nenabled = true\n${auth}${cluster}` });
+    t.after(() => node.stop());
+    nodes.push(node);
+  }
+  const [a, b] = nodes;
+  const ann = await subscriber(`${b.url}?token=${token('ann')}`, 'room.1');
+  const bob = await subscriber(b.url, 'room.1');
+
+  const { page, errors } = await launch(t);
+  await page.goto(`${a.http}/admin/`);
+  await page.locator('#nats[data-state="connected"]').waitFor(WAIT);
+  const rows = page.locator('#nodes tr');
+  await waitFor(async () => (await rows.count()) === 2, { timeout: 15000, what: 'both nodes listed' });
+  const self = await page.textContent('#node');
+  const listed = await rows.evaluateAll((trs) => trs.map((tr) => [tr.dataset.node, tr.querySelector('.connections').textContent]));
+  assert.equal(listed[0][0], self, 'this node first');
+  assert.match(await rows.first().locator('.name').textContent(), /\(this node\)$/);
+  // Node b's own figures: its two connections.
+  await waitFor(async () => (await rows.nth(1).locator('.connections').textContent()) === '2', { what: "node b's connections" });
+
+  await page.fill('#disconnect-user', 'ann');
+  await page.click('#disconnect');
+  await page.locator('#disconnect-result', { hasText: '0 connections of ann closed on this node; the other nodes were asked' }).waitFor(WAIT);
+  assert.equal(await ann.closed, 4001, 'ann, connected to the other node, is disconnected');
+  await waitFor(async () => (await rows.nth(1).locator('.connections').textContent()) === '1', { what: 'node b down to one connection' });
+  assert.equal(bob.ws.readyState, WebSocket.OPEN);
+  bob.ws.close();
   assert.deepEqual(errors, [], 'no uncaught errors in the page');
 });

@@ -21,7 +21,7 @@ use crate::{
     session::{
         self,
         builtin::{self},
-        directory::Directory,
+        directory::{Directory, Target},
         sessions::{Commands, Sessions},
     },
     transport::budget::UnfinishedBudget,
@@ -170,8 +170,19 @@ impl ServerBuilder {
             tasks: TaskTracker::new(),
             started: std::time::Instant::now(),
         };
+        let sessions = Arc::new(sessions);
+        if let Some(cluster) = &sessions.broker.cluster {
+            // A disconnect another node asks for closes this node's connections too. Weak: the
+            // hook is held by what `sessions` holds.
+            let weak = Arc::downgrade(&sessions);
+            cluster.nodes.on_disconnect(move |whom| {
+                weak.upgrade().map_or(0, |sessions| {
+                    sessions.directory.disconnect(Target::of(whom))
+                })
+            });
+        }
         Ok(Server {
-            sessions: Arc::new(sessions),
+            sessions,
             static_files: self.static_files,
             metrics_listener: None,
             tcp_listener: None,

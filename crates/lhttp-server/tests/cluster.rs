@@ -978,3 +978,108 @@ async fn presence_spans_nodes_and_a_node_cut_off_from_nats_leaves_no_ghosts() {
     }
     wait_members(&mut watcher, "room.x", &["Alice", "Watcher"]).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The server API across the cluster
+
+/// A connection to `server` authenticated as `user` with an HS256 token.
+async fn connect_as(server: &TestServer, user: &str) -> Client {
+    let spec = lhttp_server::TokenSpec {
+        user: user.into(),
+        roles: Vec::new(),
+        subscribe: Vec::new(),
+        publish: Vec::new(),
+        only: false,
+        valid_for: Duration::from_secs(600),
+    };
+    let token = lhttp_server::mint_token(&server.handle.config().auth, &spec).unwrap();
+    Client::connect(&format!("{}?token={token}", server.url("/"))).await
+}
+
+#[tokio::test]
+async fn the_server_api_lists_every_node_and_disconnects_a_user_on_all_of_them() {
+    const SECRET: &str = "test-only hs256 secret, 32+ bytes long!";
+    let nats = NatsServer::start();
+    let api_node = |url: String| {
+        start_with(Server::builder(config(move |c| {
+            c.cluster.nats = vec![url];
+            c.cluster.presence_interval_ms = 100;
+            c.cluster.presence_timeout_ms = 600;
+            c.auth.hs256_secret = Some(SECRET.into());
+        })))
+    };
+    let a = api_node(nats.url()).await;
+    let mut b = api_node(nats.url()).await;
+    let mut ann_on_b = connect_as(&b, "ann").await;
+    let mut bob_on_b = connect_as(&b, "bob").await;
+    ann_on_b.subscribe("news").await;
+    bob_on_b.subscribe("news").await;
+
+    // Node a lists itself first, then b, with b's own figures.
+    let b_node = serde_json::from_str::<serde_json::Value>(&b.get("/server/info").await.1).unwrap()
+        ["node"]
+        .clone();
+    assert!(b_node.is_string(), "{b_node}");
+    let deadline = Instant::now() + NATS_UP;
+    let b_status = loop {
+        let (status, text) = a.get("/server/info").await;
+        assert_eq!(status, 200, "{text}");
+        let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let nodes = info["cluster"]["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            nodes.first().map(|n| &n["node"]),
+            Some(&info["node"]),
+            "{info}"
+        );
+        let listed = nodes.iter().find(|n| n["node"] == b_node).cloned();
+        match listed {
+            Some(node) if node["connections"] == 2 => break node,
+            _ => {
+                assert!(Instant::now() < deadline, "node b not listed by a: {info}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(b_status["subscriptions"], 2, "{b_status}");
+    assert_eq!(b_status["version"], env!("CARGO_PKG_VERSION"), "{b_status}");
+
+    // Disconnecting ann through node a closes her connection on node b; bob stays.
+    let (status, text) = a
+        .post(
+            "/server/disconnect",
+            serde_json::json!({"user": "ann"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"disconnected": 0, "cluster": true})
+    );
+    assert_eq!(
+        ann_on_b.recv_close().await,
+        (4001, "disconnected by the server".into())
+    );
+    b.wait_connections(1).await;
+    let (status, _) = a.post("/publish", chat("news", "still here")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body(&bob_on_b.recv().await), "still here");
+
+    // A node that stops is dropped from the list after the presence timeout.
+    bob_on_b.close().await;
+    b.handle.shutdown();
+    b.stopped().await;
+    let deadline = Instant::now() + NATS_UP;
+    loop {
+        let (_, text) = a.get("/server/info").await;
+        let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if info["cluster"]["nodes"].as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a still lists b: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -201,7 +201,7 @@ async fn disconnecting_a_user_closes_each_of_its_connections_and_nobody_else() {
 
     let (status, answer) = post_json(&server, "/server/disconnect", json!({"user": "ann"})).await;
     assert_eq!(status, 200);
-    assert_eq!(answer, json!({"disconnected": 2}));
+    assert_eq!(answer, json!({"disconnected": 2, "cluster": false}));
     for tab in [&mut tab1, &mut tab2] {
         assert_eq!(
             tab.recv_close().await,
@@ -213,7 +213,11 @@ async fn disconnecting_a_user_closes_each_of_its_connections_and_nobody_else() {
     assert_eq!(common::body(&bob.recv().await), "still here");
 
     let (_, again) = post_json(&server, "/server/disconnect", json!({"user": "ann"})).await;
-    assert_eq!(again, json!({"disconnected": 0}), "ann has gone");
+    assert_eq!(
+        again,
+        json!({"disconnected": 0, "cluster": false}),
+        "ann has gone"
+    );
 }
 
 #[tokio::test]
@@ -227,7 +231,7 @@ async fn one_client_is_disconnected_by_the_id_presence_shows() {
     let client = room["members"][0]["client"].as_str().unwrap().to_owned();
 
     let (_, answer) = post_json(&server, "/server/disconnect", json!({"client": client})).await;
-    assert_eq!(answer, json!({"disconnected": 1}));
+    assert_eq!(answer, json!({"disconnected": 1, "cluster": false}));
     server.wait_connections(1).await;
     let (_, room) = get_json(&server, "/server/presence?channel=room.1").await;
     assert_eq!(room["count"], 1);

@@ -110,6 +110,12 @@ pub(crate) struct Cluster {
     pub(crate) presence_subject: String,
     /// `cluster.presence_interval_ms` and `cluster.presence_timeout_ms`.
     pub(crate) presence_timing: (Duration, Duration),
+    /// `<prefix>.nodes`: every node's status, and disconnects asked of all ([`super::nodes`]).
+    pub(crate) nodes_subject: String,
+    /// The other nodes heard of on `nodes_subject`.
+    pub(crate) nodes: super::nodes::Nodes,
+    /// When this node was built, for the uptime in its status.
+    pub(crate) started: std::time::Instant,
     /// `<prefix>.sync`: a subject no node ever subscribes to, requested to learn that NATS has
     /// processed everything this node sent before (see [`server_barrier`]).
     barrier_subject: String,
@@ -165,6 +171,9 @@ impl Cluster {
             node_id,
             inbox_base: format!("{}.inbox.", config.subject_prefix),
             presence_subject: format!("{}.presence", config.subject_prefix),
+            nodes_subject: format!("{}.nodes", config.subject_prefix),
+            nodes: super::nodes::Nodes::default(),
+            started: std::time::Instant::now(),
             presence_timing: (
                 Duration::from_millis(config.presence_interval_ms),
                 Duration::from_millis(config.presence_timeout_ms),
@@ -229,6 +238,7 @@ impl Cluster {
         if broker.presence.is_some() {
             tokio::spawn(super::presence::run(broker.clone(), client.clone()));
         }
+        tokio::spawn(super::nodes::run(broker.clone(), client.clone()));
         let jetstream = async_nats::jetstream::new(client.clone());
         let stored_rx = self
             .stored_rx
@@ -335,6 +345,11 @@ impl Cluster {
     /// Sends a presence announcement to every other node, in the order of the calls.
     pub(crate) fn send_presence(&self, payload: Bytes) {
         self.send(self.presence_subject.clone(), payload, None);
+    }
+
+    /// Sends `payload` to every other node's [`super::nodes`] task.
+    pub(crate) fn send_to_nodes(&self, payload: Bytes) {
+        self.send(self.nodes_subject.clone(), payload, None);
     }
 
     /// This node's random id.

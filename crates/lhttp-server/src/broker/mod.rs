@@ -7,6 +7,7 @@
 
 pub(crate) mod cluster;
 pub(crate) mod history;
+pub(crate) mod nodes;
 pub(crate) mod presence;
 
 use std::{

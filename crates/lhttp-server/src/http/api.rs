@@ -3,13 +3,14 @@
 //! clients only) and the same refusal of other sites' pages.
 //!
 //! - `GET /server/info`: version, node, uptime, what the server holds now, totals since start,
-//!   and the cluster's state;
+//!   and the cluster's state with its nodes;
 //! - `GET /server/channels?prefix=P&limit=N`: channels with local subscribers, with their
 //!   subscriber counts;
 //! - `GET /server/presence?channel=C&limit=N`: who is in a channel with presence;
 //! - `GET /server/history?channel=C&recent=N` (or `since=O&epoch=E`): what a channel keeps;
 //! - `POST /server/disconnect` `{"user": "ann"}` or `{"client": "<id>"}`: closes those
-//!   connections (4001 "disconnected by the server"; the SDKs do not reconnect).
+//!   connections (4001 "disconnected by the server"; the SDKs do not reconnect), on every node
+//!   of a cluster (the count is this node's).
 //!
 //! Every answer is bounded: lists by `limit` (at most [`MAX_LIST`]), a history read by the
 //! limits of a connection's queue (`limits.outbound_queue`, `limits.outbound_queue_bytes`).
@@ -31,6 +32,7 @@ use serde_json::{Value, json};
 
 use crate::{
     Channel, ServerHandle,
+    broker::nodes,
     http::{origin::Site, publish},
     pubsub::history::Want,
     session::{directory::Target, sessions::Sessions},
@@ -81,9 +83,18 @@ fn error(status: StatusCode, reason: impl Into<String>) -> Response {
 async fn info(State(shared): State<Arc<Sessions>>) -> Response {
     let server = ServerHandle::new(shared.clone());
     let cluster = shared.broker.cluster.as_ref().map(|cluster| {
+        // This node first, then the others heard of lately, by id.
+        let (_, timeout) = cluster.presence_timing;
+        let mut nodes = vec![nodes::own_status(
+            &shared.broker,
+            cluster.node_id(),
+            cluster.started,
+        )];
+        nodes.extend(cluster.nodes.others(timeout));
         json!({
             "connected": cluster.is_connected(),
             "subscriptions": cluster.subscription_count(),
+            "nodes": nodes,
         })
     });
     Json(json!({
@@ -333,5 +344,15 @@ async fn disconnect(State(shared): State<Arc<Sessions>>, body: Bytes) -> Respons
     };
     let disconnected = shared.directory.disconnect(target);
     tracing::info!(?target, disconnected, "server API: disconnect");
-    Json(json!({"disconnected": disconnected})).into_response()
+    // The other nodes of a cluster close theirs when they hear of it; they do not report back.
+    let whom = match target {
+        Target::User(user) => nodes::Disconnect::User(user.to_owned()),
+        Target::Client(client) => nodes::Disconnect::Client(client.to_owned()),
+    };
+    nodes::ask_disconnect(&shared.broker, whom);
+    Json(json!({
+        "disconnected": disconnected,
+        "cluster": shared.broker.cluster.is_some(),
+    }))
+    .into_response()
 }

@@ -5,7 +5,10 @@
 
 use dashmap::DashMap;
 
-use crate::transport::{ConnectionId, outbox::Outbox};
+use crate::{
+    broker::nodes::Disconnect,
+    transport::{ConnectionId, outbox::Outbox},
+};
 
 /// What a disconnect aims at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +17,16 @@ pub(crate) enum Target<'a> {
     User(&'a str),
     /// The connection with this client id (as presence shows it).
     Client(&'a str),
+}
+
+impl<'a> Target<'a> {
+    /// The target of a disconnect asked across the cluster.
+    pub(crate) fn of(whom: &'a Disconnect) -> Self {
+        match whom {
+            Disconnect::User(user) => Target::User(user),
+            Disconnect::Client(client) => Target::Client(client),
+        }
+    }
 }
 
 /// Connections by user id and by client id. Sharded maps: connections of different users
