@@ -76,6 +76,12 @@ pub struct Metrics {
     pub(crate) request_durations: Buckets<{ REQUEST_DURATION_BOUNDS_US.len() }>,
     /// Sum of `request_durations`, in microseconds.
     pub(crate) request_duration_sum_us: AtomicU64,
+    /// How long published messages waited between their publish and their write to a
+    /// subscriber's socket, in microseconds: one value per batch a connection's writer takes
+    /// (its oldest message's wait).
+    pub(crate) delivery_latencies: Buckets<{ DELIVERY_LATENCY_BOUNDS_US.len() }>,
+    /// Sum of `delivery_latencies`, in microseconds.
+    pub(crate) delivery_latency_sum_us: AtomicU64,
 }
 
 /// Upper bounds of the `lhttp_message_size_bytes` buckets.
@@ -85,6 +91,11 @@ pub(crate) const MESSAGE_SIZE_BOUNDS: [u64; 8] =
 /// Upper bounds of the `lhttp_request_duration_seconds` buckets, in microseconds.
 pub(crate) const REQUEST_DURATION_BOUNDS_US: [u64; 10] = [
     1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000, 30_000_000,
+];
+
+/// Upper bounds of the `lhttp_delivery_latency_seconds` buckets, in microseconds.
+pub(crate) const DELIVERY_LATENCY_BOUNDS_US: [u64; 12] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000, 10_000_000,
 ];
 
 /// The counts of a histogram's buckets, each counting the values up to its bound and above
@@ -559,6 +570,19 @@ impl Metrics {
             format!(
                 "{:.6}",
                 self.request_duration_sum_us.load(Relaxed) as f64 / 1e6
+            ),
+        );
+        self.delivery_latencies.render(
+            &mut out,
+            (
+                "lhttp_delivery_latency_seconds",
+                "Time from a publish to the write of its copy to a subscriber's socket, in seconds: the oldest message of each batch written.",
+            ),
+            &DELIVERY_LATENCY_BOUNDS_US,
+            |us| format!("{}", us as f64 / 1e6),
+            format!(
+                "{:.6}",
+                self.delivery_latency_sum_us.load(Relaxed) as f64 / 1e6
             ),
         );
         let _ = write!(

@@ -286,8 +286,9 @@ async fn nodes_subscribe_in_nats_only_while_they_have_local_subscribers() {
     // are the subject's levels.
     nats.wait_subject_count("lhttp.ch.only-a", 1).await;
     nats.wait_subject_count("lhttp.ch.a.b", 1).await;
-    // Besides the channels, each node holds two fixed subscriptions for replies to its
-    // requests (`lhttp.inbox.<node>` and `lhttp.noresp.<node>.>`), whatever its clients do.
+    // Besides the channels, each node holds three fixed subscriptions, whatever its clients
+    // do: for replies to its requests (`lhttp.inbox.<node>` and `lhttp.noresp.<node>.>`), and
+    // for the node list and cluster-wide disconnects (`lhttp.nodes`).
     let subjects = nats.subjects().await;
     let channels: Vec<&String> = subjects
         .iter()
@@ -301,9 +302,10 @@ async fn nodes_subscribe_in_nats_only_while_they_have_local_subscribers() {
         + subjects
             .iter()
             .filter(|s| s.starts_with("lhttp.noresp."))
-            .count();
-    assert_eq!(fixed, 4, "{subjects:?}");
-    assert_eq!(subjects.len(), 6, "{subjects:?}");
+            .count()
+        + subjects.iter().filter(|s| *s == "lhttp.nodes").count();
+    assert_eq!(fixed, 6, "{subjects:?}");
+    assert_eq!(subjects.len(), 8, "{subjects:?}");
     assert!(!b.handle.cluster_subscribed("only-a"));
     assert_eq!(b.handle.cluster_subscription_count(), 0);
 

@@ -208,6 +208,11 @@ async fn healthz_metrics_and_page() {
         "lhttp_message_size_bytes_bucket{le=\"64\"} 2\n",
         "lhttp_message_size_bytes_bucket{le=\"+Inf\"} 2\n",
         "lhttp_message_size_bytes_count 2\n",
+        // The one published copy was written, well within 10 s of its publish; the answers
+        // (ok) are not publishes.
+        "# TYPE lhttp_delivery_latency_seconds histogram\n",
+        "lhttp_delivery_latency_seconds_bucket{le=\"10\"} 1\n",
+        "lhttp_delivery_latency_seconds_count 1\n",
         "# TYPE process_open_fds gauge\n",
         "# TYPE process_max_fds gauge\n",
     ] {

@@ -347,9 +347,19 @@ impl Cluster {
         self.send(self.presence_subject.clone(), payload, None);
     }
 
-    /// Sends `payload` to every other node's [`super::nodes`] task.
-    pub(crate) fn send_to_nodes(&self, payload: Bytes) {
-        self.send(self.nodes_subject.clone(), payload, None);
+    /// Sends `payload` to every other node's [`super::nodes`] task: straight to the client,
+    /// not through the forwarding queue, so that it never counts as a published message (nor
+    /// takes a message's place in the queue). Lost while NATS is away, as a status may be.
+    pub(crate) async fn send_to_nodes(&self, payload: Bytes) {
+        if let Some(running) = self.running.get() {
+            if let Err(error) = running
+                .client
+                .publish(self.nodes_subject.clone(), payload)
+                .await
+            {
+                tracing::debug!(%error, "cluster: node announcement not sent");
+            }
+        }
     }
 
     /// This node's random id.

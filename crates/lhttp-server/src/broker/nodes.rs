@@ -128,10 +128,12 @@ pub(crate) fn own_status(broker: &Broker, node: &str, started: Instant) -> NodeS
 }
 
 /// Asks every other node to disconnect `whom` (this node does its own itself).
-pub(crate) fn ask_disconnect(broker: &Broker, whom: Disconnect) {
+pub(crate) async fn ask_disconnect(broker: &Broker, whom: Disconnect) {
     if let Some(cluster) = &broker.cluster {
         let from = cluster.node_id().to_owned();
-        cluster.send_to_nodes(encode(&Announcement::Disconnect { from, whom }));
+        cluster
+            .send_to_nodes(encode(&Announcement::Disconnect { from, whom }))
+            .await;
     }
 }
 
@@ -158,7 +160,7 @@ pub(crate) async fn run(broker: std::sync::Arc<Broker>, client: Client) {
             _ = broker.shutdown.cancelled() => return,
             _ = beats.tick() => {
                 let status = own_status(&broker, cluster.node_id(), cluster.started);
-                cluster.send_to_nodes(encode(&Announcement::Status(status)));
+                cluster.send_to_nodes(encode(&Announcement::Status(status))).await;
             }
             message = subscription.next() => {
                 let Some(message) = message else { return };

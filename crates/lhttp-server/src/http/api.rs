@@ -349,7 +349,7 @@ async fn disconnect(State(shared): State<Arc<Sessions>>, body: Bytes) -> Respons
         Target::User(user) => nodes::Disconnect::User(user.to_owned()),
         Target::Client(client) => nodes::Disconnect::Client(client.to_owned()),
     };
-    nodes::ask_disconnect(&shared.broker, whom);
+    nodes::ask_disconnect(&shared.broker, whom).await;
     Json(json!({
         "disconnected": disconnected,
         "cluster": shared.broker.cluster.is_some(),

@@ -4,9 +4,12 @@
 //! contend, and a publish holds only its channel's shard lock, for the time it takes to push a
 //! shared frame into each subscriber's queue (never across an `.await`).
 
-use std::sync::{
-    PoisonError, RwLock,
-    atomic::{AtomicUsize, Ordering::Relaxed},
+use std::{
+    sync::{
+        PoisonError, RwLock,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    time::Instant,
 };
 
 use dashmap::DashMap;
@@ -107,18 +110,20 @@ impl Hub {
             return 0;
         };
         let frame = frame();
+        // One clock reading per publish, for every delivery's latency.
+        let published = Instant::now();
         let mut delivered = 0;
         let (last, others) = subscribers
             .split_last()
             .expect("a channel exists only while it has subscribers");
         for subscriber in others {
-            if subscriber.outbox.push(frame.clone()).is_ok() {
+            if subscriber.outbox.push_at(frame.clone(), published).is_ok() {
                 delivered += 1;
             }
         }
         // The last one takes the frame itself: with one subscriber, the bytes are never
         // shared, and `Bytes` then never allocates its shared header.
-        if last.outbox.push(frame).is_ok() {
+        if last.outbox.push_at(frame, published).is_ok() {
             delivered += 1;
         }
         let dropped = subscribers.len() - delivered;
@@ -146,6 +151,8 @@ impl Hub {
             return 0;
         }
         let frame = frame();
+        // One clock reading per publish, for every delivery's latency.
+        let published = Instant::now();
         let (mut delivered, mut total) = (0, 0);
         let subscribers = exact
             .iter()
@@ -153,7 +160,7 @@ impl Hub {
             .chain(matching.flat_map(|p| p.subscribers.iter()));
         for subscriber in subscribers {
             total += 1;
-            if subscriber.outbox.push(frame.clone()).is_ok() {
+            if subscriber.outbox.push_at(frame.clone(), published).is_ok() {
                 delivered += 1;
             }
         }
@@ -174,9 +181,10 @@ impl Hub {
         let Some(subscribers) = self.channels.get(channel) else {
             return 0;
         };
+        let published = Instant::now();
         let delivered = subscribers
             .iter()
-            .filter(|s| s.outbox.push(frame.clone()).is_ok())
+            .filter(|s| s.outbox.push_at(frame.clone(), published).is_ok())
             .count();
         let dropped = subscribers.len() - delivered;
         drop(subscribers);
@@ -253,13 +261,14 @@ impl Hub {
         }
         let patterns = self.patterns.read().unwrap_or_else(PoisonError::into_inner);
         let (mut delivered, mut total) = (0, 0);
+        let published = Instant::now();
         for subscriber in patterns
             .iter()
             .filter(|p| p.pattern.matches(channel))
             .flat_map(|p| p.subscribers.iter())
         {
             total += 1;
-            if subscriber.outbox.push(frame.clone()).is_ok() {
+            if subscriber.outbox.push_at(frame.clone(), published).is_ok() {
                 delivered += 1;
             }
         }
@@ -275,10 +284,11 @@ impl Hub {
         let Some(entry) = patterns.iter().find(|p| &*p.text == text) else {
             return 0;
         };
+        let published = Instant::now();
         let delivered = entry
             .subscribers
             .iter()
-            .filter(|s| s.outbox.push(frame.clone()).is_ok())
+            .filter(|s| s.outbox.push_at(frame.clone(), published).is_ok())
             .count();
         let dropped = entry.subscribers.len() - delivered;
         drop(patterns);

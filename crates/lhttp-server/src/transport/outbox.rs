@@ -15,13 +15,14 @@ use std::{
         atomic::{AtomicBool, Ordering::Relaxed},
     },
     task::{Context, Poll, Waker},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    metrics::DELIVERY_LATENCY_BOUNDS_US,
     metrics::{Metrics, add},
     transport::{Outgoing, Transport},
 };
@@ -73,6 +74,9 @@ struct Queue {
     senders: usize,
     /// The writer is gone: pushes fail with [`SendError::Closed`].
     closed: bool,
+    /// When the oldest published message in `frames` was published ([`Outbox::push_at`]),
+    /// for the delivery-latency histogram; taken with the frames.
+    since: Option<Instant>,
 }
 
 /// State shared by every producer of one connection and its writer.
@@ -177,6 +181,17 @@ impl Outbox {
 
     /// Queues `message` without waiting; on overflow marks the connection as a slow consumer.
     pub(crate) fn push(&self, message: Outgoing) -> Result<(), SendError> {
+        self.push_stamped(message, None)
+    }
+
+    /// [`Outbox::push`] for a message published at `published` (one clock reading per
+    /// publish, shared by its deliveries): the writer measures from there how long the
+    /// message waited to be written (`lhttp_delivery_latency_seconds`).
+    pub(crate) fn push_at(&self, message: Outgoing, published: Instant) -> Result<(), SendError> {
+        self.push_stamped(message, Some(published))
+    }
+
+    fn push_stamped(&self, message: Outgoing, published: Option<Instant>) -> Result<(), SendError> {
         if self.shared.overflowed_flag.load(Relaxed) {
             return Err(SendError::SlowConsumer);
         }
@@ -194,6 +209,9 @@ impl Outbox {
         }
         queue.frames.push_back(message);
         queue.bytes += len;
+        if queue.since.is_none() {
+            queue.since = published;
+        }
         let writer = queue.writer.take();
         drop(queue);
         if let Some(writer) = writer {
@@ -323,6 +341,7 @@ impl OutboxReceiver {
             fed: Fed::default(),
             written: 0,
             yielded: false,
+            oldest: None,
         }
     }
 }
@@ -353,6 +372,9 @@ pub(crate) struct Writer {
     written: usize,
     /// The producers were given one turn to add to the current batch before its flush.
     yielded: bool,
+    /// When the oldest published message of the frames taken last was published: observed
+    /// once they are flushed.
+    oldest: Option<Instant>,
 }
 
 impl Writer {
@@ -406,7 +428,10 @@ impl Writer {
             }
             if self.fed.messages == 0 && self.batch.is_empty() {
                 let written = std::mem::take(&mut self.written);
-                match self.receiver.poll_wait(&mut self.batch, written, cx) {
+                match self
+                    .receiver
+                    .poll_wait(&mut self.batch, written, &mut self.oldest, cx)
+                {
                     Poll::Ready(None) => {
                         reserve_for(socket, &self.batch);
                         continue;
@@ -442,6 +467,15 @@ impl Writer {
                 Poll::Ready(Ok(())) => {}
             }
             let fed = std::mem::take(&mut self.fed);
+            if let Some(published) = self.oldest.take() {
+                // One observation per batch taken from the queue: the wait of its oldest
+                // published message, the longest in it.
+                let waited = published.elapsed().as_micros() as u64;
+                metrics
+                    .delivery_latencies
+                    .observe(&DELIVERY_LATENCY_BOUNDS_US, waited);
+                add(&metrics.delivery_latency_sum_us, waited);
+            }
             self.yielded = false;
             self.written += fed.bytes;
             add(&metrics.messages_sent, fed.messages);
@@ -459,6 +493,7 @@ impl Writer {
             .bytes
             .saturating_sub(std::mem::take(&mut self.written));
         std::mem::swap(&mut queue.frames, &mut self.batch);
+        self.oldest = self.oldest.or(queue.since.take());
     }
 }
 
@@ -470,12 +505,14 @@ impl OutboxReceiver {
         &self,
         batch: &mut VecDeque<Outgoing>,
         written: usize,
+        oldest: &mut Option<Instant>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<WriterEnd>> {
         let mut queue = self.shared.queue();
         queue.bytes = queue.bytes.saturating_sub(written);
         if !queue.frames.is_empty() {
             std::mem::swap(&mut queue.frames, batch);
+            *oldest = oldest.or(queue.since.take());
             return Poll::Ready(None);
         }
         if queue.senders == 0 {
