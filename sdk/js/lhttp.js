@@ -466,6 +466,24 @@ const DEFAULTS = {
 
 const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
 
+/** An EventTarget with chainable `on` and `off`, for the client and its subscriptions. */
+class Emitter extends EventTarget {
+  /**
+   * Adds `listener` for events of `type`; the listener receives the event.
+   * @returns {this}
+   */
+  on(type, listener) {
+    this.addEventListener(type, listener);
+    return this;
+  }
+
+  /** Removes a listener added with on(). @returns {this} */
+  off(type, listener) {
+    this.removeEventListener(type, listener);
+    return this;
+  }
+}
+
 /**
  * A connection to an lhttp server that survives restarts: it reconnects with jittered exponential
  * backoff and subscribes again to every channel it held. On a channel that keeps history (its
@@ -504,7 +522,7 @@ const OPEN = 1; // WebSocket.OPEN, the same in browsers and in `ws`
  * see WebSocket pings), and the client drops the connection (`close` with code 1006 and reason
  * "no answer to ping") and reconnects.
  */
-export class LhttpClient extends EventTarget {
+export class LhttpClient extends Emitter {
   #options;
   #ws = null;
   #state = 'connecting';
@@ -607,21 +625,6 @@ export class LhttpClient extends EventTarget {
   /** The channels this client is subscribed to (or subscribing to). */
   get channels() {
     return [...this.#subscriptions.keys()];
-  }
-
-  /**
-   * Adds `listener` for events of `type`; the listener receives the event.
-   * @returns {this}
-   */
-  on(type, listener) {
-    this.addEventListener(type, listener);
-    return this;
-  }
-
-  /** Removes a listener added with on(). @returns {this} */
-  off(type, listener) {
-    this.removeEventListener(type, listener);
-    return this;
   }
 
   #emit(type, properties) {
@@ -1716,7 +1719,7 @@ function answerFigures(answer) {
  * client's doing (unsubscribe(), close()), by throwing the `unsubscribed` event's error
  * otherwise. Leaving the loop (break) ends the iteration, not the subscription.
  */
-export class Subscription extends EventTarget {
+export class Subscription extends Emitter {
   #client;
   #channel;
   #buffer;
@@ -1771,18 +1774,6 @@ export class Subscription extends EventTarget {
   get position() {
     const at = this.#record ?? this.#left;
     return at?.epoch === undefined ? undefined : { epoch: at.epoch, offset: at.offset };
-  }
-
-  /** Adds `listener` for events of `type`. @returns {this} */
-  on(type, listener) {
-    this.addEventListener(type, listener);
-    return this;
-  }
-
-  /** Removes a listener added with on(). @returns {this} */
-  off(type, listener) {
-    this.removeEventListener(type, listener);
-    return this;
   }
 
   /**

@@ -984,20 +984,6 @@ async fn presence_spans_nodes_and_a_node_cut_off_from_nats_leaves_no_ghosts() {
 // ---------------------------------------------------------------------------------------------
 // The server API across the cluster
 
-/// A connection to `server` authenticated as `user` with an HS256 token.
-async fn connect_as(server: &TestServer, user: &str) -> Client {
-    let spec = lhttp_server::TokenSpec {
-        user: user.into(),
-        roles: Vec::new(),
-        subscribe: Vec::new(),
-        publish: Vec::new(),
-        only: false,
-        valid_for: Duration::from_secs(600),
-    };
-    let token = lhttp_server::mint_token(&server.handle.config().auth, &spec).unwrap();
-    Client::connect(&format!("{}?token={token}", server.url("/"))).await
-}
-
 #[tokio::test]
 async fn the_server_api_lists_every_node_and_disconnects_a_user_on_all_of_them() {
     const SECRET: &str = "test-only hs256 secret, 32+ bytes long!";

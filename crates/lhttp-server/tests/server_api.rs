@@ -3,11 +3,8 @@
 //! a user or one client — and who may ask (the API key, loopback, other sites' pages).
 
 mod common;
-
-use std::time::Duration;
-
-use common::{Client, TestServer, config, history::chat, start_with};
-use lhttp_server::{ChannelOptions, Config, Server, TokenSpec, mint_token};
+use common::{Client, TestServer, config, connect_as, history::chat, start_with};
+use lhttp_server::{ChannelOptions, Config, Server};
 use serde_json::{Value, json};
 
 const SECRET: &str = "test-only hs256 secret, 32+ bytes long!";
@@ -31,20 +28,6 @@ async fn server(change: impl FnOnce(&mut Config)) -> TestServer {
         change(c);
     });
     start_with(Server::builder(config)).await
-}
-
-/// A connection authenticated as `user`.
-async fn connect_as(server: &TestServer, user: &str) -> Client {
-    let spec = TokenSpec {
-        user: user.into(),
-        roles: Vec::new(),
-        subscribe: Vec::new(),
-        publish: Vec::new(),
-        only: false,
-        valid_for: Duration::from_secs(600),
-    };
-    let token = mint_token(&server.handle.config().auth, &spec).unwrap();
-    Client::connect(&format!("{}?token={token}", server.url("/"))).await
 }
 
 /// GETs `path` and parses the JSON answer.

@@ -61,7 +61,7 @@ describe('token authentication against lhttpd', () => {
       method: 'POST',
       body: JSON.stringify({ user: 'dora' }),
     });
-    assert.deepEqual(await answer.json(), { disconnected: 1 });
+    assert.deepEqual(await answer.json(), { disconnected: 1, cluster: false });
     const event = await closed;
     assert.equal(event.code, 4001);
     assert.equal(event.willReconnect, false);

@@ -334,3 +334,17 @@ pub mod history;
 pub mod nats;
 pub mod storm;
 pub mod stream;
+
+/// A connection to `server` authenticated as `user`, with a token minted from its `[auth]`.
+pub async fn connect_as(server: &TestServer, user: &str) -> Client {
+    let spec = lhttp_server::TokenSpec {
+        user: user.into(),
+        roles: Vec::new(),
+        subscribe: Vec::new(),
+        publish: Vec::new(),
+        only: false,
+        valid_for: Duration::from_secs(600),
+    };
+    let token = lhttp_server::mint_token(&server.handle.config().auth, &spec).unwrap();
+    Client::connect(&format!("{}?token={token}", server.url("/"))).await
+}
