@@ -220,8 +220,14 @@ enum Scenario {
         /// libraries do; by default a publisher writes its batch of messages at once.
         #[arg(long)]
         write_each: bool,
-        /// The server's process id: report its CPU time (user + system, from
-        /// /proc/PID/stat) from the first publish to the last delivery, and per delivery.
+        /// Sporadic traffic: each publisher waits this many microseconds after each message
+        /// (one frame per write). The wait is a timer's, so under a millisecond it lasts
+        /// about a millisecond: some 900 messages a second per publisher.
+        #[arg(long, value_name = "MICROSECONDS")]
+        pause_us: Option<u64>,
+        /// The server's process id: report its CPU time (the run time of all its threads,
+        /// from /proc/PID/task/*/schedstat) from the first publish to the last delivery, and
+        /// per delivery.
         #[arg(long)]
         pid: Option<u32>,
         /// Draw delivered msg/s over time (a sample per 100 ms) into this SVG file.
@@ -620,6 +626,7 @@ async fn run(cli: Cli) -> Result<()> {
                     channel,
                     window,
                     write_each,
+                    pause_us,
                     pid,
                     plot,
                     json,
@@ -648,6 +655,7 @@ async fn run(cli: Cli) -> Result<()> {
                 channel,
                 window,
                 write_each,
+                pause: pause_us.map(Duration::from_micros),
                 pid,
                 tls: bench_tls(&builder)?,
                 timeout,

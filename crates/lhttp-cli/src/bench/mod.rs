@@ -205,10 +205,14 @@ impl Filler {
     }
 }
 
-/// The CPU time (user + system) process `pid` has used so far, from `/proc/PID/stat` (Linux;
-/// in clock ticks, 10 ms on most systems, so a run should last well over a second for a
-/// figure within a few percent).
+/// The CPU time process `pid` has used so far: the run time of every one of its threads, in
+/// nanoseconds, from `/proc/PID/task/*/schedstat` (Linux). Tick counts (`/proc/PID/stat`, 10 ms
+/// each) are the fallback where schedstat is missing; they miss short runs by whole ticks.
+/// A thread that ends during a run takes its time with it: lhttpd's threads live as long as it.
 pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
+    if let Some(run_time) = threads_run_time(pid) {
+        return Ok(run_time);
+    }
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
     let ticks = cpu_ticks(&stat).with_context(|| format!("no CPU times in {path}"))?;
@@ -220,6 +224,17 @@ pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_nanos(
         ticks.saturating_mul(1_000_000_000) / per_second,
     ))
+}
+
+/// The summed first field (time on a CPU, in ns) of every thread's schedstat.
+fn threads_run_time(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total += schedstat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
 }
 
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2,
@@ -291,6 +306,30 @@ mod tests {
         assert_eq!(cpu_ticks("4242 (lhttpd) S 1"), None);
         let own = cpu_time(std::process::id()).expect("this process's CPU time");
         assert!(own < Duration::from_secs(3600), "{own:?}");
+    }
+
+    #[test]
+    fn the_run_time_of_every_thread_is_counted() {
+        let before = threads_run_time(std::process::id()).expect("schedstat on Linux");
+        // Another thread of this process works until the process's figure has moved by 20 ms
+        // of CPU (bounded: a machine that never gives it the CPU fails the test in 10 s).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let moved = std::thread::spawn(move || {
+            let mut spins = 0u64;
+            while std::time::Instant::now() < deadline {
+                for _ in 0..100_000 {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+                let now = threads_run_time(std::process::id()).unwrap();
+                if now.saturating_sub(before) >= Duration::from_millis(20) {
+                    return true;
+                }
+            }
+            false
+        })
+        .join()
+        .unwrap();
+        assert!(moved, "a busy thread's run time is not counted");
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub(crate) struct Throughput {
     /// Write each message with its own system call, as browsers and most client libraries
     /// do, instead of a batch per write.
     pub write_each: bool,
+    /// A pause after each message (sporadic traffic); implies `write_each`.
+    pub pause: Option<Duration>,
     /// The server's process id, to report its CPU time per delivery.
     pub pid: Option<u32>,
     pub tls: Tls,
@@ -377,7 +379,8 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
             until,
             size: opts.size,
             window: opts.window,
-            write_each: opts.write_each,
+            write_each: opts.write_each || opts.pause.is_some(),
+            pause: opts.pause,
             stall: opts.timeout,
             heads: heads.clone(),
             received: received.clone(),
@@ -580,6 +583,8 @@ struct Publisher {
     window: u64,
     /// Flush after every message: one frame per write.
     write_each: bool,
+    /// Wait this long after each message.
+    pause: Option<Duration>,
     /// Give up when the subscribers make no progress for this long.
     stall: Duration,
     heads: Arc<Vec<String>>,
@@ -649,7 +654,11 @@ async fn publish_all(p: &mut Publisher, refused: &mut u64) -> Result<(Vec<u64>, 
             let _ = tokio::time::timeout(Duration::from_millis(1), p.progress.notified()).await;
             continue;
         }
-        let mut batch = ((p.window - lag) / p.publishers as u64).clamp(1, 512);
+        let mut batch = match p.pause {
+            // Sporadic traffic: one message, then the pause.
+            Some(_) => 1,
+            None => ((p.window - lag) / p.publishers as u64).clamp(1, 512),
+        };
         if let Some(quota) = p.quota {
             batch = batch.min(quota - total);
         }
@@ -677,6 +686,9 @@ async fn publish_all(p: &mut Publisher, refused: &mut u64) -> Result<(Vec<u64>, 
         }
         p.socket.flush().await?;
         *refused += take_refusals(&mut p.socket);
+        if let Some(pause) = p.pause {
+            tokio::time::sleep(pause).await;
+        }
     }
     let done = Instant::now();
     for head in p.heads.iter() {
