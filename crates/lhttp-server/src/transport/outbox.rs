@@ -34,6 +34,11 @@ const MAX_BATCH: usize = 256;
 /// Encoded bytes beyond which the writer stops adding frames and writes: one write's worth.
 const WRITE_CHUNK: usize = 64 * 1024;
 
+/// Flushes closer together than this make a stream, whose next batch waits one turn of the
+/// producers to gather more (see [`Writer`]); a batch after a longer quiet is written at once.
+/// Sporadic traffic (a chat message now and then) is far apart; a flood, microseconds apart.
+const STREAM_GAP: Duration = Duration::from_micros(250);
+
 /// How long a close frame may take to reach a client that is not reading.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -341,6 +346,7 @@ impl OutboxReceiver {
             fed: Fed::default(),
             written: 0,
             yielded: false,
+            last_flush: None,
             oldest: None,
         }
     }
@@ -372,6 +378,9 @@ pub(crate) struct Writer {
     written: usize,
     /// The producers were given one turn to add to the current batch before its flush.
     yielded: bool,
+    /// When the last flush completed: a batch that follows one within [`STREAM_GAP`] is part
+    /// of a stream, and worth gathering.
+    last_flush: Option<Instant>,
     /// When the oldest published message of the frames taken last was published: observed
     /// once they are flushed.
     oldest: Option<Instant>,
@@ -454,9 +463,14 @@ impl Writer {
                 && !self.fed.close
                 && (self.fed.messages as usize) < MAX_BATCH
                 && socket.unwritten() < WRITE_CHUNK
+                && self.last_flush.is_some_and(|at| at.elapsed() < STREAM_GAP)
             {
-                // The socket has no Nagle delay: each write is a packet. Letting the producers
-                // run once before writing gathers a burst into one write.
+                // The socket has no Nagle delay: each write is a packet. In a stream of
+                // messages, letting the producers run once before writing gathers a burst into
+                // one write. A lone message is written at once: the turn given away is a
+                // reschedule that wakes another worker thread, which then takes this task
+                // over to write it: half the server CPU an isolated message cost
+                // (docs/performance.md, "Isolated messages").
                 self.yielded = true;
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -466,6 +480,7 @@ impl Writer {
                 Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
                 Poll::Ready(Ok(())) => {}
             }
+            self.last_flush = Some(Instant::now());
             let fed = std::mem::take(&mut self.fed);
             if let Some(published) = self.oldest.take() {
                 // One observation per batch taken from the queue: the wait of its oldest
