@@ -418,6 +418,11 @@ async fn bench_connections_reports_memory_per_connection() {
     assert_eq!(report["connections"], 200, "{report}");
     assert!(report["rss_after_kib"].as_u64().unwrap() > 0, "{report}");
     assert!(report["kib_per_connection"].is_number(), "{report}");
+    // The kernel's socket memory beside it: 200 connections hold some, both ends on loopback.
+    assert!(
+        report["kernel_tcp_after_kib"].as_u64().unwrap() > 0,
+        "{report}"
+    );
     // Each connection was confirmed subscribed (the bench fails otherwise); none is left after.
     server.wait_subscribers("idle-0", 0).await;
 }

@@ -1,5 +1,6 @@
 //! `lhttp bench connections`: opens N idle connections, each subscribed to a channel, and
-//! reports the server's memory per connection (RSS from /proc/PID/status).
+//! reports the server's memory per connection (RSS from /proc/PID/status), and beside it the
+//! kernel's TCP socket memory (/proc/net/sockstat), which no RSS includes.
 //!
 //! Many connections need two things from this process: open files (the soft limit is raised to
 //! the hard one) and source ports — one source address has ~28k ephemeral ports towards one
@@ -44,6 +45,10 @@ pub(crate) struct ConnectionsReport {
     pub elapsed: Duration,
     /// Server RSS before and after, in KiB, when a pid was given.
     pub rss_kib: Option<(u64, u64)>,
+    /// The kernel's TCP socket buffer memory, machine-wide, before and after, in KiB
+    /// (`/proc/net/sockstat`): outside any process's RSS, and on loopback it holds both ends
+    /// of every connection, the server's and this client's.
+    pub kernel_tcp_kib: Option<(u64, u64)>,
     /// The open-files limit of this process after raising it (soft, hard).
     pub open_files: (u64, u64),
     /// Connections per local address actually used (none over a Unix socket).
@@ -51,6 +56,12 @@ pub(crate) struct ConnectionsReport {
 }
 
 impl ConnectionsReport {
+    fn kernel_per_connection_kib(&self) -> Option<f64> {
+        self.kernel_tcp_kib.map(|(before, after)| {
+            after.saturating_sub(before) as f64 / self.connections.max(1) as f64
+        })
+    }
+
     fn per_connection_kib(&self) -> Option<f64> {
         self.rss_kib.map(|(before, after)| {
             after.saturating_sub(before) as f64 / self.connections.max(1) as f64
@@ -70,6 +81,9 @@ impl ConnectionsReport {
             "rss_before_kib": self.rss_kib.map(|r| r.0),
             "rss_after_kib": self.rss_kib.map(|r| r.1),
             "kib_per_connection": self.per_connection_kib().map(round2),
+            "kernel_tcp_before_kib": self.kernel_tcp_kib.map(|k| k.0),
+            "kernel_tcp_after_kib": self.kernel_tcp_kib.map(|k| k.1),
+            "kernel_tcp_kib_per_connection": self.kernel_per_connection_kib().map(round2),
             "open_files_limit": self.open_files.0,
             "source_addrs": self.per_source.len(),
             "connections_per_source": per_source,
@@ -97,6 +111,14 @@ impl ConnectionsReport {
                 "\nserver RSS  {before} KiB -> {after} KiB: {per:.2} KiB per connection"
             ));
         }
+        if let (Some((before, after)), Some(per)) =
+            (self.kernel_tcp_kib, self.kernel_per_connection_kib())
+        {
+            out.push_str(&format!(
+                "\nkernel TCP  {before} KiB -> {after} KiB: {per:.2} KiB per connection \
+                 (socket buffers, machine-wide, both ends on loopback; not in any RSS)"
+            ));
+        }
         out
     }
 }
@@ -110,6 +132,27 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The kernel's TCP socket memory in KiB: the `mem` pages of the `TCP:` line of
+/// `/proc/net/sockstat`. `None` where there is no such file (not Linux).
+fn kernel_tcp_kib() -> Option<u64> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let pages = tcp_mem_pages(&sockstat)?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .filter(|&p| p > 0)
+        .unwrap_or(4096) as u64;
+    Some(pages * page / 1024)
+}
+
+/// The value after `mem` on the `TCP:` line of a sockstat file.
+fn tcp_mem_pages(sockstat: &str) -> Option<u64> {
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    words.next()?.parse().ok()
 }
 
 /// Raises this process's open-files soft limit to the hard limit; returns (soft, hard).
@@ -194,6 +237,7 @@ pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> 
         None => None,
     };
     let before = opts.pid.map(rss_kib).transpose()?;
+    let kernel_before = kernel_tcp_kib();
     let bar = progress::bar(opts.output.progress, opts.count as u64, "connections");
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(opts.count);
@@ -237,11 +281,13 @@ pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> 
     // Let the server settle (allocator, deferred frees) before reading its memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = opts.pid.map(rss_kib).transpose()?;
+    let kernel_after = kernel_tcp_kib();
     drop(sockets);
     Ok(ConnectionsReport {
         connections: opts.count,
         elapsed,
         rss_kib: before.zip(after),
+        kernel_tcp_kib: kernel_before.zip(kernel_after),
         open_files,
         per_source,
     })
@@ -269,6 +315,15 @@ async fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_tcp_memory_is_read_from_the_tcp_line() {
+        let sockstat =
+            "sockets: used 8\nTCP: inuse 1 orphan 0 tw 16 alloc 1 mem 186\nUDP: inuse 0 mem 3\n";
+        assert_eq!(tcp_mem_pages(sockstat), Some(186));
+        assert_eq!(tcp_mem_pages("sockets: used 8\nUDP: inuse 0 mem 3\n"), None);
+        assert_eq!(tcp_mem_pages("TCP: inuse 1 mem\n"), None);
+    }
 
     #[test]
     fn loopback_servers_get_several_sources_and_others_one() {
