@@ -225,6 +225,11 @@ enum Scenario {
         /// about a millisecond: some 900 messages a second per publisher.
         #[arg(long, value_name = "MICROSECONDS")]
         pause_us: Option<u64>,
+        /// Drive a nats-server over WebSocket with the NATS protocol (PUB, SUB, MSG) instead
+        /// of lhttpd, with the same bodies and checks: --url names its WebSocket port
+        /// (`websocket { port: N, no_tls: true }`), for side-by-side figures.
+        #[arg(long)]
+        nats: bool,
         /// The server's process id: report its CPU time (the run time of all its threads,
         /// from /proc/PID/task/*/schedstat) from the first publish to the last delivery, and
         /// per delivery.
@@ -627,6 +632,7 @@ async fn run(cli: Cli) -> Result<()> {
                     window,
                     write_each,
                     pause_us,
+                    nats,
                     pid,
                     plot,
                     json,
@@ -656,6 +662,7 @@ async fn run(cli: Cli) -> Result<()> {
                 window,
                 write_each,
                 pause: pause_us.map(Duration::from_micros),
+                nats,
                 pid,
                 tls: bench_tls(&builder)?,
                 timeout,

@@ -259,3 +259,94 @@ async fn bench_explains_a_publisher_closed_for_its_rate() {
         "{done:?}"
     );
 }
+
+/// A real nats-server (Debian package `nats-server`) with its WebSocket port, for the
+/// side-by-side figures; killed when dropped.
+struct NatsWebSocket {
+    child: std::process::Child,
+    port: u16,
+    config: std::path::PathBuf,
+}
+
+impl NatsWebSocket {
+    fn start() -> NatsWebSocket {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (client_port, port) = (free(), free());
+        let config = std::env::temp_dir().join(format!("lhttp-bench-nats-{port}.conf"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{client_port}\nwebsocket {{ listen: \"127.0.0.1:{port}\", no_tls: true }}\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("nats-server")
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server's WebSocket port never opened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        NatsWebSocket {
+            child,
+            port,
+            config,
+        }
+    }
+}
+
+impl Drop for NatsWebSocket {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+#[tokio::test]
+async fn bench_throughput_drives_nats_server_over_websocket_with_the_same_checks() {
+    let nats = NatsWebSocket::start();
+    let url = format!("ws://127.0.0.1:{}/", nats.port);
+    let pid = nats.child.id().to_string();
+    let args = [
+        "--url",
+        &url,
+        "bench",
+        "throughput",
+        "--nats",
+        "-n",
+        "2000",
+        "-s",
+        "3",
+        "--size",
+        "100",
+        "--write-each",
+        "--pid",
+        &pid,
+        "--json",
+    ];
+    let done = run(lhttp(&args), b"").await;
+    assert_eq!(done.code, Some(0), "{done:?}");
+    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
+    // Every one of the 3 subscribers got every message once, in order, byte for byte.
+    assert_eq!(report["deliveries"], 6000, "{report}");
+    assert_every_delivery_clean(&report);
+    assert!(
+        report["server_cpu_ns_per_delivery"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}

@@ -17,6 +17,7 @@ mod dial;
 mod http1;
 mod http_publish;
 mod latency;
+mod nats;
 mod plot;
 mod progress;
 mod relay;

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Counter, Filler, Output, REFUSED_HINT, Socket, Tls, connect, cpu_time, drain_refusals,
+    Counter, Filler, Output, REFUSED_HINT, Socket, Tls, connect, cpu_time, drain_refusals, nats,
     parse_digits, payload_sized, plot, progress, push_padded, request, round2, take_refusals,
     with_refusals,
 };
@@ -65,6 +65,8 @@ pub(crate) struct Throughput {
     pub write_each: bool,
     /// A pause after each message (sporadic traffic); implies `write_each`.
     pub pause: Option<Duration>,
+    /// Drive a nats-server's WebSocket port with the NATS protocol instead of lhttpd.
+    pub nats: bool,
     /// The server's process id, to report its CPU time per delivery.
     pub pid: Option<u32>,
     pub tls: Tls,
@@ -210,6 +212,11 @@ fn classify(data: &[u8], filler: &Filler) -> Received {
     let Some(payload) = payload_sized(data, MIN_SIZE + filler.len()) else {
         return Received::Garbage;
     };
+    classify_body(payload, filler)
+}
+
+/// What a message with body `payload` is.
+fn classify_body(payload: &[u8], filler: &Filler) -> Received {
     if payload.starts_with(b"probe") {
         return Received::Probe;
     }
@@ -255,31 +262,50 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
     let heads: Arc<Vec<String>> = Arc::new(
         (0..channels)
             .map(|c| {
-                format!(
-                    "LHTTP/1.0 bench\r\npublish:{}\r\n\r\n",
-                    channel_name(&opts.channel, c, channels)
-                )
+                let name = channel_name(&opts.channel, c, channels);
+                if opts.nats {
+                    nats::publish_head(&name, opts.size)
+                } else {
+                    format!("LHTTP/1.0 bench\r\npublish:{name}\r\n\r\n")
+                }
             })
             .collect(),
     );
+    // A whole message of `payload` to channel `c` (warm-up probes, end markers).
+    let marker = |c: usize, payload: &str| -> Vec<u8> {
+        let name = channel_name(&opts.channel, c, channels);
+        if opts.nats {
+            nats::publish(&name, payload.as_bytes())
+        } else {
+            format!("LHTTP/1.0 bench\r\npublish:{name}\r\n\r\n{payload}").into_bytes()
+        }
+    };
 
     let mut subscribers = Vec::with_capacity(opts.subscribers);
     for i in 0..opts.subscribers {
         let mut socket = connect(&opts.sub_url, &opts.tls, opts.timeout).await?;
         let id = format!("bench-sub-{i}");
         let name = channel_name(&opts.channel, i % channels, channels);
-        request(
-            &mut socket,
-            format!("LHTTP/1.0 bench\r\nsubscribe:{name}\r\nrequest-id:{id}\r\n\r\n"),
-            &id,
-            opts.timeout,
-        )
-        .await?;
+        if opts.nats {
+            nats::handshake(&mut socket, Some(&name), opts.timeout).await?;
+        } else {
+            request(
+                &mut socket,
+                format!("LHTTP/1.0 bench\r\nsubscribe:{name}\r\nrequest-id:{id}\r\n\r\n"),
+                &id,
+                opts.timeout,
+            )
+            .await?;
+        }
         subscribers.push(socket);
     }
     let mut sockets = Vec::with_capacity(publishers);
     for _ in 0..publishers {
-        sockets.push(connect(&opts.url, &opts.tls, opts.timeout).await?);
+        let mut socket = connect(&opts.url, &opts.tls, opts.timeout).await?;
+        if opts.nats {
+            nats::handshake(&mut socket, None, opts.timeout).await?;
+        }
+        sockets.push(socket);
     }
 
     // Deliveries per subscriber (flow control, progress, samples) and messages sent per channel.
@@ -295,6 +321,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
         let progress = progress.clone();
         tasks.push(tokio::spawn(subscriber(Subscriber {
             socket,
+            nats: opts.nats,
             index,
             publishers,
             size,
@@ -312,8 +339,8 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
         if Instant::now() > deadline {
             bail!("warm-up: not every subscriber received a probe in time");
         }
-        for head in heads.iter() {
-            sockets[0].feed(Frame::text(format!("{head}probe"))).await?;
+        for c in 0..heads.len() {
+            sockets[0].feed(Frame::binary(marker(c, "probe"))).await?;
         }
         sockets[0].flush().await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -383,6 +410,10 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
             pause: opts.pause,
             stall: opts.timeout,
             heads: heads.clone(),
+            tail: if opts.nats { nats::TAIL } else { b"" },
+            ends: (0..channels)
+                .map(|c| marker(c, &format!("end{p:0PUB_WIDTH$}")))
+                .collect(),
             received: received.clone(),
             sent: sent.clone(),
             progress: progress.clone(),
@@ -463,6 +494,7 @@ pub(crate) async fn throughput(opts: Throughput) -> Result<Report> {
 async fn subscriber(s: Subscriber) -> (Seen, Vec<u64>, Instant) {
     let Subscriber {
         mut socket,
+        nats,
         index,
         publishers,
         size,
@@ -472,19 +504,26 @@ async fn subscriber(s: Subscriber) -> (Seen, Vec<u64>, Instant) {
         progress,
     } = s;
     let filler = Filler::new(size - MIN_SIZE);
-    let mut seen = Seen::default();
-    let mut expected = vec![0u64; publishers];
-    let mut ended = vec![false; publishers];
-    let mut ends = 0;
-    let mut warm = false;
-    let mut last = Instant::now();
+    let mut tally = Tally {
+        seen: Seen::default(),
+        expected: vec![0u64; publishers],
+        ended: vec![false; publishers],
+        ends: 0,
+        warm: false,
+        last: Instant::now(),
+        index,
+        received,
+        warmed,
+        progress,
+    };
+    let mut messages = nats::Messages::default();
     // One timer for the whole run, re-armed only when it fires after frames came: a timeout
     // per frame cost this loop a runtime lookup and a clock read per delivery (a fifth of the
     // client's time at 100 subscribers). So silence ends the run after `idle` to 2 × `idle`.
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
     let mut heard = false;
-    while ends < publishers {
+    while tally.ends < publishers {
         let frame = tokio::select! {
             biased;
             frame = socket.next() => match frame {
@@ -505,19 +544,61 @@ async fn subscriber(s: Subscriber) -> (Seen, Vec<u64>, Instant) {
         if !matches!(frame, Frame::Text(_) | Frame::Binary(_)) {
             continue;
         }
-        match classify(&frame.into_data(), &filler) {
+        let data = frame.into_data();
+        if !nats {
+            tally.on(classify(&data, &filler));
+            continue;
+        }
+        // NATS: any number of protocol messages per frame, and a server PING to answer.
+        messages.feed(&data);
+        let mut ping = false;
+        while let Some(item) = messages.next_item() {
+            match item {
+                nats::Item::Payload(body) => tally.on(classify_body(&body, &filler)),
+                nats::Item::Ping => ping = true,
+                nats::Item::Error(_) => tally.seen.corrupted += 1,
+                nats::Item::Pong | nats::Item::Other => {}
+            }
+        }
+        if ping {
+            let _ = socket.send(Frame::binary(&b"PONG\r\n"[..])).await;
+        }
+    }
+    (tally.seen, tally.expected, tally.last)
+}
+
+/// What one subscriber has seen so far, and where it reports it.
+struct Tally {
+    seen: Seen,
+    /// The next sequence number expected from each publisher.
+    expected: Vec<u64>,
+    ended: Vec<bool>,
+    ends: usize,
+    warm: bool,
+    /// When the last message arrived (within 64 deliveries; exact at end markers).
+    last: Instant,
+    index: usize,
+    received: Arc<Vec<Counter>>,
+    warmed: Arc<Counter>,
+    progress: Arc<Notify>,
+}
+
+impl Tally {
+    fn on(&mut self, received: Received) {
+        let seen = &mut self.seen;
+        match received {
             Received::Probe => {
-                if !warm {
-                    warm = true;
-                    warmed.0.fetch_add(1, Relaxed);
+                if !self.warm {
+                    self.warm = true;
+                    self.warmed.0.fetch_add(1, Relaxed);
                 }
             }
-            Received::End(p) => match ended.get_mut(p) {
+            Received::End(p) => match self.ended.get_mut(p) {
                 Some(done @ false) => {
                     *done = true;
-                    ends += 1;
+                    self.ends += 1;
                     // A publisher's end marker follows its last message on the same stream.
-                    last = Instant::now();
+                    self.last = Instant::now();
                 }
                 _ => seen.corrupted += 1,
             },
@@ -525,11 +606,11 @@ async fn subscriber(s: Subscriber) -> (Seen, Vec<u64>, Instant) {
                 // The clock is read every 64 deliveries (and at each end marker), not per
                 // delivery: it was an eighth of the client's time.
                 if seen.received % 64 == 0 {
-                    last = Instant::now();
+                    self.last = Instant::now();
                 }
-                let Some(next) = expected.get_mut(p) else {
+                let Some(next) = self.expected.get_mut(p) else {
                     seen.corrupted += 1;
-                    continue;
+                    return;
                 };
                 seen.received += 1;
                 if !intact {
@@ -544,20 +625,21 @@ async fn subscriber(s: Subscriber) -> (Seen, Vec<u64>, Instant) {
                 } else {
                     seen.duplicated += 1;
                 }
-                received[index].0.fetch_add(1, Relaxed);
+                self.received[self.index].0.fetch_add(1, Relaxed);
                 if seen.received % NOTIFY_EVERY == 0 {
-                    progress.notify_waiters();
+                    self.progress.notify_waiters();
                 }
             }
             Received::Garbage => seen.corrupted += 1,
         }
     }
-    (seen, expected, last)
 }
 
 /// One subscribing connection and what it reports to.
 struct Subscriber {
     socket: Socket,
+    /// Deliveries are NATS `MSG`s, not lhttp messages.
+    nats: bool,
     index: usize,
     publishers: usize,
     size: usize,
@@ -587,7 +669,12 @@ struct Publisher {
     pause: Option<Duration>,
     /// Give up when the subscribers make no progress for this long.
     stall: Duration,
+    /// The start of a message to each channel, up to its body.
     heads: Arc<Vec<String>>,
+    /// What follows each body (the NATS protocol's CRLF).
+    tail: &'static [u8],
+    /// This publisher's end marker for each channel.
+    ends: Vec<Vec<u8>>,
     received: Arc<Vec<Counter>>,
     sent: Arc<Vec<Counter>>,
     progress: Arc<Notify>,
@@ -666,9 +753,10 @@ async fn publish_all(p: &mut Publisher, refused: &mut u64) -> Result<(Vec<u64>, 
             let c = next_channel;
             next_channel = (next_channel + 1) % channels;
             let head = &p.heads[c];
-            let mut message = Vec::with_capacity(head.len() + p.size);
+            let mut message = Vec::with_capacity(head.len() + p.size + p.tail.len());
             message.extend_from_slice(head.as_bytes());
             body(p.index, seq[c], &filler, &mut message);
+            message.extend_from_slice(p.tail);
             seq[c] += 1;
             batch_counts[c] += 1;
             if p.write_each {
@@ -691,10 +779,8 @@ async fn publish_all(p: &mut Publisher, refused: &mut u64) -> Result<(Vec<u64>, 
         }
     }
     let done = Instant::now();
-    for head in p.heads.iter() {
-        p.socket
-            .feed(Frame::text(format!("{head}end{:0PUB_WIDTH$}", p.index)))
-            .await?;
+    for end in &p.ends {
+        p.socket.feed(Frame::binary(end.clone())).await?;
     }
     p.socket.flush().await?;
     // Keep the connection open until the server has taken the markers (closing at once could
