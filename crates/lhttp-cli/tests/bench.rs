@@ -350,3 +350,26 @@ async fn bench_throughput_drives_nats_server_over_websocket_with_the_same_checks
         "{report}"
     );
 }
+
+#[tokio::test]
+async fn bench_throughput_sends_sporadic_messages_and_the_servers_cpu_per_delivery() {
+    let server = start_for_bench().await;
+    // The server runs in this test process: its CPU is this process's threads'.
+    let pid = std::process::id().to_string();
+    let report = bench_json(
+        &server,
+        &["throughput", "-n", "50", "--pause-us", "100", "--pid", &pid],
+    )
+    .await;
+    assert_eq!(report["deliveries"], 50, "{report}");
+    assert_every_delivery_clean(&report);
+    // A timer's pause after each of 50 messages: well under a thousand a second.
+    assert!(
+        report["published_per_sec"].as_f64().unwrap() < 2000.0,
+        "{report}"
+    );
+    assert!(
+        report["server_cpu_ns_per_delivery"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+}

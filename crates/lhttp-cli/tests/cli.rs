@@ -352,45 +352,6 @@ async fn bench_throughput_checks_every_delivery() {
 }
 
 #[tokio::test]
-async fn bench_throughput_sends_sporadic_messages_and_the_servers_cpu_per_delivery() {
-    let server = common::start_for_bench().await;
-    // The server runs in this test process: its CPU is this process's threads'.
-    let pid = std::process::id().to_string();
-    let done = run(
-        lhttp(&[
-            "--url",
-            &server.url(),
-            "bench",
-            "throughput",
-            "-n",
-            "50",
-            "--pause-us",
-            "100",
-            "--pid",
-            &pid,
-            "--json",
-        ]),
-        b"",
-    )
-    .await;
-    assert_eq!(done.code, Some(0), "{done:?}");
-    let report: serde_json::Value = serde_json::from_str(done.stdout.trim()).expect("JSON report");
-    assert_eq!(report["deliveries"], 50, "{report}");
-    for field in ["lost", "duplicated", "out_of_order", "corrupted"] {
-        assert_eq!(report[field], 0, "{field}: {report}");
-    }
-    // A timer's pause after each of 50 messages: well under a thousand a second.
-    assert!(
-        report["published_per_sec"].as_f64().unwrap() < 2000.0,
-        "{report}"
-    );
-    assert!(
-        report["server_cpu_ns_per_delivery"].as_f64().unwrap() > 0.0,
-        "{report}"
-    );
-}
-
-#[tokio::test]
 async fn bench_connections_reports_memory_per_connection() {
     let server = common::start_for_bench().await;
     // The server runs in this test process, so its memory is this process's.
