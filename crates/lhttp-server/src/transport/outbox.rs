@@ -480,12 +480,14 @@ impl Writer {
                 Poll::Ready(Err(_)) => return Poll::Ready(WriterEnd::Failed),
                 Poll::Ready(Ok(())) => {}
             }
-            self.last_flush = Some(Instant::now());
+            // One clock reading per flush, for both of its uses.
+            let flushed = Instant::now();
+            self.last_flush = Some(flushed);
             let fed = std::mem::take(&mut self.fed);
             if let Some(published) = self.oldest.take() {
                 // One observation per batch taken from the queue: the wait of its oldest
                 // published message, the longest in it.
-                let waited = published.elapsed().as_micros() as u64;
+                let waited = flushed.saturating_duration_since(published).as_micros() as u64;
                 metrics
                     .delivery_latencies
                     .observe(&DELIVERY_LATENCY_BOUNDS_US, waited);
