@@ -158,6 +158,9 @@ function showNodes(nodes, self) {
   $('nodes-panel').hidden = !nodes;
   if (!nodes) return;
   const at = performance.now();
+  // Nodes that left the list take their totals with them.
+  const listed = new Set(nodes.map((node) => node.node));
+  for (const id of nodeTotals.keys()) if (!listed.has(id)) nodeTotals.delete(id);
   $('nodes').replaceChildren(
     ...nodes.map((node) => {
       const row = document.createElement('tr');

@@ -72,16 +72,12 @@ pub struct Metrics {
     /// Sizes of the lhttp messages received (its sum and count are `bytes_received` and
     /// `messages_received`, counted beside it).
     pub(crate) message_sizes: Buckets<{ MESSAGE_SIZE_BOUNDS.len() }>,
-    /// How long requests took to their terminal answer, in microseconds.
-    pub(crate) request_durations: Buckets<{ REQUEST_DURATION_BOUNDS_US.len() }>,
-    /// Sum of `request_durations`, in microseconds.
-    pub(crate) request_duration_sum_us: AtomicU64,
+    /// How long requests took to their terminal answer.
+    pub(crate) request_durations: Durations<{ REQUEST_DURATION_BOUNDS_US.len() }>,
     /// How long published messages waited between their publish and their write to a
-    /// subscriber's socket, in microseconds: one value per batch a connection's writer takes
-    /// (its oldest message's wait).
-    pub(crate) delivery_latencies: Buckets<{ DELIVERY_LATENCY_BOUNDS_US.len() }>,
-    /// Sum of `delivery_latencies`, in microseconds.
-    pub(crate) delivery_latency_sum_us: AtomicU64,
+    /// subscriber's socket: one value per batch a connection's writer takes (its oldest
+    /// message's wait).
+    pub(crate) delivery_latencies: Durations<{ DELIVERY_LATENCY_BOUNDS_US.len() }>,
 }
 
 /// Upper bounds of the `lhttp_message_size_bytes` buckets.
@@ -145,6 +141,33 @@ impl<const N: usize> Buckets<N> {
         let _ = write!(
             out,
             "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}\n"
+        );
+    }
+}
+
+/// A histogram of durations kept in microseconds and shown in seconds, with its own sum (two
+/// relaxed adds per value).
+#[derive(Debug, Default)]
+pub(crate) struct Durations<const N: usize> {
+    buckets: Buckets<N>,
+    sum_us: AtomicU64,
+}
+
+impl<const N: usize> Durations<N> {
+    /// Counts a duration of `us` microseconds against `bounds` (microseconds).
+    pub(crate) fn observe(&self, bounds: &[u64; N], us: u64) {
+        self.buckets.observe(bounds, us);
+        self.sum_us.fetch_add(us, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name_help: (&str, &str), bounds: &[u64; N]) {
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        self.buckets.render(
+            out,
+            name_help,
+            bounds,
+            |us| format!("{}", us as f64 / 1e6),
+            format!("{sum:.6}"),
         );
     }
 }
@@ -566,11 +589,6 @@ impl Metrics {
                 "Time from a request to its terminal answer (reply, 503, 504 or 502), in seconds.",
             ),
             &REQUEST_DURATION_BOUNDS_US,
-            |us| format!("{}", us as f64 / 1e6),
-            format!(
-                "{:.6}",
-                self.request_duration_sum_us.load(Relaxed) as f64 / 1e6
-            ),
         );
         self.delivery_latencies.render(
             &mut out,
@@ -579,11 +597,6 @@ impl Metrics {
                 "Time from a publish to the write of its copy to a subscriber's socket, in seconds: the oldest message of each batch written.",
             ),
             &DELIVERY_LATENCY_BOUNDS_US,
-            |us| format!("{}", us as f64 / 1e6),
-            format!(
-                "{:.6}",
-                self.delivery_latency_sum_us.load(Relaxed) as f64 / 1e6
-            ),
         );
         let _ = write!(
             out,

@@ -332,9 +332,9 @@ async fn disconnect(State(shared): State<Arc<Sessions>>, body: Bytes) -> Respons
             "a JSON object with \"user\" or \"client\"",
         );
     };
-    let target = match (&request.user, &request.client) {
-        (Some(user), None) if !user.is_empty() => Target::User(user),
-        (None, Some(client)) if !client.is_empty() => Target::Client(client),
+    let whom = match (request.user, request.client) {
+        (Some(user), None) if !user.is_empty() => nodes::Disconnect::User(user),
+        (None, Some(client)) if !client.is_empty() => nodes::Disconnect::Client(client),
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -342,13 +342,9 @@ async fn disconnect(State(shared): State<Arc<Sessions>>, body: Bytes) -> Respons
             );
         }
     };
-    let disconnected = shared.directory.disconnect(target);
-    tracing::info!(?target, disconnected, "server API: disconnect");
+    let disconnected = shared.directory.disconnect(Target::of(&whom));
+    tracing::info!(?whom, disconnected, "server API: disconnect");
     // The other nodes of a cluster close theirs when they hear of it; they do not report back.
-    let whom = match target {
-        Target::User(user) => nodes::Disconnect::User(user.to_owned()),
-        Target::Client(client) => nodes::Disconnect::Client(client.to_owned()),
-    };
     nodes::ask_disconnect(&shared.broker, whom).await;
     Json(json!({
         "disconnected": disconnected,

@@ -485,7 +485,6 @@ fn observe_duration(metrics: &Metrics, started: Instant) {
     metrics
         .request_durations
         .observe(&crate::metrics::REQUEST_DURATION_BOUNDS_US, us);
-    add(&metrics.request_duration_sum_us, us);
 }
 
 fn count_failure(metrics: &Metrics, status: u16) {

@@ -491,7 +491,6 @@ impl Writer {
                 metrics
                     .delivery_latencies
                     .observe(&DELIVERY_LATENCY_BOUNDS_US, waited);
-                add(&metrics.delivery_latency_sum_us, waited);
             }
             self.yielded = false;
             self.written += fed.bytes;
