@@ -379,9 +379,13 @@ async fn bench_connections_reports_memory_per_connection() {
     assert_eq!(report["connections"], 200, "{report}");
     assert!(report["rss_after_kib"].as_u64().unwrap() > 0, "{report}");
     assert!(report["kib_per_connection"].is_number(), "{report}");
-    // The kernel's socket memory beside it: 200 connections hold some, both ends on loopback.
+    // The kernel's socket memory is reported beside it (idle sockets may hold no buffer pages,
+    // so the figure itself may be 0).
+    for field in ["kernel_tcp_before_kib", "kernel_tcp_after_kib"] {
+        assert!(report[field].is_u64(), "{field}: {report}");
+    }
     assert!(
-        report["kernel_tcp_after_kib"].as_u64().unwrap() > 0,
+        report["kernel_tcp_kib_per_connection"].is_number(),
         "{report}"
     );
     // Each connection was confirmed subscribed (the bench fails otherwise); none is left after.
