@@ -290,6 +290,51 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// Many clients chatting: N connections on --url in rooms of --room-size (connection i in
+    /// room i / room-size, channel chat-<room>; the last room holds the rest), each
+    /// subscribed to its room and publishing one message into it every --interval-ms, one
+    /// frame per write, staggered evenly. Every connection checks that each message of its
+    /// room (its own included) arrives once, in order per sender, intact, and records its
+    /// latency from the send time in its body. Meant for a server with its limits on: the
+    /// connections come from several source addresses 127.0.0.1, .2, ... (ws://, wss://,
+    /// tcp://, tls:// or unix://).
+    Chat {
+        /// Connections (each one a chatting client).
+        #[arg(short = 'n', long, default_value_t = 10_000)]
+        count: usize,
+        /// Connections per room.
+        #[arg(long, default_value_t = 100)]
+        room_size: usize,
+        /// Milliseconds between two messages of one connection.
+        #[arg(long, default_value_t = 10_000)]
+        interval_ms: u64,
+        /// Seconds of publishing that count.
+        #[arg(short, long, default_value_t = 30.0, value_name = "SECONDS")]
+        duration: f64,
+        /// Seconds of publishing before those, checked but not counted in the figures.
+        #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+        warmup: f64,
+        /// Body size in bytes (at least 36).
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Spread the connections over this many source addresses 127.0.0.1, .2, ...
+        /// (default: as many as keep each at 900 connections or fewer, under lhttpd's default
+        /// limit of 1000 per address; needs a server on 127.0.0.0/8 and a TCP-based URL).
+        #[arg(long, value_name = "N")]
+        source_addrs: Option<usize>,
+        /// Drive a nats-server over WebSocket with the NATS protocol (SUB, PUB, MSG on subject
+        /// chat-<room>) instead of lhttpd, with the same bodies and checks: --url names its
+        /// WebSocket port.
+        #[arg(long)]
+        nats: bool,
+        /// The server's process id: report its CPU time (all its threads' run time) over the
+        /// measured window, and per delivery.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// One subscriber (the Rust SDK, reconnecting by itself) through a TCP relay this command
     /// controls and cuts every --drop-every-ms, one publisher directly on --url (ws:// or
     /// tcp://, loopback only), on a channel that keeps history: reports the share of messages
@@ -731,6 +776,56 @@ async fn run(cli: Cli) -> Result<()> {
                 output: bench::Output {
                     progress: !json,
                     plot,
+                },
+            })
+            .await?;
+            print_report(json, report.json(), report.table(), report.is_clean())
+        }
+        Some(Command::Bench {
+            scenario:
+                Scenario::Chat {
+                    count,
+                    room_size,
+                    interval_ms,
+                    duration,
+                    warmup,
+                    size,
+                    source_addrs,
+                    nats,
+                    pid,
+                    json,
+                },
+        }) => {
+            let duration = Duration::try_from_secs_f64(duration)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map_or_else(
+                    || usage("--duration must be a positive number of seconds"),
+                    Ok,
+                )?;
+            let warmup = Duration::try_from_secs_f64(warmup).map_or_else(
+                |_| usage("--warmup must be a number of seconds, 0 or more"),
+                Ok,
+            )?;
+            if interval_ms == 0 {
+                return usage("--interval-ms must be at least 1");
+            }
+            let report = bench::chat(bench::Chat {
+                url: cli.url,
+                count,
+                room_size,
+                interval: Duration::from_millis(interval_ms),
+                duration,
+                warmup,
+                size,
+                source_addrs,
+                nats,
+                pid,
+                tls: bench_tls(&builder)?,
+                timeout,
+                output: bench::Output {
+                    progress: !json,
+                    plot: None,
                 },
             })
             .await?;

@@ -373,3 +373,183 @@ async fn bench_throughput_sends_sporadic_messages_and_the_servers_cpu_per_delive
         "{report}"
     );
 }
+
+/// `lhttp bench chat ARGS... --json` against `url`: the run and its report (if it made one).
+async fn chat_run(url: &str, args: &[&str]) -> (common::Run, Option<serde_json::Value>) {
+    let mut all = vec!["--url", url, "bench", "chat"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let done = run(lhttp(&all), b"").await;
+    let report = serde_json::from_str(done.stdout.trim()).ok();
+    (done, report)
+}
+
+/// The connections a chat report says came from each source address.
+fn connections_per_source(report: &serde_json::Value) -> Vec<(String, u64)> {
+    let mut used: Vec<(String, u64)> = report["connections_per_source"]
+        .as_object()
+        .expect("connections per source")
+        .iter()
+        .map(|(ip, n)| (ip.clone(), n.as_u64().expect("a count")))
+        .collect();
+    used.sort();
+    used
+}
+
+/// A small chat (300 clients in rooms of 30, a message each every 250 ms for 2 s after 0.5 s
+/// of warm-up) as `check` expects it: every message reached every member of its room, its
+/// sender included, and the latencies and source addresses are reported.
+fn assert_small_chat_delivered_everything(done: &common::Run, report: &serde_json::Value) {
+    assert_eq!(done.code, Some(0), "{done:?}");
+    assert_every_delivery_clean(report);
+    assert_eq!(report["scenario"], "chat", "{report}");
+    assert_eq!(report["connections"], 300, "{report}");
+    assert_eq!(report["rooms"], 10, "{report}");
+    assert_eq!(report["room_size"], 30, "{report}");
+    assert_eq!(report["disconnected"], 0, "{report}");
+    assert_eq!(report["rate_limited"], 0, "{report}");
+    // 2 s of a message every 250 ms: 8 from each of the 300 in the measured window, each
+    // delivered to the 30 members of its room.
+    assert_eq!(report["published"], 2400, "{report}");
+    assert_eq!(report["expected_deliveries"], 2400 * 30, "{report}");
+    assert_eq!(report["deliveries"], 2400 * 30, "{report}");
+    assert_eq!(
+        report["offered_deliveries_per_sec"],
+        300 * 30 * 4,
+        "{report}"
+    );
+    let per_sec = report["deliveries_per_sec"].as_f64().expect("deliveries/s");
+    assert!(
+        (300.0 * 30.0 * 4.0 / 3.0..=300.0 * 30.0 * 4.0 * 1.05).contains(&per_sec),
+        "the deliveries came at about the offered rate: {report}"
+    );
+    assert_eq!(
+        connections_per_source(report),
+        [("127.0.0.1".to_owned(), 150), ("127.0.0.2".to_owned(), 150)],
+        "{report}"
+    );
+    let quantile = |name: &str| report[name].as_f64().expect(name);
+    assert!(quantile("p50_us") > 0.0, "{report}");
+    assert!(quantile("p50_us") <= quantile("p90_us"), "{report}");
+    assert!(quantile("p90_us") <= quantile("p99_us"), "{report}");
+    assert!(quantile("p99_us") <= quantile("p999_us"), "{report}");
+    assert!(quantile("p999_us") <= quantile("max_us"), "{report}");
+    assert!(
+        report["server_cpu_ns_per_delivery"].as_f64().expect("CPU") > 0.0,
+        "{report}"
+    );
+}
+
+/// The arguments of the small chat, from `--source-addrs 2`, and the server's `pid`.
+fn small_chat(pid: &str) -> [&str; 14] {
+    [
+        "-n",
+        "300",
+        "--room-size",
+        "30",
+        "--interval-ms",
+        "250",
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--source-addrs",
+        "2",
+        "--pid",
+        pid,
+    ]
+}
+
+/// Against a server with every default limit on (1000 connections per address, 10,000
+/// messages a second per connection): nothing refused, nothing lost.
+#[tokio::test]
+async fn bench_chat_delivers_every_message_of_every_room_under_the_default_limits() {
+    let server = common::start().await;
+    // The server runs in this test process: its CPU is this process's threads'.
+    let pid = std::process::id().to_string();
+    let (done, report) = chat_run(&server.url(), &small_chat(&pid)).await;
+    let report = report.unwrap_or_else(|| panic!("no JSON report: {done:?}"));
+    assert_small_chat_delivered_everything(&done, &report);
+    assert_eq!(report["protocol"], "lhttp", "{report}");
+    server.wait_subscribers("chat-0", 0).await;
+}
+
+/// The server's per-address limit is why the connections come from several addresses: under
+/// it from four, refused from one, with the limit named and what to do about it.
+#[tokio::test]
+async fn bench_chat_spreads_over_source_addresses_under_the_servers_per_address_limit() {
+    let mut config = lhttp_server::Config::default();
+    config.limits.max_connections_per_ip = 100;
+    let server = common::start_with(config).await;
+    // 310 in rooms of 30: ten full rooms and one of 10; 78 or 77 connections per address.
+    let (done, report) = chat_run(
+        &server.url(),
+        &[
+            "-n",
+            "310",
+            "--room-size",
+            "30",
+            "--interval-ms",
+            "250",
+            "--duration",
+            "0.5",
+            "--source-addrs",
+            "4",
+        ],
+    )
+    .await;
+    let report = report.unwrap_or_else(|| panic!("no JSON report: {done:?}"));
+    assert_eq!(done.code, Some(0), "{done:?}");
+    assert_every_delivery_clean(&report);
+    assert_eq!(report["rooms"], 11, "{report}");
+    assert_eq!(report["last_room_size"], 10, "{report}");
+    // Two messages from each connection, to 30 members in ten rooms and to 10 in the last.
+    assert_eq!(report["published"], 620, "{report}");
+    assert_eq!(report["expected_deliveries"], 300 * 2 * 30 + 10 * 2 * 10);
+    assert_eq!(
+        report["deliveries"], report["expected_deliveries"],
+        "{report}"
+    );
+    let used = connections_per_source(&report);
+    assert_eq!(used.len(), 4, "{report}");
+    assert!(used.iter().all(|(_, n)| *n <= 100), "{report}");
+
+    let (done, _) = chat_run(
+        &server.url(),
+        &[
+            "-n",
+            "310",
+            "--room-size",
+            "30",
+            "--interval-ms",
+            "250",
+            "--duration",
+            "0.5",
+            "--source-addrs",
+            "1",
+        ],
+    )
+    .await;
+    assert_ne!(done.code, Some(0), "{done:?}");
+    assert!(
+        done.stderr.contains("HTTP 429") && done.stderr.contains("per-address limit"),
+        "the refusal names the server's limit: {done:?}"
+    );
+    assert!(
+        done.stderr.contains("--source-addrs"),
+        "the refusal says what to do: {done:?}"
+    );
+}
+
+#[tokio::test]
+async fn bench_chat_drives_nats_server_over_websocket_with_the_same_checks() {
+    let nats = NatsWebSocket::start();
+    let url = format!("ws://127.0.0.1:{}/", nats.port);
+    let pid = nats.child.id().to_string();
+    let mut args = small_chat(&pid).to_vec();
+    args.push("--nats");
+    let (done, report) = chat_run(&url, &args).await;
+    let report = report.unwrap_or_else(|| panic!("no JSON report: {done:?}"));
+    assert_small_chat_delivered_everything(&done, &report);
+    assert_eq!(report["protocol"], "nats", "{report}");
+}

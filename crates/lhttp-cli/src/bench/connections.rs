@@ -2,26 +2,20 @@
 //! reports the server's memory per connection (RSS from /proc/PID/status), and beside it the
 //! kernel's TCP socket memory (/proc/net/sockstat), which no RSS includes.
 //!
-//! Many connections need two things from this process: open files (the soft limit is raised to
-//! the hard one) and source ports — one source address has ~28k ephemeral ports towards one
-//! server port, and a server may limit connections per IP. So connections are spread over
-//! several 127.0.0.x source addresses (bound before connecting) when the server is on loopback:
-//! `--source-addrs N`, or as many as the ephemeral port range requires. That applies to the
-//! TCP-based URLs (`ws://`, `wss://`, `tcp://`, `tls://`); a Unix socket has no ports to run
-//! out of, and its connections are opened without it.
+//! The connections come from several loopback source addresses, as `sources.rs` opens them:
+//! `--source-addrs N`, by default as many as the ephemeral port range requires.
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 
 use super::{
-    Output, Socket, Tls, connect,
-    dial::{Target, connect_from},
-    progress, request, round2,
+    Output, Tls, progress, request, round2,
+    sources::{self, Route},
 };
 
 /// What `lhttp bench connections` was asked to do.
@@ -69,11 +63,6 @@ impl ConnectionsReport {
     }
 
     pub(crate) fn json(&self) -> serde_json::Value {
-        let per_source: serde_json::Map<String, serde_json::Value> = self
-            .per_source
-            .iter()
-            .map(|(ip, n)| (ip.to_string(), (*n).into()))
-            .collect();
         serde_json::json!({
             "scenario": "connections",
             "connections": self.connections,
@@ -86,7 +75,7 @@ impl ConnectionsReport {
             "kernel_tcp_kib_per_connection": self.kernel_per_connection_kib().map(round2),
             "open_files_limit": self.open_files.0,
             "source_addrs": self.per_source.len(),
-            "connections_per_source": per_source,
+            "connections_per_source": sources::per_source_json(&self.per_source),
         })
     }
 
@@ -155,129 +144,46 @@ fn tcp_mem_pages(sockstat: &str) -> Option<u64> {
     words.next()?.parse().ok()
 }
 
-/// Raises this process's open-files soft limit to the hard limit; returns (soft, hard).
-fn raise_open_files() -> Result<(u64, u64)> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit")?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising the open-files limit")?;
-    }
-    Ok((hard.max(soft), hard))
-}
-
-/// How many ephemeral ports one source address has towards one server port.
-fn ephemeral_ports() -> usize {
-    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| {
-            let mut bounds = range.split_whitespace().map(str::parse::<usize>);
-            let (low, high) = (bounds.next()?.ok()?, bounds.next()?.ok()?);
-            Some(high.saturating_sub(low) + 1)
-        })
-        .unwrap_or(28_000)
-}
-
-/// The source addresses to connect from: 127.0.0.1, 127.0.0.2, ... when the server is on IPv4
-/// loopback (every 127.0.0.0/8 address is local there); only the default elsewhere.
-fn sources(server: SocketAddr, count: usize, wanted: Option<usize>) -> Result<Vec<IpAddr>> {
-    let loopback = matches!(server.ip(), IpAddr::V4(ip) if ip.is_loopback());
-    let n = match wanted {
-        Some(0) => bail!("--source-addrs must be at least 1"),
-        Some(n) if n > 1 && !loopback => {
-            bail!("--source-addrs needs a server on 127.0.0.0/8 (got {server})")
-        }
-        Some(n) => n,
-        // Leave a quarter of the ports to everything else on the machine.
-        None if loopback => count.div_ceil(ephemeral_ports() * 3 / 4).max(1),
-        None => 1,
-    };
-    if n > 254 {
-        bail!("--source-addrs can be at most 254");
-    }
-    if !loopback {
-        return Ok(vec![if server.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-        }]);
-    }
-    Ok((1..=n as u8)
-        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
-        .collect())
-}
-
-/// The server's socket address: the host and port of a TCP-based target, resolved.
-fn server_addr(target: &Target) -> Result<SocketAddr> {
-    let (host, port) = target
-        .host_port()
-        .context("a Unix socket has no server address")?;
-    (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {host}"))?
-        .next()
-        .with_context(|| format!("{host} has no address"))
-}
-
 /// Opens `count` connections, each subscribed to one of `channels` channels, and measures the
 /// server's memory growth. The connections stay open until the report is made.
 pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> {
-    let open_files = raise_open_files()?;
-    let target = Target::parse(&opts.url)?;
-    // Over TCP: where to connect, and from which addresses; over a Unix socket, neither.
-    let route = match target.host_port() {
-        Some(_) => {
-            let server = server_addr(&target)?;
-            Some((server, sources(server, opts.count, opts.source_addrs)?))
-        }
-        None if opts.source_addrs.is_some() => bail!(
-            "--source-addrs applies to TCP-based URLs (ws://, wss://, tcp://, tls://): a Unix \
-             socket ({}) has no source address or ephemeral port to spread over",
-            opts.url
-        ),
-        None => None,
-    };
+    let open_files = sources::raise_open_files()?;
+    let route = Route::new(
+        &opts.url,
+        opts.count,
+        opts.source_addrs,
+        sources::ports_per_address(),
+    )?;
     let before = opts.pid.map(rss_kib).transpose()?;
     let kernel_before = kernel_tcp_kib();
     let bar = progress::bar(opts.output.progress, opts.count as u64, "connections");
     let started = Instant::now();
-    let mut sockets = Vec::with_capacity(opts.count);
-    // Connect in waves, so that the server's accept queue is not the limit being measured.
-    const WAVE: usize = 100;
-    for wave in (0..opts.count).step_by(WAVE) {
-        let end = (wave + WAVE).min(opts.count);
-        let opened = futures_util::future::try_join_all((wave..end).map(|i| {
-            let (channels, timeout) = (opts.channels.max(1), opts.timeout);
-            let (target, route, opts) = (&target, &route, &opts);
-            async move {
-                let (mut socket, local) = open(target, route, i, opts).await?;
-                let id = format!("idle-{i}");
-                request(
-                    &mut socket,
-                    format!(
-                        "LHTTP/1.0 idle\r\nsubscribe:idle-{}\r\nrequest-id:{id}\r\n\r\n",
-                        i % channels
-                    ),
-                    &id,
-                    timeout,
-                )
-                .await
-                .with_context(|| match local {
-                    Some(local) => format!("connection {i} (from {local})"),
-                    None => format!("connection {i}"),
-                })?;
-                anyhow::Ok((socket, local))
-            }
-        }))
-        .await?;
-        sockets.extend(opened);
-        bar.set_position(sockets.len() as u64);
-    }
+    let (channels, timeout) = (opts.channels.max(1), opts.timeout);
+    let sockets = sources::open_all(
+        &route,
+        opts.count,
+        &opts.tls,
+        timeout,
+        &bar,
+        |i, mut socket| async move {
+            let id = format!("idle-{i}");
+            request(
+                &mut socket,
+                format!(
+                    "LHTTP/1.0 idle\r\nsubscribe:idle-{}\r\nrequest-id:{id}\r\n\r\n",
+                    i % channels
+                ),
+                &id,
+                timeout,
+            )
+            .await?;
+            Ok(socket)
+        },
+    )
+    .await?;
     let elapsed = started.elapsed();
     bar.finish_and_clear();
-    let mut per_source = BTreeMap::new();
-    for local in sockets.iter().filter_map(|(_, local)| *local) {
-        *per_source.entry(local.ip()).or_insert(0) += 1;
-    }
+    let per_source = sources::per_source(sockets.iter().map(|(_, local)| local));
     // Let the server settle (allocator, deferred frees) before reading its memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = opts.pid.map(rss_kib).transpose()?;
@@ -293,25 +199,6 @@ pub(crate) async fn connections(opts: Connections) -> Result<ConnectionsReport> 
     })
 }
 
-/// Opens connection `i`: over TCP from its source address (the local address it got is
-/// returned), or over the Unix socket.
-async fn open(
-    target: &Target,
-    route: &Option<(SocketAddr, Vec<IpAddr>)>,
-    i: usize,
-    opts: &Connections,
-) -> Result<(Socket, Option<SocketAddr>)> {
-    match route {
-        Some((server, sources)) => {
-            let source = sources[i % sources.len()];
-            let (socket, local) =
-                connect_from(target, *server, source, &opts.tls, opts.timeout).await?;
-            Ok((socket, Some(local)))
-        }
-        None => Ok((connect(&opts.url, &opts.tls, opts.timeout).await?, None)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,36 +210,5 @@ mod tests {
         assert_eq!(tcp_mem_pages(sockstat), Some(186));
         assert_eq!(tcp_mem_pages("sockets: used 8\nUDP: inuse 0 mem 3\n"), None);
         assert_eq!(tcp_mem_pages("TCP: inuse 1 mem\n"), None);
-    }
-
-    #[test]
-    fn loopback_servers_get_several_sources_and_others_one() {
-        let local: SocketAddr = "127.0.0.1:8081".parse().unwrap();
-        assert_eq!(sources(local, 10, Some(3)).unwrap().len(), 3);
-        assert_eq!(sources(local, 10, None).unwrap().len(), 1);
-        let ports = ephemeral_ports();
-        assert!(sources(local, ports * 2, None).unwrap().len() >= 3);
-        let remote: SocketAddr = "192.0.2.1:8081".parse().unwrap();
-        assert!(sources(remote, 10, Some(3)).is_err());
-        assert_eq!(sources(remote, 10, None).unwrap().len(), 1);
-        assert!(sources(local, 10, Some(0)).is_err());
-    }
-
-    #[test]
-    fn server_address_comes_from_the_url() {
-        for (url, addr) in [
-            ("ws://127.0.0.1:9000/chat", "127.0.0.1:9000"),
-            ("wss://127.0.0.1/", "127.0.0.1:443"),
-            ("tcp://127.0.0.1:9001", "127.0.0.1:9001"),
-            ("tls://[::1]:9002", "[::1]:9002"),
-        ] {
-            let target = Target::parse(url).unwrap();
-            assert_eq!(
-                server_addr(&target).unwrap(),
-                addr.parse().unwrap(),
-                "{url}"
-            );
-        }
-        assert!(server_addr(&Target::parse("unix:///tmp/x.sock").unwrap()).is_err());
     }
 }

@@ -63,6 +63,43 @@ fn micros(nanos: u64) -> f64 {
     (nanos as f64 / 100.0).round() / 10.0
 }
 
+/// A histogram of latencies in nanoseconds: 1 us to 60 s, 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The quantiles every latency report gives, in microseconds, as JSON fields.
+pub(crate) fn quantiles_json(
+    histogram: &Histogram<u64>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let at = |q: f64| micros(histogram.value_at_quantile(q));
+    let fields = serde_json::json!({
+        "p50_us": at(0.5),
+        "p90_us": at(0.9),
+        "p99_us": at(0.99),
+        "p999_us": at(0.999),
+        "max_us": micros(histogram.max()),
+        "mean_us": (histogram.mean() / 100.0).round() / 10.0,
+    });
+    match fields {
+        serde_json::Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The same quantiles for a table: `p50 .. us  p90 .. us ...`.
+pub(crate) fn quantiles_line(histogram: &Histogram<u64>) -> String {
+    let at = |q: f64| micros(histogram.value_at_quantile(q));
+    format!(
+        "p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us",
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(0.999),
+        micros(histogram.max())
+    )
+}
+
 impl LatencyReport {
     pub(crate) fn is_clean(&self) -> bool {
         self.lost + self.duplicated + self.out_of_order + self.corrupted == 0
@@ -73,7 +110,7 @@ impl LatencyReport {
     }
 
     pub(crate) fn json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut report = serde_json::json!({
             "scenario": "latency",
             "requested_rate": self.requested_rate,
             "achieved_rate": self.achieved_rate.round(),
@@ -84,13 +121,11 @@ impl LatencyReport {
             "out_of_order": self.out_of_order,
             "corrupted": self.corrupted,
             "rate_limited": self.refused,
-            "p50_us": self.quantile_us(0.5),
-            "p90_us": self.quantile_us(0.9),
-            "p99_us": self.quantile_us(0.99),
-            "p999_us": self.quantile_us(0.999),
-            "max_us": micros(self.histogram.max()),
-            "mean_us": (self.histogram.mean() / 100.0).round() / 10.0,
-        })
+        });
+        if let Some(fields) = report.as_object_mut() {
+            fields.extend(quantiles_json(&self.histogram));
+        }
+        report
     }
 
     pub(crate) fn table(&self) -> String {
@@ -101,17 +136,13 @@ impl LatencyReport {
         format!(
             "rate       {:>12} msg/s requested, {:.0} achieved\n\
              published  {:>12}\ndeliveries {:>12}\n\
-             latency    p50 {:.1} us  p90 {:.1} us  p99 {:.1} us  p99.9 {:.1} us  max {:.1} us\n\
+             latency    {}\n\
              lost {}  duplicated {}  out of order {}  corrupted {}",
             self.requested_rate,
             self.achieved_rate,
             self.published,
             self.deliveries,
-            self.quantile_us(0.5),
-            self.quantile_us(0.9),
-            self.quantile_us(0.99),
-            self.quantile_us(0.999),
-            micros(self.histogram.max()),
+            quantiles_line(&self.histogram),
             self.lost,
             self.duplicated,
             self.out_of_order,
@@ -171,9 +202,7 @@ pub(crate) async fn latency(opts: Latency) -> Result<LatencyReport> {
         let filler = filler.clone();
         let warmed = warmed.clone();
         tokio::spawn(async move {
-            // 1 us .. 60 s, 3 significant digits.
-            let mut histogram = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3)
-                .expect("valid histogram bounds");
+            let mut histogram = histogram();
             let (mut received, mut lost, mut duplicated, mut out_of_order, mut corrupted) =
                 (0u64, 0u64, 0u64, 0u64, 0u64);
             let mut expected = 0u64;

@@ -2,16 +2,22 @@
 //! delivery (lost, duplicated, out of order, corrupted).
 //!
 //! Layout: `throughput.rs` (P publishers, S subscribers, C channels), `latency.rs` (fixed rate,
-//! HDR histogram), `http_publish.rs` (keep-alive `POST /publish`), `connections.rs` (idle
-//! connections and the server's memory per connection); `progress.rs` is the bar on stderr and
-//! `relay.rs` cuts a subscriber's connections through a relay of its own and counts what the
-//! SDK's recovery delivers exactly once; `plot.rs` draws the SVG charts of `--plot`; `socket.rs` is the one connection type, a
+//! HDR histogram), `chat.rs` (many connections chatting in rooms, one message per interval
+//! each, latency and order checked per sender), `http_publish.rs` (keep-alive `POST
+//! /publish`), `connections.rs` (idle connections and the server's memory per connection),
+//! `requests.rs` (request/reply through queue-group workers); `sources.rs` opens many
+//! connections from several loopback source addresses (`connections`, `chat`); `nats.rs` speaks
+//! the NATS protocol over WebSocket for side-by-side runs against nats-server (`throughput`,
+//! `chat`); `progress.rs` is the bar on stderr and `relay.rs` cuts a subscriber's connections
+//! through a relay of its own and counts what the SDK's recovery delivers exactly once;
+//! `plot.rs` draws the SVG charts of `--plot`; `socket.rs` is the one connection type, a
 //! WebSocket or a stream-framed TCP, TLS or Unix socket, and `dial.rs` opens it from a URL
 //! (`ws://`, `wss://`, `tcp://`, `tls://`, `unix://`). The scenarios speak the wire directly
 //! (not through the SDK) to stay lean: on a small machine the load generator shares the CPU
 //! with the server. TLS is the SDK's configuration, though: the same `--ca`, `--cert` and
 //! `--key` as every other command.
 
+mod chat;
 mod connections;
 mod dial;
 mod http1;
@@ -23,11 +29,13 @@ mod progress;
 mod relay;
 pub(crate) mod requests;
 mod socket;
+mod sources;
 mod throughput;
 
 use std::{sync::atomic::AtomicU64, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
+pub(crate) use chat::{Chat, chat};
 pub(crate) use connections::{Connections, connections};
 pub(crate) use dial::{Tls, connect};
 use futures_util::{SinkExt, StreamExt};
@@ -109,7 +117,7 @@ pub(crate) async fn drain_refusals(socket: &mut Socket, quiet: Duration) -> u64 
 }
 
 /// Whether `data` is the server's `error` answer with status 429.
-fn is_rate_refusal(data: &[u8]) -> bool {
+pub(crate) fn is_rate_refusal(data: &[u8]) -> bool {
     let head = payload(data).map_or(data, |body| &data[..data.len() - body.len()]);
     head.starts_with(b"LHTTP/1.0 error\r\n")
         && memchr::memmem::find(head, b"\nstatus:429\r").is_some()
