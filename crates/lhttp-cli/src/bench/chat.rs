@@ -48,8 +48,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    Counter, Filler, Output, REFUSED_HINT, Socket, Tls, cpu_time, is_rate_refusal, latency, nats,
-    parse_digits, payload_sized, progress, push_padded, request, round2,
+    Counter, Filler, Output, Socket, Tls, cpu_time, is_rate_refusal, latency, nats, parse_digits,
+    payload_sized, progress, push_padded, request, round2,
     sources::{self, Route},
     with_refusals,
 };
@@ -533,9 +533,6 @@ pub(crate) async fn chat(opts: Chat) -> Result<ChatReport> {
             .unwrap_or_else(PoisonError::into_inner),
         latency::histogram(),
     );
-    if seen.refused > 0 && seen.lost > 0 {
-        eprintln!("lhttp: {REFUSED_HINT}");
-    }
     Ok(ChatReport {
         nats,
         connections: count,
