@@ -490,6 +490,17 @@ fn usage<T>(text: impl Into<String>) -> Result<T> {
     Err(Usage(text.into()).into())
 }
 
+/// `secs` as a duration above zero, or a usage error naming `option`.
+fn positive_seconds(secs: f64, option: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map_or_else(
+            || usage(format!("{option} must be a positive number of seconds")),
+            Ok,
+        )
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -551,13 +562,7 @@ pub(crate) fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let timeout = Duration::try_from_secs_f64(cli.timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .map_or_else(
-            || usage("--timeout must be a positive number of seconds"),
-            Ok,
-        )?;
+    let timeout = positive_seconds(cli.timeout, "--timeout")?;
     let mut builder = Client::builder(cli.url.clone())
         .request_timeout(timeout)
         .connect_timeout(timeout);
@@ -684,15 +689,7 @@ async fn run(cli: Cli) -> Result<()> {
                 },
         }) => {
             let amount = match duration {
-                Some(secs) => bench::Amount::Duration(
-                    Duration::try_from_secs_f64(secs)
-                        .ok()
-                        .filter(|d| !d.is_zero())
-                        .map_or_else(
-                            || usage("--duration must be a positive number of seconds"),
-                            Ok,
-                        )?,
-                ),
+                Some(secs) => bench::Amount::Duration(positive_seconds(secs, "--duration")?),
                 None => bench::Amount::Count(count),
             };
             let report = bench::throughput(bench::Throughput {
@@ -757,13 +754,7 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         }) => {
-            let duration = Duration::try_from_secs_f64(duration)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .map_or_else(
-                    || usage("--duration must be a positive number of seconds"),
-                    Ok,
-                )?;
+            let duration = positive_seconds(duration, "--duration")?;
             let report = bench::latency(bench::Latency {
                 sub_url: sub_url.unwrap_or_else(|| cli.url.clone()),
                 url: cli.url,
@@ -796,13 +787,7 @@ async fn run(cli: Cli) -> Result<()> {
                     json,
                 },
         }) => {
-            let duration = Duration::try_from_secs_f64(duration)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .map_or_else(
-                    || usage("--duration must be a positive number of seconds"),
-                    Ok,
-                )?;
+            let duration = positive_seconds(duration, "--duration")?;
             let warmup = Duration::try_from_secs_f64(warmup).map_or_else(
                 |_| usage("--warmup must be a number of seconds, 0 or more"),
                 Ok,

@@ -481,23 +481,30 @@ async fn bench_chat_spreads_over_source_addresses_under_the_servers_per_address_
     let mut config = lhttp_server::Config::default();
     config.limits.max_connections_per_ip = 100;
     let server = common::start_with(config).await;
-    // 310 in rooms of 30: ten full rooms and one of 10; 78 or 77 connections per address.
-    let (done, report) = chat_run(
-        &server.url(),
-        &[
-            "-n",
-            "310",
-            "--room-size",
-            "30",
-            "--interval-ms",
-            "250",
-            "--duration",
-            "0.5",
-            "--source-addrs",
-            "4",
-        ],
-    )
-    .await;
+    // 310 in rooms of 30 (ten full rooms and one of 10) for half a second, from `addrs`
+    // source addresses: from four, 78 or 77 connections per address.
+    let chat_from = |addrs: &'static str| {
+        let url = server.url();
+        async move {
+            chat_run(
+                &url,
+                &[
+                    "-n",
+                    "310",
+                    "--room-size",
+                    "30",
+                    "--interval-ms",
+                    "250",
+                    "--duration",
+                    "0.5",
+                    "--source-addrs",
+                    addrs,
+                ],
+            )
+            .await
+        }
+    };
+    let (done, report) = chat_from("4").await;
     let report = report.unwrap_or_else(|| panic!("no JSON report: {done:?}"));
     assert_eq!(done.code, Some(0), "{done:?}");
     assert_every_delivery_clean(&report);
@@ -514,22 +521,7 @@ async fn bench_chat_spreads_over_source_addresses_under_the_servers_per_address_
     assert_eq!(used.len(), 4, "{report}");
     assert!(used.iter().all(|(_, n)| *n <= 100), "{report}");
 
-    let (done, _) = chat_run(
-        &server.url(),
-        &[
-            "-n",
-            "310",
-            "--room-size",
-            "30",
-            "--interval-ms",
-            "250",
-            "--duration",
-            "0.5",
-            "--source-addrs",
-            "1",
-        ],
-    )
-    .await;
+    let (done, _) = chat_from("1").await;
     assert_ne!(done.code, Some(0), "{done:?}");
     assert!(
         done.stderr.contains("HTTP 429") && done.stderr.contains("per-address limit"),
