@@ -249,6 +249,22 @@ async fn a_command_line_that_cannot_work_exits_2_with_one_message() {
             "--duration",
             "0",
         ],
+        &[
+            "--url",
+            "ws://127.0.0.1:9",
+            "bench",
+            "throughput",
+            "--duration",
+            "0",
+        ],
+        &[
+            "--url",
+            "ws://127.0.0.1:9",
+            "bench",
+            "chat",
+            "--duration",
+            "0",
+        ],
         &["--no-such-flag"],
     ] {
         let done = run(lhttp(args), b"").await;
@@ -259,6 +275,17 @@ async fn a_command_line_that_cannot_work_exits_2_with_one_message() {
             .filter(|l| l.starts_with("lhttp: ") || l.starts_with("error: "))
             .count();
         assert_eq!(messages, 1, "{args:?}: one message: {}", done.stderr);
+        // A number of seconds the tool refuses is named in the message.
+        for option in ["--timeout", "--duration"] {
+            if args.contains(&option) {
+                assert!(
+                    done.stderr
+                        .contains(&format!("{option} must be a positive number of seconds")),
+                    "{args:?}: {}",
+                    done.stderr
+                );
+            }
+        }
     }
 }
 
